@@ -1,0 +1,3 @@
+from w2vtools.cli import main
+
+main()

@@ -1,0 +1,222 @@
+"""The one audio loader every command uses.
+
+A *source* is what a manifest, ``wav.scp`` or ``segments`` entry points at:
+
+* a file path: WAV, FLAC, OGG or NIST SPHERE, recognised by content (a SPHERE file
+  named ``.wav`` still loads); any PCM width or float; channels averaged to mono;
+* a Kaldi ``wav.scp`` command ending in ``|`` (``sox x.flac -t wav - |``): run
+  through the shell, its stdout read as audio.
+
+Optionally a time window (Kaldi ``segments``: start/end seconds) and a target
+sample rate (resampled with torchaudio's band-limited sinc interpolation).
+Bad input raises :class:`~w2vtools.errors.W2VError` naming the source and the reason.
+
+Example:
+    >>> wav = load_audio("1_jackson_0.wav", sample_rate=16000)   # doctest: +SKIP
+    >>> wav.dtype, wav.ndim
+    (dtype('float32'), 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import struct
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+from w2vtools.errors import W2VError
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    num_frames: int
+    channels: int
+    format: str  # soundfile's container name: WAV, FLAC, OGG, NIST, ...
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.sample_rate
+
+
+def is_command(source: str) -> bool:
+    """True for a Kaldi ``wav.scp`` pipe entry such as ``sox a.flac -t wav - |``."""
+    return source.rstrip().endswith("|")
+
+
+def _describe(source: str) -> str:
+    return f"command {source.rstrip()!r}" if is_command(source) else str(source)
+
+
+def _run_command(source: str) -> bytes:
+    cmd = source.rstrip()[:-1].strip()
+    try:
+        proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    except OSError as e:  # pragma: no cover - shell missing
+        raise W2VError(f"{_describe(source)}: cannot run: {e}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise W2VError(
+            f"{_describe(source)}: exited with status {proc.returncode}" + (f": {err[-1]}" if err else "")
+        )
+    if not proc.stdout:
+        raise W2VError(f"{_describe(source)}: printed no audio")
+    return proc.stdout
+
+
+def _wav_truncation(path: str) -> str | None:
+    """For a RIFF/WAVE file, compare the data chunk's declared size with the bytes present.
+
+    libsndfile silently shortens a truncated WAV to what is there; Kaldi and fairseq
+    would then disagree on its length, so we call it what it is.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return "truncated WAV header"
+                cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    # 0 and 0xFFFFFFFF mean "unknown size" (streamed WAV): accept.
+                    if csize in (0, 0xFFFFFFFF):
+                        return None
+                    have = size - pos - 8
+                    if have < csize:
+                        return f"truncated WAV (data chunk declares {csize} bytes, file holds {have})"
+                    return None
+                pos += 8 + csize + (csize & 1)
+            return "WAV has no data chunk"
+    except OSError as e:
+        return str(e)
+
+
+def _open(source: str) -> tuple[sf.SoundFile, str]:
+    if is_command(source):
+        data = _run_command(source)
+        try:
+            return sf.SoundFile(io.BytesIO(data)), source
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise W2VError(f"{_describe(source)}: output is not readable audio ({_reason(e)})") from None
+    if not os.path.exists(source):
+        raise W2VError(f"{source}: no such file")
+    if os.path.isdir(source):
+        raise W2VError(f"{source}: is a directory, not audio")
+    if os.path.getsize(source) == 0:
+        raise W2VError(f"{source}: empty file")
+    problem = _wav_truncation(source)
+    if problem:
+        raise W2VError(f"{source}: {problem}")
+    try:
+        return sf.SoundFile(source), source
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise W2VError(f"{source}: not readable audio ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    msg = str(e)
+    # soundfile repeats the path in its messages; keep only libsndfile's reason.
+    if ":" in msg:
+        msg = msg.split(":")[-1].strip()
+    return msg or type(e).__name__
+
+
+def audio_info(source: str) -> AudioInfo:
+    """Header facts of a source without decoding it (a command is run, though)."""
+    f, _ = _open(source)
+    with f:
+        if f.frames <= 0:
+            raise W2VError(f"{_describe(source)}: no samples")
+        return AudioInfo(f.samplerate, f.frames, f.channels, f.format)
+
+
+def load_audio(
+    source: str,
+    *,
+    sample_rate: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    return_rate: bool = False,
+) -> np.ndarray | tuple[np.ndarray, int]:
+    """Read ``source`` as mono float32 in [-1, 1], optionally cut and resampled.
+
+    Args:
+        source: a path, or a ``wav.scp`` command ending in ``|``.
+        sample_rate: resample to this rate; ``None`` keeps the file's own.
+        start, end: a window in seconds (Kaldi ``segments``); ``end`` of ``None`` or
+            ``-1`` means the end of the file.
+        return_rate: also return the sample rate of the returned samples.
+
+    Raises:
+        W2VError: unreadable, empty or truncated file; NaN/Inf samples; a window
+            outside the file; a failing command.
+    """
+    f, _ = _open(source)
+    with f:
+        sr = f.samplerate
+        first = 0 if start is None else int(round(start * sr))
+        last = f.frames if end is None or end < 0 else int(round(end * sr))
+        if first < 0 or first >= f.frames or last <= first:
+            raise W2VError(
+                f"{_describe(source)}: segment {start}-{end} s is outside the audio (0-{f.frames / sr:.3f} s)"
+            )
+        last = min(last, f.frames)
+        try:
+            if first:
+                f.seek(first)
+            wav = f.read(last - first, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise W2VError(f"{_describe(source)}: read failed ({_reason(e)})") from None
+    if wav.shape[0] == 0:
+        raise W2VError(f"{_describe(source)}: no samples")
+    if wav.shape[0] < last - first and end is None:
+        raise W2VError(f"{_describe(source)}: truncated (header says {last - first} frames, read {wav.shape[0]})")
+    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    if not np.isfinite(wav).all():
+        raise W2VError(f"{_describe(source)}: contains NaN or Inf samples")
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if sample_rate is not None and sample_rate != sr:
+        wav = resample(wav, sr, sample_rate)
+        sr = sample_rate
+    return (wav, sr) if return_rate else wav
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig: int, new: int):
+    import torchaudio
+
+    # One kernel per rate pair, built once per process (Resample caches it).
+    return torchaudio.transforms.Resample(orig, new)
+
+
+def resample(wav: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited sinc resampling (torchaudio), float32 in and out."""
+    if orig_rate == new_rate:
+        return wav
+    import torch
+
+    with torch.no_grad():
+        out = _resampler(int(orig_rate), int(new_rate))(torch.from_numpy(wav)[None])[0]
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def num_resampled(num_frames: int, orig_rate: int, new_rate: int) -> int:
+    """Length after :func:`resample`: ceil(n * new / orig), as torchaudio computes it."""
+    if orig_rate == new_rate:
+        return num_frames
+    import math
+
+    g = math.gcd(orig_rate, new_rate)
+    o, n = orig_rate // g, new_rate // g
+    return -(-n * num_frames // o)

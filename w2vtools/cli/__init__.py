@@ -1,0 +1,129 @@
+"""The ``w2v`` command: a click group whose subcommands load lazily.
+
+Each subcommand lives in ``w2vtools/cli/<name>.py`` and defines a click command
+named ``command``. Only click is imported here, and subcommand modules import
+torch & co. inside their functions, so ``w2v --help`` stays instant. A subcommand
+whose module does not exist is simply absent: nothing is listed that does not work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+
+import click
+
+from w2vtools import __version__
+
+# name -> one-line summary (shown by `w2v --help` without importing the module)
+COMMANDS: dict[str, str] = {
+    "manifest": "Index audio into fairseq TSV manifests, labels and Kaldi data dirs.",
+    "featurize": "Turn a corpus into wav2vec (or fbank/MFCC) features: HDF5, Kaldi ark/scp.",
+    "quantize": "Discrete units: vq-wav2vec / wav2vec 2.0 codes, or k-means on features.",
+    "pretrain": "Self-supervised pretraining of wav2vec, vq-wav2vec and wav2vec 2.0.",
+    "finetune": "CTC fine-tuning, or a CTC acoustic model on stored features.",
+    "decode": "CTC decoding: viterbi, lexicon + KenLM beam search, lexicon-free.",
+    "score": "WER/CER exactly as Kaldi's compute-wer prints it, with details.",
+    "lm": "Build and evaluate KenLM n-gram LMs and lexicons.",
+    "checkpoint": "Inspect and convert model checkpoints (ours, fairseq, Hugging Face).",
+    "plot": "Plot training curves from a training log (JSONL) to PNG.",
+}
+
+log = logging.getLogger("w2v")
+
+
+def _module_exists(name: str) -> bool:
+    return importlib.util.find_spec(f"w2vtools.cli.{name}") is not None
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _module_exists(name)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not _module_exists(name):
+            return None
+        module = importlib.import_module(f"w2vtools.cli.{name}")
+        return module.command
+
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Summaries come from COMMANDS so `w2v --help` imports no subcommand module.
+        rows = [(name, COMMANDS[name]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s" if verbose else "w2v: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="w2v")
+@click.option("-v", "--verbose", count=True, help="Debug logs, and tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """w2v: small composable tools for self-supervised speech recognition with
+    wav2vec, vq-wav2vec and wav2vec 2.0.
+
+    Each subcommand does one job, reads and writes plain files (or `-` for
+    stdin/stdout), and logs to stderr.
+
+    \b
+    Example:
+      w2v manifest corpus/ --dest data/ --ext flac --valid-percent 0.01
+      w2v featurize data/train.tsv feats.h5 --model wav2vec2-base --layer 6
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    setup_logging(verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear line on stderr and a non-zero status on errors."""
+    from w2vtools.errors import W2VError
+
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
+    prog = "w2v" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
+    try:
+        cli.main(args=argv, prog_name="w2v", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except W2VError as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"{prog}: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `w2v ... | head`: quietly stop, as Unix tools do.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        finally:
+            sys.exit(141)
+    except Exception as e:  # an unexpected failure: still one line unless -v
+        if verbose:
+            raise
+        click.echo(f"{prog}: error: {type(e).__name__}: {e} (rerun with -v for a traceback)", err=True)
+        sys.exit(1)

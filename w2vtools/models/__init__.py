@@ -1,0 +1,46 @@
+"""Models of the wav2vec family, pure ``nn.Module``s with a dataclass config.
+
+Layout (one file per family, whisper-style):
+
+* ``wav2vec.py``   wav2vec (2019) and vq-wav2vec (encoder, aggregator, quantizer)
+* ``wav2vec2.py``  wav2vec 2.0 / XLS-R (feature encoder, masking, Transformer, quantizer)
+* ``quantizers.py`` Gumbel-softmax and online k-means vector quantizers
+* ``ctc.py``       a pretrained encoder plus a linear CTC head
+* ``downstream.py`` CTC acoustic models on stored features (conv, BiLSTM)
+* ``presets.py``   named architectures (BASE, LARGE, XLS-R, tiny, ...)
+* ``checkpoint.py`` our checkpoint format and :func:`load_model` for every source
+* ``fairseq.py``, ``huggingface.py``: import/export, one key mapping per source
+
+Parameter names follow fairseq's, so importing fairseq weights is a near-identity map.
+
+Every *encoder* (wav2vec, vq-wav2vec, wav2vec 2.0) offers::
+
+    sample_rate: int                      # 16000
+    frame_shift: float                    # seconds per output frame (0.01 or 0.02)
+    num_frames(num_samples: int) -> int   # output length for an input length
+    extract_features(source, padding_mask=None, *, output="default", layer=None)
+        -> FeatureOutput(features, padding_mask)
+
+``source`` is (B, S) float32 raw waveform at ``sample_rate`` (the model applies its
+own input normalization when its config says so); ``padding_mask`` is (B, S) bool,
+True at padding. An utterance's features are the same batched or alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FeatureOutput:
+    """Frame-level representations.
+
+    Attributes:
+        features: (B, T, D), or a list of (B, T, D) tensors for ``layer="all"``.
+        padding_mask: (B, T) bool, True at padded frames; None when nothing is padded.
+    """
+
+    features: torch.Tensor | list[torch.Tensor]
+    padding_mask: torch.Tensor | None = None
