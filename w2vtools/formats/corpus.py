@@ -1,5 +1,9 @@
 """Read any audio list a command accepts: TSV manifest, Kaldi data dir, ``wav.scp``, or ``-``.
 
+A TSV file brings its line-aligned siblings along when they exist: ``NAME.wrd``
+as each utterance's text and ``NAME.spk`` as its speaker (a sibling whose line
+count does not match is ignored with a warning).
+
 Example:
     >>> utts = read_corpus("data/train.tsv")     # doctest: +SKIP
     >>> utts = read_corpus("data/kaldi/train")   # a data dir: segments, text, speakers
@@ -8,7 +12,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import os
 import sys
 
@@ -27,7 +33,29 @@ def read_corpus(spec: str | os.PathLike) -> list[Utterance]:
     if not os.path.exists(spec):
         raise W2VError(f"{spec}: no such file or directory")
     with open(spec, encoding="utf-8") as f:
-        return _parse_text(f.read(), spec)
+        text = f.read()
+    utts = _parse_text(text, spec)
+    if manifest.looks_like_manifest(*(text.splitlines()[:2] + [None])[:2]):
+        utts = _with_siblings(spec, utts)
+    return utts
+
+
+def _with_siblings(tsv: str, utts: list[Utterance]) -> list[Utterance]:
+    """Attach ``NAME.wrd`` (text) and ``NAME.spk`` (speaker) found beside ``NAME.tsv``."""
+    stem, _ = os.path.splitext(tsv)
+    for ext, attr in (("wrd", "text"), ("spk", "speaker")):
+        path = f"{stem}.{ext}"
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n").rstrip("\r") for line in f]
+        if len(lines) != len(utts):
+            logging.getLogger("w2v.corpus").warning(
+                "%s: %d lines but %s has %d rows: not used", path, len(lines), tsv, len(utts)
+            )
+            continue
+        utts = [dataclasses.replace(u, **{attr: line}) for u, line in zip(utts, lines)]
+    return utts
 
 
 def _parse_text(text: str, name: str) -> list[Utterance]:

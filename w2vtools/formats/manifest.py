@@ -13,7 +13,7 @@ manifest's own rows.
 
 Example:
     >>> rows = read_manifest("data/train.tsv")   # doctest: +SKIP
-    >>> rows.root, rows.items[0]
+    >>> rows.root, rows.items[0]                 # doctest: +SKIP
     ('/corpora/fsdd/recordings', ManifestItem(relpath='0_george_10.wav', num_samples=3616))
 """
 
@@ -96,6 +96,18 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def format_manifest(man: Manifest) -> str:
+    """The TSV text, byte for byte as fairseq's ``wav2vec_manifest.py`` prints it.
+
+    Example:
+        >>> format_manifest(Manifest("/data", [ManifestItem("a/x.wav", 16000)]))
+        '/data\\na/x.wav\\t16000\\n'
+    """
+    if "\n" in man.root or "\t" in man.root or not man.root:
+        raise W2VError(f"manifest root {man.root!r} is empty or contains a tab or line break")
+    for it in man.items:
+        # fairseq splits rows on tabs and lines on newlines: such names cannot be represented.
+        if "\t" in it.relpath or "\n" in it.relpath or "\r" in it.relpath:
+            raise W2VError(f"{os.path.join(man.root, it.relpath)!r}: file name contains a tab or line break")
     return man.root + "\n" + "".join(f"{it.relpath}\t{it.num_samples}\n" for it in man.items)
 
 
