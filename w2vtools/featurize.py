@@ -1,0 +1,652 @@
+"""``w2v featurize``: a corpus in, frame-level features out (HDF5, Kaldi ark/scp, h5context).
+
+The pipeline, streaming so memory does not grow with the corpus:
+
+1. read the corpus (:func:`~w2vtools.formats.corpus.read_corpus`), keep shard K of N;
+2. learn every utterance's length from its header (no decoding), resampled to the
+   model's rate; skip those an interrupted run already finished;
+3. plan length-sorted batches bounded by padded audio seconds
+   (:func:`~w2vtools.batching.plan_batches`); recordings longer than
+   ``chunk_seconds`` go alone, in overlapping windows;
+4. decode and resample audio in background threads while the model runs;
+5. run the encoder under ``torch.inference_mode`` with padding masks (an utterance's
+   features are the same batched or alone), keep each row's real frames;
+6. write through the one feature writer (:func:`~w2vtools.formats.features.open_feature_writer`),
+   which makes finished utterances crash-safe and commits atomically.
+
+Example:
+    >>> summary = featurize("data/train.tsv", "feats.h5", model="wav2vec2-base", layer=6)  # doctest: +SKIP
+    >>> summary.utterances, summary.failures              # doctest: +SKIP
+    (2700, 0)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.formats.utterance import Utterance
+
+log = logging.getLogger("w2v.featurize")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class Encoder:
+    """An encoder ready to featurize, with what identifies it.
+
+    Attributes:
+        module: has ``extract_features``, ``num_frames``, ``frame_shift``, ``sample_rate``.
+        name: what the user asked for (a named model, a path, ``fbank``).
+        family: wav2vec | vq-wav2vec | wav2vec2 | fbank | mfcc.
+        sha256: checksum of the weights file (of the configuration for fbank/mfcc).
+    """
+
+    module: object
+    name: str
+    family: str
+    sha256: str = ""
+    loaded: object = None  # the LoadedModel, when it came from a checkpoint
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of every file of a folder (Hugging Face model dir) in name order."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for q in files:
+        if p.is_dir():
+            h.update(str(q.relative_to(p)).encode())
+        with open(q, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _find_encoder(module):
+    """The part of a loaded model that offers ``extract_features`` (a CTC model wraps its encoder)."""
+    if hasattr(module, "extract_features") and hasattr(module, "num_frames"):
+        return module
+    for attr in ("encoder", "w2v_encoder", "wav2vec2", "model"):
+        inner = getattr(module, attr, None)
+        if inner is not None and hasattr(inner, "extract_features") and hasattr(inner, "num_frames"):
+            return inner
+    raise W2VError(f"{type(module).__name__}: this model has no feature encoder (extract_features)")
+
+
+def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
+    """Load ``spec`` as an encoder: ``fbank``/``mfcc``, a named model (downloaded once), or a checkpoint.
+
+    Example:
+        >>> load_encoder("fbank").module.frame_shift
+        0.01
+    """
+    from w2vtools.models import baselines, hub
+
+    spec = str(spec)
+    if spec in baselines.BASELINES:
+        enc = baselines.build_baseline(spec)
+        return Encoder(enc, spec, spec, enc.checksum)
+    path = hub.resolve(spec)
+    if not os.path.exists(path):
+        names = ", ".join(list(hub.MODELS) + list(baselines.BASELINES))
+        raise W2VError(f"{spec}: no such checkpoint file or folder, and not a model name ({names})")
+    try:
+        from w2vtools.models.checkpoint import load_model
+    except ImportError as e:  # pragma: no cover - only while the checkpoint module is missing
+        raise W2VError(f"{spec}: loading checkpoints needs w2vtools.models.checkpoint ({e})") from None
+    loaded = load_model(path, map_location="cpu")
+    module = _find_encoder(loaded.model)
+    module.eval()
+    return Encoder(module, spec, getattr(loaded, "family", "") or "", file_sha256(path), loaded)
+
+
+def encoder_from_module(module, name: str = "module", family: str | None = None) -> Encoder:
+    """Wrap an in-memory model (tests, notebooks)."""
+    enc = _find_encoder(module)
+    enc.eval()
+    fam = family or getattr(enc, "family", None) or type(enc).__name__
+    return Encoder(enc, name, str(fam), "")
+
+
+# ---------------------------------------------------------------------------------------------
+# What to extract
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which representation: ``output`` and ``layer`` as the encoder contract takes them."""
+
+    output: str = "default"
+    layer: int | str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.output == "layer":
+            return f"layer {self.layer}"
+        return self.output
+
+
+def make_selection(family: str, *, output: str | None = None, layer: int | None = None, all_layers: bool = False) -> Selection:
+    """Check the ``--output/--layer/--layers`` combination against the model family.
+
+    Example:
+        >>> make_selection("wav2vec2", layer=6)
+        Selection(output='layer', layer=6)
+        >>> make_selection("wav2vec", output="z")
+        Selection(output='z', layer=None)
+    """
+    chosen = sum(x is not None and x is not False for x in (output, layer, all_layers or None))
+    if chosen > 1:
+        raise W2VError("choose one of --output, --layer and --layers all")
+    if family in ("fbank", "mfcc"):
+        if chosen:
+            raise W2VError(f"--model {family} has no layers or outputs to choose from")
+        return Selection()
+    if family == "wav2vec2":
+        if output in ("c", "q"):
+            raise W2VError(
+                f"--output {output}: wav2vec 2.0 outputs a Transformer layer (--layer N, --layers all) or z "
+                "(its CNN output); quantizer codes come from `w2v quantize`"
+            )
+        if output == "z":
+            return Selection("z")
+        if all_layers:
+            return Selection("layer", "all")
+        if layer is not None:
+            if layer < 0:
+                raise W2VError(f"--layer {layer}: layers count from 0 (the Transformer input)")
+            return Selection("layer", int(layer))
+        return Selection()
+    # wav2vec / vq-wav2vec
+    if layer is not None or all_layers:
+        raise W2VError(f"--layer/--layers: a {family} model has no Transformer layers; use --output c, z or q")
+    if output == "q" and family != "vq-wav2vec":
+        raise W2VError("--output q needs a vq-wav2vec model")
+    return Selection(output or "default")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding and planning
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (1-based K) -> (K, N).
+
+    Example:
+        >>> parse_shard("2/8")
+        (2, 8)
+    """
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise W2VError(f"--shard {text}: expected K/N with whole numbers, e.g. 3/8") from None
+    if n < 1 or not 1 <= k <= n:
+        raise W2VError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def select_shard(utts: Sequence[Utterance], shard: tuple[int, int] | None) -> list[Utterance]:
+    """Shard K of N: the K-th of N contiguous blocks of the corpus (sizes differ by at most one).
+
+    The same corpus and N always give the same split, and the shards cover every
+    utterance exactly once (as Kaldi's ``split_scp.pl``).
+
+    Example:
+        >>> [len(select_shard([Utterance(str(i), "x") for i in range(10)], (k, 3))) for k in (1, 2, 3)]
+        [4, 3, 3]
+    """
+    utts = list(utts)
+    if shard is None:
+        return utts
+    k, n = shard
+    base, extra = divmod(len(utts), n)
+    start = (k - 1) * base + min(k - 1, extra)
+    size = base + (1 if k <= extra else 0)
+    return utts[start : start + size]
+
+
+def utterance_length(utt: Utterance, sample_rate: int) -> int | None:
+    """Samples after resampling to ``sample_rate``, from the header; None for ``cmd |`` sources."""
+    from w2vtools.audio import audio_info, is_command, num_resampled
+
+    if is_command(utt.source):
+        return None
+    info = audio_info(utt.source)
+    sr = info.sample_rate
+    first = 0 if utt.start is None else int(round(utt.start * sr))
+    last = info.num_frames if utt.end is None or utt.end < 0 else min(info.num_frames, int(round(utt.end * sr)))
+    n = max(0, last - first)
+    return num_resampled(n, sr, sample_rate)
+
+
+@dataclass
+class Job:
+    """A unit of work: a batch of short utterances, or one utterance cut into windows."""
+
+    utts: list[Utterance]
+    lengths: list[int | None]
+    chunked: bool = False
+
+
+def plan_jobs(
+    utts: Sequence[Utterance],
+    lengths: Sequence[int | None],
+    *,
+    sample_rate: int,
+    batch_seconds: float,
+    chunk_seconds: float,
+) -> list[Job]:
+    """Length-sorted batches for known lengths; long or unknown-length utterances as single jobs."""
+    from w2vtools.batching import plan_batches
+
+    max_samples = int(batch_seconds * sample_rate)
+    chunk_limit = int(chunk_seconds * sample_rate)
+    short = [i for i, n in enumerate(lengths) if n is not None and n <= chunk_limit]
+    jobs = [
+        Job([utts[short[j]] for j in b], [lengths[short[j]] for j in b])
+        for b in plan_batches([lengths[i] for i in short], max_samples, keys=[utts[i].uid for i in short])
+    ]
+    rest = [i for i, n in enumerate(lengths) if n is None or n > chunk_limit]
+    rest.sort(key=lambda i: (-(lengths[i] or 0), utts[i].uid.encode("utf-8")))
+    jobs += [Job([utts[i]], [lengths[i]], chunked=True) for i in rest]
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Summary:
+    utterances: int = 0
+    skipped: int = 0
+    failures: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+    num_frames: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds per wall-clock second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else float("inf")
+
+    def line(self, out: str) -> str:
+        return (
+            f"featurize: {self.utterances} utterances ({self.audio_seconds / 3600:.3f} h) in {self.wall_seconds:.1f} s, "
+            f"{self.speed:.1f} audio-s/s, {self.skipped} already done, {self.failures} failed -> {out}"
+        )
+
+
+class FeatureExtractor:
+    """Runs an encoder on batches of waveforms: padding, masking, per-row frame counts, windows.
+
+    Example:
+        >>> fx = FeatureExtractor(load_encoder("fbank"))
+        >>> [x.shape for x in fx([np.zeros(16000, np.float32), np.zeros(8000, np.float32)])]
+        [(98, 80), (48, 80)]
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        selection: Selection = Selection(),
+        *,
+        device: str = "cpu",
+        amp: bool = False,
+        chunk_seconds: float = 60.0,
+        chunk_overlap: float = 2.0,
+        batch_seconds: float = 200.0,
+    ):
+        import torch
+
+        self.torch = torch
+        self.encoder = encoder
+        self.module = encoder.module
+        self.selection = selection
+        self.device = torch.device(device)
+        self.amp = amp
+        self.sample_rate = int(self.module.sample_rate)
+        self.hop = int(round(self.module.frame_shift * self.sample_rate))
+        self.chunk_samples = int(chunk_seconds * self.sample_rate)
+        self.overlap_samples = int(chunk_overlap * self.sample_rate)
+        self.batch_samples = int(batch_seconds * self.sample_rate)
+        if hasattr(self.module, "to"):
+            self.module.to(self.device)
+
+    def _run(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from w2vtools.batching import collate
+
+        torch = self.torch
+        source, mask = collate(waves)
+        source = source.to(self.device, non_blocking=True)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
+        ctx = (
+            torch.autocast(device_type=self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
+            if self.amp
+            else _null()
+        )
+        with torch.inference_mode(), ctx:
+            out = self.module.extract_features(
+                source, mask, output=self.selection.output, layer=self.selection.layer
+            )
+        feats = out.features
+        if isinstance(feats, (list, tuple)):
+            # all layers: (B, T, D) each -> (B, T, L*D), layer 0 first
+            feats = torch.cat(list(feats), dim=-1)
+        feats = feats.float().cpu().numpy()
+        result = []
+        for row, w in enumerate(waves):
+            n = self.module.num_frames(len(w))
+            if out.padding_mask is not None:
+                have = int((~out.padding_mask[row]).sum())
+                if have != n:
+                    raise RuntimeError(f"model gave {have} frames for {len(w)} samples, num_frames() says {n}")
+            result.append(np.ascontiguousarray(feats[row, :n]))
+        return result
+
+    def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """(T_i, D) features for each waveform (16 kHz float32), computed as one padded batch."""
+        return self._run(waves)
+
+    def long(self, wave: np.ndarray) -> np.ndarray:
+        """Features of one long recording, in overlapping windows (memory bounded by the window)."""
+        from w2vtools.batching import chunk_spans, plan_batches, stitch
+
+        n = len(wave)
+        total = self.module.num_frames(n)
+        if n <= self.chunk_samples:
+            return self._run([wave])[0]
+        spans = chunk_spans(n, self.chunk_samples, self.overlap_samples, self.hop, total)
+        pieces: list[np.ndarray | None] = [None] * len(spans)
+        for batch in plan_batches([s.end - s.start for s in spans], max(self.batch_samples, 1)):
+            outs = self._run([wave[spans[i].start : spans[i].end] for i in batch])
+            for i, x in zip(batch, outs):
+                pieces[i] = x
+        return stitch(pieces, spans)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _load(utt: Utterance, sample_rate: int) -> np.ndarray:
+    return utt.load(sample_rate)
+
+
+def _prefetched(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) -> Iterator[tuple[Job, list]]:
+    """Yield (job, [wave or W2VError]) in order while the next ``depth`` jobs load in threads.
+
+    Decoding (libsndfile) and resampling (torch) release the GIL, so threads overlap
+    audio loading with the model's compute.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield job, [_try_load(u, sample_rate) for u in job.utts]
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w2v-audio") as pool:
+        pending: deque = deque()
+        it = iter(jobs)
+
+        def submit_next() -> bool:
+            job = next(it, None)
+            if job is None:
+                return False
+            pending.append((job, [pool.submit(_try_load, u, sample_rate) for u in job.utts]))
+            return True
+
+        for _ in range(depth):
+            if not submit_next():
+                break
+        while pending:
+            job, futures = pending.popleft()
+            submit_next()
+            yield job, [f.result() for f in futures]
+
+
+def _try_load(utt: Utterance, sample_rate: int):
+    try:
+        return _load(utt, sample_rate)
+    except W2VError as e:
+        return e
+
+
+def featurize(
+    corpus: str,
+    out: str,
+    *,
+    model: str | Encoder = "fbank",
+    output: str | None = None,
+    layer: int | None = None,
+    all_layers: bool = False,
+    device: str = "cpu",
+    amp: bool = False,
+    batch_seconds: float = 200.0,
+    chunk_seconds: float = 60.0,
+    chunk_overlap: float = 2.0,
+    shard: str | tuple[int, int] | None = None,
+    dtype: str = "float32",
+    format: str | None = None,
+    threads: int | None = None,
+    workers: int = 2,
+    flush_every: float = 30.0,
+    progress: bool | None = None,
+    resume: bool = True,
+) -> Summary:
+    """Featurize a corpus into ``out`` (see the module doc); returns a :class:`Summary`.
+
+    Args:
+        corpus: TSV manifest, Kaldi data dir, ``wav.scp`` or ``-``.
+        out: ``*.h5``, a Kaldi wspecifier, a Kaldi data dir (writes ``feats.scp``,
+            ``utt2num_frames``, ``frame_shift`` and ``data/raw_feats.ark`` in it), or a
+            folder with ``format="h5context"``.
+        model: ``fbank``, ``mfcc``, a named model, a checkpoint path or folder, or an :class:`Encoder`.
+        output, layer, all_layers: which representation (see :func:`make_selection`);
+            all layers are stored side by side, ``(T, (L+1)*D)``, layer 0 first.
+        device: ``cpu`` or ``cuda[:N]``; amp: autocast on that device.
+        batch_seconds: budget of padded audio seconds per batch.
+        chunk_seconds, chunk_overlap: recordings longer than ``chunk_seconds`` run in
+            windows of that length with ``chunk_overlap`` seconds of context each side.
+        shard: ``"K/N"`` or (K, N), 1-based.
+        dtype: ``float32`` or ``float16`` (HDF5 only).
+        threads: torch intra-op threads (None: torch's default).
+        workers: audio-loading threads (0: load in the main thread).
+        flush_every: seconds between crash-safe flushes of finished utterances.
+        progress: tqdm bar on stderr (None: when stderr is a terminal).
+        resume: keep what an interrupted run with the same OUT finished.
+
+    Raises:
+        W2VError: bad options or input; PartialFailure: some utterances could not be
+            featurized (the rest are written; the summary names them).
+    """
+    import torch
+
+    from w2vtools.formats.corpus import read_corpus
+    from w2vtools.formats.features import open_feature_writer
+
+    if dtype not in ("float32", "float16"):
+        raise W2VError(f"--dtype {dtype}: choose float32 or float16")
+    if batch_seconds <= 0 or chunk_seconds <= 0 or chunk_overlap < 0:
+        raise W2VError("--batch-seconds and --chunk-seconds must be positive, --chunk-overlap not negative")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise W2VError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+    if threads:
+        torch.set_num_threads(int(threads))
+    shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
+
+    utts = select_shard(read_corpus(corpus), shard_kn)
+    if not utts:
+        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn else ""))
+    encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
+    selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
+    fx = FeatureExtractor(
+        encoder,
+        selection,
+        device=device,
+        amp=amp,
+        chunk_seconds=chunk_seconds,
+        chunk_overlap=chunk_overlap,
+        batch_seconds=batch_seconds,
+    )
+    sr = fx.sample_rate
+    attrs = {
+        "frame_shift": float(encoder.module.frame_shift),
+        "sample_rate": sr,
+        "model": encoder.name,
+        "model_sha256": encoder.sha256,
+        "family": encoder.family,
+        "output": selection.output,
+        "layer": "" if selection.layer is None else str(selection.layer),
+    }
+    data_dir = _kaldi_data_dir(out, format)
+    shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
+    spec = out
+    if data_dir is not None:
+        (data_dir / "data").mkdir(exist_ok=True)
+        ark = (data_dir / 'data' / f'raw_feats{shard_suffix}.ark').resolve()  # Kaldi's scps hold absolute ark paths
+        spec = f"ark,scp:{ark},{data_dir / f'feats{shard_suffix}.scp'}"
+    writer = open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume)
+
+    summary = Summary(skipped=sum(u.uid in writer.done for u in utts))
+    todo = [u for u in utts if u.uid not in writer.done]
+    if summary.skipped:
+        log.info("resuming %s: %d utterances already done, %d to go", out, summary.skipped, len(todo))
+
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(max_workers=8) as pool:
+        lengths_or_err = list(pool.map(lambda u: _safe_length(u, sr), todo))
+    failed_early = [(u, r) for u, r in zip(todo, lengths_or_err) if isinstance(r, W2VError)]
+    for u, e in failed_early:
+        _fail(summary, u, e)
+    keep = [(u, r) for u, r in zip(todo, lengths_or_err) if not isinstance(r, W2VError)]
+    jobs = plan_jobs(
+        [u for u, _ in keep], [r for _, r in keep], sample_rate=sr, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds
+    )
+    total_seconds = sum((r or 0) for _, r in keep) / sr
+    bar = _progress_bar(total_seconds, progress)
+    try:
+        with writer:
+            for job, waves in _prefetched(jobs, sr, workers, depth=max(2, workers * 2)):
+                good = []
+                for u, w in zip(job.utts, waves):
+                    if isinstance(w, W2VError):
+                        _fail(summary, u, w)
+                    elif fx.module.num_frames(len(w)) < 1:
+                        _fail(summary, u, W2VError(f"{u.source}: {len(w)} samples at {sr} Hz is too short for the model"))
+                    else:
+                        good.append((u, w))
+                if not good:
+                    continue
+                if job.chunked:
+                    feats = [fx.long(good[0][1])]
+                else:
+                    feats = fx([w for _, w in good])
+                for (u, w), x in zip(good, feats):
+                    writer.write(u.uid, x)
+                    summary.utterances += 1
+                    summary.audio_seconds += len(w) / sr
+                    if bar is not None:
+                        bar.update(len(w) / sr)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary.wall_seconds = time.monotonic() - t0
+    summary.num_frames = dict(writer.num_frames)
+    if data_dir is not None:
+        _write_data_dir_tables(data_dir, writer.num_frames, attrs["frame_shift"], shard_suffix)
+    log.info(summary.line(out))
+    if summary.failures:
+        shown = ", ".join(summary.failed[:5]) + (" ..." if len(summary.failed) > 5 else "")
+        raise PartialFailure(f"{summary.failures} of {len(utts)} utterances failed ({shown}); the rest are in {out}")
+    return summary
+
+
+def _safe_length(u: Utterance, sr: int):
+    try:
+        return utterance_length(u, sr)
+    except W2VError as e:
+        return e
+
+
+def _fail(summary: Summary, u: Utterance, e: Exception) -> None:
+    summary.failures += 1
+    summary.failed.append(u.uid)
+    log.warning("%s: skipped: %s", u.uid, e)
+
+
+def _progress_bar(total_seconds: float, progress: bool | None):
+    from tqdm import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    if disable:
+        return None
+    return tqdm(total=round(total_seconds, 2), unit="s", unit_scale=False, desc="featurize (audio s)", file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def _kaldi_data_dir(out: str, format: str | None) -> Path | None:
+    p = Path(out)
+    if format is None and p.is_dir() and (p / "wav.scp").is_file():
+        return p
+    return None
+
+
+def _write_data_dir_tables(data_dir: Path, num_frames: dict[str, int], frame_shift: float, suffix: str) -> None:
+    from w2vtools.fileio import atomic_write
+    from w2vtools.formats.kaldi import write_kaldi_table
+
+    write_kaldi_table(data_dir / f"utt2num_frames{suffix}", num_frames)
+    with atomic_write(data_dir / "frame_shift") as f:
+        f.write(f"{frame_shift:g}\n")
+
+
+def merge(inputs: Sequence[str], out: str, *, format: str | None = None) -> int:
+    """Join shard outputs (see :func:`w2vtools.formats.features.merge_features`).
+
+    For a Kaldi data dir ``out``, joins ``feats.K.scp`` and ``utt2num_frames.K`` given as
+    inputs (or found in it when ``inputs`` is empty) into ``feats.scp`` and ``utt2num_frames``.
+    """
+    from w2vtools.formats.features import merge_features
+
+    data_dir = _kaldi_data_dir(out, format)
+    if data_dir is None:
+        return merge_features(list(inputs), out, format=format)
+    from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
+
+    scps = [Path(p) for p in inputs] or sorted(
+        data_dir.glob("feats.*.scp"), key=lambda p: int(p.name.split(".")[1]) if p.name.split(".")[1].isdigit() else 0
+    )
+    if not scps:
+        raise W2VError(f"{data_dir}: no feats.K.scp shard files to merge")
+    n = merge_features([str(p) for p in scps], str(data_dir / "feats.scp"))
+    frames: dict[str, str] = {}
+    for scp in scps:
+        u2n = scp.with_name(scp.name.replace("feats", "utt2num_frames", 1).removesuffix(".scp"))
+        if u2n.is_file():
+            frames.update(read_kaldi_table(u2n))
+    if frames:
+        write_kaldi_table(data_dir / "utt2num_frames", frames)
+    return n
