@@ -165,6 +165,8 @@ def load_audio(
     f, _ = _open(source)
     with f:
         sr = f.samplerate
+        if f.frames <= 0:
+            raise W2VError(f"{_describe(source)}: no samples")
         first = 0 if start is None else int(round(start * sr))
         last = f.frames if end is None or end < 0 else int(round(end * sr))
         if first < 0 or first >= f.frames or last <= first:

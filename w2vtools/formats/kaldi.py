@@ -223,13 +223,20 @@ def write_data_dir(
         for u in sorted(utts, key=lambda u: u.uid.encode("utf-8")):
             rec_of_source.setdefault(u.source, u.uid)
         write_kaldi_table(d / "wav.scp", {rec: src for src, rec in rec_of_source.items()})
+        # validate_data_dir.sh wants end > start, so an open end (-1) is written as the recording's length.
+        rec_duration: dict[str, float] = {}
+        for u in utts:
+            if u.end is None and u.source not in rec_duration:
+                from w2vtools.audio import audio_info
+
+                rec_duration[u.source] = audio_info(u.source).duration
         write_kaldi_table(
             d / "segments",
             {
                 u.uid: (
                     rec_of_source[u.source],
                     format_seconds(u.start or 0.0),
-                    "-1" if u.end is None else format_seconds(u.end),
+                    format_seconds(rec_duration[u.source] if u.end is None else u.end),
                 )
                 for u in utts
             },
