@@ -1,0 +1,902 @@
+"""wav2vec 2.0 / XLS-R (Baevski et al., 2020; Babu et al., 2021).
+
+The model follows fairseq's ``Wav2Vec2Model`` module for module and name for name
+(``feature_extractor.conv_layers.0.0.weight``, ``encoder.layers.3.self_attn.q_proj.weight``,
+``quantizer.vars`` ...), so fairseq state dicts load by name. What differs is how
+it computes, for speed on CPU and exactness with padding:
+
+* The convolutional feature encoder runs channels-last: every strided convolution
+  is an ``unfold`` followed by one GEMM, and the layer norms need no transposes.
+* With a padding mask, the group norm of the first convolution takes its
+  statistics over each utterance's valid frames only, so an utterance's features
+  are the same batched or alone. Without padding this is exactly GroupNorm, i.e.
+  fairseq, Hugging Face and torchaudio (which, batched, let padding shift the
+  statistics: Hugging Face tells users not to pass an attention mask to such
+  models for that reason).
+* Attention uses ``scaled_dot_product_attention`` with q/k/v fused into one GEMM;
+  in inference the fused weights and the weight-normed positional convolution
+  are folded once and cached (re-folded automatically when parameters change).
+* Masks and negatives are drawn with torch on the model's device.
+
+Entry points:
+
+* ``extract_features(source, padding_mask, output=..., layer=...)``: features
+  for downstream use (see :mod:`w2vtools.models`).
+* ``quantize(source, padding_mask)``: (B, T, G) codebook indices.
+* ``forward(source, padding_mask)``: the pretraining forward (masking, quantized
+  targets, distractors, logits); ``pretraining_loss(net_output)`` turns it into
+  fairseq's summed contrastive + diversity + feature-penalty loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from w2vtools.models import FeatureOutput
+from w2vtools.models.quantizers import GumbelVectorQuantizer
+
+BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+@dataclass
+class Wav2Vec2Config:
+    """Architecture and pretraining hyper-parameters; field names are fairseq's.
+
+    The defaults are wav2vec 2.0 BASE as pretrained on LibriSpeech (fairseq's
+    ``wav2vec2_base_librispeech.yaml``), plus ``normalize`` (fairseq's task option:
+    zero-mean unit-variance input per utterance) and the two loss weights of
+    fairseq's criterion (``loss_weights: [0.1, 10]``).
+
+    Example:
+        >>> cfg = Wav2Vec2Config(encoder_layers=24, encoder_embed_dim=1024)
+        >>> cfg.conv_feature_layers[0]
+        (512, 10, 5)
+    """
+
+    # feature encoder
+    extractor_mode: str = "default"  # "default": group norm in layer 1; "layer_norm": in every layer
+    conv_feature_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(BASE_CONV_LAYERS))
+    conv_bias: bool = False
+    feature_grad_mult: float = 0.1
+    normalize: bool = False
+    # Transformer
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 768
+    encoder_ffn_embed_dim: int = 3072
+    encoder_attention_heads: int = 12
+    activation_fn: str = "gelu"
+    layer_norm_first: bool = False
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    encoder_layerdrop: float = 0.05
+    dropout_input: float = 0.1
+    dropout_features: float = 0.1
+    # quantizer and contrastive task
+    quantize_targets: bool = True
+    final_dim: int = 256
+    latent_vars: int = 320
+    latent_groups: int = 2
+    latent_dim: int = 0  # 0: final_dim
+    latent_temp: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    weight_proj_depth: int = 1
+    weight_proj_factor: int = 1
+    logit_temp: float = 0.1
+    num_negatives: int = 100
+    cross_sample_negatives: int = 0
+    diversity_weight: float = 0.1
+    feature_pen_weight: float = 10.0
+    # time masking (fairseq: mask_prob is the start probability x mask_length)
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    mask_min_masks: int = 2
+    no_mask_overlap: bool = False
+    mask_min_space: int = 1
+    require_same_masks: bool = True
+    # channel masking
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 10
+    no_mask_channel_overlap: bool = False
+    mask_channel_min_space: int = 1
+
+    def __post_init__(self) -> None:
+        self.conv_feature_layers = [tuple(int(v) for v in layer) for layer in self.conv_feature_layers]
+        self.latent_temp = tuple(float(t) for t in self.latent_temp)
+        if self.extractor_mode not in ("default", "layer_norm"):
+            raise ValueError(f"extractor_mode must be 'default' or 'layer_norm', not {self.extractor_mode!r}")
+        if self.encoder_embed_dim % self.encoder_attention_heads:
+            raise ValueError("encoder_embed_dim must be divisible by encoder_attention_heads")
+        if self.activation_fn not in _ACTIVATIONS:
+            raise ValueError(f"activation_fn must be one of {sorted(_ACTIVATIONS)}")
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def compute_mask_indices(
+    shape: tuple[int, int],
+    padding_mask: torch.Tensor | None,
+    mask_prob: float,
+    mask_length: int,
+    min_masks: int = 0,
+    no_overlap: bool = False,
+    min_space: int = 0,
+    require_same_masks: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Random span mask, fairseq's ``compute_mask_indices`` ("static" lengths) in torch.
+
+    For each row of valid length ``n``, ``floor(mask_prob * n / mask_length + U[0,1))``
+    spans (at least ``min_masks``) of ``mask_length`` frames start at distinct random
+    positions; spans may overlap (so about 49 % of frames end up masked for 0.65 x 10),
+    unless ``no_overlap``, in which case spans are placed uniformly at random with at
+    least ``min_space`` frames between them (fewer spans when they do not fit; fairseq
+    places them by recursive interval splitting, a slightly different distribution).
+    With ``require_same_masks`` every row keeps a random subset of its masked frames
+    so that all rows have as many as the least-masked row (needed to gather
+    ``(B, M, C)`` targets). Randomness comes from torch's generator on ``device``.
+
+    Args:
+        shape: (B, T).
+        padding_mask: (B, T) bool, True at padding, or None.
+        mask_prob: span start probability x mask_length.
+        mask_length: span length.
+        min_masks: minimum number of spans per row.
+        no_overlap: forbid overlapping spans.
+        min_space: with no_overlap, minimum frames between spans.
+        require_same_masks: equalize the number of masked frames across rows.
+        device: where to build the mask (default: the padding mask's, else CPU).
+
+    Returns:
+        (B, T) bool mask, True at masked frames.
+
+    Example:
+        >>> m = compute_mask_indices((2, 500), None, 0.65, 10, min_masks=2)
+        >>> 0.3 < m.float().mean().item() < 0.7
+        True
+    """
+    bsz, all_sz = shape
+    if device is None:
+        device = padding_mask.device if padding_mask is not None else torch.device("cpu")
+    if padding_mask is not None:
+        sz = all_sz - padding_mask.long().sum(-1).to(device)
+    else:
+        sz = torch.full((bsz,), all_sz, dtype=torch.long, device=device)
+    num_mask = torch.floor(mask_prob * sz.double() / float(mask_length) + torch.rand(bsz, device=device, dtype=torch.float64))
+    num_mask = num_mask.long().clamp(min=min_masks)
+    length = mask_length
+
+    if not no_overlap:
+        # fairseq: starts drawn without replacement from range(sz - length), shrunk to
+        # range(num_mask + 1) when the row is too short.
+        high = torch.where(sz - length <= num_mask, num_mask + 1, sz - length)
+        width = max(int(high.max().item()), 1)
+        pos = torch.arange(width, device=device)
+        starts_at = _choose_distinct(pos, high, num_mask, bsz, width, device)  # (B, width) bool
+    else:
+        # Uniform non-overlapping placement ("stars and bars"): k spans of `length` with
+        # gaps >= min_space fit when k*length + (k-1)*min_space <= sz.
+        fit = torch.div(sz + min_space, length + min_space, rounding_mode="floor").clamp(min=0)
+        num_mask = torch.minimum(num_mask, fit)
+        slack = (sz - num_mask * length - (num_mask - 1).clamp(min=0) * min_space).clamp(min=0)
+        high = slack + num_mask
+        width = max(int(high.max().item()), 1)
+        pos = torch.arange(width, device=device)
+        chosen = _choose_distinct(pos, high, num_mask, bsz, width, device)
+        # the j-th smallest chosen value u_j gives start u_j - j + j * (length + min_space)
+        rank = chosen.long().cumsum(-1) - 1
+        start = pos.unsqueeze(0) + rank.clamp(min=0) * (length + min_space - 1)
+        span_width = int(start.max().item()) + 2
+        dummy = span_width - 1  # unchosen entries are written to a column dropped below
+        starts_at = torch.zeros(bsz, span_width, dtype=torch.bool, device=device)
+        starts_at.scatter_(1, torch.where(chosen, start, torch.full_like(start, dummy)), chosen)
+        starts_at = starts_at[:, :dummy]
+    # Expand starts into spans: a frame is masked when a start lies within `length` before it.
+    spans = F.conv1d(
+        starts_at.float().unsqueeze(1), torch.ones(1, 1, length, device=device), padding=length - 1
+    )[:, 0]
+    mask = torch.zeros(bsz, all_sz, dtype=torch.bool, device=device)
+    n = min(all_sz, spans.size(1))
+    mask[:, :n] = spans[:, :n] > 0.5
+    mask &= torch.arange(all_sz, device=device).unsqueeze(0) < sz.unsqueeze(1)
+    if require_same_masks and bsz > 1:
+        counts = mask.sum(-1)
+        keep = int(counts.min().item())
+        if int(counts.max().item()) > keep:
+            score = torch.rand(bsz, all_sz, device=device).masked_fill(~mask, 2.0)
+            order = score.argsort(dim=-1)
+            kept = torch.zeros_like(mask)
+            kept.scatter_(1, order[:, :keep], True)
+            mask = kept & mask
+    return mask
+
+
+def _choose_distinct(pos, high, count, bsz, width, device) -> torch.Tensor:
+    """(B, width) bool: `count[b]` distinct positions drawn uniformly from range(high[b])."""
+    score = torch.rand(bsz, width, device=device).masked_fill(pos.unsqueeze(0) >= high.unsqueeze(1), 2.0)
+    rank = torch.empty_like(score, dtype=torch.long)
+    rank.scatter_(1, score.argsort(dim=-1), pos.unsqueeze(0).expand(bsz, -1).contiguous())
+    return rank < count.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class _GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class TransposeLast(nn.Module):
+    """Swap the last two dims (kept so that layer-norm blocks have fairseq's indices)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(-2, -1)
+
+
+class ConvFeatureExtractionModel(nn.Module):
+    """The convolutional feature encoder: strided Conv1d + (norm) + GELU blocks.
+
+    ``conv_layers[i]`` is ``Sequential(Conv1d, Dropout, [norm,] GELU)`` as in fairseq;
+    norm is GroupNorm(C, C) in the first block for ``mode="default"`` and
+    ``Sequential(TransposeLast, LayerNorm, TransposeLast)`` in every block for
+    ``mode="layer_norm"``. :meth:`forward` returns channels-last (B, T, C).
+
+    Example:
+        >>> fe = ConvFeatureExtractionModel(BASE_CONV_LAYERS)
+        >>> fe(torch.randn(1, 16000)).shape
+        torch.Size([1, 49, 512])
+    """
+
+    def __init__(self, conv_layers, dropout: float = 0.0, mode: str = "default", conv_bias: bool = False):
+        super().__init__()
+        self.mode = mode
+        self.layer_specs = [tuple(c) for c in conv_layers]
+        self.conv_layers = nn.ModuleList()
+        in_d = 1
+        for i, (dim, k, stride) in enumerate(self.layer_specs):
+            conv = nn.Conv1d(in_d, dim, k, stride=stride, bias=conv_bias)
+            nn.init.kaiming_normal_(conv.weight)
+            blocks: list[nn.Module] = [conv, nn.Dropout(dropout)]
+            if mode == "layer_norm":
+                blocks.append(nn.Sequential(TransposeLast(), nn.LayerNorm(dim, elementwise_affine=True), TransposeLast()))
+            elif mode == "default" and i == 0:
+                blocks.append(nn.GroupNorm(dim, dim, affine=True))
+            blocks.append(nn.GELU())
+            self.conv_layers.append(nn.Sequential(*blocks))
+            in_d = dim
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames produced for inputs of ``lengths`` samples (floor((L - k) / s) + 1 per layer)."""
+        for _, k, s in self.layer_specs:
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) waveform -> (B, T, C) features.
+
+        Args:
+            source: (B, S) samples.
+            lengths: (B,) valid samples per row, or None when nothing is padded. Used
+                only by the first block's group norm (statistics over valid frames).
+        """
+        x = source.unsqueeze(-1)  # (B, S, 1) channels-last
+        for i, block in enumerate(self.conv_layers):
+            conv = block[0]
+            _, k, s = self.layer_specs[i]
+            x = _conv_channels_last(x, conv.weight, conv.bias, k, s)
+            x = block[1](x)
+            if len(block) == 4:
+                norm = block[2]
+                if isinstance(norm, nn.GroupNorm):
+                    x = _masked_group_norm(x, norm, self._frames_after(lengths, i + 1))
+                else:
+                    ln = norm[1]
+                    x = F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).type_as(x)
+            x = F.gelu(x)
+        return x
+
+    def _frames_after(self, lengths: torch.Tensor | None, num_layers: int) -> torch.Tensor | None:
+        if lengths is None:
+            return None
+        for _, k, s in self.layer_specs[:num_layers]:
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        return lengths.clamp(min=1)
+
+
+def _conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int, s: int) -> torch.Tensor:
+    """Strided valid Conv1d on channels-last (B, T, Cin) input as unfold + one GEMM."""
+    b, t, c = x.shape
+    t_out = (t - k) // s + 1
+    if t_out <= 0:
+        raise ValueError(f"input of {t} frames is shorter than the kernel ({k})")
+    if k == s:
+        # Non-overlapping windows: a free reshape of the first t_out*k frames, ordered (k, C).
+        frames = x[:, : t_out * k].reshape(b, t_out, k * c)
+        w = weight.permute(0, 2, 1).reshape(weight.size(0), k * c)
+    else:
+        frames = x.unfold(1, k, s).reshape(b, t_out, c * k)  # ordered (C, k) like the weight
+        w = weight.reshape(weight.size(0), c * k)
+    return F.linear(frames, w, bias)
+
+
+def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
+    """GroupNorm on channels-last (B, T, C), statistics over each row's first ``lengths`` frames."""
+    b, t, c = x.shape
+    g = norm.num_groups
+    xf = x.float()
+    if lengths is None:
+        xg = xf.view(b, t, g, c // g)
+        mean = xg.mean(dim=(1, 3), keepdim=True)
+        var = (xg - mean).pow(2).mean(dim=(1, 3), keepdim=True)
+    else:
+        valid = (torch.arange(t, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).to(xf.dtype)
+        xg = xf.view(b, t, g, c // g)
+        w = valid.view(b, t, 1, 1)
+        n = lengths.to(xf.dtype).view(b, 1, 1, 1) * (c // g)
+        mean = (xg * w).sum(dim=(1, 3), keepdim=True) / n
+        var = ((xg - mean).pow(2) * w).sum(dim=(1, 3), keepdim=True) / n
+    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).view(b, t, c)
+    if norm.affine:
+        y = torch.addcmul(norm.bias.float(), y, norm.weight.float())
+    return y.type_as(x)
+
+
+class WeightNormConv1d(nn.Module):
+    """Conv1d with weight normalization over every dim but ``dim`` (fairseq: dim=2).
+
+    Parameters ``weight_g``, ``weight_v``, ``bias`` are named like
+    ``torch.nn.utils.weight_norm``'s (fairseq checkpoints). Without autograd the
+    normalized weight is folded once and cached until a parameter changes.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, groups: int, dim: int = 2):
+        super().__init__()
+        self.channels, self.kernel_size, self.groups, self.norm_dim = channels, kernel_size, groups, dim
+        self.padding = kernel_size // 2
+        weight = torch.empty(channels, channels // groups, kernel_size)
+        std = math.sqrt(4.0 / (kernel_size * channels))
+        nn.init.normal_(weight, mean=0.0, std=std)
+        self.weight_v = nn.Parameter(weight.clone())
+        self.weight_g = nn.Parameter(self._norm(weight))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self._cache: tuple | None = None
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(v.dim()) if d != self.norm_dim]
+        return v.norm(dim=dims, keepdim=True)
+
+    def weight(self) -> torch.Tensor:
+        """The effective weight g * v / ||v||."""
+        if torch.is_grad_enabled() and (self.weight_g.requires_grad or self.weight_v.requires_grad):
+            return self.weight_v * (self.weight_g / self._norm(self.weight_v))
+        key = (self.weight_g._version, self.weight_v._version, self.weight_g.data_ptr(), self.weight_v.data_ptr(),
+               self.weight_v.device, self.weight_v.dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                w = self.weight_v * (self.weight_g / self._norm(self.weight_v))
+            self._cache = (key, w)
+        return self._cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T + 1 - kernel % 2)."""
+        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+
+
+class SamePad(nn.Module):
+    """Drop the extra last frame an even-kernel 'same' convolution produces."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : -self.remove] if self.remove else x
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention with fairseq's parameter names, computed by SDPA on a fused q/k/v GEMM."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self._cache: tuple | None = None
+
+    def _qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+        return self._cache[1], self._cache[2]
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, C); attn_mask: (B, 1, 1, T) bool, True where a key may be attended, or None."""
+        b, t, c = x.shape
+        w, bias = self._qkv_weights()
+        qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+class TransformerSentenceEncoderLayer(nn.Module):
+    """One Transformer block; post-LN (BASE) or pre-LN (``layer_norm_first``, LARGE/XLS-R)."""
+
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        d = cfg.encoder_embed_dim
+        self.layer_norm_first = cfg.layer_norm_first
+        self.self_attn = MultiheadAttention(d, cfg.encoder_attention_heads, cfg.attention_dropout)
+        self.dropout1 = nn.Dropout(cfg.dropout)
+        self.dropout2 = nn.Dropout(cfg.activation_dropout)
+        self.dropout3 = nn.Dropout(cfg.dropout)
+        self.activation = _ACTIVATIONS[cfg.activation_fn]
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.encoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.layer_norm_first:
+            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), attn_mask))
+            h = self.fc2(self.dropout2(self.activation(self.fc1(self.final_layer_norm(x)))))
+            return x + self.dropout3(h)
+        x = self.self_attn_layer_norm(x + self.dropout1(self.self_attn(x, attn_mask)))
+        h = self.fc2(self.dropout2(self.activation(self.fc1(x))))
+        return self.final_layer_norm(x + self.dropout3(h))
+
+
+class TransformerEncoder(nn.Module):
+    """Convolutional relative positional embedding + Transformer blocks (+ layer drop)."""
+
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        d = cfg.encoder_embed_dim
+        self.dropout = cfg.dropout
+        self.layer_norm_first = cfg.layer_norm_first
+        self.layerdrop = cfg.encoder_layerdrop
+        self.pos_conv = nn.Sequential(WeightNormConv1d(d, cfg.conv_pos, cfg.conv_pos_groups), SamePad(cfg.conv_pos), nn.GELU())
+        self.layers = nn.ModuleList(TransformerSentenceEncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layer_norm = nn.LayerNorm(d)
+        self.apply(_init_bert_params)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        tgt_layer: int | None = None,
+        return_all: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the stack.
+
+        Args:
+            x: (B, T, C) projected features.
+            padding_mask: (B, T) bool, True at padding.
+            tgt_layer: stop after this many layers (0 = the Transformer input) and return
+                that layer's raw output; None runs all layers and, for pre-LN models,
+                applies the final layer norm.
+            return_all: also return [input, layer 1, ..., layer N] (raw outputs).
+
+        Returns:
+            (output, hidden states list (empty unless return_all)).
+        """
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x_conv = self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        x = x + x_conv
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        attn_mask = None
+        if padding_mask is not None and bool(padding_mask.any()):
+            attn_mask = (~padding_mask)[:, None, None, :]
+        hidden = [x] if return_all else []
+        if tgt_layer == 0:
+            return x, hidden
+        drop = None
+        if self.training and self.layerdrop > 0:
+            drop = (torch.rand(len(self.layers), device=x.device) < self.layerdrop).tolist()
+        for i, layer in enumerate(self.layers):
+            if drop is None or not drop[i]:
+                x = layer(x, attn_mask)
+            if return_all:
+                hidden.append(x)
+            if tgt_layer is not None and i + 1 >= tgt_layer:
+                return x, hidden
+        if self.layer_norm_first:
+            x = self.layer_norm(x)
+        return x, hidden
+
+
+def _init_bert_params(module: nn.Module) -> None:
+    # fairseq's init_bert_params for the Transformer: N(0, 0.02) linears, zero biases.
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class Wav2Vec2Model(nn.Module):
+    """wav2vec 2.0: feature encoder, masking, Transformer context network, quantizer.
+
+    Example:
+        >>> from w2vtools.models.presets import get_preset
+        >>> model = Wav2Vec2Model(get_preset("wav2vec2", "tiny")).eval()
+        >>> out = model.extract_features(torch.randn(2, 16000), layer="all")
+        >>> len(out.features), out.features[-1].shape
+        (3, torch.Size([2, 49, 64]))
+    """
+
+    family = "wav2vec2"
+    sample_rate = 16000
+
+    def __init__(self, cfg: Wav2Vec2Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = cfg.conv_feature_layers[-1][0]
+        self.feature_extractor = ConvFeatureExtractionModel(
+            cfg.conv_feature_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
+        )
+        self.post_extract_proj = (
+            nn.Linear(self.embed, cfg.encoder_embed_dim) if self.embed != cfg.encoder_embed_dim else None
+        )
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
+        vq_dim = cfg.latent_dim if cfg.latent_dim > 0 else cfg.final_dim
+        if cfg.quantize_targets:
+            self.quantizer = GumbelVectorQuantizer(
+                dim=self.embed,
+                num_vars=cfg.latent_vars,
+                temp=cfg.latent_temp,
+                groups=cfg.latent_groups,
+                combine_groups=False,
+                vq_dim=vq_dim,
+                time_first=True,
+                weight_proj_depth=cfg.weight_proj_depth,
+                weight_proj_factor=cfg.weight_proj_factor,
+            )
+            self.project_q = nn.Linear(vq_dim, cfg.final_dim)
+        else:
+            self.quantizer = None
+            self.project_q = nn.Linear(self.embed, cfg.final_dim)
+        self.encoder = TransformerEncoder(cfg)
+        self.layer_norm = nn.LayerNorm(self.embed)
+        self.final_proj = nn.Linear(cfg.encoder_embed_dim, cfg.final_dim)
+        self.num_updates = 0
+
+    # ---- interface shared by every encoder
+
+    @property
+    def frame_shift(self) -> float:
+        """Seconds between output frames (0.02 for the standard encoder)."""
+        return math.prod(s for _, _, s in self.cfg.conv_feature_layers) / self.sample_rate
+
+    @property
+    def receptive_field(self) -> float:
+        """Seconds of audio seen by one output frame of the feature encoder (0.025)."""
+        rf, jump = 1, 1
+        for _, k, s in self.cfg.conv_feature_layers:
+            rf += (k - 1) * jump
+            jump *= s
+        return rf / self.sample_rate
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.encoder_layers
+
+    def num_frames(self, num_samples: int) -> int:
+        """Output frames for an input of ``num_samples`` samples."""
+        n = int(num_samples)
+        for _, k, s in self.cfg.conv_feature_layers:
+            n = (n - k) // s + 1
+        return max(n, 0)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Anneal the quantizer temperature (called by the trainer every update)."""
+        self.num_updates = num_updates
+        if self.quantizer is not None:
+            self.quantizer.set_num_updates(num_updates)
+
+    # ---- internals
+
+    def _normalize(self, source: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        # fairseq's task option `normalize`: F.layer_norm over the utterance (eps 1e-5),
+        # here over each row's valid samples only, padding kept at zero.
+        if lengths is None:
+            return F.layer_norm(source, source.shape[-1:])
+        valid = torch.arange(source.size(1), device=source.device).unsqueeze(0) < lengths.unsqueeze(1)
+        n = lengths.clamp(min=1).to(source.dtype).unsqueeze(1)
+        x = source.masked_fill(~valid, 0.0)
+        mean = x.sum(-1, keepdim=True) / n
+        var = ((x - mean).masked_fill(~valid, 0.0).pow(2)).sum(-1, keepdim=True) / n
+        return ((x - mean) * torch.rsqrt(var + 1e-5)).masked_fill(~valid, 0.0)
+
+    def _features(self, source, padding_mask, grad_mult: float):
+        """Waveform -> (pre-layer-norm CNN features (B,T,C), frame padding mask or None)."""
+        lengths = None
+        if padding_mask is not None and bool(padding_mask.any()):
+            lengths = (~padding_mask).long().sum(-1)
+        if self.cfg.normalize:
+            source = self._normalize(source, lengths)
+        if grad_mult > 0:
+            features = self.feature_extractor(source, lengths)
+            if grad_mult != 1.0:
+                features = _GradMultiply.apply(features, grad_mult)
+        else:
+            with torch.no_grad():
+                features = self.feature_extractor(source, lengths)
+        frame_mask = None
+        if lengths is not None:
+            out_len = self.feature_extractor.output_lengths(lengths)
+            frame_mask = torch.arange(features.size(1), device=features.device).unsqueeze(0) >= out_len.unsqueeze(1)
+        return features, frame_mask
+
+    def apply_mask(self, x: torch.Tensor, padding_mask: torch.Tensor | None, require_same_masks: bool | None = None):
+        """Time masking with the learned ``mask_emb`` and channel masking with zeros.
+
+        Returns:
+            (masked x, (B, T) bool time mask or None).
+        """
+        cfg = self.cfg
+        b, t, c = x.shape
+        mask_indices = None
+        if cfg.mask_prob > 0:
+            mask_indices = compute_mask_indices(
+                (b, t),
+                padding_mask,
+                cfg.mask_prob,
+                cfg.mask_length,
+                min_masks=cfg.mask_min_masks,
+                no_overlap=cfg.no_mask_overlap,
+                min_space=cfg.mask_min_space,
+                require_same_masks=cfg.require_same_masks if require_same_masks is None else require_same_masks,
+                device=x.device,
+            )
+            x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        if cfg.mask_channel_prob > 0:
+            channel_mask = compute_mask_indices(
+                (b, c),
+                None,
+                cfg.mask_channel_prob,
+                cfg.mask_channel_length,
+                no_overlap=cfg.no_mask_channel_overlap,
+                min_space=cfg.mask_channel_min_space,
+                device=x.device,
+            )
+            x = x.masked_fill(channel_mask.unsqueeze(1), 0.0)
+        return x, mask_indices
+
+    # ---- feature extraction
+
+    def extract_features(
+        self,
+        source: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        *,
+        output: str = "layer",
+        layer: int | str | None = None,
+        mask: bool = False,
+    ) -> FeatureOutput:
+        """Frame-level representations.
+
+        Args:
+            source: (B, S) float waveform at 16 kHz.
+            padding_mask: (B, S) bool, True at padding.
+            output: "layer" (or "default", "c"): Transformer outputs; "z": the feature
+                encoder output after its layer norm (Hugging Face's ``extract_features``).
+            layer: with output "layer": None = final output (for pre-LN models after the
+                final layer norm), N = raw output of layer N (0 = Transformer input),
+                "all" = list of all N+1 raw outputs.
+            mask: apply time/channel masking (fine-tuning); only honoured in train mode.
+
+        Returns:
+            FeatureOutput with (B, T, D) features (a list for ``layer="all"``) and the
+            (B, T) frame padding mask (None when nothing is padded).
+
+        Example:
+            >>> out = model.extract_features(wav, pad, layer=6)  # doctest: +SKIP
+        """
+        if output in ("default", "c"):
+            output = "layer"
+        if output not in ("layer", "z"):
+            raise ValueError(f"wav2vec 2.0 offers output 'layer' or 'z', not {output!r}")
+        grad_mult = self.cfg.feature_grad_mult if self.training else 1.0
+        features, frame_mask = self._features(source, padding_mask, grad_mult)
+        features = self.layer_norm(features)
+        if output == "z":
+            return FeatureOutput(features, frame_mask)
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        x = self.dropout_input(features)
+        if mask and self.training:
+            x, _ = self.apply_mask(x, frame_mask, require_same_masks=False)
+        n_layers = self.cfg.encoder_layers
+        if layer == "all":
+            _, hidden = self.encoder(x, frame_mask, tgt_layer=None, return_all=True)
+            return FeatureOutput(hidden, frame_mask)
+        if layer is not None:
+            layer = int(layer)
+            if not 0 <= layer <= n_layers:
+                raise ValueError(f"layer must be in 0..{n_layers}, not {layer}")
+        x, _ = self.encoder(x, frame_mask, tgt_layer=layer)
+        return FeatureOutput(x, frame_mask)
+
+    @torch.no_grad()
+    def quantize(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, G) codebook indices of the quantizer's arg-max choices; -1 at padded frames.
+
+        Example:
+            >>> codes = model.quantize(torch.randn(1, 16000))  # doctest: +SKIP
+        """
+        if self.quantizer is None:
+            raise ValueError("this wav2vec 2.0 model has no quantizer (quantize_targets=False)")
+        features, frame_mask = self._features(source, padding_mask, 1.0)
+        logits = self.quantizer.logits(self.layer_norm(features))
+        codes = logits.argmax(-1)
+        if frame_mask is not None:
+            codes = codes.masked_fill(frame_mask.unsqueeze(-1), -1)
+        return codes
+
+    # ---- pretraining
+
+    def sample_negatives(self, y: torch.Tensor, num: int) -> torch.Tensor:
+        """Distractors from other masked frames: y (B, M, C) -> (N, B, M, C)."""
+        cfg = self.cfg
+        b, m, c = y.shape
+        flat = y.reshape(-1, c)
+        pos = torch.arange(num, device=y.device).unsqueeze(-1)
+        idx_list = []
+        if cfg.num_negatives > 0:
+            if m < 2:
+                raise ValueError("need at least 2 masked frames per utterance to sample distractors")
+            # uniform over the other m-1 masked frames of the same utterance
+            neg = torch.randint(0, m - 1, (b, num, cfg.num_negatives), device=y.device)
+            neg = neg + (neg >= pos).long()
+            idx_list.append(neg + (torch.arange(b, device=y.device) * m).view(b, 1, 1))
+        if cfg.cross_sample_negatives > 0:
+            if b * m < 2:
+                raise ValueError("need at least 2 masked frames in the batch for cross-sample distractors")
+            own = (torch.arange(b, device=y.device) * m).view(b, 1, 1) + pos
+            cross = torch.randint(0, b * m - 1, (b, num, cfg.cross_sample_negatives), device=y.device)
+            idx_list.append(cross + (cross >= own).long())
+        idx = torch.cat(idx_list, dim=-1)  # (B, M, N)
+        return flat[idx.reshape(-1)].view(b, num, -1, c).permute(2, 0, 1, 3)
+
+    def compute_preds(self, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity / logit_temp of x with [y; negatives]; (1+N, B, M) logits."""
+        neg_is_pos = (y.unsqueeze(0) == negatives).all(-1)
+        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
+        logits = torch.cosine_similarity(x.float().unsqueeze(0), targets.float(), dim=-1) / self.cfg.logit_temp
+        logits = logits.type_as(x)
+        if bool(neg_is_pos.any()):
+            fill = -float(2**30) if logits.dtype == torch.float16 else float("-inf")
+            logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, fill)], dim=0)
+        return logits
+
+    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None) -> dict:
+        """The pretraining forward: mask, contextualize, quantize, score distractors.
+
+        Returns:
+            dict with ``x`` (1+N, B, M) logits (index 0 = the true quantized target),
+            ``padding_mask``, ``mask_indices``, ``features_pen``, and the quantizer's
+            ``prob_perplexity``, ``code_perplexity``, ``num_vars``, ``temp``.
+        """
+        cfg = self.cfg
+        grad_mult = cfg.feature_grad_mult if self.training else 1.0
+        features, frame_mask = self._features(source, padding_mask, grad_mult)
+        features_pen = features.float().pow(2).mean()
+        features = self.layer_norm(features)
+        unmasked = features
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        features = self.dropout_input(features)
+        unmasked = self.dropout_features(unmasked)
+        x, mask_indices = self.apply_mask(features, frame_mask, require_same_masks=True)
+        if mask_indices is None:
+            raise ValueError("pretraining needs mask_prob > 0")
+        b = x.size(0)
+        y = unmasked[mask_indices].view(b, -1, unmasked.size(-1))
+        x, _ = self.encoder(x, frame_mask)
+        result: dict = {"padding_mask": frame_mask, "mask_indices": mask_indices, "features_pen": features_pen}
+        if self.quantizer is not None:
+            q = self.quantizer(y, produce_targets=False)
+            y = q["x"]
+            for key in ("num_vars", "code_perplexity", "prob_perplexity", "temp"):
+                result[key] = q[key]
+        y = self.project_q(y)
+        negs = self.sample_negatives(y, y.size(1))
+        x = x[mask_indices].view(b, -1, x.size(-1))
+        x = self.final_proj(x)
+        result["x"] = self.compute_preds(x, y, negs)
+        return result
+
+    def pretraining_loss(self, net_output: dict) -> tuple[torch.Tensor, int, dict]:
+        """fairseq's wav2vec criterion (InfoNCE): summed loss, sample size and stats.
+
+        loss = sum of cross-entropies (target index 0) over masked frames
+             + diversity_weight * (num_vars - prob_perplexity) / num_vars * sample_size
+             + feature_pen_weight * features_pen * sample_size.
+
+        Returns:
+            (loss_sum, sample_size, stats) where stats holds plain floats: ``loss``,
+            ``contrastive_loss``, ``diversity_loss``, ``features_pen``, ``correct``,
+            ``count``, ``accuracy``, ``code_perplexity``, ``prob_perplexity``, ``temp``.
+        """
+        logits = net_output["x"]  # (1+N, B, M)
+        logits = logits.transpose(0, 2).reshape(-1, logits.size(0))  # (M*B, 1+N)
+        target = torch.zeros(logits.size(0), dtype=torch.long, device=logits.device)
+        contrastive = F.cross_entropy(logits.float(), target, reduction="sum")
+        sample_size = target.numel()
+        loss = contrastive
+        stats: dict = {"contrastive_loss": float(contrastive.detach())}
+        if "prob_perplexity" in net_output and self.cfg.diversity_weight:
+            num_vars = net_output["num_vars"]
+            div = (num_vars - net_output["prob_perplexity"]) / num_vars
+            div_term = self.cfg.diversity_weight * div.float() * sample_size
+            loss = loss + div_term
+            stats["diversity_loss"] = float(div_term.detach())
+        if self.cfg.feature_pen_weight:
+            pen_term = self.cfg.feature_pen_weight * net_output["features_pen"].float() * sample_size
+            loss = loss + pen_term
+            stats["features_pen"] = float(pen_term.detach())
+        with torch.no_grad():
+            if logits.numel():
+                is_max = logits.argmax(-1) == 0
+                is_min = logits.argmin(-1) == 0
+                correct = int(is_max.sum() - (is_max & is_min).sum())
+            else:
+                correct = 0
+        stats.update(
+            loss=float(loss.detach()),
+            correct=correct,
+            count=sample_size,
+            accuracy=correct / max(sample_size, 1),
+            sample_size=sample_size,
+        )
+        for key in ("code_perplexity", "prob_perplexity", "temp"):
+            if key in net_output:
+                stats[key] = float(torch.as_tensor(net_output[key]).detach())
+        return loss, sample_size, stats
+
+
+def count_parameters(cfg: Wav2Vec2Config) -> int:
+    """Parameters of a model built from ``cfg``, counted on the meta device (no memory).
+
+    Example:
+        >>> from w2vtools.models.presets import get_preset
+        >>> round(count_parameters(get_preset("wav2vec2", "base")) / 1e6)
+        95
+    """
+    with torch.device("meta"):
+        model = Wav2Vec2Model(cfg)
+    return sum(p.numel() for p in model.parameters())
