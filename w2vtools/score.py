@@ -1,0 +1,482 @@
+"""Word and character error rates, counted exactly as Kaldi's ``compute-wer`` counts them.
+
+Conventions (kaldi ``src/bin/compute-wer.cc`` and ``src/util/edit-distance-inl.h``):
+
+* Errors per utterance = Levenshtein distance (unit costs) between reference and
+  hypothesis tokens. The ins/del/sub split is that of Kaldi's
+  ``LevenshteinEditDistance``: a forward pass over hypothesis tokens that keeps,
+  per cell, the counts of the first best predecessor in the order
+  *substitution-or-match* (only if strictly cheaper than both others), then
+  *deletion* (if strictly cheaper than insertion), else *insertion*. Other
+  tools (sclite, jiwer) break ties differently, so their split may differ while
+  the totals are equal.
+* ``%WER = 100 * errors / reference words`` (computed in double, stored in a
+  C ``float``, printed with 2 decimals), ``%SER`` = utterances whose token
+  sequences differ. ``--mode strict`` fails on a missing hypothesis, ``present``
+  skips it (and marks the line ``[PARTIAL]``), ``all`` scores it as empty.
+  Hypotheses without a reference are ignored, as in Kaldi.
+* CER: tokens are the characters of the words joined by single spaces (spaces
+  count, as in jiwer's ``cer``).
+* Per-utterance alignments (``--details``) use Kaldi's ``LevenshteinAlignment``
+  back-trace (prefers match/substitution, then deletion, then insertion), as
+  ``align-text`` and ``wer_per_utt_details.pl`` do.
+
+The distance of all utterances is computed at once with numpy: utterances are
+sorted by length and grouped, and each group's dynamic programme runs along its
+anti-diagonals, so the Python loop is over diagonals, not cells or utterances.
+
+Example:
+    >>> result = score_tables({"u1": "A B C".split()}, {"u1": "A X C D".split()})
+    >>> print(result.format())
+    %WER 66.67 [ 2 / 3, 1 ins, 0 del, 1 sub ]
+    %SER 100.00 [ 1 / 1 ]
+    Scored 1 sentences, 0 not present in hyp.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write
+
+log = logging.getLogger("w2v.score")
+
+MODES = ("strict", "present", "all")
+EPS = "***"  # the empty side of an insertion/deletion in alignments, as in Kaldi's align-text
+# Kaldi's non-word tokens: <unk>, <noise>, [laughter], [noise], <sil>, ...
+NONWORD = re.compile(r"^(<[^<>\s]*>|\[[^\[\]\s]*\])$")
+
+# Cells per numpy block in the batched dynamic programme (bounds memory to ~100 MB).
+_BLOCK_CELLS = 4_000_000
+
+
+@dataclasses.dataclass
+class EditCounts:
+    """Per-utterance edit counts (arrays of equal length, one entry per scored utterance)."""
+
+    errors: np.ndarray
+    ins: np.ndarray
+    dels: np.ndarray
+    subs: np.ndarray
+
+
+def edit_counts(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> EditCounts:
+    """Kaldi's ``LevenshteinEditDistance`` (total and ins/del/sub) for many pairs of integer sequences.
+
+    Example:
+        >>> c = edit_counts([[1, 2, 3]], [[1, 9, 3, 4]])
+        >>> int(c.errors[0]), int(c.ins[0]), int(c.dels[0]), int(c.subs[0])
+        (2, 1, 0, 1)
+    """
+    n = len(refs)
+    if len(hyps) != n:
+        raise ValueError(f"{n} references but {len(hyps)} hypotheses")
+    ref_len = np.fromiter((len(r) for r in refs), dtype=np.int64, count=n)
+    hyp_len = np.fromiter((len(h) for h in hyps), dtype=np.int64, count=n)
+    errors = np.zeros(n, dtype=np.int64)
+    subs = np.zeros(n, dtype=np.int64)
+    # Trivial cases need no programme: equal sequences, or one side empty.
+    todo = [i for i in range(n) if ref_len[i] and hyp_len[i] and refs[i] != hyps[i]]
+    # A common prefix costs nothing and leaves every later cell of Kaldi's programme
+    # unchanged (its first row/column after the prefix are pure deletions/insertions),
+    # so it is cut off. (A common suffix is not: ties at the end can change the split.)
+    refs, hyps = list(refs), list(hyps)
+    trimmed_r = ref_len.copy()
+    trimmed_h = hyp_len.copy()
+    for i in todo:
+        p = len(os.path.commonprefix([refs[i], hyps[i]]))
+        if p:
+            refs[i], hyps[i] = refs[i][p:], hyps[i][p:]
+            trimmed_r[i] -= p
+            trimmed_h[i] -= p
+    empty_after = [i for i in todo if not trimmed_r[i] or not trimmed_h[i]]
+    for i in empty_after:
+        errors[i] = max(trimmed_r[i], trimmed_h[i])
+    todo = [i for i in todo if trimmed_r[i] and trimmed_h[i]]
+    empty = (ref_len == 0) | (hyp_len == 0)
+    errors[empty] = np.maximum(ref_len, hyp_len)[empty]
+    if todo:
+        todo_arr = np.asarray(todo, dtype=np.int64)
+        order = todo_arr[np.lexsort((trimmed_r[todo_arr], trimmed_h[todo_arr]))]
+        start = 0
+        while start < len(order):
+            # Grow the block while its padded cell count stays bounded.
+            stop = start + 1
+            max_h, max_r = trimmed_h[order[start]], trimmed_r[order[start]]
+            while stop < len(order):
+                h2 = max(max_h, trimmed_h[order[stop]])
+                r2 = max(max_r, trimmed_r[order[stop]])
+                if (stop + 1 - start) * (h2 + 1) * (r2 + 1) > _BLOCK_CELLS:
+                    break
+                max_h, max_r = h2, r2
+                stop += 1
+            idx = order[start:stop]
+            e, s = _edit_block([refs[i] for i in idx], [hyps[i] for i in idx], int(max_r), int(max_h))
+            errors[idx] = e
+            subs[idx] = s
+            start = stop
+    # On a path to cell (h, r): ins - del = h - r and ins + del = errors - subs.
+    diff = hyp_len - ref_len
+    ins = (errors - subs + diff) // 2
+    dels = (errors - subs - diff) // 2
+    return EditCounts(errors=errors, ins=ins, dels=dels, subs=subs)
+
+
+def _edit_block(refs: list, hyps: list, max_r: int, max_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The programme for one block of pairs, one anti-diagonal (h + r = k) at a time.
+
+    Diagonal ``k`` is stored by hypothesis position ``h`` (cell ``(h, k - h)``), so
+    its three predecessors are plain slices of diagonals ``k-1`` and ``k-2``. Only
+    the total cost and the substitution count of each cell's chosen path are kept:
+    insertions and deletions follow from them and the cell's position.
+    """
+    b = len(refs)
+    width = max_h + 1
+    hyp = np.full((b, max_h), -2, dtype=np.int64)
+    # ref[j] sits at ext[:, j + width]; everything outside 0..max_r-1 is padding, so the
+    # reference positions k-2, k-3, ..., k-1-max_h of diagonal k are one reversed slice.
+    ext = np.full((b, max_r + 2 * width), -1, dtype=np.int64)
+    rl = np.fromiter((len(r) for r in refs), dtype=np.int64, count=b)
+    hl = np.fromiter((len(h) for h in hyps), dtype=np.int64, count=b)
+    for i, (r, h) in enumerate(zip(refs, hyps)):
+        ext[i, width : width + len(r)] = r
+        hyp[i, : len(h)] = h
+    final_k = hl + rl
+    rows_by_k: dict[int, np.ndarray] = {}
+    for k in np.unique(final_k):
+        rows_by_k[int(k)] = np.nonzero(final_k == k)[0]
+    out_cost = np.zeros(b, dtype=np.int64)
+    out_sub = np.zeros(b, dtype=np.int64)
+    # diagonal 0: cell (0, 0); diagonal 1: cells (0, 1) and (1, 0)
+    cost2 = np.zeros((b, width), dtype=np.int32)
+    sub2 = np.zeros((b, width), dtype=np.int32)
+    cost1 = np.ones((b, width), dtype=np.int32)
+    sub1 = np.zeros((b, width), dtype=np.int32)
+    for k in range(2, max_h + max_r + 1):
+        cost = np.empty((b, width), dtype=np.int32)
+        sub = np.zeros((b, width), dtype=np.int32)
+        lo, hi = max(1, k - max_r), min(max_h, k - 1)  # interior cells: h >= 1 and r = k - h >= 1
+        if lo <= hi:
+            sl, pl = slice(lo, hi + 1), slice(lo - 1, hi)
+            # reference position of cell (h, k-h) is k-h-1, for h = lo..hi
+            ref_k = ext[:, width + k - hi - 1 : width + k - lo][:, ::-1]
+            neq = (hyp[:, pl] != ref_k).astype(np.int32)
+            c_ins = cost1[:, pl] + 1
+            c_del = cost1[:, sl] + 1
+            c_sub = cost2[:, pl] + neq
+            take_sub = (c_sub < c_ins) & (c_sub < c_del)
+            take_del = (c_del < c_ins) & ~take_sub
+            cost[:, sl] = np.minimum(np.minimum(c_sub, c_del), c_ins)
+            sub[:, sl] = np.where(take_sub, sub2[:, pl] + neq, np.where(take_del, sub1[:, sl], sub1[:, pl]))
+        if k <= max_r:
+            cost[:, 0] = k  # (0, k): deletions only
+        if k <= max_h:
+            cost[:, k] = k  # (k, 0): insertions only
+        rows = rows_by_k.get(k)
+        if rows is not None:
+            out_cost[rows] = cost[rows, hl[rows]]
+            out_sub[rows] = sub[rows, hl[rows]]
+        cost2, sub2, cost1, sub1 = cost1, sub1, cost, sub
+    return out_cost, out_sub
+
+
+def align(ref: Sequence[str], hyp: Sequence[str], eps: str = EPS) -> list[tuple[str, str]]:
+    """Kaldi's ``LevenshteinAlignment``: ``[(ref_word|eps, hyp_word|eps), ...]``.
+
+    Example:
+        >>> align(["A", "B"], ["A", "C", "D"])
+        [('A', 'A'), ('B', 'C'), ('***', 'D')]
+    """
+    m_len, n_len = len(ref), len(hyp)
+    e = [[0] * (n_len + 1) for _ in range(m_len + 1)]
+    e[0] = list(range(n_len + 1))
+    for m in range(1, m_len + 1):
+        row, prev = e[m], e[m - 1]
+        row[0] = prev[0] + 1
+        a = ref[m - 1]
+        for n in range(1, n_len + 1):
+            row[n] = min(prev[n - 1] + (a != hyp[n - 1]), prev[n] + 1, row[n - 1] + 1)
+    out = []
+    m, n = m_len, n_len
+    while m or n:
+        if m == 0:
+            lm, ln = m, n - 1
+        elif n == 0:
+            lm, ln = m - 1, n
+        else:
+            sub_or_ok = e[m - 1][n - 1] + (ref[m - 1] != hyp[n - 1])
+            dele = e[m - 1][n] + 1
+            ins = e[m][n - 1] + 1
+            if sub_or_ok <= min(dele, ins):
+                lm, ln = m - 1, n - 1
+            elif dele <= ins:
+                lm, ln = m - 1, n
+            else:
+                lm, ln = m, n - 1
+        out.append((eps if lm == m else ref[lm], eps if ln == n else hyp[ln]))
+        m, n = lm, ln
+    out.reverse()
+    return out
+
+
+def _kaldi_percent(num: int, den: int) -> str:
+    # Kaldi: BaseFloat pct = 100.0 * float(num) / float(den), printed with std::fixed precision 2.
+    if den == 0:
+        return "nan" if num == 0 else "inf"
+    return f"{float(np.float32(100.0 * num / den)):.2f}"
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """Totals and per-utterance counts of one scoring run."""
+
+    unit: str  # "WER" or "CER"
+    uids: list[str]
+    ref_tokens: np.ndarray
+    counts: EditCounts
+    sentence_errors: np.ndarray
+    num_absent: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.ref_tokens.sum())
+
+    @property
+    def errors(self) -> int:
+        return int(self.counts.errors.sum())
+
+    @property
+    def error_rate(self) -> float:
+        """Percent, as a Python float (nan/inf when there are no reference tokens)."""
+        return float(_kaldi_percent(self.errors, self.num_tokens))
+
+    def format(self) -> str:
+        """The three lines of Kaldi's ``compute-wer`` (``%CER`` in place of ``%WER`` for characters)."""
+        n_sent = len(self.uids)
+        partial = " [PARTIAL]" if self.num_absent else ""
+        s_err = int(self.sentence_errors.sum())
+        return (
+            f"%{self.unit} {_kaldi_percent(self.errors, self.num_tokens)} [ {self.errors} / {self.num_tokens}, "
+            f"{int(self.counts.ins.sum())} ins, {int(self.counts.dels.sum())} del, {int(self.counts.subs.sum())} sub ]"
+            f"{partial}\n"
+            f"%SER {_kaldi_percent(s_err, n_sent)} [ {s_err} / {n_sent} ]\n"
+            f"Scored {n_sent} sentences, {self.num_absent} not present in hyp."
+        )
+
+
+def normalize_tokens(words: Sequence[str], *, fold_case: bool = False, remove_nonwords: bool = False) -> list[str]:
+    """Optional filters applied to both sides before scoring.
+
+    Example:
+        >>> normalize_tokens(["Hello", "<unk>", "[noise]", "World"], fold_case=True, remove_nonwords=True)
+        ['HELLO', 'WORLD']
+    """
+    if not (remove_nonwords or fold_case):
+        return words if isinstance(words, list) else list(words)
+    if remove_nonwords:
+        words = [w for w in words if not NONWORD.match(w)]
+    if fold_case:
+        words = [w.upper() for w in words]
+    return list(words)
+
+
+def score_tables(
+    ref: Mapping[str, Sequence[str]],
+    hyp: Mapping[str, Sequence[str]],
+    *,
+    mode: str = "strict",
+    cer: bool = False,
+    fold_case: bool = False,
+    remove_nonwords: bool = False,
+    ref_name: str = "REF",
+    hyp_name: str = "HYP",
+) -> ScoreResult:
+    """Score hypotheses against references (``{uid: words}``), as ``compute-wer --text --mode=MODE``.
+
+    Raises:
+        W2VError: ``mode="strict"`` and a reference has no hypothesis.
+
+    Example:
+        >>> r = score_tables({"a": ["X"], "b": ["Y"]}, {"a": ["X"]}, mode="present")
+        >>> r.format().splitlines()[0]
+        '%WER 0.00 [ 0 / 1, 0 ins, 0 del, 0 sub ] [PARTIAL]'
+    """
+    if mode not in MODES:
+        raise W2VError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    uids: list[str] = []
+    absent = 0
+    ref_seqs: list[list[str]] = []
+    hyp_seqs: list[list[str]] = []
+    for uid, ref_words in ref.items():
+        hyp_words = hyp.get(uid)
+        if hyp_words is None:
+            if mode == "strict":
+                raise W2VError(
+                    f"{hyp_name}: no hypothesis for utterance {uid!r} of {ref_name} (use --mode present or --mode all)"
+                )
+            absent += 1
+            if mode == "present":
+                continue
+            hyp_words = []
+        uids.append(uid)
+        ref_seqs.append(normalize_tokens(ref_words, fold_case=fold_case, remove_nonwords=remove_nonwords))
+        hyp_seqs.append(normalize_tokens(hyp_words, fold_case=fold_case, remove_nonwords=remove_nonwords))
+    extra = sum(1 for uid in hyp if uid not in ref)
+    if extra:
+        log.warning("%s: %d hypotheses have no reference in %s and are ignored", hyp_name, extra, ref_name)
+    if cer:
+        ref_seqs = [list(" ".join(w)) for w in ref_seqs]
+        hyp_seqs = [list(" ".join(w)) for w in hyp_seqs]
+        # characters are their own integer ids
+        ref_ids = [list(map(ord, seq)) for seq in ref_seqs]
+        hyp_ids = [list(map(ord, seq)) for seq in hyp_seqs]
+    else:
+        vocab: dict[str, int] = collections.defaultdict(itertools.count().__next__)
+        ref_ids = [[vocab[t] for t in seq] for seq in ref_seqs]
+        hyp_ids = [[vocab[t] for t in seq] for seq in hyp_seqs]
+    counts = edit_counts(ref_ids, hyp_ids)
+    sentence_errors = np.fromiter((r != h for r, h in zip(ref_ids, hyp_ids)), dtype=np.int64, count=len(uids))
+    ref_tokens = np.fromiter((len(r) for r in ref_ids), dtype=np.int64, count=len(uids))
+    result = ScoreResult("CER" if cer else "WER", uids, ref_tokens, counts, sentence_errors, absent)
+    result._ref_seqs = ref_seqs  # type: ignore[attr-defined]  # kept for write_details
+    result._hyp_seqs = hyp_seqs  # type: ignore[attr-defined]
+    return result
+
+
+def _columns(cells: list[tuple[str, str, str]]) -> tuple[str, str, str]:
+    widths = [max(len(a), len(b), len(c)) for a, b, c in cells]
+    ref = "  ".join(a.ljust(w) for (a, _, _), w in zip(cells, widths)).rstrip()
+    hyp = "  ".join(b.ljust(w) for (_, b, _), w in zip(cells, widths)).rstrip()
+    ops = "  ".join(c.ljust(w) for (_, _, c), w in zip(cells, widths)).rstrip()
+    return ref, hyp, ops
+
+
+def write_details(result: ScoreResult, out_dir: str | os.PathLike, utt2spk: Mapping[str, str] | None = None) -> None:
+    """Write ``per_utt``, ``per_spk`` and ``ops`` into ``out_dir`` (Kaldi ``scoring_kaldi/wer_details`` style).
+
+    * ``per_utt``: four lines per utterance: ``uid ref ...``, ``uid hyp ...``,
+      ``uid op C S D I ...`` (aligned columns, ``***`` for the empty side) and
+      ``uid #csid C S D I`` (counts of that alignment).
+    * ``per_spk``: per speaker (``--utt2spk``; the utterance id otherwise is not
+      a speaker, so everything goes to one ``ALL`` row plus the total): sentences,
+      words, correct/sub/del/ins/errors/sentence-errors as counts and percents.
+    * ``ops``: ``substitution REF HYP COUNT``, ``deletion REF *** COUNT``,
+      ``insertion *** HYP COUNT`` lines, most frequent first within each kind.
+
+    Example:
+        >>> write_details(score_tables(ref, hyp), "exp/scoring/details")   # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ops_count: dict[str, collections.Counter] = {k: collections.Counter() for k in ("substitution", "deletion", "insertion")}
+    spk_rows: dict[str, np.ndarray] = collections.defaultdict(lambda: np.zeros(7, dtype=np.int64))
+    with atomic_write(out / "per_utt") as f:
+        for i, uid in enumerate(result.uids):
+            ref_seq, hyp_seq = result._ref_seqs[i], result._hyp_seqs[i]  # type: ignore[attr-defined]
+            cells = []
+            csid = [0, 0, 0, 0]
+            for a, b in align(ref_seq, hyp_seq):
+                if a == EPS:
+                    op, j = "I", 3
+                    ops_count["insertion"][(EPS, b)] += 1
+                elif b == EPS:
+                    op, j = "D", 2
+                    ops_count["deletion"][(a, EPS)] += 1
+                elif a != b:
+                    op, j = "S", 1
+                    ops_count["substitution"][(a, b)] += 1
+                else:
+                    op, j = "C", 0
+                csid[j] += 1
+                cells.append((a, b, op))
+            ref_line, hyp_line, op_line = _columns(cells)
+            f.write(f"{uid} ref  {ref_line}\n{uid} hyp  {hyp_line}\n{uid} op   {op_line}\n")
+            f.write(f"{uid} #csid {csid[0]} {csid[1]} {csid[2]} {csid[3]}\n")
+            spk = (utt2spk or {}).get(uid, "ALL")
+            # sentences, words, corr, sub, del, ins, sentence errors (alignment counts)
+            spk_rows[spk] += np.array([1, len(ref_seq), csid[0], csid[1], csid[2], csid[3], int(ref_seq != hyp_seq)])
+    with atomic_write(out / "per_spk") as f:
+        head = ("SPEAKER", "#SENT", "#WORD", "Corr", "Sub", "Del", "Ins", "Err", "S.Err")
+        width = max([len(s) for s in spk_rows] + [len("SUM"), 7])
+        f.write(f"{head[0]:<{width}}  id   " + " ".join(f"{h:>9}" for h in head[1:]) + "\n")
+        total = np.zeros(7, dtype=np.int64)
+        for spk in sorted(spk_rows):
+            total += spk_rows[spk]
+        for spk, row in [*sorted(spk_rows.items()), ("SUM", total)]:
+            sent, words, corr, sub, dele, ins, serr = (int(x) for x in row)
+            raw = (sent, words, corr, sub, dele, ins, sub + dele + ins, serr)
+            f.write(f"{spk:<{width}}  raw  " + " ".join(f"{v:>9d}" for v in raw) + "\n")
+            pct = [100.0 * v / words if words else math.nan for v in (corr, sub, dele, ins, sub + dele + ins)]
+            pct.append(100.0 * serr / sent if sent else math.nan)
+            f.write(f"{spk:<{width}}  sys  {sent:>9d} {words:>9d} " + " ".join(f"{v:>9.2f}" for v in pct) + "\n")
+    with atomic_write(out / "ops") as f:
+        for kind in ("substitution", "deletion", "insertion"):
+            for (a, b), n in sorted(ops_count[kind].items(), key=lambda kv: (-kv[1], kv[0])):
+                f.write(f"{kind} {a} {b} {n}\n")
+
+
+def read_utt2spk(path: str | os.PathLike) -> dict[str, str]:
+    """``utt spk`` lines into a dict."""
+    from w2vtools.formats.kaldi import read_kaldi_table
+
+    return read_kaldi_table(path)
+
+
+def score_files(
+    ref_path: str,
+    hyp_path: str,
+    *,
+    mode: str = "strict",
+    cer: bool = False,
+    fold_case: bool = False,
+    remove_nonwords: bool = False,
+    utt2spk: str | None = None,
+    details_dir: str | None = None,
+    trn_dir: str | None = None,
+) -> ScoreResult:
+    """Read two Kaldi ``text`` files (one may be ``-``), score them, and write the optional outputs.
+
+    Example:
+        >>> print(score_files("data/test/text", "exp/decode/hyp.txt").format())   # doctest: +SKIP
+        %WER 9.10 [ 4786 / 52576, 708 ins, 464 del, 3614 sub ]
+        %SER 62.90 [ 1648 / 2620 ]
+        Scored 2620 sentences, 0 not present in hyp.
+    """
+    from w2vtools.formats.text import read_text_table, write_trn
+
+    if ref_path == "-" and hyp_path == "-":
+        raise W2VError("REF and HYP cannot both be '-' (stdin)")
+    ref = read_text_table(ref_path)
+    hyp = read_text_table(hyp_path)
+    ref_name = "<stdin>" if ref_path == "-" else ref_path
+    hyp_name = "<stdin>" if hyp_path == "-" else hyp_path
+    if not ref:
+        raise W2VError(f"{ref_name}: no utterances")
+    result = score_tables(
+        ref, hyp, mode=mode, cer=cer, fold_case=fold_case, remove_nonwords=remove_nonwords,
+        ref_name=ref_name, hyp_name=hyp_name,
+    )
+    spk = read_utt2spk(utt2spk) if utt2spk else None
+    if details_dir:
+        write_details(result, details_dir, spk)
+    if trn_dir:
+        seqs_r = dict(zip(result.uids, result._ref_seqs))  # type: ignore[attr-defined]
+        seqs_h = dict(zip(result.uids, result._hyp_seqs))  # type: ignore[attr-defined]
+        if cer:  # sclite scores trn tokens separated by spaces: one token per character, '_' for a space
+            seqs_r = {u: [c if c != " " else "_" for c in s] for u, s in seqs_r.items()}
+            seqs_h = {u: [c if c != " " else "_" for c in s] for u, s in seqs_h.items()}
+        Path(trn_dir).mkdir(parents=True, exist_ok=True)
+        write_trn(Path(trn_dir) / "ref.trn", seqs_r, spk)
+        write_trn(Path(trn_dir) / "hyp.trn", seqs_h, spk)
+    return result
