@@ -104,6 +104,10 @@ def test_segment_window(tmp_path):
     np.testing.assert_array_equal(load_audio(str(path), start=1.0, end=None), ramp[8000:])
     with pytest.raises(W2VError, match="outside the audio"):
         load_audio(str(path), start=3.0, end=4.0)
+    # Up to 0.5 s past the end is cut to the end (Kaldi's extract-segments), more is an error.
+    np.testing.assert_array_equal(load_audio(str(path), start=1.5, end=2.4), ramp[12000:])
+    with pytest.raises(W2VError, match="past the end of the audio"):
+        load_audio(str(path), start=1.5, end=2.6)
 
 
 def test_command_source(tmp_path, fsdd):

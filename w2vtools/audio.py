@@ -32,6 +32,11 @@ import soundfile as sf
 from w2vtools.errors import W2VError
 
 
+# As Kaldi's extract-segments: a segment may end this far (seconds) past the end of
+# its recording (rounding in hand-made segment files); further is an error.
+MAX_SEGMENT_OVERSHOOT = 0.5
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     sample_rate: int
@@ -155,7 +160,8 @@ def load_audio(
         source: a path, or a ``wav.scp`` command ending in ``|``.
         sample_rate: resample to this rate; ``None`` keeps the file's own.
         start, end: a window in seconds (Kaldi ``segments``); ``end`` of ``None`` or
-            ``-1`` means the end of the file.
+            ``-1`` means the end of the file; an end up to 0.5 s past the end of
+            the file is cut to it (as Kaldi's ``extract-segments``), further is an error.
         return_rate: also return the sample rate of the returned samples.
 
     Raises:
@@ -172,6 +178,10 @@ def load_audio(
         if first < 0 or first >= f.frames or last <= first:
             raise W2VError(
                 f"{_describe(source)}: segment {start}-{end} s is outside the audio (0-{f.frames / sr:.3f} s)"
+            )
+        if last > f.frames + int(MAX_SEGMENT_OVERSHOOT * sr):
+            raise W2VError(
+                f"{_describe(source)}: segment ends at {end} s, past the end of the audio ({f.frames / sr:.3f} s)"
             )
         last = min(last, f.frames)
         try:
