@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""Make the small fairseq checkpoints and reference outputs in tests/fixtures/fairseq/.
+
+Runs inside a fairseq virtualenv (never the project's), e.g.::
+
+    python3 -m venv /work/fairseq-venv
+    /work/fairseq-venv/bin/pip install "torch==2.11.*" "numpy<2" fairseq-fixed soundfile
+    /work/fairseq-venv/bin/python tools/make_fairseq_fixtures.py
+
+Every model is one of fairseq's own classes (``Wav2VecModel``, ``Wav2Vec2Model``,
+``Wav2VecCtc``) with the published architecture's structure but shrunken widths,
+randomly initialised with a fixed seed, so each file stays well under 2 MB. The
+checkpoint dicts are laid out as fairseq writes them, in the three styles found in
+the wild:
+
+* old ``args`` (an ``argparse.Namespace``; wav2vec 2019 and wav2vec 2.0 releases),
+* ``cfg`` as a pickled omegaconf ``DictConfig`` (fairseq around the hydra move),
+* ``cfg`` as a plain dict (``OmegaConf.to_container``; fairseq >= 0.10.2 trainer).
+
+Reference outputs are computed by fairseq itself in eval mode on a real FSDD
+recording read from ``../shared/data`` (its 8 kHz samples are fed as they are: the
+models don't care what the audio says, and the tests read the same samples back
+with soundfile, so there is no resampler in between). Each fixture is reloaded with
+fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` to prove fairseq itself
+accepts it, and its output compared with the one stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from argparse import Namespace
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+from fairseq.models.wav2vec import Wav2Vec2Config, Wav2Vec2Model, Wav2VecConfig, Wav2VecModel
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+
+# fairseq 0.12 calls torch.load without weights_only; torch >= 2.6 then refuses its own
+# Namespace/DictConfig pickles. These are files this script just wrote.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "tests" / "fixtures" / "fairseq"
+CLIP = "fsdd/recordings/0_jackson_0.wav"
+LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "W", "C", "F", "G", "Y", "P",
+           "B", "V", "K", "'", "X", "J", "Q", "Z"]
+
+log = logging.getLogger("make_fairseq_fixtures")
+
+
+def save(obj, name: str) -> Path:
+    path = OUT / name
+    torch.save(obj, path)
+    size = path.stat().st_size
+    assert size < 2_000_000, f"{name} is {size} bytes"
+    log.info("wrote %s (%d KB)", name, size // 1024)
+    return path
+
+
+def save_npy(arr, name: str) -> None:
+    arr = arr.detach().cpu().numpy() if torch.is_tensor(arr) else np.asarray(arr)
+    if arr.dtype == np.float64 or arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    np.save(OUT / name, arr)
+
+
+def checkpoint(model_state, *, args=None, cfg=None, fp16: bool = False) -> dict:
+    """A checkpoint dict as fairseq's trainer writes one (minus optimizer state)."""
+    if fp16:
+        model_state = {k: v.half() if v.is_floating_point() else v for k, v in model_state.items()}
+    return {
+        "args": args,
+        "cfg": cfg,
+        "model": model_state,
+        "criterion": None,
+        "optimizer_history": [
+            {"criterion_name": "Wav2vecCriterion", "optimizer_name": "FairseqAdam",
+             "lr_scheduler_state": {"best": 3.25}, "num_updates": 1000}
+        ],
+        "task_state": {},
+        "extra_state": {"metrics": {}, "previous_training_time": 12.5, "train_iterator": {"epoch": 3}},
+    }
+
+
+def round_to_fp16(model: torch.nn.Module) -> None:
+    """Make the float32 weights exactly representable in fp16 (so the fp16 file gives the same outputs)."""
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(p.half().float())
+
+
+def as_namespace(d: dict) -> Namespace:
+    return Namespace(**{k: (as_namespace(v) if isinstance(v, dict) else v) for k, v in d.items()})
+
+
+def dataclass_dict(cfg) -> dict:
+    d = asdict(cfg) if not isinstance(cfg, dict) else dict(cfg)
+    # fairseq dataclasses hold enums (ChoiceEnum) and II("...") interpolations; resolve like fairseq
+    return json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(d), resolve=False), default=str))
+
+
+def fairseq_reload(path: Path, source: torch.Tensor, fn) -> np.ndarray:
+    """Load with fairseq's own loader and run ``fn(model, source)``."""
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)])
+    model = models[0].float().eval()
+    with torch.no_grad():
+        return fn(model, source).detach().numpy()
+
+
+# --------------------------------------------------------------------------- wav2vec / vq-wav2vec
+
+
+def tiny_wav2vec_cfg(**kw) -> Wav2VecConfig:
+    base = dict(
+        conv_feature_layers="[(32, 10, 5), (32, 8, 4), (32, 4, 2), (32, 4, 2), (32, 4, 2), (32, 1, 1), (32, 1, 1), (32, 1, 1)]",
+        conv_aggregator_layers="[(48, 2, 1), (48, 3, 1), (48, 4, 1), (48, 5, 1), (48, 6, 1), (48, 7, 1)]",
+        prediction_steps=12,
+        num_negatives=10,
+        skip_connections_agg=True,
+        residual_scale=0.5,
+        log_compression=True,
+        infonce=False,
+    )
+    base.update(kw)
+    return Wav2VecConfig(**base)
+
+
+def wav2vec_outputs(model, source: torch.Tensor) -> dict:
+    with torch.no_grad():
+        z = model.feature_extractor(source)
+        out = {"z": z}
+        x = z
+        if model.vector_quantizer is not None:
+            qx, idx = model.vector_quantizer.forward_idx(z)
+            out["q"], out["codes"] = qx, idx
+            x = qx
+        out["c"] = model.feature_aggregator(x)
+    return {k: (v.transpose(1, 2) if k != "codes" else v) for k, v in out.items()}
+
+
+def wav2vec_args(cfg: Wav2VecConfig) -> Namespace:
+    d = dataclass_dict(cfg)
+    d.update(arch="wav2vec", task="audio_pretraining", criterion="wav2vec", sample_rate=16000,
+             normalize=False, max_sample_size=150000, data="/data/manifest", seed=1, fp16=True,
+             optimizer="adam", lr=[1e-5], max_update=400000)
+    d["vq_temp"] = str(tuple(cfg.vq_temp))
+    return Namespace(**d)
+
+
+def make_wav2vec(source: torch.Tensor) -> None:
+    # wav2vec large structure (8-layer encoder with three 1x1 layers, kernels 2.. aggregator
+    # with scaled skips, log compression), old-style Namespace args as in wav2vec_large.pt
+    torch.manual_seed(0)
+    cfg = tiny_wav2vec_cfg()
+    model = Wav2VecModel(cfg).eval()
+    outs = wav2vec_outputs(model, source)
+    path = save(checkpoint(model.state_dict(), args=wav2vec_args(cfg)), "wav2vec_args.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"wav2vec_{k}.npy")
+    again = fairseq_reload(path, source, lambda m, s: wav2vec_outputs(m, s)["c"])
+    np.testing.assert_allclose(again, outs["c"].numpy(), atol=1e-6)
+
+
+def make_vq_wav2vec(source: torch.Tensor) -> None:
+    # Gumbel: activation gelu, vq_depth 2, combine_groups, no log compression (the README recipe);
+    # cfg stored as a pickled DictConfig, weights in fp16.
+    torch.manual_seed(1)
+    cfg = tiny_wav2vec_cfg(vq_type="gumbel", vq_vars=40, vq_groups=2, vq_depth=2, combine_groups=True,
+                           activation="gelu", log_compression=False)
+    model = Wav2VecModel(cfg).eval()
+    round_to_fp16(model)
+    outs = wav2vec_outputs(model, source)
+    full = OmegaConf.create({
+        "_name": None,
+        "common": {"fp16": True, "seed": 2},
+        "model": {**dataclass_dict(cfg), "_name": "wav2vec", "infonce": "${criterion.infonce}"},
+        "task": {"_name": "audio_pretraining", "data": "/data/manifest", "sample_rate": 16000,
+                 "normalize": False, "max_sample_size": 150000},
+        "criterion": {"_name": "wav2vec", "infonce": False, "log_keys": ["prob_perplexity", "code_perplexity", "temp"]},
+    })
+    path = save(checkpoint(model.state_dict(), cfg=full, fp16=True), "vq_wav2vec_gumbel_dictconfig_fp16.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"vq_wav2vec_gumbel_{k}.npy")
+    again = fairseq_reload(path, source, lambda m, s: wav2vec_outputs(m, s)["c"])
+    np.testing.assert_allclose(again, outs["c"].numpy(), atol=1e-5)
+
+    # k-means: cfg as a plain dict (what fairseq's trainer writes today); codebook scaled like
+    # a trained one so nearest codewords are clear-cut.
+    torch.manual_seed(2)
+    cfg = tiny_wav2vec_cfg(vq_type="kmeans", vq_vars=40, vq_groups=2, combine_groups=True,
+                           activation="gelu", log_compression=False, vq_gamma=0.25)
+    model = Wav2VecModel(cfg).eval()
+    with torch.no_grad():
+        model.vector_quantizer.embedding.normal_()
+    outs = wav2vec_outputs(model, source)
+    full = {
+        "_name": None,
+        "common": {"fp16": False, "seed": 2},
+        "model": {**dataclass_dict(cfg), "_name": "wav2vec"},
+        "task": {"_name": "audio_pretraining", "data": "/data/manifest", "sample_rate": 16000, "normalize": False},
+        "criterion": {"_name": "wav2vec", "infonce": False, "loss_weights": [1.0]},
+    }
+    path = save(checkpoint(model.state_dict(), cfg=full), "vq_wav2vec_kmeans_cfg.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"vq_wav2vec_kmeans_{k}.npy")
+    again = fairseq_reload(path, source, lambda m, s: wav2vec_outputs(m, s)["codes"])
+    np.testing.assert_array_equal(again, outs["codes"].numpy())
+
+
+# --------------------------------------------------------------------------- wav2vec 2.0
+
+
+def tiny_w2v2_cfg(large_style: bool) -> Wav2Vec2Config:
+    """BASE structure (7 conv layers, post-LN Transformer, group norm) or LARGE/XLS-R style."""
+    return Wav2Vec2Config(
+        extractor_mode="layer_norm" if large_style else "default",
+        conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] * 2",
+        conv_bias=large_style,
+        layer_norm_first=large_style,
+        encoder_layers=3,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=4,
+        conv_pos=16,
+        conv_pos_groups=4,
+        final_dim=24,
+        latent_vars=20,
+        latent_groups=2,
+        latent_temp=(2.0, 0.5, 0.999995),
+        feature_grad_mult=1.0 if large_style else 0.1,
+        quantize_targets=True,
+    )
+
+
+def w2v2_outputs(model, source: torch.Tensor) -> dict:
+    with torch.no_grad():
+        res = model.extract_features(source, None, mask=False)
+        out = {"x": res["x"], "z": res["features"]}
+        for i, (lx, _, _) in enumerate(res["layer_results"]):
+            out[f"layer{i + 1}"] = lx.transpose(0, 1)
+        if model.quantizer is not None:
+            out["codes"] = model.quantize(source)[1]
+    return out
+
+
+def w2v2_task_cfg(normalize: bool) -> dict:
+    return {"_name": "audio_pretraining", "data": "/data/manifest", "sample_rate": 16000,
+            "normalize": normalize, "enable_padding": False, "max_sample_size": 250000, "labels": None}
+
+
+def make_wav2vec2(source: torch.Tensor) -> Path:
+    # BASE: cfg as a plain dict, fp32
+    torch.manual_seed(3)
+    cfg = tiny_w2v2_cfg(large_style=False)
+    model = Wav2Vec2Model(cfg).eval()
+    outs = w2v2_outputs(model, source)
+    full = {"_name": None, "common": {"fp16": True}, "model": {**dataclass_dict(cfg), "_name": "wav2vec2"},
+            "task": w2v2_task_cfg(False), "criterion": {"_name": "wav2vec", "infonce": True,
+                                                        "loss_weights": [0.1, 10.0]}}
+    base_path = save(checkpoint(model.state_dict(), cfg=full), "wav2vec2_base_cfg.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"wav2vec2_base_{k}.npy")
+    again = fairseq_reload(base_path, source, lambda m, s: m.extract_features(s, None)["x"])
+    np.testing.assert_allclose(again, outs["x"].numpy(), atol=1e-5)
+
+    # LARGE / XLS-R style (pre-LN, layer-norm conv encoder with bias, normalized input):
+    # old Namespace args, fp16 weights
+    torch.manual_seed(4)
+    cfg = tiny_w2v2_cfg(large_style=True)
+    model = Wav2Vec2Model(cfg).eval()
+    round_to_fp16(model)
+    normed = F.layer_norm(source, source.shape[-1:])  # the task's normalize=True
+    outs = w2v2_outputs(model, normed)
+    args = Namespace(**{**dataclass_dict(cfg), "arch": "wav2vec2", "task": "audio_pretraining",
+                        "criterion": "wav2vec", "normalize": True, "sample_rate": 16000, "data": "/data/manifest",
+                        "latent_temp": "(2.0, 0.5, 0.999995)", "infonce": True, "fp16": True})
+    path = save(checkpoint(model.state_dict(), args=args, fp16=True), "wav2vec2_large_args_fp16.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"wav2vec2_large_{k}.npy")
+    again = fairseq_reload(path, normed, lambda m, s: m.extract_features(s, None)["x"])
+    np.testing.assert_allclose(again, outs["x"].numpy(), atol=1e-4)
+    return base_path
+
+
+class _DictTask:
+    """The bit of a fairseq task that Wav2VecCtc.build_model reads."""
+
+    def __init__(self, dictionary: Dictionary):
+        self.target_dictionary = dictionary
+
+
+def make_ctc(source: torch.Tensor, pretrained: Path) -> None:
+    dict_path = OUT / "dict.ltr.txt"
+    dict_path.write_text("".join(f"{c} {1000 - i}\n" for i, c in enumerate(LETTERS)))
+    dictionary = Dictionary.load(str(dict_path))
+    torch.manual_seed(5)
+    asr_cfg = Wav2Vec2CtcConfig(w2v_path=str(pretrained), normalize=False, data="/data/ltr",
+                                apply_mask=True, mask_prob=0.5, mask_channel_prob=0.1, final_dropout=0.0,
+                                layerdrop=0.1, feature_grad_mult=0.0, freeze_finetune_updates=0)
+    model = Wav2VecCtc.build_model(asr_cfg, _DictTask(dictionary)).eval()
+    with torch.no_grad():
+        # the fine-tuned output layer is not trained from zero; give it some spread
+        model.w2v_encoder.proj.weight.normal_(std=0.5)
+        out = model(source=source, padding_mask=None)
+        logits = model.get_logits(out).transpose(0, 1)  # (B, T, V), fairseq's raw CTC logits
+    save_npy(logits[0], "wav2vec2_ctc_logits.npy")
+
+    # new style: cfg dict; model.w2v_args nested (Wav2VecEncoder filled it in)
+    w2v_args = OmegaConf.to_container(asr_cfg.w2v_args, resolve=True, enum_to_str=True)
+    model_cfg = {**dataclass_dict({k: v for k, v in asdict(asr_cfg).items() if k != "w2v_args"}),
+                 "_name": "wav2vec_ctc", "w2v_args": w2v_args}
+    full = {"_name": None, "common": {"fp16": True}, "distributed_training": {"ddp_backend": "legacy_ddp"},
+            "model": model_cfg,
+            "task": {"_name": "audio_finetuning", "data": "/data/ltr", "normalize": False, "labels": "ltr",
+                     "sample_rate": 16000, "eval_wer": False},
+            "criterion": {"_name": "ctc", "zero_infinity": True}}
+    # the trainer stores the config resolved (OmegaConf.to_container(cfg, resolve=True))
+    full = OmegaConf.to_container(OmegaConf.create(full), resolve=True)
+    path = save(checkpoint(model.state_dict(), cfg=full), "wav2vec2_ctc_cfg.pt")
+    # fairseq itself needs the dictionary from the data dir to rebuild the task; the file
+    # gives it to fairseq below the same way it gives it to us (dict.ltr.txt).
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "dict.ltr.txt").write_text(dict_path.read_text())
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": tmp})
+        with torch.no_grad():
+            again = models[0].eval().get_logits(models[0](source=source, padding_mask=None)).transpose(0, 1)
+    np.testing.assert_allclose(again.numpy(), logits.numpy(), atol=1e-5)
+
+    # old style, as wav2vec_small_960h.pt: args Namespace with w2v_args a Namespace of the pretraining args
+    pre = torch.load(pretrained, weights_only=False)["cfg"]
+    pre_args = {**pre["model"], "arch": "wav2vec2", "task": "audio_pretraining", "normalize": False,
+                "sample_rate": 16000, "data": "/data/manifest", "criterion": "wav2vec", "infonce": True}
+    pre_args.pop("_name", None)
+    asr = dataclass_dict({k: v for k, v in asdict(asr_cfg).items() if k != "w2v_args"})
+    args = Namespace(**{**asr, "arch": "wav2vec_ctc", "task": "audio_pretraining", "labels": "ltr",
+                        "criterion": "ctc", "sample_rate": 16000, "w2v_args": Namespace(**pre_args)})
+    save(checkpoint(model.state_dict(), args=args), "wav2vec2_ctc_args.pt")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    opts = ap.parse_args()
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    wav, sr = sf.read(opts.shared_data / CLIP, dtype="float32")
+    log.info("clip %s: %d samples at %d Hz (fed as they are)", CLIP, len(wav), sr)
+    source = torch.from_numpy(wav).unsqueeze(0)
+    make_wav2vec(source)
+    make_vq_wav2vec(source)
+    base = make_wav2vec2(source)
+    make_ctc(source, base)
+    (OUT / "README.md").write_text(
+        "Small checkpoints written by fairseq 0.12 (fairseq-fixed) with fairseq's own model classes\n"
+        "and shrunken widths, and the outputs fairseq computed from them on the FSDD clip\n"
+        f"`{CLIP}` (its 8 kHz samples fed as they are). Made by `tools/make_fairseq_fixtures.py`;\n"
+        "see its docstring. Tests: tests/test_fairseq_import.py.\n"
+    )
+    log.info("done")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
