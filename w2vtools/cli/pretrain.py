@@ -1,0 +1,84 @@
+"""``w2v pretrain``: self-supervised pretraining of wav2vec, vq-wav2vec and wav2vec 2.0."""
+
+from __future__ import annotations
+
+import click
+
+
+def _list_presets(ctx: click.Context) -> None:
+    from w2vtools.train.config import PRESETS
+
+    for arch, table in PRESETS.items():
+        for name, body in table.items():
+            o = body["optim"]
+            d = body["data"]
+            click.echo(
+                f"{arch:<11} {name:<12} model={body['model']['model_preset']:<12} lr={o['lr']:g} "
+                f"schedule={o['schedule']} max_update={o['max_update']} "
+                f"batch={d['max_samples_per_batch']} crop={d['max_sample_size']}"
+            )
+    ctx.exit(0)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("train")
+@click.option("--valid", default=None, help="Validation corpus (TSV, Kaldi data dir or wav.scp).")
+@click.option("--arch", type=click.Choice(["wav2vec", "vq-wav2vec", "wav2vec2"]), required=True,
+              help="Model family.")
+@click.option("--preset", required=True,
+              help="Training recipe: wav2vec2 base|large|tiny, wav2vec large|tiny, "
+                   "vq-wav2vec gumbel|kmeans|tiny|kmeans-tiny (see --list-presets).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML with sections model/data/optim/run, applied over the preset.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one setting (repeatable), e.g. --set optim.lr=1e-4 --set model.encoder_layers=4.")
+@click.option("--save-dir", required=True, help="Checkpoints, config.yaml, log.jsonl and tensorboard/ go here.")
+@click.option("--update-freq", type=int, default=None,
+              help="Accumulate this many batches per update (emulates more GPUs).")
+@click.option("--max-update", type=int, default=None, help="Length of the run (and of the lr schedule).")
+@click.option("--stop-at-update", type=int, default=None,
+              help="Stop after this update without shortening the schedule (resume later).")
+@click.option("--seed", type=int, default=None, help="Seed of batches, crops, masks, negatives, dropout.")
+@click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--threads", type=int, default=None, help="torch threads per process.")
+@click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, p, v: _list_presets(ctx) if v else None, help="List the recipes and exit.")
+def command(train, valid, arch, preset, config_file, sets, save_dir, update_freq, max_update, stop_at_update,
+            seed, resume, device, threads):
+    """Pretrain a model on the audio of TRAIN (TSV manifest, Kaldi data dir or wav.scp).
+
+    The resolved configuration is printed (YAML, stdout) and saved as
+    SAVE_DIR/config.yaml. Every log interval one line on stderr (loss in bits,
+    contrastive accuracy, code/softmax perplexity, temperature, lr, gradient norm,
+    audio-seconds/s, memory), the same in SAVE_DIR/log.jsonl and TensorBoard;
+    validation at an interval. Checkpoints checkpoint_last.pt, checkpoint_best.pt
+    and checkpoint_<update>.pt load anywhere a model is taken (--model PATH).
+
+    Multi-GPU / multi-node: launch with torchrun; NCCL on GPUs, gloo on CPU. Ranks
+    read disjoint batches; N processes with --update-freq 1 train like one with
+    --update-freq N. --resume repeats exactly what an uninterrupted run would do.
+
+    \b
+    Examples:
+      w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny \\
+          --save-dir exp/tiny --set optim.max_update=300
+      torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv \\
+          --arch wav2vec2 --preset base --update-freq 8 --save-dir exp/base
+      w2v plot exp/tiny/log.jsonl -o curves.png
+    """
+    from w2vtools.pretrain import pretrain
+
+    extra = list(sets)
+    if update_freq is not None:
+        extra.append(f"optim.update_freq={update_freq}")
+    if max_update is not None:
+        extra.append(f"optim.max_update={max_update}")
+    if stop_at_update is not None:
+        extra.append(f"run.stop_at_update={stop_at_update}")
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
+    if threads is not None:
+        extra.append(f"run.threads={threads}")
+    pretrain(train, valid, arch=arch, preset=preset, save_dir=save_dir, config_file=config_file, sets=extra,
+             resume=resume, device=device)

@@ -1,0 +1,178 @@
+"""Self-supervised pretraining of wav2vec, vq-wav2vec and wav2vec 2.0 (the library side of ``w2v pretrain``).
+
+One call resolves the configuration (preset, YAML, ``--set``), prints it and saves it
+as ``SAVE_DIR/config.yaml``, builds the model from its preset, reads the corpora,
+and runs :class:`w2vtools.train.trainer.Trainer` with the model's own contrastive
+loss. Under ``torchrun`` every process calls it; ranks train on disjoint batches
+and only rank 0 writes.
+
+Checkpoints are our model format (:func:`w2vtools.models.checkpoint.load_model`
+reads them: ``w2v featurize --model SAVE_DIR/checkpoint_best.pt`` works) with the
+trainer state under ``extra["trainer"]``.
+
+Example:
+    >>> summary = pretrain("data/train.tsv", "data/valid.tsv", arch="wav2vec2", preset="tiny",
+    ...                    save_dir="exp/tiny", sets=["optim.max_update=300"])   # doctest: +SKIP
+    >>> summary["valid"]["accuracy"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from w2vtools.errors import W2VError
+from w2vtools.train.config import TrainConfig, resolve_config
+
+log = logging.getLogger("w2v.pretrain")
+
+ARCHES = ("wav2vec", "vq-wav2vec", "wav2vec2")
+
+
+def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
+    """The model a config describes: (model, model config, family).
+
+    The model preset comes from :func:`w2vtools.models.presets.get_preset`, then
+    ``cfg.model.overrides`` replace its fields.
+
+    Raises:
+        W2VError: unknown preset or field, or an arch/preset mismatch.
+
+    Example:
+        >>> model, mcfg, family = build_model(resolve_config("wav2vec2", "tiny"))
+        >>> family
+        'wav2vec2'
+    """
+    from w2vtools.models.checkpoint import build_model as build, model_class_for
+    from w2vtools.models.presets import get_preset
+
+    arch = cfg.model.arch
+    if arch not in ARCHES:
+        raise W2VError(f"unknown arch {arch!r} (choose {', '.join(ARCHES)})")
+    try:
+        mcfg = get_preset(arch, cfg.model.model_preset)
+    except KeyError as e:
+        raise W2VError(str(e).strip("'\"")) from None
+    names = {f.name for f in dataclasses.fields(mcfg)}
+    unknown = sorted(set(cfg.model.overrides) - names)
+    if unknown:
+        raise W2VError(f"model.{unknown[0]}: not a {type(mcfg).__name__} field (known: {', '.join(sorted(names))})")
+    try:
+        mcfg = dataclasses.replace(mcfg, **cfg.model.overrides)
+    except (TypeError, ValueError, W2VError) as e:
+        raise W2VError(f"model overrides {cfg.model.overrides}: {e}") from None
+    family = getattr(mcfg, "family", arch)
+    if family != arch:
+        raise W2VError(f"model preset {cfg.model.model_preset!r} is a {family} model, not {arch}")
+    model = build(model_class_for(family), mcfg)
+    return model, mcfg, family
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from w2vtools.fileio import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def pretrain(
+    train: str | os.PathLike,
+    valid: str | os.PathLike | None,
+    *,
+    arch: str,
+    preset: str,
+    save_dir: str | os.PathLike,
+    config_file: str | os.PathLike | None = None,
+    sets: Sequence[str] = (),
+    resume: bool = False,
+    device: str | None = None,
+    print_config: bool = True,
+) -> dict[str, Any]:
+    """Pretrain a model; returns the trainer's summary (updates, last validation metrics, best).
+
+    Args:
+        train, valid: corpora :func:`~w2vtools.formats.corpus.read_corpus` reads
+            (TSV manifest, Kaldi data dir, ``wav.scp``).
+        arch: ``wav2vec``, ``vq-wav2vec`` or ``wav2vec2``.
+        preset: a training preset of :data:`w2vtools.train.config.PRESETS` for ``arch``.
+        save_dir: checkpoints, ``config.yaml``, ``log.jsonl``, ``tensorboard/``.
+        config_file: YAML overriding the preset.
+        sets: ``section.key=value`` overrides, applied last.
+        resume: continue from ``save_dir/checkpoint_last.pt`` exactly where it stopped.
+        device: ``cpu`` or ``cuda``; None picks CUDA when available.
+        print_config: print the resolved configuration (YAML) on stdout.
+
+    Raises:
+        W2VError: bad configuration, unreadable corpus, nothing to train on, or
+            no checkpoint to resume.
+    """
+    from w2vtools.formats.corpus import read_corpus
+    from w2vtools.models.checkpoint import LoadedModel, read_checkpoint, save_model
+    from w2vtools.train.data import AudioDataset, stable_seed
+    from w2vtools.train.objectives import PretrainObjective
+    from w2vtools.train.trainer import LAST, Trainer, find_trainer_state, init_distributed, seed_everything
+
+    cfg = resolve_config(arch, preset, config_file=config_file, sets=list(sets))
+    save_dir = Path(save_dir)
+    last = save_dir / LAST
+    if resume and not last.is_file():
+        raise W2VError(f"--resume: {last} does not exist (nothing to resume)")
+    if not resume and last.is_file():
+        raise W2VError(f"{save_dir} already holds {LAST}; pass --resume to continue it, or use another --save-dir")
+    dist_info = init_distributed(device)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    yaml_text = cfg.to_yaml()
+    if dist_info.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if print_config:
+            sys.stdout.write(yaml_text)
+            sys.stdout.flush()
+        _write_text_atomic(save_dir / "config.yaml", yaml_text)
+
+    seed_everything(stable_seed(cfg.run.seed, "init"))
+    model, mcfg, family = build_model(cfg)
+    rate = int(getattr(model, "sample_rate", cfg.data.sample_rate))
+    if rate != cfg.data.sample_rate:
+        raise W2VError(f"data.sample_rate is {cfg.data.sample_rate} but the {family} model expects {rate} Hz")
+
+    d = cfg.data
+    train_set = AudioDataset(
+        read_corpus(train), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
+        max_sample_size=d.max_sample_size, pad=d.pad, seed=cfg.run.seed, name="train",
+    )
+    valid_set = None
+    if valid is not None:
+        valid_set = AudioDataset(
+            read_corpus(valid), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
+            max_sample_size=d.max_sample_size, pad=d.pad, seed=cfg.run.seed, name="valid",
+        )
+
+    def save_fn(path: str, core: torch.nn.Module, extra: dict) -> None:
+        save_model(path, LoadedModel(family=family, task="pretrain", model=core, config=mcfg), extra=extra)
+
+    def load_fn(path: str) -> tuple[dict, dict]:
+        data = read_checkpoint(path)
+        if data is None:
+            raise W2VError(f"{path}: not a w2v checkpoint")
+        return data["state_dict"], find_trainer_state(data, path)
+
+    trainer = Trainer(
+        model, PretrainObjective(), cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
+        save_fn=save_fn, load_fn=load_fn, dist_info=dist_info,
+    )
+    try:
+        summary = trainer.train(resume=str(last) if resume else None)
+    finally:
+        if dist_info.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return summary

@@ -1,0 +1,539 @@
+"""Training configurations: dataclasses, published recipes as presets, YAML and ``key=value`` overrides.
+
+A run is described by one :class:`TrainConfig`; its sections are
+
+* ``model``: the architecture (``arch``), the model preset it starts from
+  (``model_preset``, a name of :mod:`w2vtools.models.presets`) and field
+  overrides on that model config (``overrides``: e.g. ``encoder_layers: 4``);
+* ``data``: sample rate, batch size in samples, crop and filter sizes, workers;
+* ``optim``: optimizer, learning-rate schedule, clipping, gradient accumulation;
+* ``run``: seed, logging/validation/checkpoint intervals, mixed precision,
+  guards, best-checkpoint metric, freezing (for fine-tuning).
+
+Resolution order: the dataclass defaults, then the preset, then a YAML file,
+then ``--set section.key=value`` overrides (values parsed as YAML, so
+``--set optim.betas=[0.9,0.98]`` and ``--set run.amp=bf16`` work).
+
+Example:
+    >>> cfg = resolve_config("wav2vec2", "base", sets=["optim.update_freq=8"])
+    >>> cfg.optim.lr, cfg.optim.update_freq, cfg.data.max_samples_per_batch
+    (0.0005, 8, 1400000)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from w2vtools.errors import W2VError
+
+
+@dataclass
+class ModelSection:
+    """Which model to build.
+
+    Attributes:
+        arch: ``wav2vec``, ``vq-wav2vec`` or ``wav2vec2`` (finetune adds its own).
+        model_preset: a preset name of :mod:`w2vtools.models.presets` for ``arch``.
+        overrides: model-config fields replaced on top of the preset.
+    """
+
+    arch: str = "wav2vec2"
+    model_preset: str = "base"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """How audio becomes batches.
+
+    Attributes:
+        sample_rate: audio is resampled to this rate in the loader workers.
+        max_samples_per_batch: a batch's size bound: items x longest (cropped) item
+            (fairseq's ``max_tokens``), per process and micro-batch.
+        max_batch_size: at most this many items in a batch (0 = no limit).
+        max_sample_size: crop length cap (pretraining); the length limit with ``pad``.
+        min_sample_size: utterances shorter than this are left out (and counted).
+        pad: pad batches to their longest item (fine-tuning) instead of cropping
+            each batch to its shortest item (pretraining).
+        num_workers: DataLoader worker processes reading and resampling audio.
+    """
+
+    sample_rate: int = 16000
+    max_samples_per_batch: int = 1_400_000
+    max_batch_size: int = 0
+    max_sample_size: int = 250_000
+    min_sample_size: int = 32_000
+    pad: bool = False
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    ``adam`` is Adam with decoupled weight decay, as fairseq's ``adam`` optimizer is.
+    See :mod:`w2vtools.train.schedules` for the schedule fields.
+    """
+
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 0.0
+    update_freq: int = 1
+    max_update: int = 400_000
+    max_epoch: int = 0
+    schedule: str = "polynomial"
+    warmup_updates: int = 32_000
+    warmup_init_lr: float = 0.0
+    end_lr: float = 0.0
+    power: float = 1.0
+    phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)
+    init_lr_scale: float = 0.01
+    final_lr_scale: float = 0.05
+
+
+@dataclass
+class RunConfig:
+    """Everything about running the loop that is not the model, data or optimizer.
+
+    Attributes:
+        seed: seeds the batch order, crops, masks, negatives and dropout.
+        log_interval: one log line every this many updates.
+        valid_interval: validate every this many updates (0 = only at the end).
+        save_interval: keep ``checkpoint_<update>.pt`` every this many updates (0 = never).
+        keep_last: how many ``checkpoint_<update>.pt`` files to keep (0 = all).
+        amp: ``none``, ``bf16`` or ``fp16`` (fp16 uses a dynamic loss scaler); GPU only.
+        max_nonfinite: stop after this many non-finite updates in a row.
+        best_metric: validation metric that selects ``checkpoint_best.pt``.
+        maximize_best: whether larger ``best_metric`` is better (accuracy) or not (loss, wer).
+        stop_at_update: end the run after this update without changing the schedule
+            (a time-boxed job; resume later with ``--resume``).
+        threads: torch intra-op threads per process (0 = leave torch's default).
+        freeze_feature_encoder: never update the CNN feature encoder.
+        freeze_updates: for this many updates, train only parameters whose name
+            starts with one of ``train_during_freeze`` (fine-tuning's frozen Transformer).
+        train_during_freeze: the parameter-name prefixes trained while frozen.
+        collapse_warn_after: collapse guards stay quiet before this update
+            (0 = after the warm-up).
+        tensorboard: also write TensorBoard event files under ``save_dir/tensorboard``.
+    """
+
+    seed: int = 1
+    log_interval: int = 200
+    valid_interval: int = 10_000
+    save_interval: int = 25_000
+    keep_last: int = 1
+    amp: str = "none"
+    max_nonfinite: int = 20
+    best_metric: str = "loss"
+    maximize_best: bool = False
+    stop_at_update: int = 0
+    threads: int = 0
+    freeze_feature_encoder: bool = False
+    freeze_updates: int = 0
+    train_during_freeze: list[str] = field(default_factory=list)
+    collapse_warn_after: int = 0
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The whole resolved configuration of a training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of lists/numbers/strings (YAML- and ``weights_only``-safe)."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Published recipes. Each preset is a nested dict applied on top of the defaults above.
+# Batch sizes are per process; `--update-freq` (optim.update_freq) emulates more GPUs.
+
+_W2V2_BASE = {
+    # fairseq examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml
+    # (Baevski et al. 2020): 64 GPUs x 1.4 M samples, crops <= 250k, 400k updates.
+    "model": {
+        "arch": "wav2vec2",
+        "model_preset": "base",
+        "overrides": {
+            "extractor_mode": "default",  # group norm in the first conv layer
+            "normalize": False,
+            "final_dim": 256,
+            "feature_grad_mult": 0.1,
+            "encoder_layerdrop": 0.05,
+            "dropout_input": 0.1,
+            "dropout_features": 0.1,
+            "diversity_weight": 0.1,  # fairseq criterion loss_weights [0.1, 10]
+            "feature_pen_weight": 10.0,
+            "latent_temp": [2.0, 0.5, 0.999995],
+        },
+    },
+    "data": {"max_samples_per_batch": 1_400_000, "max_sample_size": 250_000, "min_sample_size": 32_000},
+    "optim": {
+        "lr": 5e-4,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.01,
+        "max_update": 400_000,
+        "schedule": "polynomial",
+        "warmup_updates": 32_000,
+    },
+    "run": {"log_interval": 200, "save_interval": 25_000, "keep_last": 1, "amp": "fp16"},
+}
+
+_W2V2_LARGE = {
+    # fairseq examples/wav2vec/config/pretraining/wav2vec2_large_librivox.yaml (LV-60k):
+    # 128 GPUs x 1.2 M samples, crops <= 320k, layer norm, normalized input, lr 5e-3 as
+    # released (the paper's LS-960 LARGE used 3e-4: --set optim.lr=3e-4), temperature 2 -> 0.1.
+    "model": {
+        "arch": "wav2vec2",
+        "model_preset": "large",
+        "overrides": {
+            "extractor_mode": "layer_norm",
+            "layer_norm_first": True,
+            "normalize": True,
+            "conv_bias": True,
+            "final_dim": 768,
+            "feature_grad_mult": 1.0,
+            "encoder_layerdrop": 0.0,
+            "dropout_input": 0.0,
+            "dropout_features": 0.0,
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+            "diversity_weight": 0.1,  # fairseq criterion loss_weights [0.1, 0]
+            "feature_pen_weight": 0.0,
+            "latent_temp": [2.0, 0.1, 0.999995],
+        },
+    },
+    "data": {"max_samples_per_batch": 1_200_000, "max_sample_size": 320_000, "min_sample_size": 32_000},
+    "optim": {
+        "lr": 5e-3,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.01,
+        "max_update": 1_000_000,
+        "schedule": "polynomial",
+        "warmup_updates": 32_000,
+    },
+    "run": {"log_interval": 200, "save_interval": 25_000, "keep_last": 1, "amp": "fp16"},
+}
+
+_W2V2_TINY = {
+    # A few-minute CPU run on a small corpus (FSDD digits): 2 small Transformer layers.
+    "model": {
+        "arch": "wav2vec2",
+        "model_preset": "tiny",
+        "overrides": {"diversity_weight": 0.1, "feature_pen_weight": 10.0, "latent_temp": [2.0, 0.5, 0.995]},
+    },
+    "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
+    "optim": {
+        "lr": 1e-3,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.01,
+        "max_update": 300,
+        "schedule": "polynomial",
+        "warmup_updates": 30,
+        "clip_norm": 10.0,
+    },
+    "run": {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"},
+}
+
+_WAV2VEC_LARGE = {
+    # fairseq examples/wav2vec/README.md "Train a wav2vec model" (Schneider et al. 2019):
+    # cosine 1e-7 -> 5e-3 over 500 warm-up updates, down to 1e-6; 1.5 M samples, crops 150k.
+    "model": {"arch": "wav2vec", "model_preset": "large", "overrides": {}},
+    "data": {"max_samples_per_batch": 1_500_000, "max_sample_size": 150_000, "min_sample_size": 0},
+    "optim": {
+        "lr": 5e-3,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "max_update": 400_000,
+        "schedule": "cosine",
+        "warmup_updates": 500,
+        "warmup_init_lr": 1e-7,
+        "end_lr": 1e-6,
+    },
+    "run": {"log_interval": 200, "save_interval": 25_000, "amp": "fp16"},
+}
+
+_VQ_WAV2VEC_GUMBEL = {
+    # fairseq examples/wav2vec/README.md "Train a gumbel vq-wav2vec model" (Baevski et al. 2019):
+    # cosine 1e-7 -> 1e-5 over 1000 warm-up updates, down to 1e-6; 300k samples, crops 150k.
+    "model": {"arch": "vq-wav2vec", "model_preset": "gumbel", "overrides": {}},
+    "data": {"max_samples_per_batch": 300_000, "max_sample_size": 150_000, "min_sample_size": 0},
+    "optim": {
+        "lr": 1e-5,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "max_update": 400_000,
+        "schedule": "cosine",
+        "warmup_updates": 1000,
+        "warmup_init_lr": 1e-7,
+        "end_lr": 1e-6,
+    },
+    "run": {"log_interval": 200, "save_interval": 25_000, "amp": "fp16", "seed": 2},
+}
+
+_VQ_WAV2VEC_KMEANS = copy.deepcopy(_VQ_WAV2VEC_GUMBEL)
+_VQ_WAV2VEC_KMEANS["model"]["model_preset"] = "kmeans"
+
+_WAV2VEC_TINY = {
+    "model": {"arch": "wav2vec", "model_preset": "tiny", "overrides": {}},
+    "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
+    "optim": {
+        "lr": 2e-3,
+        "betas": [0.9, 0.999],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "max_update": 300,
+        "schedule": "cosine",
+        "warmup_updates": 30,
+        "warmup_init_lr": 1e-7,
+        "end_lr": 1e-5,
+        "clip_norm": 10.0,
+    },
+    "run": {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"},
+}
+
+_VQ_WAV2VEC_TINY = copy.deepcopy(_WAV2VEC_TINY)
+_VQ_WAV2VEC_TINY["model"] = {"arch": "vq-wav2vec", "model_preset": "gumbel-tiny", "overrides": {"vq_temp": [2.0, 0.5, 0.995]}}
+_VQ_WAV2VEC_KMEANS_TINY = copy.deepcopy(_WAV2VEC_TINY)
+_VQ_WAV2VEC_KMEANS_TINY["model"] = {"arch": "vq-wav2vec", "model_preset": "kmeans-tiny", "overrides": {}}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "wav2vec2": {"base": _W2V2_BASE, "large": _W2V2_LARGE, "tiny": _W2V2_TINY},
+    "wav2vec": {"large": _WAV2VEC_LARGE, "tiny": _WAV2VEC_TINY},
+    "vq-wav2vec": {
+        "gumbel": _VQ_WAV2VEC_GUMBEL,
+        "kmeans": _VQ_WAV2VEC_KMEANS,
+        "tiny": _VQ_WAV2VEC_TINY,
+        "kmeans-tiny": _VQ_WAV2VEC_KMEANS_TINY,
+    },
+}
+
+
+def preset_names(arch: str) -> list[str]:
+    """Training presets available for ``arch``."""
+    return sorted(PRESETS.get(arch, {}))
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+_SECTIONS = {"model": ModelSection, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+def _coerce(section: str, key: str, value: Any, where: str) -> Any:
+    cls = _SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise W2VError(f"{where}: unknown setting {section}.{key} (known: {', '.join(sorted(fields))})")
+    default = getattr(cls(), key)
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise W2VError(f"{where}: {section}.{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise W2VError(f"{where}: {section}.{key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise W2VError(f"{where}: {section}.{key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default):
+            raise W2VError(f"{where}: {section}.{key} must be a list of {len(default)} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise W2VError(f"{where}: {section}.{key} must be a list, got {value!r}")
+        return list(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise W2VError(f"{where}: {section}.{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
+def apply_dict(cfg: TrainConfig, values: dict[str, Any], where: str) -> TrainConfig:
+    """Apply a nested ``{section: {key: value}}`` dict onto ``cfg`` (model overrides merge)."""
+    if not isinstance(values, dict):
+        raise W2VError(f"{where}: expected a mapping of sections (model, data, optim, run)")
+    for section, body in values.items():
+        if section not in _SECTIONS:
+            raise W2VError(f"{where}: unknown section {section!r} (known: {', '.join(_SECTIONS)})")
+        if not isinstance(body, dict):
+            raise W2VError(f"{where}: section {section!r} must be a mapping")
+        target = getattr(cfg, section)
+        for key, value in body.items():
+            value = _coerce(section, key, value, where)
+            if section == "model" and key == "overrides":
+                target.overrides = {**target.overrides, **value}
+            else:
+                setattr(target, key, value)
+    return cfg
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value parsed as YAML).
+
+    ``model.<field>=v`` that is not ``arch``/``model_preset`` is a model-config
+    override (``model.encoder_layers=4`` == ``model.overrides.encoder_layers=4``).
+
+    Example:
+        >>> parse_set("optim.lr=1e-3")
+        ('optim', 'lr', 0.001)
+    """
+    if "=" not in item:
+        raise W2VError(f"--set {item!r}: expected section.key=value")
+    path, raw = item.split("=", 1)
+    parts = path.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string (it wants 1.0e-3): accept plain floats too.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    if parts[0] == "model" and len(parts) == 3 and parts[1] == "overrides":
+        return "model", parts[2], value
+    if len(parts) != 2:
+        raise W2VError(f"--set {item!r}: expected section.key=value (sections: {', '.join(_SECTIONS)})")
+    return parts[0], parts[1], value
+
+
+def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
+    """Apply ``--set section.key=value`` items in order."""
+    for item in sets:
+        section, key, value = parse_set(item)
+        if section == "model" and key not in ("arch", "model_preset", "overrides"):
+            cfg.model.overrides = {**cfg.model.overrides, key: value}
+            continue
+        apply_dict(cfg, {section: {key: value}}, f"--set {item}")
+    return cfg
+
+
+def resolve_config(
+    arch: str | None = None,
+    preset: str | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Defaults, then the preset, then the YAML file, then ``--set`` items.
+
+    Args:
+        arch: model family; picks the preset table.
+        preset: a training preset name (see :data:`PRESETS`); None = defaults only.
+        config_file: a YAML file with sections ``model``, ``data``, ``optim``, ``run``.
+        sets: ``section.key=value`` strings.
+        base: start from this config instead of the dataclass defaults.
+
+    Raises:
+        W2VError: unknown preset, section or key, or a value of the wrong type.
+
+    Example:
+        >>> resolve_config("wav2vec2", "tiny", sets=["model.encoder_layers=1"]).model.overrides["encoder_layers"]
+        1
+    """
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
+    if arch is not None:
+        cfg.model.arch = arch
+    if preset is not None:
+        table = PRESETS.get(cfg.model.arch)
+        if table is None:
+            raise W2VError(f"no training presets for arch {cfg.model.arch!r} (known: {', '.join(PRESETS)})")
+        if preset not in table:
+            raise W2VError(f"unknown preset {preset!r} for {cfg.model.arch} (known: {', '.join(sorted(table))})")
+        apply_dict(cfg, copy.deepcopy(table[preset]), f"preset {cfg.model.arch}/{preset}")
+    if config_file is not None:
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise W2VError(f"{config_file}: no such file") from None
+        except yaml.YAMLError as e:
+            raise W2VError(f"{config_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        apply_dict(cfg, values, str(config_file))
+    apply_sets(cfg, list(sets))
+    validate_config(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (e.g. from a checkpoint)."""
+    return apply_dict(TrainConfig(), copy.deepcopy(values), "saved config")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject settings that cannot run, with the setting's name in the message."""
+    from w2vtools.train.schedules import SCHEDULES
+
+    d, o, r = cfg.data, cfg.optim, cfg.run
+    checks = [
+        (d.sample_rate > 0, "data.sample_rate must be positive"),
+        (d.max_samples_per_batch > 0, "data.max_samples_per_batch must be positive"),
+        (d.max_sample_size > 0, "data.max_sample_size must be positive"),
+        (d.min_sample_size >= 0, "data.min_sample_size must be >= 0"),
+        (d.min_sample_size <= d.max_sample_size or d.pad, "data.min_sample_size exceeds data.max_sample_size"),
+        (d.num_workers >= 0, "data.num_workers must be >= 0"),
+        (o.optimizer in ("adam",), f"optim.optimizer {o.optimizer!r}: only 'adam' (decoupled weight decay)"),
+        (o.lr > 0, "optim.lr must be positive"),
+        (o.update_freq >= 1, "optim.update_freq must be >= 1"),
+        (o.max_update >= 1, "optim.max_update must be >= 1"),
+        (o.schedule in SCHEDULES, f"optim.schedule {o.schedule!r}: choose from {', '.join(SCHEDULES)}"),
+        (o.warmup_updates < o.max_update or o.schedule in ("fixed", "tri_stage"),
+         "optim.warmup_updates must be below optim.max_update"),
+        (r.amp in ("none", "bf16", "fp16"), f"run.amp {r.amp!r}: choose none, bf16 or fp16"),
+        (r.log_interval >= 1, "run.log_interval must be >= 1"),
+        (r.max_nonfinite >= 1, "run.max_nonfinite must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise W2VError(msg)
