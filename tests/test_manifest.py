@@ -299,3 +299,29 @@ def test_from_kaldi_segments_and_commands_are_written_as_wav(tmp_path, fsdd):
     # The TSV ids are the Kaldi ids, so text and speakers line up.
     assert labels.read_labels(out / "test.tsv", "wrd") == ["NINE", "ZERO", "ONE", "TWO"]
     assert labels.read_labels(out / "test.tsv", "spk") == ["lucas", "nicolas", "nicolas", "nicolas"]
+
+
+def test_speaker_map_file_and_stale_tsv_lengths(tmp_path, fsdd, w2v):
+    root = tmp_path / "r"
+    root.mkdir()
+    picked = sorted(fsdd.glob("8_*_4.wav"))
+    for f in picked:
+        os.symlink(f, root / f.name)
+    utt2spk = tmp_path / "utt2spk"
+    utt2spk.write_text("".join(f"{f.stem} S{f.stem.split('_')[1].upper()}\n" for f in picked))
+    w2v("manifest", root, "--dest", tmp_path / "o", "--ext", "wav", "--valid-percent", "0",
+        "--utt2spk", utt2spk, "--to-kaldi", tmp_path / "k")
+    spk = labels.read_labels(tmp_path / "o" / "train.tsv", "spk")
+    assert spk == [f"S{f.stem.split('_')[1].upper()}" for f in picked]
+    first = (tmp_path / "k" / "utt2spk").read_text().splitlines()[0]
+    assert first == f"{spk[0]}-{picked[0].stem} {spk[0]}"
+    durs = kaldi.read_utt2dur(tmp_path / "k" / "utt2dur")
+    assert sorted(round(v * 8000) for v in durs.values()) == sorted(sf.info(f).frames for f in picked)
+    # Both speaker sources at once is a usage error.
+    proc = w2v("manifest", root, "--dest", tmp_path / "o", "--ext", "wav", "--utt2spk", utt2spk,
+               "--speaker-pattern", "(x)", check=False)
+    assert proc.returncode != 0 and "not both" in proc.stderr
+    with pytest.raises(W2VError, match="one TSV at a time"):
+        lib.label_manifests([tmp_path / "o" / "train.tsv"] * 2, transcripts=None, to_kaldi=tmp_path / "k2")
+    with pytest.raises(W2VError, match="needs a group"):
+        lib.SpeakerRule(pattern="abc")

@@ -198,6 +198,7 @@ class Row:
 
     relpath: str
     num_samples: int
+    sample_rate: int | None = None
     uid: str = ""
     speaker: str | None = None
     text: str | None = None
@@ -340,7 +341,7 @@ def build_manifest(
         if isinstance(info, str):
             report.fail(info)
         else:
-            rows.append(Row(relpath, info.num_frames))
+            rows.append(Row(relpath, info.num_frames, info.sample_rate))
     _assign_uids(rows)
     if transcripts is not None:
         rows = _attach_text(rows, labels.read_transcripts(transcripts), report, real_root)
@@ -463,16 +464,22 @@ def _write_kaldi(
 ) -> None:
     """Rows -> Kaldi data dir: ids prefixed by speakers (:func:`kaldi.kaldi_uid`), durations from headers."""
     sources = [os.path.join(root, r.relpath) for r in rows]
-    infos = probe_all(sources, jobs=jobs)
+    # A TSV knows lengths but not rates: read the headers of rows that were not just scanned.
+    unknown = [i for i, r in enumerate(rows) if r.sample_rate is None]
+    probed = dict(zip(unknown, probe_all([sources[i] for i in unknown], jobs=jobs)))
     utts: list[Utterance] = []
     durations: dict[str, float] = {}
-    for r, src, info in zip(rows, sources, infos):
+    for i, (r, src) in enumerate(zip(rows, sources)):
+        info = probed.get(i)
         if isinstance(info, str):
             report.fail(info)
             continue
+        rate = r.sample_rate if info is None else info.sample_rate
+        if info is not None and info.num_frames != r.num_samples:
+            log.warning("%s: the TSV says %d samples, the file has %d", src, r.num_samples, info.num_frames)
         uid = kaldi.kaldi_uid(r.uid, r.speaker)
         utts.append(Utterance(uid, src, num_samples=r.num_samples, speaker=r.speaker, text=r.text))
-        durations[uid] = info.num_frames / info.sample_rate
+        durations[uid] = r.num_samples / rate
     ids = [u.uid for u in utts]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
