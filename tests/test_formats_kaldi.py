@@ -247,3 +247,13 @@ def test_read_tables_name_problems(tmp_path):
         kaldi.read_data_dir(tmp_path)
     with pytest.raises(W2VError, match="not a Kaldi data dir"):
         kaldi.read_data_dir(tmp_path / "nothing")
+
+
+def test_warnings_single_speaker_and_unprefixed_ids(tmp_path):
+    d = tmp_path / "d"
+    kaldi.write_data_dir(d, [Utterance("a1", "/x.wav", speaker="zed"), Utterance("a2", "/y.wav", speaker="zed")])
+    # Sorted by speaker and by id alike, so valid, but Kaldi would warn.
+    assert kaldi.validate_data_dir(d, no_text=True) == []
+    warnings = kaldi.data_dir_warnings(d)
+    assert any("only one speaker" in w for w in warnings)
+    assert any("2 utterance ids do not start with their speaker" in w for w in warnings)

@@ -86,6 +86,10 @@ def command(
         if sources or from_kaldi or to_kaldi:
             raise click.UsageError("--validate-kaldi takes only the data dir")
         problems = lib.validate_kaldi(validate_kaldi, no_text=no_text, no_spk_sort=no_spk_sort)
+        from w2vtools.formats.kaldi import data_dir_warnings
+
+        for w in data_dir_warnings(validate_kaldi):
+            click.echo(f"{validate_kaldi}: warning: {w}", err=True)
         for p in problems:
             click.echo(f"{validate_kaldi}: {p}", err=True)
         if problems:

@@ -478,3 +478,27 @@ def _positive_int(value: str) -> bool:
         return int(value) > 0
     except ValueError:
         return False
+
+
+def data_dir_warnings(data_dir: str | os.PathLike) -> list[str]:
+    """Things Kaldi accepts but warns about: a single speaker, speaker ids that do not prefix utterance ids.
+
+    Example:
+        >>> data_dir_warnings("data/kaldi/train")   # doctest: +SKIP
+        ['only one speaker: a bad idea for speaker-adaptive training (see kaldi-asr.org/doc/data_prep.html)']
+    """
+    d = Path(data_dir)
+    if not (d / "utt2spk").is_file():
+        return []
+    utt2spk = read_kaldi_table(d / "utt2spk")
+    warnings = []
+    speakers = set(utt2spk.values())
+    if len(speakers) == 1:
+        warnings.append("only one speaker: a bad idea for speaker-adaptive training (see kaldi-asr.org/doc/data_prep.html)")
+    unprefixed = [u for u, s in utt2spk.items() if not u.startswith(s)]
+    if unprefixed:
+        warnings.append(
+            f"{len(unprefixed)} utterance ids do not start with their speaker id (e.g. {unprefixed[0]!r}); "
+            "Kaldi's sorting assumptions rely on that prefix"
+        )
+    return warnings
