@@ -168,8 +168,11 @@ def _resolve_global(module: str, name: str):
             return np.dtype
         if name == "ndarray":
             return np.ndarray
-        core = getattr(np, "_core", None) or np.core
-        return getattr(core.multiarray, name)
+        try:
+            multiarray = importlib.import_module("numpy._core.multiarray")
+        except ImportError:  # numpy < 2
+            multiarray = importlib.import_module("numpy.core.multiarray")
+        return getattr(multiarray, name)
     if full in _STAND_IN_NAMES or module.split(".")[0] in _STAND_IN_MODULES:
         return _stand_in(full)
     raise _Refused(full)
