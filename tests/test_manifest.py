@@ -325,3 +325,12 @@ def test_speaker_map_file_and_stale_tsv_lengths(tmp_path, fsdd, w2v):
         lib.label_manifests([tmp_path / "o" / "train.tsv"] * 2, transcripts=None, to_kaldi=tmp_path / "k2")
     with pytest.raises(W2VError, match="needs a group"):
         lib.SpeakerRule(pattern="abc")
+
+
+def test_rewriting_a_tsv_removes_its_stale_label_files(tmp_path, ljspeech):
+    root, _ = _ljspeech_corpus(tmp_path, ljspeech)
+    lib.build_manifest(root, tmp_path / "o", valid_percent=0, transcripts=ljspeech / "metadata.csv")
+    assert (tmp_path / "o" / "train.ltr").exists()
+    (root / sorted(os.listdir(root))[0]).unlink()
+    lib.build_manifest(root, tmp_path / "o", valid_percent=0)
+    assert not (tmp_path / "o" / "train.ltr").exists() and not (tmp_path / "o" / "train.wrd").exists()

@@ -236,6 +236,13 @@ def write_bundle(
     for i, (name, rows) in enumerate(splits.items()):
         tsv = dest / f"{name}.tsv"
         write_manifest(tsv, Manifest(root, [ManifestItem(r.relpath, r.num_samples) for r in rows]))
+        # Line-aligned files of an earlier TSV of this name no longer line up: remove what we do not rewrite.
+        stale = ([] if with_text else ["wrd", "ltr"]) + ([] if any(r.speaker for r in rows) else ["spk"])
+        for ext in stale:
+            old = dest / f"{name}.{ext}"
+            if old.is_file():
+                log.info("%s: removed (left from an earlier %s.tsv)", old, name)
+                old.unlink()
         report.rows[name] = len(rows)
         report.written.append(str(tsv))
         if with_text:
@@ -357,6 +364,8 @@ def build_manifest(
             splits: dict[str, list[Row]] = {name: []}
             if valid_percent > 0:
                 splits[valid_name] = []
+            elif (Path(dest) / f"{valid_name}.tsv").exists():
+                log.warning("%s: left from an earlier run (--valid-percent 0 writes none)", Path(dest) / f"{valid_name}.tsv")
             for r in rows:
                 splits[valid_name if is_valid_row(r.relpath, valid_percent, seed) else name].append(r)
             write_bundle(
