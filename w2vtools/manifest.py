@@ -555,7 +555,7 @@ def from_kaldi(
         tmp = out.with_name(f".{out.name}.tmp")
         sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
         os.replace(tmp, out)
-        return str(out.resolve()), len(wav)
+        return os.path.abspath(out), len(wav)
 
     plain = [u for u in utts if u.start is None and u.end is None and not is_command(u.source)]
     cut = [u for u in utts if u not in plain]
@@ -577,24 +577,26 @@ def from_kaldi(
     kept = [u for u in utts if u.uid in paths]
     if not kept:
         report.raise_if_partial(len(utts))
-    if root is None:
-        root = os.path.commonpath([os.path.dirname(paths[u.uid]) for u in kept])
-    root = os.path.realpath(root)
+    # Paths stay as Kaldi gives them (absolute, symlinks not resolved) so relative paths keep their names.
+    root = os.path.abspath(root) if root is not None else os.path.commonpath(
+        [os.path.dirname(paths[u.uid]) for u in kept]
+    )
     rows = []
+    kaldi_ids: dict[str, str] = {}
     for u in kept:
         rel = os.path.relpath(paths[u.uid], root)
+        kaldi_ids[rel] = u.uid
         rows.append(Row(rel, lengths[u.uid], speaker=u.speaker, text=u.text))
     rows.sort(key=lambda r: r.relpath.encode("utf-8", "surrogateescape"))
     _assign_uids(rows)
-    by_path = {paths[u.uid]: u for u in kept}
     has_text = (d / "text").is_file()
     if has_text:
-        missing = [r for r in rows if r.text is None]
-        for r in missing:
-            report.fail(f"{os.path.join(root, r.relpath)}: no transcript in {d / 'text'}")
+        for r in rows:
+            if r.text is None:
+                report.fail(f"{os.path.join(root, r.relpath)}: no transcript for {kaldi_ids[r.relpath]!r} in {d / 'text'}")
         rows = [r for r in rows if r.text is not None]
     # Kaldi's convention for unknown speakers is utt == spk: that is no speaker information.
-    if all(r.speaker is None or r.speaker == by_path[os.path.join(root, r.relpath)].uid for r in rows):
+    if all(r.speaker is None or r.speaker == kaldi_ids[r.relpath] for r in rows):
         for r in rows:
             r.speaker = None
     splits: dict[str, list[Row]] = {name: []}
