@@ -557,8 +557,11 @@ def from_kaldi(
         os.replace(tmp, out)
         return os.path.abspath(out), len(wav)
 
-    plain = [u for u in utts if u.start is None and u.end is None and not is_command(u.source)]
-    cut = [u for u in utts if u not in plain]
+    def is_plain(u: Utterance) -> bool:
+        return u.start is None and u.end is None and not is_command(u.source)
+
+    plain = [u for u in utts if is_plain(u)]
+    cut = [u for u in utts if not is_plain(u)]
     paths: dict[str, str] = {}
     lengths: dict[str, int] = {}
     for u, info in zip(plain, probe_all([os.path.abspath(u.source) for u in plain], jobs=jobs, verify=verify)):

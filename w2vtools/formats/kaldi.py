@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -272,6 +273,10 @@ def _remove_stale(path: Path) -> None:
 # Validation, after Kaldi's utils/validate_data_dir.sh and utils/validate_text.pl
 
 
+# Whitespace other than space and tab (validate_text.pl rejects it in `text`).
+_OTHER_WHITESPACE = re.compile(r"[^\S \t]")
+
+
 def _table_lines(path: Path, problems: list[str]) -> list[str] | None:
     """Lines of a table as text; records byte-level problems (newline, UTF-8) on the way."""
     raw = path.read_bytes()
@@ -372,10 +377,11 @@ def validate_data_dir(
             )
     spk2utt_lines = _table_lines(d / "spk2utt", problems)
     _check_sorted_unique(d / "spk2utt", spk2utt_lines, problems)
-    from_spk2utt = sorted(
-        ((utt, line.split()[0]) for line in spk2utt_lines if line.split() for utt in line.split()[1:]),
-        key=lambda p: p[0].encode("utf-8"),
-    )
+    from_spk2utt = []
+    for line in spk2utt_lines:
+        fields = line.split()
+        from_spk2utt += [(utt, fields[0]) for utt in fields[1:]]
+    from_spk2utt.sort(key=lambda p: p[0].encode("utf-8"))
     if from_spk2utt != sorted((tuple(p) for p in pairs), key=lambda p: p[0].encode("utf-8")):
         problems.append("spk2utt and utt2spk do not match")
 
@@ -386,7 +392,7 @@ def validate_data_dir(
             if "\r" in line:
                 problems.append(f"text:{i}: contains CR (0x0D)")
                 break
-            if any(c.isspace() and c not in " \t" for c in line):
+            if _OTHER_WHITESPACE.search(line):
                 problems.append(f"text:{i}: contains Unicode whitespace other than space and tab")
                 break
         for i, line in enumerate(lines, 1):
