@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Kaldi data directories for the Free Spoken Digit Dataset.
+
+FSDD files are ``{digit}_{speaker}_{index}.wav``; the dataset's own split puts
+indices 0-4 in test and 5-49 in train. Utterance ids are speaker-prefixed
+(``jackson-0_jackson_5``) so that sorting by utterance also sorts by speaker,
+as Kaldi requires. The transcript is the digit as an upper-case word (``ZERO``),
+like LibriSpeech's upper-case letters.
+
+Writes DEST/train and DEST/test with wav.scp, text, utt2spk, spk2utt and
+utt2dur (seconds, from the WAV headers).
+
+Example:
+    python local/prepare_fsdd.py corpus/fsdd/recordings data
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import soundfile
+
+WORDS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+
+
+def c_sorted(keys):
+    return sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+def write_table(path: Path, rows: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for key in c_sorted(rows):
+            f.write(f"{key} {rows[key]}\n")
+    tmp.replace(path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recordings", type=Path, help="the FSDD recordings/ folder")
+    ap.add_argument("dest", type=Path, help="where train/ and test/ go")
+    ap.add_argument("--test-max-index", type=int, default=4, help="indices 0..N are test (default 4)")
+    args = ap.parse_args()
+
+    wavs = sorted(args.recordings.glob("*.wav"))
+    if not wavs:
+        print(f"prepare_fsdd.py: {args.recordings}: no .wav files", file=sys.stderr)
+        return 1
+    splits: dict[str, dict[str, dict[str, str]]] = {
+        s: {"wav.scp": {}, "text": {}, "utt2spk": {}, "utt2dur": {}} for s in ("train", "test")
+    }
+    skipped = []
+    for wav in wavs:
+        m = NAME.match(wav.name)
+        if not m:
+            skipped.append(wav.name)
+            continue
+        digit, speaker, index = int(m.group(1)), m.group(2).lower(), int(m.group(3))
+        uid = f"{speaker}-{wav.stem}"
+        split = "test" if index <= args.test_max_index else "train"
+        info = soundfile.info(str(wav))
+        tables = splits[split]
+        tables["wav.scp"][uid] = str(wav.resolve())
+        tables["text"][uid] = WORDS[digit]
+        tables["utt2spk"][uid] = speaker
+        tables["utt2dur"][uid] = f"{info.frames / info.samplerate:.3f}"
+    if skipped:
+        print(f"prepare_fsdd.py: skipped {len(skipped)} files not named digit_speaker_index.wav, "
+              f"e.g. {skipped[0]}", file=sys.stderr)
+
+    for split, tables in splits.items():
+        out = args.dest / split
+        out.mkdir(parents=True, exist_ok=True)
+        for name, rows in tables.items():
+            write_table(out / name, rows)
+        spk2utt: dict[str, list[str]] = {}
+        for uid in c_sorted(tables["utt2spk"]):
+            spk2utt.setdefault(tables["utt2spk"][uid], []).append(uid)
+        write_table(out / "spk2utt", {s: " ".join(u) for s, u in spk2utt.items()})
+        hours = sum(float(d) for d in tables["utt2dur"].values()) / 3600
+        print(f"prepare_fsdd.py: {out}: {len(tables['text'])} utterances, {len(spk2utt)} speakers, "
+              f"{hours:.2f} h", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

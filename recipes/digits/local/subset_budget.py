@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Copy a Kaldi data dir keeping a fraction of its utterances (a label budget).
+
+The subset is balanced over transcripts (digits) and speakers: utterances are
+grouped by (text, speaker), shuffled with a fixed seed, and taken round-robin
+over the groups, so 1 % of FSDD train (27 utterances) still hears every digit
+from several speakers. Per-utterance files (wav.scp, text, utt2spk, utt2dur,
+segments, feats.scp, utt2num_frames) are filtered; spk2utt is rebuilt.
+
+Example:
+    python local/subset_budget.py data/train 10 data/train_10pct
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+from pathlib import Path
+
+PER_UTT = ["wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames"]
+
+
+def read_table(path: Path) -> dict[str, str]:
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.rstrip("\n").partition(" ")
+            if key:
+                rows[key] = value
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", type=Path)
+    ap.add_argument("percent", type=float, help="0 < percent <= 100")
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    if not 0 < args.percent <= 100:
+        print(f"subset_budget.py: percent must be in (0, 100], got {args.percent}", file=sys.stderr)
+        return 1
+
+    text = read_table(args.src / "text")
+    utt2spk = read_table(args.src / "utt2spk")
+    n_keep = max(1, round(len(text) * args.percent / 100))
+    groups: dict[tuple[str, str], list[str]] = {}
+    for uid in sorted(text):
+        groups.setdefault((text[uid], utt2spk.get(uid, uid)), []).append(uid)
+    rng = random.Random(args.seed)
+    order = sorted(groups)
+    rng.shuffle(order)
+    for key in order:
+        rng.shuffle(groups[key])
+    keep: list[str] = []
+    while len(keep) < n_keep:
+        for key in order:
+            if groups[key] and len(keep) < n_keep:
+                keep.append(groups[key].pop())
+    kept = set(keep)
+
+    args.dest.mkdir(parents=True, exist_ok=True)
+    for name in PER_UTT:
+        src = args.src / name
+        if not src.exists():
+            continue
+        with open(src, encoding="utf-8") as f, open(args.dest / name, "w", encoding="utf-8") as out:
+            for line in f:
+                if line.split(" ", 1)[0] in kept:
+                    out.write(line)
+    for name in ("frame_shift",):
+        if (args.src / name).exists():
+            shutil.copy(args.src / name, args.dest / name)
+    spk2utt: dict[str, list[str]] = {}
+    for uid in sorted(kept, key=lambda k: k.encode("utf-8")):
+        spk2utt.setdefault(utt2spk[uid], []).append(uid)
+    with open(args.dest / "spk2utt", "w", encoding="utf-8") as out:
+        for spk in sorted(spk2utt, key=lambda k: k.encode("utf-8")):
+            out.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    print(f"subset_budget.py: {args.dest}: {len(kept)} of {len(text)} utterances ({args.percent:g} %)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
