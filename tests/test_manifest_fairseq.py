@@ -105,3 +105,28 @@ def test_fairseq_reads_labels_and_dictionary(tmp_path, ljspeech, fairseq_python,
     ours = labels.ctc_vocabulary(labels.read_dictionary(tmp_path / "d" / "dict.ltr.txt"))
     assert got["symbols"] == ours  # fairseq's order: <s> <pad> </s> <unk>, then the file
     assert got["unk"] == 0
+
+
+def test_same_bytes_as_fairseq_wav2vec_manifest(tmp_path, fsdd, fairseq_python, w2v):
+    """fairseq's own examples/wav2vec/wav2vec_manifest.py and ours agree row for row (ours sorted)."""
+    where = subprocess.run(
+        [fairseq_python, "-c", "import fairseq, os; print(os.path.dirname(fairseq.__file__))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    script = Path(where) / "examples" / "wav2vec" / "wav2vec_manifest.py"
+    if not script.is_file():
+        pytest.skip(f"{script} not installed with fairseq")
+    root = tmp_path / "corpus"
+    for i, f in enumerate(sorted(fsdd.glob("6_*_1*.wav"))[:30]):
+        sub = root / f"s{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f.name).write_bytes(f.read_bytes())
+    theirs = tmp_path / "fairseq"
+    subprocess.run(
+        [fairseq_python, str(script), str(root), "--dest", str(theirs), "--ext", "wav", "--valid-percent", "0"],
+        check=True, capture_output=True,
+    )
+    w2v("manifest", root, "--dest", tmp_path / "ours", "--ext", "wav", "--valid-percent", "0")
+    fairseq_lines = (theirs / "train.tsv").read_text().splitlines(keepends=True)
+    ours = (tmp_path / "ours" / "train.tsv").read_text()
+    assert ours == fairseq_lines[0] + "".join(sorted(fairseq_lines[1:]))
