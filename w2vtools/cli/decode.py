@@ -1,0 +1,82 @@
+"""``w2v decode``: CTC decoding into Kaldi text, n-best, trn and ctm."""
+
+from __future__ import annotations
+
+import click
+
+EXAMPLE = """\b
+Examples:
+  # a CTC checkpoint over a test set, keeping its log-probabilities for LM sweeps
+  w2v decode data/test.tsv --model exp/ctc/checkpoint_best.pt --dump-emissions exp/em.h5 -o exp/hyp.txt
+  # lexicon + 4-gram beam search on the stored log-probabilities, then score
+  w2v lm data/lm_text.txt --order 4 -o exp/lm.bin --dict data/dict.ltr.txt --lexicon exp/lexicon.txt
+  w2v decode --emissions exp/em.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \\
+      --lm-weight 2 --word-score -1 -o exp/hyp_lm.txt --ctm exp/hyp_lm.ctm
+  w2v score data/test/text exp/hyp_lm.txt
+"""
+
+
+@click.command(
+    "decode",
+    short_help="CTC decoding: viterbi, lexicon + KenLM beam search, lexicon-free.",
+    context_settings={"max_content_width": 100},
+    epilog=EXAMPLE,
+)
+@click.argument("corpus", required=False, metavar="[CORPUS]")
+@click.option("--model", help="CTC checkpoint (ours, fairseq .pt, Hugging Face folder, or a named model).")
+@click.option(
+    "--emissions",
+    help="Stored CTC scores instead of a model: HDF5/ark/scp from --dump-emissions, or a .npy file or folder "
+    "of (T, V) logits/log-probs.",
+)
+@click.option("--dict", "dict_path", type=click.Path(dir_okay=False), help="dict.ltr.txt giving the class order "
+              "(needed for .npy emissions unless a dict.ltr.txt sits beside them).")
+@click.option("-o", "--output", default="-", show_default=True, help="Kaldi text of 1-best hypotheses ('-' = stdout).")
+@click.option("--decoder", type=click.Choice(["viterbi", "kenlm", "beam"]), default="viterbi", show_default=True,
+              help="viterbi: greedy; kenlm: lexicon-constrained beam search with a word KenLM; "
+              "beam: lexicon-free beam search (optional token-level --lm).")
+@click.option("--lexicon", type=click.Path(dir_okay=False), help="Lexicon: 'WORD t1 t2 ... |' lines (w2v lm --lexicon).")
+@click.option("--lm", type=click.Path(dir_okay=False), help="KenLM model, ARPA or binary.")
+@click.option("--lm-weight", type=float, default=2.0, show_default=True)
+@click.option("--word-score", type=float, default=-1.0, show_default=True, help="Score added per word.")
+@click.option("--sil-score", type=float, default=0.0, show_default=True, help="Score added per word boundary token.")
+@click.option("--unk-score", type=float, default=float("-inf"), show_default=True, help="Score of the unknown word.")
+@click.option("--beam", type=int, default=50, show_default=True, help="Hypotheses kept per frame.")
+@click.option("--beam-threshold", type=float, default=25.0, show_default=True,
+              help="Prune hypotheses scoring this far below the best.")
+@click.option("--beam-size-token", type=int, default=None, help="Tokens considered per frame (default: all).")
+@click.option("--nbest", type=int, default=1, show_default=True, help="Also write the N best hypotheses with scores.")
+@click.option("--nbest-out", help="N-best Kaldi text (keys uid-RANK; scores in FILE.scores) [default: OUTPUT.nbest].")
+@click.option("--trn", type=click.Path(dir_okay=False), help="Also write the 1-best as sclite trn.")
+@click.option("--ctm", type=click.Path(dir_okay=False), help="Also write word start and duration (s) as ctm.")
+@click.option("--utt2spk", type=click.Path(dir_okay=False), help="Speakers for trn ids (speaker-uid).")
+@click.option("--frame-shift", type=float, help="Seconds per frame for ctm [default: from the emissions, else 0.02].")
+@click.option("--dump-emissions", help="With --model: store the log-probabilities (HDF5 or ark spec) for later decodes.")
+@click.option("--shard", help="Decode only shard K of N (K/N), as featurize splits a corpus.")
+@click.option("--device", default="cpu", show_default=True, help="Device for --model (cpu, cuda, cuda:1).")
+@click.option("--batch-seconds", type=float, default=200.0, show_default=True,
+              help="Padded audio per model batch (with --model).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
+def command(corpus, model, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score, sil_score,
+            unk_score, beam, beam_threshold, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk, frame_shift,
+            dump_emissions, shard, device, batch_seconds, progress):
+    """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
+    or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
+
+    Scores are log-softmaxed first, so logits and log-probabilities both work.
+    Class order is fairseq's: <s> (blank), <pad>, </s>, <unk>, then dict.ltr.txt;
+    `|` separates words. Every lexicon token is checked against the model's
+    tokens before decoding. A summary (utterances, audio seconds, search speed
+    and real-time factor) goes to stderr.
+    """
+    from w2vtools.decode import DecoderOptions, decode
+
+    opts = DecoderOptions(
+        decoder=decoder, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
+        unk_score=unk_score, beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token, nbest=nbest,
+    )
+    decode(
+        corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
+        nbest_output=nbest_out, trn=trn, ctm=ctm, dump_emissions=dump_emissions, shard=shard,
+        frame_shift=frame_shift, utt2spk=utt2spk, device=device, batch_seconds=batch_seconds, progress=progress,
+    )

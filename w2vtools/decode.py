@@ -1,0 +1,553 @@
+"""CTC decoding: greedy (viterbi), lexicon + KenLM beam search, lexicon-free beam search.
+
+Inputs are CTC log-probabilities per utterance, from one of two routes:
+
+* live: a CTC checkpoint (:func:`w2vtools.models.checkpoint.load_model`) run over
+  a corpus (TSV, Kaldi data dir, wav.scp), optionally storing what it computed with
+  ``dump_emissions`` so that LM-weight sweeps do not rerun the network;
+* stored: ``--emissions``: a features file written by ``--dump-emissions`` (flat
+  HDF5 or Kaldi ark/scp through :mod:`w2vtools.formats.features`; root attributes
+  ``log_probs`` (true), ``tokens`` (JSON list, index 0 = blank), ``frame_shift``),
+  or NumPy ``.npy`` files of one ``(T, V)`` matrix each (a file, or a folder of
+  them; the utterance id is the file name without ``.npy`` and ``.logits``).
+
+Scores are always passed through ``log_softmax``: logits become log-probabilities
+and stored log-probabilities are left unchanged (log_softmax is idempotent on them).
+
+Decoders:
+
+* ``viterbi``: best class per frame, repeats merged, blanks dropped (pure torch).
+* ``kenlm``: torchaudio's flashlight ``ctc_decoder`` constrained by a lexicon
+  (``WORD t1 t2 ... |`` lines) with a word-level KenLM (ARPA or binary).
+* ``beam``: the same beam search without a lexicon; with ``--lm`` the KenLM must be
+  over the model's tokens (letters, ``|`` between words), without one it is a plain
+  CTC prefix beam search.
+
+Token conventions are fairseq's: ``<s>`` (index 0) is the blank, ``|`` the word
+boundary, ``<unk>`` the unknown word.
+
+Example:
+    >>> tokens = ["<s>", "<pad>", "</s>", "<unk>", "|", "H", "I"]
+    >>> lp = torch.full((5, 7), -10.0); lp[[0, 1, 2, 3, 4], [5, 5, 0, 6, 4]] = 0
+    >>> viterbi(lp, tokens).words
+    ['HI']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from w2vtools.errors import W2VError
+
+log = logging.getLogger("w2v.decode")
+
+DECODERS = ("viterbi", "kenlm", "beam")
+BLANK = "<s>"
+WORD_BOUNDARY = "|"
+UNK_WORD = "<unk>"
+SPECIAL = ("<s>", "<pad>", "</s>")
+DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    """One decoding result.
+
+    Attributes:
+        words: the word sequence.
+        score: decoder score (viterbi: sum of the chosen frames' log-probabilities).
+        word_frames: ``(first_frame, last_frame)`` per word, from the CTC alignment.
+    """
+
+    words: list[str]
+    score: float
+    word_frames: list[tuple[int, int]]
+
+
+@dataclasses.dataclass
+class DecoderOptions:
+    """Settings of the beam-search decoders (torchaudio ``ctc_decoder`` names)."""
+
+    decoder: str = "viterbi"
+    lexicon: str | None = None
+    lm: str | None = None
+    lm_weight: float = 2.0
+    word_score: float = -1.0
+    sil_score: float = 0.0
+    unk_score: float = -math.inf
+    beam: int = 50
+    beam_threshold: float = 25.0
+    beam_size_token: int | None = None
+    nbest: int = 1
+    log_add: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Viterbi
+
+
+def _words_from_tokens(pieces: Sequence[tuple[str, int, int]]) -> tuple[list[str], list[tuple[int, int]]]:
+    """(token, first_frame, last_frame) runs -> words and their frame spans; ``|`` separates words."""
+    words: list[str] = []
+    frames: list[tuple[int, int]] = []
+    current, start, end = "", -1, -1
+    for tok, s, e in pieces:
+        if tok == WORD_BOUNDARY:
+            if current:
+                words.append(current)
+                frames.append((start, end))
+            current = ""
+            continue
+        if tok in SPECIAL:
+            continue
+        if not current:
+            start = s
+        current += tok
+        end = e
+    if current:
+        words.append(current)
+        frames.append((start, end))
+    return words, frames
+
+
+def viterbi(log_probs: torch.Tensor, tokens: Sequence[str]) -> Hypothesis:
+    """Greedy CTC decoding of one ``(T, V)`` matrix: argmax, merge repeats, drop blanks.
+
+    Example:
+        >>> viterbi(torch.log_softmax(torch.randn(3, 5), -1), ["<s>", "<pad>", "</s>", "<unk>", "|"]).words
+        []
+    """
+    if log_probs.shape[0] == 0:
+        return Hypothesis([], 0.0, [])
+    best, ids = log_probs.max(dim=-1)
+    uniq, counts = torch.unique_consecutive(ids, return_counts=True)
+    ends = torch.cumsum(counts, 0) - 1
+    starts = ends - counts + 1
+    keep = uniq != 0
+    pieces = [
+        (tokens[t], int(s), int(e))
+        for t, s, e in zip(uniq[keep].tolist(), starts[keep].tolist(), ends[keep].tolist())
+    ]
+    words, frames = _words_from_tokens(pieces)
+    return Hypothesis(words, float(best.sum()), frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexicon and beam search
+
+
+def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
+    """``WORD t1 t2 ... |`` lines -> {word: [spellings]} (a word may have several).
+
+    Example:
+        >>> read_lexicon("lexicon.txt")["HELLO"]   # doctest: +SKIP
+        [['H', 'E', 'L', 'L', 'O', '|']]
+    """
+    from w2vtools.fileio import open_input
+
+    lex: dict[str, list[list[str]]] = {}
+    with open_input(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise W2VError(f"{path}:{lineno}: expected 'WORD t1 t2 ...', got {line.strip()!r}")
+            lex.setdefault(fields[0], []).append(fields[1:])
+    if not lex:
+        raise W2VError(f"{path}: empty lexicon")
+    return lex
+
+
+def check_lexicon(path: str | os.PathLike, tokens: Sequence[str]) -> int:
+    """Every token of every spelling must be a model token; returns the number of words.
+
+    Raises:
+        W2VError: listing (up to 10 of) the words that cannot be spelled and the unknown tokens.
+
+    Example:
+        >>> check_lexicon("lexicon.txt", ["<s>", "<pad>", "</s>", "<unk>", "|", "A"])   # doctest: +SKIP
+        1
+    """
+    known = set(tokens)
+    lex = read_lexicon(path)
+    bad: dict[str, set[str]] = {}
+    for word, spellings in lex.items():
+        for spelling in spellings:
+            missing = {t for t in spelling if t not in known}
+            if missing:
+                bad.setdefault(word, set()).update(missing)
+    if bad:
+        words = sorted(bad)
+        unknown = sorted(set().union(*bad.values()))
+        shown = ", ".join(words[:10]) + (f" (and {len(words) - 10} more)" if len(words) > 10 else "")
+        raise W2VError(
+            f"{path}: {len(words)} words cannot be spelled with the model's tokens "
+            f"(unknown tokens {' '.join(repr(t) for t in unknown)}): {shown}"
+        )
+    return len(lex)
+
+
+class BeamSearch:
+    """torchaudio's flashlight CTC beam search, lexicon-constrained or lexicon-free.
+
+    Example:
+        >>> bs = BeamSearch(tokens, DecoderOptions("kenlm", lexicon="lexicon.txt", lm="lm.bin"))  # doctest: +SKIP
+        >>> bs(log_probs)[0].words
+        ['ALSO', 'A', 'POPULAR', ...]
+    """
+
+    def __init__(self, tokens: Sequence[str], opts: DecoderOptions):
+        from torchaudio.models.decoder import ctc_decoder
+
+        self.tokens = list(tokens)
+        for needed in (BLANK, WORD_BOUNDARY):
+            if needed not in self.tokens:
+                raise W2VError(f"the model's tokens have no {needed!r} (blank '<s>' and word boundary '|' are needed)")
+        if self.tokens.index(BLANK) != 0:
+            raise W2VError(f"the CTC blank {BLANK!r} must be token 0, it is token {self.tokens.index(BLANK)}")
+        if opts.decoder == "kenlm":
+            if not opts.lexicon or not opts.lm:
+                raise W2VError("--decoder kenlm needs --lexicon and --lm (build both with `w2v lm`)")
+            check_lexicon(opts.lexicon, self.tokens)
+        if opts.lm and not Path(opts.lm).is_file():
+            raise W2VError(f"{opts.lm}: no such file")
+        lexicon = opts.lexicon if opts.decoder == "kenlm" else None
+        if opts.decoder == "beam" and opts.lexicon:
+            raise W2VError("--decoder beam is lexicon-free: drop --lexicon, or use --decoder kenlm")
+        self.opts = opts
+        try:
+            self.decoder = ctc_decoder(
+                lexicon=lexicon,
+                tokens=self.tokens,
+                lm=opts.lm,
+                nbest=opts.nbest,
+                beam_size=opts.beam,
+                beam_size_token=opts.beam_size_token,
+                beam_threshold=opts.beam_threshold,
+                lm_weight=opts.lm_weight if opts.lm else 0.0,
+                word_score=opts.word_score,
+                unk_score=opts.unk_score,
+                sil_score=opts.sil_score,
+                log_add=opts.log_add,
+                blank_token=BLANK,
+                sil_token=WORD_BOUNDARY,
+                unk_word=UNK_WORD,
+            )
+        except (RuntimeError, ValueError) as e:
+            raise W2VError(f"cannot build the beam-search decoder ({opts.lm or 'no LM'}): {e}") from None
+
+    def __call__(self, log_probs: torch.Tensor) -> list[Hypothesis]:
+        emissions = log_probs.to(torch.float32).contiguous().unsqueeze(0)
+        lengths = torch.tensor([log_probs.shape[0]], dtype=torch.int32)
+        results = self.decoder(emissions, lengths)[0]
+        out = []
+        for hyp in results:
+            ids = hyp.tokens.tolist()
+            times = hyp.timesteps.tolist()
+            # flashlight pads the token sequence with a boundary at both ends; its timesteps
+            # give the frame at which each token is emitted.
+            pieces = [(self.tokens[i], int(t), int(t)) for i, t in zip(ids, times)]
+            words, frames = _words_from_tokens(pieces)
+            if self.opts.decoder == "kenlm" and hyp.words:
+                if len(hyp.words) == len(words):
+                    words = list(hyp.words)
+                else:  # an <unk> word has no spelling: keep the LM's words, frames unknown
+                    words, frames = list(hyp.words), []
+            out.append(Hypothesis(words, float(hyp.score), frames))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Emission sources
+
+
+@dataclasses.dataclass
+class EmissionSource:
+    """Where log-probabilities come from: ``items`` yields (uid, (T, V) tensor)."""
+
+    tokens: list[str]
+    frame_shift: float
+    items: Iterator[tuple[str, torch.Tensor]]
+    total: int | None = None
+
+
+def _npy_uid(path: Path) -> str:
+    name = path.name[: -len(".npy")]
+    return name[: -len(".logits")] if name.endswith(".logits") else name
+
+
+def _tokens_from_dict(dict_path: str | None, what: str) -> list[str] | None:
+    if dict_path is None:
+        return None
+    from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
+
+    return ctc_vocabulary(read_dictionary(dict_path))
+
+
+def open_emissions(spec: str, *, dict_path: str | None = None, frame_shift: float | None = None,
+                   shard: tuple[int, int] | None = None) -> EmissionSource:
+    """Stored emissions: ``.npy`` file or folder, or a features spec (HDF5, ark, scp).
+
+    Example:
+        >>> src = open_emissions("em.h5")   # doctest: +SKIP
+        >>> src.tokens[:5], src.frame_shift
+        (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
+    """
+    from w2vtools.featurize import select_shard
+
+    p = Path(spec)
+    tokens = _tokens_from_dict(dict_path, spec)
+    if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):
+        files = [p] if p.suffix == ".npy" else sorted(p.glob("*.npy"))
+        if not files:
+            raise W2VError(f"{spec}: no .npy files in this folder")
+        if not p.exists():
+            raise W2VError(f"{spec}: no such file")
+        if tokens is None:
+            guess = (p if p.is_dir() else p.parent) / "dict.ltr.txt"
+            if not guess.is_file():
+                raise W2VError(f"{spec}: .npy emissions carry no token list; pass --dict dict.ltr.txt")
+            tokens = _tokens_from_dict(str(guess), spec)
+        files = select_shard(files, shard)
+
+        def items():
+            for f in files:
+                try:
+                    x = np.load(f)
+                except (OSError, ValueError) as e:
+                    raise W2VError(f"{f}: not a NumPy array file ({e})") from None
+                yield _npy_uid(f), torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+        return EmissionSource(tokens, frame_shift or DEFAULT_FRAME_SHIFT, items(), len(files))
+    from w2vtools.formats.features import open_features
+
+    reader = open_features(spec)
+    attrs = reader.attrs
+    if tokens is None and attrs.get("tokens"):
+        stored = attrs["tokens"]
+        tokens = json.loads(stored) if isinstance(stored, str) else list(stored)
+    if tokens is None:
+        raise W2VError(f"{spec}: the file records no token list (attribute 'tokens'); pass --dict dict.ltr.txt")
+    shift = frame_shift or float(attrs.get("frame_shift") or DEFAULT_FRAME_SHIFT)
+    keys = select_shard(reader.keys(), shard)
+
+    def items():
+        try:
+            for uid in keys:
+                yield uid, torch.from_numpy(np.asarray(reader[uid], dtype=np.float32))
+        finally:
+            reader.close()
+
+    return EmissionSource(tokens, shift, items(), len(keys))
+
+
+def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float = 200.0,
+                    shard: tuple[int, int] | None = None) -> EmissionSource:
+    """Run a CTC checkpoint over a corpus; yields (uid, log-probabilities) in corpus order per batch.
+
+    Example:
+        >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
+    """
+    from w2vtools.batching import collate, plan_batches
+    from w2vtools.featurize import select_shard, utterance_length
+    from w2vtools.formats.corpus import read_corpus
+    from w2vtools.models.checkpoint import load_model
+
+    loaded = load_model(model_spec, map_location=device)
+    if loaded.task != "ctc" or not loaded.dictionary:
+        raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
+    model = loaded.model.to(device).eval()
+    sample_rate = int(model.sample_rate)
+    utts = select_shard(read_corpus(corpus), shard)
+    if not utts:
+        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
+    lengths = []
+    for u in utts:
+        n = utterance_length(u, sample_rate)
+        lengths.append(n if n is not None else sample_rate * 30)
+    batches = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in utts])
+
+    def items():
+        for batch in batches:
+            waves = [utts[i].load(sample_rate) for i in batch]
+            source, mask = collate(waves)
+            with torch.inference_mode():
+                logits, frame_mask = model(source.to(device), mask.to(device))
+                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for j, i in enumerate(batch):
+                n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
+                yield utts[i].uid, lp[j, :n]
+
+    shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
+    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclasses.dataclass
+class DecodeSummary:
+    utterances: int = 0
+    frames: int = 0
+    audio_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def rtf(self) -> float:
+        """Decoding time / audio time (search only; the network's time is in ``total_seconds``)."""
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else math.nan
+
+    def line(self) -> str:
+        ups = self.utterances / self.decode_seconds if self.decode_seconds else math.inf
+        return (
+            f"decoded {self.utterances} utterances ({self.audio_seconds:.1f} s of audio) in "
+            f"{self.total_seconds:.1f} s; search {self.decode_seconds:.2f} s = {ups:.1f} utt/s, "
+            f"real-time factor {self.rtf:.4f}"
+        )
+
+
+def decode(
+    *,
+    corpus: str | None = None,
+    model: str | None = None,
+    emissions: str | None = None,
+    dict_path: str | None = None,
+    output: str = "-",
+    options: DecoderOptions | None = None,
+    nbest_output: str | None = None,
+    trn: str | None = None,
+    ctm: str | None = None,
+    dump_emissions: str | None = None,
+    shard: str | None = None,
+    frame_shift: float | None = None,
+    utt2spk: str | None = None,
+    device: str = "cpu",
+    batch_seconds: float = 200.0,
+    progress: bool | None = None,
+) -> DecodeSummary:
+    """Decode a corpus with a CTC model, or stored emissions, into Kaldi ``text`` (and nbest/trn/ctm).
+
+    Example:
+        >>> decode(emissions="em.h5", output="hyp.txt",
+        ...        options=DecoderOptions("kenlm", lexicon="lexicon.txt", lm="lm.bin"))   # doctest: +SKIP
+    """
+    from tqdm import tqdm
+
+    from w2vtools.featurize import parse_shard
+    from w2vtools.fileio import atomic_write
+    from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
+
+    opts = options or DecoderOptions()
+    if opts.decoder not in DECODERS:
+        raise W2VError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder!r}")
+    if opts.nbest < 1:
+        raise W2VError(f"--nbest must be at least 1, got {opts.nbest}")
+    if opts.nbest > 1 and opts.decoder == "viterbi":
+        raise W2VError("--nbest needs a beam-search decoder (--decoder kenlm or beam); viterbi has one path")
+    if opts.nbest > 1 and opts.nbest > opts.beam:
+        raise W2VError(f"--nbest {opts.nbest} is larger than --beam {opts.beam}")
+    if opts.decoder == "viterbi" and (opts.lm or opts.lexicon):
+        raise W2VError("--lm/--lexicon need --decoder kenlm (or beam for a token-level LM)")
+    if opts.nbest > 1 and nbest_output is None:
+        if output == "-":
+            raise W2VError("--nbest with output on stdout: name the n-best file with --nbest-out")
+        nbest_output = output + ".nbest"
+    if (emissions is None) == (model is None):
+        raise W2VError("give either --model (with a corpus) or --emissions")
+    if model is not None and corpus is None:
+        raise W2VError("--model needs a corpus (TSV manifest, Kaldi data dir or wav.scp)")
+    if emissions is not None and corpus is not None:
+        raise W2VError("--emissions already holds the utterances: drop the corpus argument")
+    if dump_emissions is not None and model is None:
+        raise W2VError("--dump-emissions stores what --model computes; it needs --model")
+    shard_kn = parse_shard(shard)
+
+    if model is not None:
+        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard_kn)
+        if dict_path is not None:
+            from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
+
+            if ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
+                raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
+    else:
+        source = open_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift, shard=shard_kn)
+    tokens = source.tokens
+    search = BeamSearch(tokens, opts) if opts.decoder != "viterbi" else None
+    spk = {}
+    if utt2spk:
+        from w2vtools.formats.kaldi import read_kaldi_table
+
+        spk = read_kaldi_table(utt2spk)
+
+    summary = DecodeSummary()
+    t_start = time.perf_counter()
+    outputs = [("text", output)]
+    if nbest_output:
+        outputs.append(("nbest", nbest_output))
+    if trn:
+        outputs.append(("trn", trn))
+    if ctm:
+        outputs.append(("ctm", ctm))
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        files = {kind: stack.enter_context(atomic_write(path)) for kind, path in outputs}
+        writer = None
+        if dump_emissions is not None:
+            from w2vtools.formats.features import open_feature_writer
+
+            # log-probabilities, not logits: the attribute says so for any reader
+            attrs = {"log_probs": True, "tokens": list(tokens), "frame_shift": source.frame_shift, "model": str(model)}
+            writer = stack.enter_context(open_feature_writer(dump_emissions, attrs=attrs, resume=False))
+        scores_f = stack.enter_context(atomic_write(nbest_output + ".scores")) if nbest_output else None
+        bar = stack.enter_context(tqdm(total=source.total, unit="utt", disable=not progress if progress is not None else None,
+                                       desc="decode", leave=False))
+        seen: set[str] = set()
+        for uid, emission in source.items:
+            if uid in seen:
+                raise W2VError(f"{emissions or corpus}: duplicate utterance id {uid!r}")
+            seen.add(uid)
+            if emission.ndim != 2 or emission.shape[-1] != len(tokens):
+                raise W2VError(
+                    f"{uid}: emissions of shape {tuple(emission.shape)} do not match the {len(tokens)} tokens"
+                )
+            log_probs = torch.log_softmax(emission.float(), dim=-1)
+            if writer is not None:
+                writer.write(uid, log_probs.numpy())
+            t0 = time.perf_counter()
+            hyps = [viterbi(log_probs, tokens)] if search is None else search(log_probs)
+            summary.decode_seconds += time.perf_counter() - t0
+            summary.utterances += 1
+            summary.frames += log_probs.shape[0]
+            summary.audio_seconds += log_probs.shape[0] * source.frame_shift
+            best = hyps[0] if hyps else Hypothesis([], -math.inf, [])
+            files["text"].write(text_line(uid, best.words) + "\n")
+            if "nbest" in files:
+                for rank, h in enumerate(hyps, 1):
+                    files["nbest"].write(text_line(nbest_key(uid, rank), h.words) + "\n")
+                    scores_f.write(f"{nbest_key(uid, rank)} {h.score:.4f}\n")
+            if "trn" in files:
+                files["trn"].write(trn_line(best.words, uid, spk.get(uid)) + "\n")
+            if "ctm" in files:
+                for word, (first, last) in zip(best.words, best.word_frames):
+                    start = first * source.frame_shift
+                    files["ctm"].write(ctm_line(uid, start, (last + 1 - first) * source.frame_shift, word) + "\n")
+            bar.update(1)
+    summary.total_seconds = time.perf_counter() - t_start
+    if summary.utterances == 0:
+        raise W2VError(f"{emissions or corpus}: no utterances to decode")
+    log.info("%s", summary.line())
+    return summary
