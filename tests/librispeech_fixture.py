@@ -13,10 +13,12 @@ that way, resampled to 16 kHz FLAC as LibriSpeech's audio is:
   the part the librispeech recipe treats as unlabeled audio for self-training
   (its transcripts are there, so the recipe can score its pseudo-labels).
 
-It also writes an ``lm/`` folder like openslr's resource 11 would hold: the
-LM training text (``librispeech-lm-norm.txt``, here LJ Speech's lm_text.txt
-normalized the same way, no evaluation sentence in it) and a lexicon
-``librispeech-lexicon.txt`` (word, then its letters standing in for phones).
+It also writes an ``lm/`` folder like openslr's resource 11 holds: the LM
+training text (``librispeech-lm-norm.txt``, here LJ Speech's lm_text.txt
+normalized the same way, no evaluation sentence in it), a lexicon
+``librispeech-lexicon.txt`` (word, then its letters standing in for phones) and
+``4-gram.arpa.gz`` estimated from that text with KenLM's lmplz (needs
+tools/install_kenlm.sh).
 
 Example:
     >>> root = build_librispeech_fixture(Path("../shared/data"), tmp_path)   # doctest: +SKIP
@@ -26,12 +28,15 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import re
+import shutil
 from pathlib import Path
 
 import soundfile
 
 from w2vtools.audio import load_audio
+from w2vtools.lm import build_lm
 
 LJ_PARTS = [("train-clean-100", 16), ("dev-clean", 4), ("test-clean", 4), ("dev-other", 4), ("test-other", 4)]
 DIGITS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
@@ -114,4 +119,10 @@ def build_librispeech_fixture(shared_data: Path, dest: Path, *, fsdd_per_speaker
     (lm_dir / "librispeech-lexicon.txt").write_text(
         "".join(f"{w}\t{' '.join(ch for ch in w)}\n" for w in vocab), encoding="utf-8"
     )
+    # openslr ships the 4-gram as gzipped ARPA; estimate ours with KenLM the same way
+    arpa = lm_dir / "4-gram.arpa"
+    build_lm(str(lm_dir / "librispeech-lm-norm.txt"), str(arpa), order=4, normalize=False, memory="200M")
+    with open(arpa, "rb") as src, gzip.open(lm_dir / "4-gram.arpa.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    arpa.unlink()
     return dest

@@ -12,5 +12,10 @@ if [ -z "${W2V_PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$W2V_ROOT/.ven
   export W2V_PYTHON="$W2V_ROOT/.venv/bin/python"
 fi
 export W2V_PYTHON="${W2V_PYTHON:-python3}"  # also runs the recipe's local/*.py
+if ! "$W2V_PYTHON" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("torch", "soundfile", "click")))' 2>/dev/null; then
+  echo "path.sh: $W2V_PYTHON cannot run w2v (torch/soundfile/click missing): activate the project's venv" \
+    "(make setup; . .venv/bin/activate) or set W2V_PYTHON to its python" >&2
+  return 1
+fi
 export LC_ALL=C            # Kaldi tables are sorted in C order
 export PYTHONUNBUFFERED=1  # logs appear as they are written

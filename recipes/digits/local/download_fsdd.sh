@@ -34,7 +34,7 @@ archive="$dest/fsdd-$tag.tar.gz"
 if [ ! -s "$archive" ]; then
   echo "$0: downloading $url" >&2
   if command -v curl >/dev/null 2>&1; then
-    fetch=(curl -fL --retry 3 --connect-timeout 20 -o "$archive.part" "$url")
+    fetch=(curl -fsSL --retry 3 --connect-timeout 20 -o "$archive.part" "$url")
   elif command -v wget >/dev/null 2>&1; then
     fetch=(wget -O "$archive.part" "$url")
   else

@@ -43,7 +43,7 @@ declare -A known_md5=(
 fetch() { # URL FILE
   local url=$1 out=$2
   if command -v curl >/dev/null 2>&1; then
-    curl -fL --retry 3 --connect-timeout 20 -C - -o "$out.part" "$url" || return 1
+    curl -fsSL --retry 3 --connect-timeout 20 -C - -o "$out.part" "$url" || return 1
   elif command -v wget >/dev/null 2>&1; then
     wget -c -O "$out.part" "$url" || return 1
   else

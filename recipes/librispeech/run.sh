@@ -1,0 +1,395 @@
+#!/usr/bin/env bash
+# LibriSpeech: wav2vec 2.0 BASE pretraining, low-resource fine-tuning (10 min to
+# 100 h), features for external acoustic models, decoding with the official
+# 4-gram, and self-training with pseudo-labels.
+#
+#   bash recipes/librispeech/run.sh [--corpus DIR] [--lm-dir DIR] [--stage N] [--stop-stage M] ...
+#
+# Stages (outputs under --workdir, default recipes/librispeech/{corpus,data,exp}):
+#   0  download from openslr what --parts asks (corpus parts, `lm`: 4-gram ARPA
+#      and lexicon, `librilight`: the limited-supervision sets) unless
+#      --corpus/--lm-dir point at existing copies
+#   1  Kaldi data dirs + fairseq manifests, labels and dictionary for every part;
+#      the fine-tuning subsets; the letter lexicon and the decoding LM
+#   2  pretrain wav2vec 2.0 BASE on --pretrain-parts with --ngpu GPUs (torchrun)
+#   3  fine-tune the --finetune-presets (10m 1h 10h 100h) from the pretrained model
+#   4  featurize --feat-sets into Kaldi data dirs (feats.scp, utt2num_frames,
+#      frame_shift 0.02) for external acoustic models (Kaldi, ESPnet)
+#   5  decode --eval-sets with viterbi and the 4-gram, --nj shards through $decode_cmd
+#   6  score; best_wer-style summary in exp/RESULTS
+#   7  self-training: decode --unlabeled-part with the LM, keep confident
+#      hypotheses, fine-tune on labeled + pseudo-labeled data, decode and score again
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+start_dir=$PWD
+
+stage=0
+stop_stage=7
+workdir=                 # where corpus/, data/, exp/ go (default: the recipe folder)
+corpus=                  # existing LibriSpeech (DIR/<part> or DIR/LibriSpeech/<part>)
+lm_dir=                  # existing openslr resource 11 files (4-gram.arpa.gz, librispeech-lexicon.txt)
+librilight=              # existing Libri-light librispeech_finetuning folder (10m/1h/10h sets)
+parts="dev-clean dev-other test-clean test-other train-clean-100 train-clean-360 train-other-500 lm librilight"
+mirror=https://www.openslr.org/resources
+pretrain_parts="train-clean-100 train-clean-360 train-other-500"
+pretrain_valid=dev-other
+pretrain_preset=base
+pretrain_conf=           # optional YAML over the preset
+pretrain_update_freq=0   # 0: 64 / ngpu, the published 64-GPU batch
+pretrained=              # use this pretrained model instead of stage 2's
+ngpu=1                   # GPUs for pretraining/fine-tuning (0: CPU)
+finetune_presets="10m 1h 10h 100h"
+finetune_train_part=train-clean-100   # source of the subsets when --librilight is not given
+finetune_valid=dev-other
+finetune_conf=           # optional YAML over each preset
+finetune_sets=""         # extra `--set k=v` words for every fine-tuning (tests: tiny runs)
+feat_sets="train-clean-100 dev-clean dev-other test-clean test-other"
+feat_layer=              # Transformer layer for stage 4 (default: the last)
+eval_sets="dev-clean dev-other test-clean test-other"
+decoders="viterbi kenlm"
+nj=4
+lm_weight=2.0            # fairseq's LibriSpeech 4-gram settings
+word_score=-1.0
+beam=500
+st_from=10h              # self-training starts from this preset's labels
+unlabeled_part=train-other-500
+st_nbest=5
+st_keep=0.5              # fraction of the unlabeled utterances kept as pseudo-labels
+help_message="Usage: $0 [options]   (defaults in the script; every variable above is an option)
+  --corpus DIR --lm-dir DIR --librilight DIR   existing copies instead of downloading
+  --parts \"...\"            what stage 0 downloads (corpus parts, lm, librilight)
+  --stage N --stop-stage M  stages to run (0-7)
+  --workdir DIR             put corpus/, data/, exp/ there
+  --ngpu N                  GPUs for training (torchrun); 0 = CPU
+  --pretrained MODEL        skip stage 2 and use this model
+  --finetune-presets \"10m 1h 10h 100h\"  --eval-sets \"...\"  --nj N
+  --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)"
+
+. "$here/utils/parse_options.sh"
+if [ $# -ne 0 ]; then
+  echo "$0: unexpected arguments: $*" >&2
+  exit 1
+fi
+resolve() {
+  case "$1" in
+    "" | /*) printf '%s' "$1" ;;
+    *) if [ -e "$start_dir/$1" ] || [ ! -e "$here/$1" ]; then printf '%s' "$start_dir/$1"; else printf '%s' "$here/$1"; fi ;;
+  esac
+}
+workdir=$(resolve "${workdir:-$here}")
+corpus=$(resolve "$corpus")
+lm_dir=$(resolve "$lm_dir")
+librilight=$(resolve "$librilight")
+pretrain_conf=$(resolve "$pretrain_conf")
+finetune_conf=$(resolve "$finetune_conf")
+pretrained=$(resolve "$pretrained")
+
+cd "$here"
+. ./path.sh
+. ./cmd.sh
+mkdir -p "$workdir"
+cd "$workdir"
+. "$here/utils/stages.sh"
+
+require_w2v() {
+  local c
+  for c in "$@"; do
+    if ! w2v "$c" --help >/dev/null 2>&1; then
+      log "ERROR: 'w2v $c' is not available in this checkout (see 'w2v --help'); cannot run this stage"
+      return 1
+    fi
+  done
+}
+
+# Where things are once stage 0 ran (or was given).
+libri_root() {
+  local c=${corpus:-$PWD/corpus}
+  if [ -d "$c/LibriSpeech" ]; then echo "$c/LibriSpeech"; else echo "$c"; fi
+}
+lm_root() { echo "${lm_dir:-$PWD/corpus/lm}"; }
+pretrained_model() { echo "${pretrained:-$PWD/exp/pretrain_$pretrain_preset/checkpoint_best.pt}"; }
+kaldi_name() { echo "${1//-/_}"; } # dev-clean -> dev_clean (data dir names)
+
+if stage_begin 0 "download from openslr: $parts"; then
+  todo=()
+  for p in $parts; do
+    case "$p" in
+      lm) [ -n "$lm_dir" ] || todo+=(lm) ;;
+      # with an existing --corpus, Libri-light is fetched only when asked for by
+      # --librilight; otherwise the subsets come from train-clean-100 by duration
+      librilight) [ -n "$librilight" ] || [ -n "$corpus" ] || todo+=(librilight) ;;
+      *) [ -n "$corpus" ] || todo+=("$p") ;;
+    esac
+  done
+  if [ ${#todo[@]} -gt 0 ]; then
+    "$here/local/download_librispeech.sh" --mirror "$mirror" corpus "${todo[@]}"
+  else
+    log "nothing to download: --corpus/--lm-dir/--librilight given"
+  fi
+  stage_end
+fi
+
+if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets, lexicon and LM"; then
+  require_w2v manifest lm
+  root=$(libri_root)
+  # the labeled training part first: its letters make the dictionary
+  all_parts=$(printf '%s\n' "$finetune_train_part" $eval_sets $feat_sets $unlabeled_part $pretrain_parts | awk '!seen[$0]++')
+  for p in $all_parts; do
+    if [ ! -d "$root/$p" ]; then
+      case " $pretrain_parts " in
+        *" $p "*) log "note: $root/$p not found; it will be missing from pretraining" ; continue ;;
+      esac
+      log "ERROR: $root/$p not found (download it with --parts, or give --corpus)"
+      exit 1
+    fi
+    d=data/$(kaldi_name "$p")
+    dict_opt=()
+    [ -f data/manifest/dict.ltr.txt ] && dict_opt=(--dict data/manifest/dict.ltr.txt)
+    w2v manifest "$root/$p" --dest data/manifest --name "$(kaldi_name "$p")" --ext flac --valid-percent 0 \
+      --labels "$root/$p" ${dict_opt[@]+"${dict_opt[@]}"} --to-kaldi "$d"
+  done
+
+  # fine-tuning subsets: Libri-light's lists when given (or downloaded by stage 0),
+  # else by duration from train-clean-100
+  if [ -z "$librilight" ] && [ -f corpus/librispeech_finetuning/.complete ]; then
+    librilight=$PWD/corpus/librispeech_finetuning
+  fi
+  for preset in $finetune_presets; do
+    d=data/train_$preset
+    case "$preset" in
+      10m) ll=(1h/0) hours=0.1667 ;;
+      1h) ll=(1h) hours=1 ;;
+      10h) ll=(1h 9h) hours=10 ;;
+      100h) ll=() hours=100 ;;
+      *) log "ERROR: unknown fine-tuning preset $preset (10m 1h 10h 100h)"; exit 1 ;;
+    esac
+    if [ "$preset" = 100h ]; then
+      utils/combine_data.sh "$d" "data/$(kaldi_name "$finetune_train_part")"
+    elif [ -n "$librilight" ]; then
+      srcs=()
+      for s in "${ll[@]}"; do
+        [ -d "$librilight/$s" ] || { log "ERROR: $librilight/$s not found (a librispeech_finetuning folder?)"; exit 1; }
+        name=ll_${s//\//_}
+        w2v manifest "$librilight/$s" --dest data/manifest --name "$name" --ext flac --valid-percent 0 \
+          --labels "$librilight/$s" --dict data/manifest/dict.ltr.txt --to-kaldi "data/$name"
+        srcs+=("data/$name")
+      done
+      utils/combine_data.sh "$d" "${srcs[@]}"
+    else
+      "$W2V_PYTHON" "$here/local/subset_duration.py" "data/$(kaldi_name "$finetune_train_part")" "$hours" "$d"
+    fi
+    w2v manifest --validate-kaldi "$d"
+  done
+
+  # decoding resources: the letter lexicon of the LM's vocabulary, the 4-gram
+  lm=$(lm_root)
+  mkdir -p data/lang
+  if [ -f "$lm/4-gram.arpa.gz" ]; then
+    gunzip -c "$lm/4-gram.arpa.gz" >data/lang/4-gram.arpa
+  elif [ -f "$lm/4-gram.arpa" ]; then
+    ln -sf "$lm/4-gram.arpa" data/lang/4-gram.arpa
+  else
+    log "ERROR: no 4-gram.arpa(.gz) in $lm (download with --parts lm, or give --lm-dir)"
+    exit 1
+  fi
+  words=()
+  for f in librispeech-lexicon.txt librispeech-vocab.txt; do
+    [ -f "$lm/$f" ] && words+=("$lm/$f")
+  done
+  [ ${#words[@]} -gt 0 ] || { log "ERROR: no librispeech-lexicon.txt or librispeech-vocab.txt in $lm"; exit 1; }
+  "$W2V_PYTHON" "$here/local/make_lexicon.py" --dict data/manifest/dict.ltr.txt -o data/lang/lexicon.txt "${words[@]}"
+  if command -v build_binary >/dev/null 2>&1; then
+    build_binary data/lang/4-gram.arpa data/lang/4-gram.bin >data/lang/build_binary.log 2>&1
+    rm data/lang/4-gram.arpa
+    echo data/lang/4-gram.bin >data/lang/lm_path
+  else
+    echo data/lang/4-gram.arpa >data/lang/lm_path
+  fi
+  stage_end
+fi
+
+# FINETUNE_FUNCTION_PLACEHOLDER
+
+if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngpu GPUs)"; then
+  require_w2v pretrain
+  if [ -n "$pretrained" ]; then
+    log "--pretrained $pretrained given: nothing to pretrain"
+  else
+    srcs=()
+    for p in $pretrain_parts; do
+      [ -f "data/$(kaldi_name "$p")/wav.scp" ] && srcs+=("data/$(kaldi_name "$p")")
+    done
+    [ ${#srcs[@]} -gt 0 ] || { log "ERROR: no pretraining part prepared (stage 1)"; exit 1; }
+    utils/combine_data.sh data/pretrain "${srcs[@]}"
+    uf=$pretrain_update_freq
+    if [ "$uf" = 0 ]; then uf=$((64 / (ngpu > 0 ? ngpu : 1))); fi
+    conf_opt=()
+    [ -n "$pretrain_conf" ] && conf_opt=(--config "$pretrain_conf")
+    launcher=(w2v)
+    [ "$ngpu" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node="$ngpu" -m w2vtools)
+    device=cuda
+    [ "$ngpu" = 0 ] && device=cpu
+    $train_cmd --gpu "$ngpu" exp/pretrain_$pretrain_preset/log/pretrain.log \
+      "${launcher[@]}" pretrain data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" \
+        --arch wav2vec2 --preset "$pretrain_preset" ${conf_opt[@]+"${conf_opt[@]}"} --update-freq "$uf" \
+        --device "$device" --save-dir "exp/pretrain_$pretrain_preset" --resume
+  fi
+  stage_end
+fi
+
+if stage_begin 3 "fine-tune presets: $finetune_presets"; then
+  require_w2v finetune
+  for preset in $finetune_presets; do
+    finetune_model "$preset" "data/train_$preset" "exp/finetune_$preset"
+  done
+  stage_end
+fi
+
+if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acoustic models"; then
+  require_w2v featurize
+  model=$(pretrained_model)
+  [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; exit 1; }
+  layer_opt=()
+  [ -n "$feat_layer" ] && layer_opt=(--layer "$feat_layer")
+  for p in $feat_sets; do
+    src=data/$(kaldi_name "$p")
+    dst=data/feats_w2v2/$(kaldi_name "$p")
+    unit_done "$dst" && continue
+    rm -rf "$dst"
+    mkdir -p "$dst"
+    for f in wav.scp text utt2spk spk2utt utt2dur; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
+    n=$(wc -l <"$dst/utt2spk")
+    j=$((nj < n ? nj : n))
+    utils/split_data.sh "$dst" "$j"
+    # each shard is a data dir; featurize writes feats.scp, utt2num_frames and
+    # frame_shift into it, with the archive under it
+    $cpu_cmd JOB=1:$j "$dst/log/featurize.JOB.log" \
+      w2v featurize "$dst/split$j/JOB" "$dst/split$j/JOB" --model "$model" ${layer_opt[@]+"${layer_opt[@]}"} \
+        --threads 1 --no-progress
+    for f in feats.scp utt2num_frames; do
+      for ((k = 1; k <= j; k++)); do cat "$dst/split$j/$k/$f"; done | sort -k1,1 >"$dst/$f"
+    done
+    cp "$dst/split$j/1/frame_shift" "$dst/frame_shift"
+    w2v manifest --validate-kaldi "$dst"
+    mark_done "$dst"
+  done
+  stage_end
+fi
+
+# decode_sets MODEL EXPDIR SETS...: viterbi (log-probabilities kept) and
+# lexicon + 4-gram beam search on them, $nj shards per set.
+decode_sets() {
+  local model=$1 dir=$2 set d vdir kdir n j
+  shift 2
+  [ -f "$model" ] || { log "ERROR: $model not found"; return 1; }
+  for set in "$@"; do
+    d=data/$(kaldi_name "$set")
+    vdir=$dir/decode_$(kaldi_name "$set")_viterbi
+    kdir=$dir/decode_$(kaldi_name "$set")_kenlm
+    n=$(wc -l <"$d/utt2spk")
+    j=$((nj < n ? nj : n))
+    if ! unit_done "$vdir"; then
+      rm -rf "$vdir"
+      $decode_cmd JOB=1:$j "$vdir/log/decode.JOB.log" \
+        w2v decode "$d" --model "$model" --shard JOB/$j --dump-emissions "$vdir/emissions.JOB.h5" \
+          -o "$vdir/hyp.JOB.txt" --no-progress
+      mark_done "$vdir"
+    fi
+    case " $decoders " in *" kenlm "*) ;; *) continue ;; esac
+    if ! unit_done "$kdir"; then
+      rm -rf "$kdir"
+      $decode_cmd JOB=1:$j "$kdir/log/decode.JOB.log" \
+        w2v decode --emissions "$vdir/emissions.JOB.h5" --decoder kenlm --lexicon data/lang/lexicon.txt \
+          --lm "$(cat data/lang/lm_path)" --lm-weight "$lm_weight" --word-score "$word_score" --beam "$beam" \
+          -o "$kdir/hyp.JOB.txt" --no-progress
+      mark_done "$kdir"
+    fi
+  done
+}
+
+# score_dirs DIR...: every decode_* under them, merged shards piped into w2v score.
+score_dirs() {
+  local d set
+  for d in $(find "$@" -maxdepth 1 -type d -name 'decode_*' | sort); do
+    [ -f "$d/hyp.1.txt" ] || continue
+    set=${d##*/decode_}
+    set=${set%_viterbi}
+    set=${set%_kenlm}
+    [ -f "data/$set/text" ] || continue
+    sort -k1,1 "$d"/hyp.[0-9]*.txt | tee "$d/hyp.txt" |
+      w2v score "data/$set/text" - --mode all --utt2spk "data/$set/utt2spk" --details "$d/scoring" >"$d/wer"
+  done
+}
+
+# best_wer-style summary: per model and set the best decoder, then every result.
+summarize() {
+  local f
+  {
+    echo "# best per model and set (as grep WER exp/*/decode_*/wer | utils/best_wer.sh)"
+    for f in $(find exp -path '*/decode_*/wer' | sort); do
+      printf '%s %s\n' "$(grep '^%WER' "$f")" "$f"
+    done | awk '{ key = $NF; sub(/_(viterbi|kenlm)\/wer$/, "", key); print key, $0 }' |
+      sort -k1,1 -k3,3g | awk '$1 != last { last = $1; sub(/^[^ ]+ /, ""); print }'
+    echo
+    echo "# all results"
+    for f in $(find exp -path '*/decode_*/wer' | sort); do
+      printf '%s %s\n' "$(grep '^%WER' "$f")" "$f"
+    done
+  } >exp/RESULTS
+  cat exp/RESULTS
+}
+
+if stage_begin 5 "decode $eval_sets ($decoders), $nj shards"; then
+  require_w2v decode
+  for preset in $finetune_presets; do
+    decode_sets "exp/finetune_$preset/checkpoint_best.pt" "exp/finetune_$preset" $eval_sets
+  done
+  stage_end
+fi
+
+if stage_begin 6 "score, best_wer summary"; then
+  require_w2v score
+  score_dirs exp/finetune_*
+  summarize
+  stage_end
+fi
+
+if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $unlabeled_part"; then
+  require_w2v decode finetune score
+  seed=exp/finetune_$st_from
+  st=exp/selftrain_$st_from
+  unlab=data/$(kaldi_name "$unlabeled_part")
+  [ -f "$seed/checkpoint_best.pt" ] || { log "ERROR: $seed/checkpoint_best.pt not found (stage 3 with --finetune-presets including $st_from)"; exit 1; }
+  [ -f "$unlab/wav.scp" ] || { log "ERROR: $unlab not prepared (stage 1)"; exit 1; }
+  # 1. decode the unlabeled audio with the LM, n-best for the confidences
+  pdir=$st/decode_unlabeled
+  if ! unit_done "$pdir"; then
+    rm -rf "$pdir"
+    n=$(wc -l <"$unlab/utt2spk")
+    j=$((nj < n ? nj : n))
+    $decode_cmd JOB=1:$j "$pdir/log/decode.JOB.log" \
+      w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --decoder kenlm \
+        --lexicon data/lang/lexicon.txt --lm "$(cat data/lang/lm_path)" --lm-weight "$lm_weight" \
+        --word-score "$word_score" --beam "$beam" --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" \
+        -o "$pdir/hyp.JOB.txt" --no-progress
+    sort -k1,1 "$pdir"/hyp.[0-9]*.txt >"$pdir/hyp.txt"
+    sort -k1,1 "$pdir"/nbest.[0-9]*.txt.scores >"$pdir/nbest.scores"
+    mark_done "$pdir"
+  fi
+  # 2. keep the confident hypotheses; how good they are, when the part has transcripts
+  pseudo=data/$(kaldi_name "$unlabeled_part")_pseudo_$st_from
+  "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.scores" "$pseudo" --keep "$st_keep"
+  if [ -s "$unlab/text" ]; then
+    w2v score "$unlab/text" "$pdir/hyp.txt" --mode all >"$pdir/wer_all"
+    w2v score "$unlab/text" "$pseudo/text" --mode present >"$pdir/wer_kept"
+    log "pseudo-labels, all: $(grep '^%WER' "$pdir/wer_all"); kept: $(grep '^%WER' "$pdir/wer_kept")"
+  fi
+  # 3. fine-tune on labeled + pseudo-labeled data, from the pretrained model
+  utils/combine_data.sh "data/train_${st_from}_st" "data/train_$st_from" "$pseudo"
+  finetune_model "$st_from" "data/train_${st_from}_st" "$st"
+  # 4. decode and score again
+  decode_sets "$st/checkpoint_best.pt" "$st" $eval_sets
+  score_dirs "$st"
+  summarize
+  stage_end
+fi
