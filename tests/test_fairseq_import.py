@@ -88,6 +88,16 @@ def test_vq_wav2vec_codes_match_fairseq(clip, fname, prefix):
     assert len(np.unique(expected)) > 3  # a real spread of codes, not one constant
 
 
+def test_legacy_torch_format(clip, tmp_path):
+    """Checkpoints from torch < 1.6 (the 2019 wav2vec/vq-wav2vec releases) are not zip files."""
+    state = torch.load(FIX / "wav2vec_args.pt", weights_only=False)  # our own fixture: trusted
+    legacy = tmp_path / "legacy.pt"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] != b"PK"
+    feats = load_fairseq(legacy).model.extract_features(clip).features[0].numpy()
+    np.testing.assert_allclose(feats, ref("wav2vec_c"), atol=TOL, rtol=0)
+
+
 def test_wav2vec_config_from_old_args():
     ck = read_fairseq_checkpoint(FIX / "wav2vec_args.pt")
     assert ck.old_args and ck.arch == "wav2vec"
