@@ -13,6 +13,8 @@
 Example:
     >>> plan_batches([16000, 48000, 32000], max_samples=96000)
     [[1, 2], [0]]
+    >>> plan_batches([16000, 48000, 32000], max_samples=96000, max_padding=0.1)
+    [[1], [2], [0]]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def plan_batches(
     max_samples: int,
     *,
     max_batch_size: int | None = None,
+    max_padding: float = 1.0,
     keys: Sequence[str] | None = None,
 ) -> list[list[int]]:
     """Indices grouped into batches, longest first; each batch's padded size <= ``max_samples``.
@@ -40,6 +43,8 @@ def plan_batches(
         lengths: samples per utterance (after resampling).
         max_samples: budget for ``len(batch) * max(lengths in batch)``.
         max_batch_size: optional cap on utterances per batch.
+        max_padding: largest fraction of a batch's padded samples that may be padding
+            (computing on padding is wasted work; 0.1 keeps it under 10%).
         keys: tie-breakers (utterance ids).
 
     Example:
@@ -53,15 +58,19 @@ def plan_batches(
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
+    real = 0
     for i in order:
         n = int(lengths[i])
         new_longest = max(longest, n)
+        padded = new_longest * (len(current) + 1)
         full = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (full or new_longest * (len(current) + 1) > max_samples):
+        wasteful = padded > 0 and (padded - real - n) / padded > max_padding
+        if current and (full or padded > max_samples or wasteful):
             batches.append(current)
-            current, new_longest = [], n
+            current, new_longest, real = [], n, 0
         current.append(i)
         longest = new_longest
+        real += n
     if current:
         batches.append(current)
     return batches

@@ -253,8 +253,13 @@ def plan_jobs(
     sample_rate: int,
     batch_seconds: float,
     chunk_seconds: float,
+    max_padding: float = 0.1,
 ) -> list[Job]:
-    """Length-sorted batches for known lengths; long or unknown-length utterances as single jobs."""
+    """Length-sorted batches for known lengths; long or unknown-length utterances as single jobs.
+
+    A batch holds at most ``max_padding`` padding (as a fraction of its padded samples):
+    computing on padding is wasted work, most of all on a CPU.
+    """
     from w2vtools.batching import plan_batches
 
     max_samples = int(batch_seconds * sample_rate)
@@ -262,7 +267,9 @@ def plan_jobs(
     short = [i for i, n in enumerate(lengths) if n is not None and n <= chunk_limit]
     jobs = [
         Job([utts[short[j]] for j in b], [lengths[short[j]] for j in b])
-        for b in plan_batches([lengths[i] for i in short], max_samples, keys=[utts[i].uid for i in short])
+        for b in plan_batches(
+            [lengths[i] for i in short], max_samples, max_padding=max_padding, keys=[utts[i].uid for i in short]
+        )
     ]
     rest = [i for i, n in enumerate(lengths) if n is None or n > chunk_limit]
     rest.sort(key=lambda i: (-(lengths[i] or 0), utts[i].uid.encode("utf-8")))
@@ -502,6 +509,9 @@ def featurize(
         raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn else ""))
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
     selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
+    n_layers = getattr(getattr(encoder.module, "cfg", None), "encoder_layers", None)
+    if isinstance(selection.layer, int) and n_layers is not None and selection.layer > n_layers:
+        raise W2VError(f"--layer {selection.layer}: {encoder.name} has layers 0..{n_layers}")
     fx = FeatureExtractor(
         encoder,
         selection,

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Featurize speed: ``w2v featurize`` vs Hugging Face transformers and torchaudio, same weights.
+
+One process, same inputs, same thread count (2 by default):
+
+* inputs: ``--num-utts`` utterances of 2-15 s (default 100), made by concatenating
+  real LJ Speech clips (../shared/data) at 16 kHz, written as WAV files under a
+  temporary folder (so every system starts from the same samples);
+* model: a wav2vec 2.0 BASE architecture with one set of (seeded random) weights,
+  exported to a Hugging Face folder (``Wav2Vec2Model.from_pretrained``) and
+  imported into torchaudio (``import_huggingface_model``); all three give the last
+  Transformer layer, and the script checks they agree numerically;
+* ours: :func:`w2vtools.featurize.featurize` end to end (read WAV files, batch,
+  compute, write an HDF5 file); peers: the documented per-utterance call on
+  audio already in memory (BASE uses group norm, which both peers apply over padding,
+  so one utterance per call is their correct usage), under ``torch.inference_mode``.
+
+Prints audio-seconds per second for each, our ratio to each peer, the distance to
+the FLOP floor (``--gflops-per-audio-s`` at ``--matmul-gflops``: about 14 GFLOP per
+audio second at ~140 GFLOP/s fp32 on the reference machine), and with
+``--memory`` our peak RSS for growing corpus sizes (each run in a fresh process).
+
+Run:  python benchmarks/bench_featurize.py [--num-utts 100] [--threads 2] [--memory]
+This is a benchmark, not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_corpus(lj_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
+    """``n`` WAVs of 2-15 s (uniform), built from consecutive LJ Speech clips; returns wav.scp."""
+    import soundfile as sf
+
+    from w2vtools.audio import load_audio
+
+    clips = [load_audio(str(p), sample_rate=16000) for p in sorted((lj_dir / "wavs").glob("*.flac"))]
+    if not clips:
+        raise SystemExit(f"no LJ Speech clips in {lj_dir}/wavs")
+    stream = np.concatenate(clips)
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    pos = 0
+    for i in range(n):
+        length = int(rng.uniform(2.0, 15.0) * 16000)
+        if pos + length > len(stream):
+            pos = int(rng.integers(0, len(stream) - length))
+        wav = stream[pos : pos + length]
+        pos += length
+        path = out / f"utt{i:04d}.wav"
+        sf.write(path, wav, 16000, subtype="PCM_16")
+        lines.append(f"utt{i:04d} {path}\n")
+    scp = out / "wav.scp"
+    scp.write_text("".join(lines))
+    return scp
+
+
+def build_models(tmp: Path):
+    """(our LoadedModel, HF model, torchaudio model) sharing one set of BASE weights."""
+    import torch
+    import torchaudio
+    from transformers import Wav2Vec2Model as HFWav2Vec2Model
+
+    from w2vtools.models.checkpoint import LoadedModel, model_class_for
+    from w2vtools.models.huggingface import export_huggingface
+    from w2vtools.models.presets import get_preset
+
+    torch.manual_seed(0)
+    cfg = get_preset("wav2vec2", "base")
+    ours = model_class_for("wav2vec2")(cfg).eval()
+    loaded = LoadedModel(family="wav2vec2", task="pretrain", model=ours, config=cfg)
+    hf_dir = export_huggingface(loaded, tmp / "hf", architecture="Wav2Vec2Model")
+    hf = HFWav2Vec2Model.from_pretrained(str(hf_dir)).eval()
+    ta = torchaudio.models.wav2vec2.utils.import_huggingface_model(hf).eval()
+    return loaded, hf, ta
+
+
+def run_peer(name: str, fn, waves) -> tuple[float, list]:
+    import torch
+
+    outs = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for w in waves:
+            outs.append(fn(torch.from_numpy(w)[None]))
+    return time.perf_counter() - t0, outs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(args) -> None:
+    """Run our featurize on the first N utterances in this (fresh) process and print peak RSS."""
+    import torch
+
+    from w2vtools.featurize import encoder_from_module, featurize
+    from w2vtools.models.checkpoint import model_class_for
+    from w2vtools.models.presets import get_preset
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    enc = encoder_from_module(model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval(), "base", "wav2vec2")
+    lines = Path(args.scp).read_text().splitlines()[: args.child_n]
+    scp = Path(args.out) / f"sub{args.child_n}.scp"
+    scp.write_text("\n".join(lines) + "\n")
+    before = peak_rss_mb()
+    featurize(str(scp), str(Path(args.out) / f"mem{args.child_n}.h5"), model=enc, threads=args.threads, progress=False)
+    print(json.dumps({"n": args.child_n, "peak_rss_mb": peak_rss_mb(), "after_model_mb": before}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--num-utts", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
+    ap.add_argument("--matmul-gflops", type=float, default=140.0)
+    ap.add_argument("--batch-seconds", type=float, default=200.0)
+    ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
+    ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--child-n", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--scp", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_n is not None:
+        memory_child(args)
+        return
+
+    import torch
+
+    from w2vtools.audio import load_audio
+    from w2vtools.featurize import encoder_from_module, featurize
+
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="w2v-bench-"))
+    scp = make_corpus(args.data / "ljspeech", tmp / "audio", args.num_utts)
+    uids, paths = zip(*(line.split(" ", 1) for line in scp.read_text().splitlines()))
+    waves = [load_audio(p, sample_rate=16000) for p in paths]
+    audio_s = sum(len(w) for w in waves) / 16000
+    print(f"inputs: {len(waves)} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
+          f"torch {torch.__version__}")
+
+    loaded, hf, ta = build_models(tmp)
+    enc = encoder_from_module(loaded.model, "wav2vec2-base(random)", "wav2vec2")
+
+    # warm-up (one short call each) so first-call allocation is not timed
+    with torch.inference_mode():
+        w0 = torch.from_numpy(waves[0][:32000])[None]
+        loaded.model.extract_features(w0)
+        if not args.skip_peers:
+            hf(w0)
+            ta.extract_features(w0)
+
+    results = {}
+    t0 = time.perf_counter()
+    summary = featurize(str(scp), str(tmp / "ours.h5"), model=enc, threads=args.threads,
+                        batch_seconds=args.batch_seconds, progress=False)
+    results["w2v featurize"] = time.perf_counter() - t0
+    assert summary.utterances == len(waves)
+
+    if not args.skip_peers:
+        t_hf, hf_out = run_peer("hf", lambda x: hf(x).last_hidden_state[0].numpy(), waves)
+        results["transformers Wav2Vec2Model"] = t_hf
+        t_ta, ta_out = run_peer("torchaudio", lambda x: ta.extract_features(x)[0][-1][0].numpy(), waves)
+        results["torchaudio wav2vec2"] = t_ta
+        import h5py
+
+        with h5py.File(tmp / "ours.h5") as f:
+            diff_hf = max(float(np.abs(f[u][()] - o).max()) for u, o in zip(uids, hf_out))
+            diff_ta = max(float(np.abs(f[u][()] - o).max()) for u, o in zip(uids, ta_out))
+        print(f"same weights check: max |ours - HF| = {diff_hf:.2e}, max |ours - torchaudio| = {diff_ta:.2e}")
+
+    ours = audio_s / results["w2v featurize"]
+    print(f"\n{'system':32s} {'wall s':>8s} {'audio-s/s':>10s} {'s per audio-s':>14s}")
+    for name, t in results.items():
+        print(f"{name:32s} {t:8.1f} {audio_s / t:10.2f} {t / audio_s:14.4f}")
+    for name, t in results.items():
+        if name != "w2v featurize":
+            print(f"ratio ours / {name}: {ours / (audio_s / t):.2f}x")
+    floor = args.gflops_per_audio_s / args.matmul_gflops
+    per = results["w2v featurize"] / audio_s
+    print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {args.matmul_gflops} GFLOP/s); "
+          f"ours {per:.3f} s per audio-s = {per / floor:.2f}x the floor")
+
+    if args.memory:
+        print("\npeak RSS of `featurize` (fresh process each):")
+        for n in sorted({max(1, args.num_utts // 4), max(1, args.num_utts // 2), args.num_utts}):
+            p = subprocess.run(
+                [sys.executable, __file__, "--child-n", str(n), "--scp", str(scp), "--out", str(tmp),
+                 "--threads", str(args.threads)],
+                capture_output=True, text=True, check=True,
+            )
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            print(f"  {n:5d} utterances: peak RSS {r['peak_rss_mb']:.0f} MB (model loaded: {r['after_model_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
