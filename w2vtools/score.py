@@ -195,8 +195,8 @@ def align(ref: Sequence[str], hyp: Sequence[str], eps: str = EPS) -> list[tuple[
     """Kaldi's ``LevenshteinAlignment``: ``[(ref_word|eps, hyp_word|eps), ...]``.
 
     Example:
-        >>> align(["A", "B"], ["A", "C", "D"])
-        [('A', 'A'), ('B', 'C'), ('***', 'D')]
+        >>> align(["A", "B"], ["A", "C", "D"])   # ties resolved from the end, as Kaldi does
+        [('A', 'A'), ('***', 'C'), ('B', 'D')]
     """
     m_len, n_len = len(ref), len(hyp)
     e = [[0] * (n_len + 1) for _ in range(m_len + 1)]

@@ -42,8 +42,11 @@ Examples:
 @click.option("--sil-score", type=float, default=0.0, show_default=True, help="Score added per word boundary token.")
 @click.option("--unk-score", type=float, default=float("-inf"), show_default=True, help="Score of the unknown word.")
 @click.option("--beam", type=int, default=50, show_default=True, help="Hypotheses kept per frame.")
-@click.option("--beam-threshold", type=float, default=25.0, show_default=True,
+@click.option("--beam-threshold", type=float, default=15.0, show_default=True,
               help="Prune hypotheses scoring this far below the best.")
+@click.option("--blank-skip", type=float, default=0.999, show_default=True,
+              help="Beam search only the first frame of each run of frames whose blank probability is above this "
+              "(1 = search every frame).")
 @click.option("--beam-size-token", type=int, default=None, help="Tokens considered per frame (default: all).")
 @click.option("--nbest", type=int, default=1, show_default=True, help="Also write the N best hypotheses with scores.")
 @click.option("--nbest-out", help="N-best Kaldi text (keys uid-RANK; scores in FILE.scores) [default: OUTPUT.nbest].")
@@ -58,7 +61,7 @@ Examples:
               help="Padded audio per model batch (with --model).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 def command(corpus, model, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score, sil_score,
-            unk_score, beam, beam_threshold, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk, frame_shift,
+            unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk, frame_shift,
             dump_emissions, shard, device, batch_seconds, progress):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
     or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
@@ -74,6 +77,7 @@ def command(corpus, model, emissions, dict_path, output, decoder, lexicon, lm, l
     opts = DecoderOptions(
         decoder=decoder, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
         unk_score=unk_score, beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token, nbest=nbest,
+        blank_skip=blank_skip,
     )
     decode(
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
