@@ -531,6 +531,9 @@ def featurize(
         "output": selection.output,
         "layer": "" if selection.layer is None else str(selection.layer),
     }
+    if selection.layer == "all" and n_layers is not None:
+        # (T, num_layers * D), layer 0 (the Transformer input) first
+        attrs["num_layers"] = int(n_layers) + 1
     data_dir = _kaldi_data_dir(out, format)
     shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
     spec = out

@@ -10,8 +10,9 @@ Output specs (``OUT``):
   and ``/`` written ``%2F`` (HDF5 would read a ``/`` as a group separator); every
   other character is kept, so ids without those two characters are their own keys.
   Root attributes: ``frame_shift`` (s), ``sample_rate``, ``model``, ``model_sha256``,
-  ``output``, ``layer``, ``dim``. ESPnet's ``hdf5`` loader and lhotse's
-  ``numpy_hdf5`` storage read it unchanged (``h5py.File(path)[key][()]``).
+  ``family``, ``output``, ``layer`` (and ``num_layers`` for all layers side by side).
+  ESPnet's ``hdf5`` loader and lhotse's ``numpy_hdf5`` storage read it unchanged
+  (``h5py.File(path)[key][()]``).
 * ``ark:-``, ``ark:f.ark``, ``ark,scp:f.ark,f.scp``: Kaldi binary float matrices
   through kaldiio (``ark:-`` is stdout, binary, nothing else written there).
 * a directory with ``--format h5context``: fairseq's ``wav2vec_featurize.py`` layout,
@@ -24,7 +25,8 @@ renames it into place only when every utterance is in (the HDF5 file as
 fsync'd index of finished entries; the scp only at the end). Reopening a writer on
 the same destination keeps what was finished (:attr:`FeatureWriter.done`) and drops
 what was half written, so a rerun after ``kill -9`` ends with the same file as a run
-that was never interrupted.
+that was never interrupted. (The price: the HDF5 commit copies the data once, so the
+disk needs room for the output twice at the very end.)
 
 Example:
     >>> with open_feature_writer("feats.h5", attrs={"frame_shift": 0.02}) as w:  # doctest: +SKIP
@@ -37,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -149,7 +152,7 @@ def parse_spec(spec: str, *, format: str | None = None) -> FeatureSpec:
 # Writers
 
 
-class FeatureWriter:
+class FeatureWriter(abc.ABC):
     """Base class of feature writers.
 
     Use as a context manager: leaving the block normally commits the output (renames
@@ -168,9 +171,9 @@ class FeatureWriter:
         self.done: set[str] = set()
         self.num_frames: dict[str, int] = {}
 
+    @abc.abstractmethod
     def write(self, uid: str, feats: np.ndarray) -> None:
         """Store one utterance's (T, D) features."""
-        raise NotImplementedError  # abstract
 
     def flush(self) -> None:
         """Make every utterance written so far survive a crash."""
@@ -603,7 +606,7 @@ def open_feature_writer(
 # Readers
 
 
-class FeatureReader:
+class FeatureReader(abc.ABC):
     """Read features by id or in order; ``attrs`` holds what the file records.
 
     Example:
@@ -615,11 +618,13 @@ class FeatureReader:
 
     attrs: dict
 
+    @abc.abstractmethod
     def keys(self) -> list[str]:
-        raise NotImplementedError  # abstract
+        """Utterance ids in file order."""
 
+    @abc.abstractmethod
     def __getitem__(self, uid: str) -> np.ndarray:
-        raise NotImplementedError  # abstract
+        """One utterance's (T, D) features."""
 
     def __len__(self) -> int:
         return len(self.keys())
