@@ -471,6 +471,7 @@ class Wav2VecPredictionsModel(nn.Module):
             idx = (u * (high - 1)[:, None, None].to(u.dtype)).long()
             idx = torch.minimum(idx, (high - 2)[:, None, None])
             idx = idx + (idx >= t_idx[None, :, None]).long()
+            idx = idx.clamp(max=tsz - 1)  # rows of one frame: nothing else to draw, and no target uses it
             picks.append(idx + (torch.arange(bsz, device=device) * tsz)[:, None, None])
         if self.cross_sample_negatives > 0:
             # positions of valid frames in the flattened batch
@@ -492,20 +493,21 @@ class Wav2VecPredictionsModel(nn.Module):
         M counts every (step, utterance, frame) whose target frame is a real frame.
         """
         x = self.dropout(self.project_to_steps(x.unsqueeze(-1)))  # (B, D, T, K)
-        negatives = self.sample_negatives(y, lengths)
-        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)  # (copies, B, D, T)
         bsz, _, tsz, steps = x.shape
         steps = min(steps, tsz - self.offset)
+        copies = 1 + self.n_negatives + self.cross_sample_negatives
+        if steps <= 0:  # too short to predict anything; stay on the graph so backward() works
+            return x.reshape(-1)[:0].view(0, 1).expand(0, copies)
+        negatives = self.sample_negatives(y, lengths)
+        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)  # (copies, B, D, T)
         frame_pad = _pad_mask(lengths, tsz)
         logits = []
-        for i in range(max(steps, 0)):
+        for i in range(steps):
             offset = i + self.offset
             # score prediction i at frame t against every copy's frame t + offset
             scores = torch.einsum("bct,nbct->btn", x[..., :-offset, i], targets[..., offset:])
             keep = ~frame_pad[:, offset:]  # the target frame is real (hence the context frame too)
             logits.append(scores[keep])
-        if not logits:
-            return x.new_zeros(0, targets.size(0))
         return torch.cat(logits, dim=0)
 
 
