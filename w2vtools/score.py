@@ -58,7 +58,7 @@ EPS = "***"  # the empty side of an insertion/deletion in alignments, as in Kald
 NONWORD = re.compile(r"^(<[^<>\s]*>|\[[^\[\]\s]*\])$")
 
 # Cells per numpy block in the batched dynamic programme (bounds memory to ~100 MB).
-_BLOCK_CELLS = 4_000_000
+_BLOCK_CELLS = 2_000_000
 
 
 @dataclasses.dataclass
@@ -71,8 +71,28 @@ class EditCounts:
     subs: np.ndarray
 
 
-def edit_counts(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> EditCounts:
-    """Kaldi's ``LevenshteinEditDistance`` (total and ins/del/sub) for many pairs of integer sequences.
+def _distances(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]], idx: Sequence[int]) -> np.ndarray | None:
+    """Plain Levenshtein distances from rapidfuzz (C++, bit-parallel), or None without it."""
+    try:
+        from rapidfuzz.distance import Levenshtein
+    except ImportError:  # pragma: no cover - rapidfuzz is a dependency; the full programme still works
+        return None
+    distance = Levenshtein.distance
+    return np.fromiter((distance(refs[i], hyps[i]) for i in idx), dtype=np.int64, count=len(idx))
+
+
+def edit_counts(refs: Sequence[Sequence[int] | str], hyps: Sequence[Sequence[int] | str]) -> EditCounts:
+    """Kaldi's ``LevenshteinEditDistance`` (total and ins/del/sub) for many pairs of sequences.
+
+    Pairs are lists of integer token ids, or strings (sequences of characters).
+
+    How: a common prefix is cut off (it leaves Kaldi's programme unchanged after it);
+    the distance ``T`` of each pair comes from rapidfuzz; pairs whose distance is
+    only their length difference are pure insertions or deletions; the rest run
+    Kaldi's programme restricted to the band of cells that can lie on a path of cost
+    ``T`` (``|h - r| + |(H - h) - (R - r)| <= T``). Cells outside the band cannot be
+    on an optimal path, so treating them as unreachable changes neither the cost
+    nor the tie-breaking choices along Kaldi's chosen path.
 
     Example:
         >>> c = edit_counts([[1, 2, 3]], [[1, 9, 3, 4]])
@@ -86,45 +106,59 @@ def edit_counts(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) ->
     hyp_len = np.fromiter((len(h) for h in hyps), dtype=np.int64, count=n)
     errors = np.zeros(n, dtype=np.int64)
     subs = np.zeros(n, dtype=np.int64)
-    # Trivial cases need no programme: equal sequences, or one side empty.
+    empty = (ref_len == 0) | (hyp_len == 0)
+    errors[empty] = np.maximum(ref_len, hyp_len)[empty]
     todo = [i for i in range(n) if ref_len[i] and hyp_len[i] and refs[i] != hyps[i]]
     # A common prefix costs nothing and leaves every later cell of Kaldi's programme
     # unchanged (its first row/column after the prefix are pure deletions/insertions),
     # so it is cut off. (A common suffix is not: ties at the end can change the split.)
     refs, hyps = list(refs), list(hyps)
-    trimmed_r = ref_len.copy()
-    trimmed_h = hyp_len.copy()
+    rl = ref_len.copy()
+    hl = hyp_len.copy()
     for i in todo:
         p = len(os.path.commonprefix([refs[i], hyps[i]]))
         if p:
             refs[i], hyps[i] = refs[i][p:], hyps[i][p:]
-            trimmed_r[i] -= p
-            trimmed_h[i] -= p
-    empty_after = [i for i in todo if not trimmed_r[i] or not trimmed_h[i]]
-    for i in empty_after:
-        errors[i] = max(trimmed_r[i], trimmed_h[i])
-    todo = [i for i in todo if trimmed_r[i] and trimmed_h[i]]
-    empty = (ref_len == 0) | (hyp_len == 0)
-    errors[empty] = np.maximum(ref_len, hyp_len)[empty]
-    if todo:
-        todo_arr = np.asarray(todo, dtype=np.int64)
-        order = todo_arr[np.lexsort((trimmed_r[todo_arr], trimmed_h[todo_arr]))]
+            rl[i] -= p
+            hl[i] -= p
+    dist = _distances(refs, hyps, todo)
+    if dist is None:
+        dist = np.maximum(rl[todo], hl[todo])  # no bound: the full programme
+    rest = []
+    for i, t in zip(todo, dist.tolist()):
+        if not rl[i] or not hl[i] or t == abs(int(hl[i]) - int(rl[i])):
+            errors[i] = t  # only insertions or only deletions
+        else:
+            rest.append((i, t))
+    if rest:
+        idx = np.array([i for i, _ in rest], dtype=np.int64)
+        t = np.array([t for _, t in rest], dtype=np.int64)
+        d = hl[idx] - rl[idx]
+        slack = (t - np.abs(d)) // 2
+        lo = np.minimum(0, d) - slack  # band of h - r on optimal paths
+        hi = np.maximum(0, d) + slack
+        diagonals = hl[idx] + rl[idx]
+        width_bucket = np.floor(np.log2(hi - lo + 1) * 3).astype(np.int64)
+        order = np.lexsort((diagonals, width_bucket)).tolist()
+        hl_r, rl_r, lo_l, hi_l = hl[idx].tolist(), rl[idx].tolist(), lo.tolist(), hi.tolist()
         start = 0
         while start < len(order):
-            # Grow the block while its padded cell count stays bounded.
+            # Grow the block while its work (pairs x diagonals x band) and memory stay bounded.
+            j = order[start]
+            mh, mr, mlo, mhi = hl_r[j], rl_r[j], lo_l[j], hi_l[j]
             stop = start + 1
-            max_h, max_r = trimmed_h[order[start]], trimmed_r[order[start]]
             while stop < len(order):
-                h2 = max(max_h, trimmed_h[order[stop]])
-                r2 = max(max_r, trimmed_r[order[stop]])
-                if (stop + 1 - start) * (h2 + 1) * (r2 + 1) > _BLOCK_CELLS:
+                j = order[stop]
+                h2, r2, lo2, hi2 = max(mh, hl_r[j]), max(mr, rl_r[j]), min(mlo, lo_l[j]), max(mhi, hi_l[j])
+                count = stop + 1 - start
+                if count * (h2 + r2) * ((hi2 - lo2) // 2 + 1) > _BLOCK_CELLS or count * (h2 + 1) > _BLOCK_CELLS:
                     break
-                max_h, max_r = h2, r2
+                mh, mr, mlo, mhi = h2, r2, lo2, hi2
                 stop += 1
-            idx = order[start:stop]
-            e, s = _edit_block([refs[i] for i in idx], [hyps[i] for i in idx], int(max_r), int(max_h))
-            errors[idx] = e
-            subs[idx] = s
+            block = idx[order[start:stop]]
+            e, sb = _edit_block([refs[i] for i in block], [hyps[i] for i in block], int(mr), int(mh), int(mlo), int(mhi))
+            errors[block] = e
+            subs[block] = sb
             start = stop
     # On a path to cell (h, r): ins - del = h - r and ins + del = errors - subs.
     diff = hyp_len - ref_len
@@ -133,29 +167,35 @@ def edit_counts(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) ->
     return EditCounts(errors=errors, ins=ins, dels=dels, subs=subs)
 
 
-def _edit_block(refs: list, hyps: list, max_r: int, max_h: int) -> tuple[np.ndarray, np.ndarray]:
+_UNREACHABLE = 1 << 28
+
+
+def _edit_block(refs: list, hyps: list, max_r: int, max_h: int, band_lo: int, band_hi: int) -> tuple[np.ndarray, np.ndarray]:
     """The programme for one block of pairs, one anti-diagonal (h + r = k) at a time.
 
     Diagonal ``k`` is stored by hypothesis position ``h`` (cell ``(h, k - h)``), so
     its three predecessors are plain slices of diagonals ``k-1`` and ``k-2``. Only
-    the total cost and the substitution count of each cell's chosen path are kept:
-    insertions and deletions follow from them and the cell's position.
+    cells with ``band_lo <= h - r <= band_hi`` are computed; the two cells just
+    outside the band are marked unreachable. Only the total cost and the
+    substitution count of each cell's chosen path are kept: insertions and
+    deletions follow from them and the cell's position.
     """
     b = len(refs)
     width = max_h + 1
     hyp = np.full((b, max_h), -2, dtype=np.int64)
     # ref[j] sits at ext[:, j + width]; everything outside 0..max_r-1 is padding, so the
-    # reference positions k-2, k-3, ..., k-1-max_h of diagonal k are one reversed slice.
+    # reference positions of diagonal k's cells are one reversed slice.
     ext = np.full((b, max_r + 2 * width), -1, dtype=np.int64)
     rl = np.fromiter((len(r) for r in refs), dtype=np.int64, count=b)
     hl = np.fromiter((len(h) for h in hyps), dtype=np.int64, count=b)
     for i, (r, h) in enumerate(zip(refs, hyps)):
+        if isinstance(r, str):  # characters: their code points
+            r = np.frombuffer(r.encode("utf-32-le"), dtype=np.uint32)
+            h = np.frombuffer(h.encode("utf-32-le"), dtype=np.uint32)
         ext[i, width : width + len(r)] = r
         hyp[i, : len(h)] = h
     final_k = hl + rl
-    rows_by_k: dict[int, np.ndarray] = {}
-    for k in np.unique(final_k):
-        rows_by_k[int(k)] = np.nonzero(final_k == k)[0]
+    rows_by_k = {int(k): np.nonzero(final_k == k)[0] for k in np.unique(final_k)}
     out_cost = np.zeros(b, dtype=np.int64)
     out_sub = np.zeros(b, dtype=np.int64)
     # diagonal 0: cell (0, 0); diagonal 1: cells (0, 1) and (1, 0)
@@ -165,12 +205,13 @@ def _edit_block(refs: list, hyps: list, max_r: int, max_h: int) -> tuple[np.ndar
     sub1 = np.zeros((b, width), dtype=np.int32)
     for k in range(2, max_h + max_r + 1):
         cost = np.empty((b, width), dtype=np.int32)
-        sub = np.zeros((b, width), dtype=np.int32)
-        lo, hi = max(1, k - max_r), min(max_h, k - 1)  # interior cells: h >= 1 and r = k - h >= 1
+        sub = np.empty((b, width), dtype=np.int32)
+        # interior cells: h >= 1, r = k - h >= 1, and h - r = 2h - k within the band
+        lo = max(1, k - max_r, -((-(k + band_lo)) // 2))
+        hi = min(max_h, k - 1, (k + band_hi) // 2)
         if lo <= hi:
             sl, pl = slice(lo, hi + 1), slice(lo - 1, hi)
-            # reference position of cell (h, k-h) is k-h-1, for h = lo..hi
-            ref_k = ext[:, width + k - hi - 1 : width + k - lo][:, ::-1]
+            ref_k = ext[:, width + k - hi - 1 : width + k - lo][:, ::-1]  # ref[k-h-1] for h = lo..hi
             neq = (hyp[:, pl] != ref_k).astype(np.int32)
             c_ins = cost1[:, pl] + 1
             c_del = cost1[:, sl] + 1
@@ -179,10 +220,16 @@ def _edit_block(refs: list, hyps: list, max_r: int, max_h: int) -> tuple[np.ndar
             take_del = (c_del < c_ins) & ~take_sub
             cost[:, sl] = np.minimum(np.minimum(c_sub, c_del), c_ins)
             sub[:, sl] = np.where(take_sub, sub2[:, pl] + neq, np.where(take_del, sub1[:, sl], sub1[:, pl]))
+        for edge in (lo - 1, hi + 1):
+            if 0 <= edge < width:
+                cost[:, edge] = _UNREACHABLE
+                sub[:, edge] = 0
         if k <= max_r:
             cost[:, 0] = k  # (0, k): deletions only
+            sub[:, 0] = 0
         if k <= max_h:
             cost[:, k] = k  # (k, 0): insertions only
+            sub[:, k] = 0
         rows = rows_by_k.get(k)
         if rows is not None:
             out_cost[rows] = cost[rows, hl[rows]]
@@ -336,11 +383,11 @@ def score_tables(
     if extra:
         log.warning("%s: %d hypotheses have no reference in %s and are ignored", hyp_name, extra, ref_name)
     if cer:
-        ref_seqs = [list(" ".join(w)) for w in ref_seqs]
-        hyp_seqs = [list(" ".join(w)) for w in hyp_seqs]
-        # characters are their own integer ids
-        ref_ids = [list(map(ord, seq)) for seq in ref_seqs]
-        hyp_ids = [list(map(ord, seq)) for seq in hyp_seqs]
+        # a string is its own sequence of characters (and compares, indexes and
+        # slices as one); edit_counts reads its code points
+        ref_seqs = [" ".join(w) for w in ref_seqs]
+        hyp_seqs = [" ".join(w) for w in hyp_seqs]
+        ref_ids, hyp_ids = ref_seqs, hyp_seqs
     else:
         vocab: dict[str, int] = collections.defaultdict(itertools.count().__next__)
         ref_ids = [[vocab[t] for t in seq] for seq in ref_seqs]
