@@ -228,3 +228,18 @@ def test_library_decode_returns_a_summary(emissions_dir, tmp_path):
     s = decode(emissions=str(emissions_dir), output=str(tmp_path / "h.txt"), options=DecoderOptions())
     assert s.utterances == 1 and s.frames == 422 and s.audio_seconds == pytest.approx(8.44)
     assert s.rtf > 0
+
+
+def test_blank_run_skipping_keeps_letters_apart():
+    from w2vtools.decode import skip_blank_runs
+
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "|", "L"]
+    sure_blank = [0.99999, 0, 0, 0, 0, 0.00001]
+    letter = [0.00001, 0, 0, 0, 0, 0.99999]
+    probs = torch.tensor([sure_blank, letter, sure_blank, sure_blank, sure_blank, letter, sure_blank]) + 1e-9
+    lp = torch.log(probs / probs.sum(-1, keepdim=True))
+    kept = skip_blank_runs(lp, 0.999)
+    assert kept.tolist() == [0, 1, 2, 5, 6]
+    # the blank between the two L frames survives, so "LL" is not merged
+    assert viterbi(lp[kept], tokens).words == viterbi(lp, tokens).words == ["LL"]
+    assert skip_blank_runs(lp, 1.0).tolist() == list(range(7))

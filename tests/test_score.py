@@ -215,3 +215,15 @@ def test_bad_input_is_one_line(tmp_path, w2v):
     proc = w2v("score", tmp_path / "missing.txt", ref, check=False)
     assert proc.returncode == 1 and "no such file" in proc.stderr
     np.testing.assert_equal(edit_counts([], []).errors, np.zeros(0))
+
+
+def test_strings_score_as_character_sequences():
+    rng = random.Random(11)
+    refs = ["".join(rng.choice("ab ") for _ in range(rng.randrange(1, 30))) for _ in range(500)]
+    hyps = ["".join(rng.choice("ab ") for _ in range(rng.randrange(0, 30))) for _ in range(500)]
+    as_text = edit_counts(refs, hyps)
+    as_ids = edit_counts([list(map(ord, r)) for r in refs], [list(map(ord, h)) for h in hyps])
+    for field in ("errors", "ins", "dels", "subs"):
+        np.testing.assert_array_equal(getattr(as_text, field), getattr(as_ids, field))
+    want = [kaldi_edit_distance(r, h) for r, h in zip(refs, hyps)]
+    assert list(zip(as_text.errors.tolist(), as_text.ins.tolist(), as_text.dels.tolist(), as_text.subs.tolist())) == want
