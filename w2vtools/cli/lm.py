@@ -7,7 +7,7 @@ import click
 EXAMPLE = """\b
 Examples:
   # a pruned 4-gram (binary) and the lexicon of every word spellable with the dictionary
-  w2v lm data/lm_text.txt --order 4 --prune 0 0 1 -o exp/lm.bin \\
+  w2v lm data/lm_text.txt --order 4 --prune '0 0 1' -o exp/lm.bin \\
       --dict data/dict.ltr.txt --lexicon exp/lexicon.txt
   # perplexity and OOV rate of held-out text
   w2v lm --eval data/test.txt --lm exp/lm.bin --dict data/dict.ltr.txt
