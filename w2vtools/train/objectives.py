@@ -59,6 +59,15 @@ class Guard:
 
     chance_bits: float | None = None
     num_codes: int | None = None
+    groups: int = 1
+
+    @property
+    def code_floor(self) -> float | None:
+        """Code perplexity below which the code book counts as collapsed: fewer than 2 codes
+        in use per group on average, or under 2 % of all codes, whichever is higher."""
+        if not self.num_codes:
+            return None
+        return max(2.0 * self.groups, 0.02 * self.num_codes)
 
 
 class Objective:
@@ -151,7 +160,7 @@ class PretrainObjective(Objective):
         num_codes = None
         if groups and entries and quantized not in (False, "none", None):
             num_codes = int(groups) * int(entries)
-        return Guard(chance_bits=chance, num_codes=num_codes)
+        return Guard(chance_bits=chance, num_codes=num_codes, groups=int(groups or 1))
 
 
 class CTCObjective(Objective):

@@ -732,8 +732,8 @@ class Trainer:
             else:
                 self.guard_strikes["chance"] = 0
         ppl = record.get("code_perplexity")
-        if g.num_codes and ppl is not None:
-            floor = max(2.0, 0.02 * g.num_codes)
+        floor = g.code_floor
+        if floor is not None and ppl is not None:
             if ppl < floor:
                 self.guard_strikes["codes"] += 1
                 if self.guard_strikes["codes"] == 3:
@@ -833,7 +833,10 @@ class Trainer:
                 f"{path}: saved with {st['world_size']} process(es) x update_freq {st['update_freq']}; "
                 f"resume with the same product (now {self.dist.world_size} x {self.update_freq})"
             )
-        self.optimizer.load_state_dict(st["optimizer"])
+        opt_state = dict(st["optimizer"])
+        # checkpoint writers may store dict keys as strings: the optimizer indexes its state by int
+        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+        self.optimizer.load_state_dict(opt_state)
         if st.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(st["scaler"])
         self.num_updates = int(st["num_updates"])

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Pretraining step speed: ``w2v pretrain``'s training step vs fairseq and Hugging Face, wav2vec 2.0 BASE on CPU.
+
+One invocation measures every system on the same input and prints audio-seconds
+of training per second of wall time, side by side, with our ratio to each peer:
+
+* input: a batch of ``--batch`` x ``--seconds`` s of real speech (LJ Speech clips
+  from ../shared/data, concatenated, resampled to 16 kHz); the same samples for all;
+* model: wav2vec 2.0 BASE as pretrained (fairseq ``wav2vec2_base_librispeech``:
+  95 M parameters, 100 negatives, mask 0.65 x 10, quantizer 2 x 320, loss weights
+  0.1 / 10, feature gradient scale 0.1), randomly initialised;
+* a step = forward, contrastive loss with the extra losses, backward, gradient
+  scaling/clipping, Adam step;
+* ours: :class:`w2vtools.train.trainer.Trainer`'s own update (seeding, autocast,
+  backward, all-reduce bookkeeping, clipping, AdamW) in float32 and with bfloat16
+  autocast (``run.amp=bf16``; useful on CPUs with AVX512-BF16/AMX);
+* fairseq (``fairseq-fixed``, from /work/fairseq-venv unless importable here):
+  ``Wav2Vec2Model`` + ``Wav2vecCriterion`` + fairseq's ``Adam``, float32;
+* Hugging Face ``Wav2Vec2ForPreTraining`` + its ``_compute_mask_indices`` /
+  ``_sample_negative_indices`` + ``torch.optim.AdamW``, float32.
+
+Each peer runs in its own fresh process with ``--threads`` torch threads (2 by
+default), ``--warmup`` untimed steps, then the median of ``--steps`` timed steps.
+The FLOP floor line uses ``--gflops-per-audio-s`` (forward + backward of BASE is
+about 3 x 14 GFLOP per audio second) at ``--matmul-gflops`` (fp32 matmul rate of
+the machine with the chosen threads).
+
+Run:  python benchmarks/bench_pretrain_step.py [--batch 4] [--seconds 4] [--threads 2]
+This is a benchmark, not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FAIRSEQ_PYTHON = Path("/work/fairseq-venv/bin/python")
+
+
+def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
+    """``batch`` rows of ``seconds`` s of LJ Speech at 16 kHz, saved as .npy (shared by every peer)."""
+    sys.path.insert(0, str(REPO))
+    from w2vtools.audio import load_audio
+
+    data = Path(os.environ.get("W2V_SHARED_DATA", REPO.parent / "shared" / "data"))
+    clips = [load_audio(str(p), sample_rate=16000) for p in sorted((data / "ljspeech" / "wavs").glob("*.flac"))]
+    n = int(seconds * 16000)
+    if clips:
+        stream = np.concatenate(clips)
+    else:  # no shared data: noise still times the same work
+        stream = np.random.default_rng(seed).standard_normal(batch * n).astype(np.float32) * 0.1
+    rows = np.stack([stream[(i * n) % max(1, len(stream) - n):][:n] for i in range(batch)]).astype(np.float32)
+    np.save(out, rows)
+    return out
+
+
+# ----------------------------------------------------------------------------------- workers
+# Each worker runs in a fresh process: python bench_pretrain_step.py --worker NAME --input X.npy
+
+
+def _time_steps(step, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker_ours(x, args, amp: str) -> dict:
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from w2vtools.formats.utterance import Utterance
+    from w2vtools.pretrain import build_model
+    from w2vtools.train.config import resolve_config
+    from w2vtools.train.data import AudioDataset
+    from w2vtools.train.objectives import PretrainObjective
+    from w2vtools.train.trainer import DistInfo, Trainer
+
+    cfg = resolve_config("wav2vec2", "base", sets=[
+        f"run.amp={amp}", f"run.threads={args.threads}", "run.tensorboard=false", "data.num_workers=0",
+        "optim.clip_norm=0", "run.log_interval=1000000",
+    ])
+    torch.manual_seed(0)
+    model, _, _ = build_model(cfg)
+    # the dataset is only needed to build the trainer: lengths given, no audio is read
+    ds = AudioDataset([Utterance(f"u{i}", "/dev/null") for i in range(8)], lengths=[x.shape[1]] * 8,
+                      min_sample_size=0, max_sample_size=x.shape[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, PretrainObjective(), cfg, train_set=ds, save_dir=tmp, dist_info=DistInfo())
+        source = torch.from_numpy(x)
+        counter = {"i": 0}
+
+        def step():
+            batch = {"source": source, "padding_mask": None, "epoch": 0, "index": counter["i"],
+                     "num_samples": source.numel(), "id": []}
+            counter["i"] += 1
+            trainer._update([batch])
+
+        times = _time_steps(step, args.warmup, args.steps)
+    return {"times": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def worker_fairseq(x, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+    from fairseq.optim.adam import Adam
+
+    torch.manual_seed(0)
+    # wav2vec2_base_librispeech.yaml: the dataclass defaults plus these
+    cfg = Wav2Vec2Config(quantize_targets=True, final_dim=256, encoder_layerdrop=0.05, dropout_input=0.1,
+                         dropout_features=0.1, feature_grad_mult=0.1)
+    model = Wav2Vec2Model(cfg).train()
+    crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=[0.1, 10],
+                            log_keys=["prob_perplexity", "code_perplexity", "temp"])
+    opt = Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    source = torch.from_numpy(x)
+    sample = {"id": torch.arange(source.size(0)), "net_input": {"source": source, "padding_mask": None}}
+    state = {"n": 0}
+
+    def step():
+        loss, sample_size, _ = crit(model, sample)
+        loss.backward()
+        for p in model.parameters():  # the fairseq trainer's multiply_grads(1 / sample_size)
+            if p.grad is not None:
+                p.grad.mul_(1.0 / sample_size)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        opt.step()
+        opt.zero_grad()
+        state["n"] += 1
+        model.set_num_updates(state["n"])
+
+    import fairseq
+
+    times = _time_steps(step, args.warmup, args.steps)
+    return {"times": times, "torch": torch.__version__, "fairseq": fairseq.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def worker_hf(x, args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(  # BASE as pretrained
+        feat_extract_norm="group", do_stable_layer_norm=False, num_negatives=100, mask_time_prob=0.65,
+        mask_time_length=10, codevector_dim=256, proj_codevector_dim=256, num_codevector_groups=2,
+        num_codevectors_per_group=320, diversity_loss_weight=0.1, layerdrop=0.05, feat_proj_dropout=0.1,
+        feat_quantizer_dropout=0.1, hidden_dropout=0.1, attention_dropout=0.1,
+    )
+    model = Wav2Vec2ForPreTraining(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    source = torch.from_numpy(x)
+    b, s = source.shape
+    frames = int(model._get_feat_extract_output_lengths(s))
+
+    def step():
+        mask = _compute_mask_indices((b, frames), mask_prob=0.65, mask_length=10, min_masks=2)
+        negatives = _sample_negative_indices((b, frames), 100, mask_time_indices=mask)
+        out = model(source, mask_time_indices=torch.from_numpy(mask),
+                    sampled_negative_indices=torch.from_numpy(negatives))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        opt.step()
+        opt.zero_grad()
+
+    times = _time_steps(step, args.warmup, args.steps)
+    return {"times": times, "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def run_worker(name: str, args) -> None:
+    x = np.load(args.input)
+    if name == "ours-fp32":
+        res = worker_ours(x, args, "none")
+    elif name == "ours-bf16":
+        res = worker_ours(x, args, "bf16")
+    elif name == "fairseq":
+        res = worker_fairseq(x, args)
+    elif name == "huggingface":
+        res = worker_hf(x, args)
+    else:
+        raise SystemExit(f"unknown worker {name}")
+    print("RESULT " + json.dumps(res))
+
+
+# ----------------------------------------------------------------------------------- driver
+
+
+def spawn(name: str, python: str, args, batch_file: Path) -> dict | None:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--input", str(batch_file),
+           "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "") if "ours" in name else env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    print(f"{name}: failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:] if proc.stderr else ''}",
+          file=sys.stderr)
+    return None
+
+
+def fairseq_python() -> str | None:
+    try:
+        import fairseq  # noqa: F401
+
+        return sys.executable
+    except ImportError:
+        return str(FAIRSEQ_PYTHON) if FAIRSEQ_PYTHON.exists() else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--gflops-per-audio-s", type=float, default=42.0)
+    ap.add_argument("--matmul-gflops", type=float, default=140.0)
+    ap.add_argument("--only", default=None, help="comma-separated subset: ours-fp32,ours-bf16,fairseq,huggingface")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--input", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        run_worker(args.worker, args)
+        return
+
+    audio_s = args.batch * args.seconds
+    print(f"wav2vec 2.0 BASE pretraining step on CPU: {args.batch} x {args.seconds:g} s, {args.threads} threads, "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    peers = [("ours-fp32", sys.executable), ("ours-bf16", sys.executable)]
+    fs = fairseq_python()
+    peers.append(("fairseq", fs) if fs else ("fairseq", None))
+    peers.append(("huggingface", sys.executable))
+    if args.only:
+        keep = set(args.only.split(","))
+        peers = [p for p in peers if p[0] in keep]
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        batch_file = make_batch(Path(tmp) / "batch.npy", args.batch, args.seconds)
+        for name, python in peers:
+            if python is None:
+                print(f"{name:<12} skipped (not installed; expected {FAIRSEQ_PYTHON})")
+                continue
+            res = spawn(name, python, args, batch_file)
+            if res is None:
+                continue
+            t = float(np.median(res["times"]))
+            results[name] = audio_s / t
+            versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times",))
+            print(f"{name:<12} {results[name]:6.2f} audio-s/s   step {t:6.2f} s   "
+                  f"(steps {', '.join(f'{v:.2f}' for v in res['times'])}; {versions})", flush=True)
+    floor = args.matmul_gflops / args.gflops_per_audio_s
+    print(f"{'FLOP floor':<12} {floor:6.2f} audio-s/s   ({args.gflops_per_audio_s:g} GFLOP per audio-s at "
+          f"{args.matmul_gflops:g} GFLOP/s)")
+    for ours in ("ours-fp32", "ours-bf16"):
+        for peer in ("fairseq", "huggingface"):
+            if ours in results and peer in results:
+                print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
