@@ -88,6 +88,31 @@ def test_vq_wav2vec_codes_match_fairseq(clip, fname, prefix):
     assert len(np.unique(expected)) > 3  # a real spread of codes, not one constant
 
 
+@pytest.mark.parametrize("fname,prefix", [("wav2vec_args.pt", "wav2vec"), ("vq_wav2vec_kmeans_cfg.pt", "vq_wav2vec_kmeans")],
+                         ids=["wav2vec", "kmeans"])
+def test_pretraining_loss_matches_fairseqs_criterion(clip, fname, prefix, monkeypatch):
+    """Same model, same negatives: our loss and sample size equal fairseq's Wav2vecCriterion's.
+
+    The k-means model's file says ``loss_weights: [1]``, so its loss includes
+    kmeans_loss x sample_size, as in fairseq.
+    """
+    import json
+
+    from w2vtools.models.wav2vec import Wav2VecPredictionsModel
+
+    idx = torch.from_numpy(ref(f"{prefix}_negatives"))  # (T, N) frame indices fairseq used
+
+    def fixed(self, y, lengths):
+        return y[0][:, idx].permute(2, 0, 1).unsqueeze(1)
+
+    monkeypatch.setattr(Wav2VecPredictionsModel, "sample_negatives", fixed)
+    model = load_fairseq(FIX / fname).model.train()
+    loss, sample_size, stats = model.pretraining_loss(model(clip))
+    expected = json.loads((FIX / f"{prefix}_loss.json").read_text())
+    assert sample_size == expected["sample_size"]
+    assert loss.item() == pytest.approx(expected["loss"], rel=1e-5)
+
+
 def test_legacy_torch_format(clip, tmp_path):
     """Checkpoints from torch < 1.6 (the 2019 wav2vec/vq-wav2vec releases) are not zip files."""
     state = torch.load(FIX / "wav2vec_args.pt", weights_only=False)  # our own fixture: trusted

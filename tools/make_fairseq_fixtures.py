@@ -110,7 +110,10 @@ def as_namespace(d: dict) -> Namespace:
 def dataclass_dict(cfg) -> dict:
     d = asdict(cfg) if not isinstance(cfg, dict) else dict(cfg)
     # fairseq dataclasses hold enums (ChoiceEnum) and II("...") interpolations; resolve like fairseq
-    return json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(d), resolve=False), default=str))
+    d = json.loads(json.dumps(OmegaConf.to_container(OmegaConf.create(d), resolve=False), default=str))
+    # II("...") fields hold "${...}" until the full config resolves them; a flat argparse
+    # Namespace never had such strings, and a stored cfg has them resolved
+    return {k: v for k, v in d.items() if not (isinstance(v, str) and v.startswith("${"))}
 
 
 def fairseq_reload(path: Path, source: torch.Tensor, fn) -> np.ndarray:
@@ -173,6 +176,9 @@ def make_wav2vec(source: torch.Tensor) -> None:
         save_npy(v[0], f"wav2vec_{k}.npy")
     again = fairseq_reload(path, source, lambda m, s: wav2vec_outputs(m, s)["c"])
     np.testing.assert_allclose(again, outs["c"].numpy(), atol=1e-6)
+    neg = fixed_negatives(outs["z"].shape[1], cfg.num_negatives, seed=10)
+    np.save(OUT / "wav2vec_negatives.npy", neg)
+    (OUT / "wav2vec_loss.json").write_text(json.dumps(fairseq_loss(model, source, neg, None)) + "\n")
 
 
 def make_vq_wav2vec(source: torch.Tensor) -> None:
@@ -219,6 +225,38 @@ def make_vq_wav2vec(source: torch.Tensor) -> None:
         save_npy(v[0], f"vq_wav2vec_kmeans_{k}.npy")
     again = fairseq_reload(path, source, lambda m, s: wav2vec_outputs(m, s)["codes"])
     np.testing.assert_array_equal(again, outs["codes"].numpy())
+    neg = fixed_negatives(outs["z"].shape[1], cfg.num_negatives, seed=11)
+    np.save(OUT / "vq_wav2vec_kmeans_negatives.npy", neg)
+    (OUT / "vq_wav2vec_kmeans_loss.json").write_text(json.dumps(fairseq_loss(model, source, neg, [1.0])) + "\n")
+
+
+def fixed_negatives(tsz: int, n: int, seed: int) -> np.ndarray:
+    """(T, N) frame indices for one utterance: uniform over the other frames (fairseq's rule)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, tsz - 1, (tsz, n), generator=g)
+    idx = idx + (idx >= torch.arange(tsz)[:, None]).long()
+    return idx.numpy()
+
+
+def fairseq_loss(model, source: torch.Tensor, neg_idx: np.ndarray, loss_weights) -> dict:
+    """fairseq's own wav2vec criterion on fairseq's own model, negatives fixed to ``neg_idx``."""
+    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
+    from fairseq.models.wav2vec.wav2vec import Wav2VecPredictionsModel
+
+    idx = torch.from_numpy(neg_idx)
+
+    def sample_negatives(self, y):  # y: (B=1, C, T) -> (N, B, C, T)
+        return y[0][:, idx].permute(2, 0, 1).unsqueeze(1)
+
+    original = Wav2VecPredictionsModel.sample_negatives
+    Wav2VecPredictionsModel.sample_negatives = sample_negatives
+    try:
+        crit = Wav2vecCriterion(task=None, infonce=False, loss_weights=loss_weights, log_keys=[])
+        loss, sample_size, _ = crit(model.train(), {"net_input": {"source": source}, "id": torch.tensor([0])})
+    finally:
+        Wav2VecPredictionsModel.sample_negatives = original
+        model.eval()
+    return {"loss": loss.item(), "sample_size": int(sample_size)}
 
 
 # --------------------------------------------------------------------------- wav2vec 2.0
