@@ -278,3 +278,30 @@ def test_option_errors(tmp_path, w2v, fsdd, tiny_ckpts):
     assert p.returncode == 1 and "needs an HDF5 output" in p.stderr
     p = w2v("featurize", "--help")
     assert "Examples:" in p.stdout
+
+
+def test_command_sources_stdin_manifest_and_stale_resume(tmp_path, w2v, fsdd):
+    files = _fsdd_files(fsdd, 3)
+    # wav.scp pipes (length unknown until decoded) from stdin
+    text = "".join(f"{f.stem} cat {f} |\n" for f in files)
+    w2v("featurize", "-", tmp_path / "p.h5", "--model", "fbank", input=text)
+    w2v("featurize", _wav_scp(tmp_path / "wav.scp", files), tmp_path / "f.h5", "--model", "fbank")
+    with h5py.File(tmp_path / "p.h5") as a, h5py.File(tmp_path / "f.h5") as b:
+        assert sorted(a) == sorted(b) == sorted(f.stem for f in files)
+        for k in a:
+            np.testing.assert_array_equal(a[k][()], b[k][()])
+    # a partial output from another corpus is not silently mixed in
+    from w2vtools.formats.features import open_feature_writer
+
+    out = tmp_path / "o.h5"
+    with h5py.File(tmp_path / "f.h5") as f:  # the very settings a run on this corpus records
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    with pytest.raises(RuntimeError):
+        with open_feature_writer(str(out), attrs, flush_every=0) as w:
+            w.write("not-in-corpus", np.zeros((2, 80), np.float32))
+            raise RuntimeError
+    p = w2v("featurize", tmp_path / "wav.scp", out, "--model", "fbank", check=False)
+    assert p.returncode == 1
+    assert "not-in-corpus" in p.stderr and "--no-resume" in p.stderr
+    w2v("featurize", tmp_path / "wav.scp", out, "--model", "fbank", "--no-resume")
+    assert sorted(h5py.File(out)) == sorted(f.stem for f in files)

@@ -543,6 +543,14 @@ def featurize(
         spec = f"ark,scp:{ark},{data_dir / f'feats{shard_suffix}.scp'}"
     writer = open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume)
 
+    stale = writer.done - {u.uid for u in utts}
+    if stale:
+        writer.abort()
+        raise W2VError(
+            f"{out}: the interrupted run being resumed holds {len(stale)} utterances that are not in "
+            f"{corpus}{' shard ' + str(shard_kn[0]) + '/' + str(shard_kn[1]) if shard_kn else ''} "
+            f"(e.g. {sorted(stale)[0]!r}); rerun with --no-resume to start over"
+        )
     summary = Summary(skipped=sum(u.uid in writer.done for u in utts))
     todo = [u for u in utts if u.uid not in writer.done]
     if summary.skipped:
