@@ -269,14 +269,17 @@ def sample_frames(spec: str, max_frames: int, *, seed: int = 0) -> np.ndarray:
                 reservoir = np.empty((max_frames, x.shape[1]), np.float32)
             elif x.shape[1] != reservoir.shape[1]:
                 raise W2VError(f"{spec}: {uid} has dimension {x.shape[1]}, earlier utterances {reservoir.shape[1]}")
-            for row in x:
-                if seen < max_frames:
-                    reservoir[seen] = row
-                else:
-                    j = rng.integers(0, seen + 1)
-                    if j < max_frames:
-                        reservoir[j] = row
-                seen += 1
+            # fill first, then reservoir-sample the rest (vectorized: frame number s replaces
+            # slot j ~ U[0, s] when j < max_frames; later frames win ties, as sequentially)
+            fill = min(max(max_frames - seen, 0), x.shape[0])
+            reservoir[seen : seen + fill] = x[:fill]
+            rest = x[fill:]
+            if len(rest):
+                positions = seen + fill + np.arange(len(rest))
+                j = rng.integers(0, positions + 1)
+                keep = j < max_frames
+                reservoir[j[keep]] = rest[keep]
+            seen += x.shape[0]
     if reservoir is None:
         raise W2VError(f"{spec}: no frames to learn k-means from")
     return reservoir[: min(seen, max_frames)].copy()
