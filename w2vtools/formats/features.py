@@ -264,6 +264,9 @@ class HDF5Writer(FeatureWriter):
                 self._next_segment = max(self._next_segment, int(seg.stem.split("-")[1]) + 1)
             for tmp in self.partial.glob(".seg-*.tmp"):
                 tmp.unlink()  # a segment the crash caught half written
+            if old is None:
+                with atomic_write(meta_path) as f:
+                    json.dump({k: _jsonable(v) for k, v in self.attrs.items()}, f, sort_keys=True)
         else:
             if self.partial.exists():
                 shutil.rmtree(self.partial)
