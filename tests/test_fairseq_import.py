@@ -214,6 +214,19 @@ def test_ctc_dictionary_rules(tmp_path):
     assert load_fairseq(ctc, dictionary=tokens).dictionary == tokens
 
 
+def test_ctc_dictionary_from_the_task_data_folder(tmp_path):
+    """Like fairseq: dict.<labels>.txt in cfg.task.data (the fine-tuning data folder)."""
+    state = torch.load(FIX / "wav2vec2_ctc_cfg.pt", weights_only=False)  # our fixture: trusted
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(FIX / "dict.ltr.txt", data / "dict.ltr.txt")
+    state["cfg"]["task"]["data"] = str(data)
+    (tmp_path / "ckpt").mkdir()
+    path = tmp_path / "ckpt" / "model.pt"
+    torch.save(state, path)
+    assert load_fairseq(path).dictionary[4:7] == ["|", "E", "T"]
+
+
 def test_load_model_dispatches_fairseq_files(clip, tmp_path):
     """checkpoint.load_model reads fairseq files; saving them in our format keeps the outputs."""
     from w2vtools.models.checkpoint import load_model, save_model

@@ -649,16 +649,23 @@ def read_dictionary(path: str | os.PathLike) -> list[str]:
     return fairseq_dictionary(symbols)
 
 
-def _ctc_dictionary(path: Path, vocab_size: int, dictionary) -> list[str]:
+def _ctc_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list[str]:
     if dictionary is None:
-        guess = path.parent / "dict.ltr.txt"
-        if not guess.is_file():
+        # where fairseq itself looks (the task's data folder), and next to the checkpoint
+        labels = str(task.get("labels") or "ltr")
+        candidates = [path.parent / f"dict.{labels}.txt"]
+        if task.get("data"):
+            candidates.append(Path(str(task["data"])) / f"dict.{labels}.txt")
+        found = [c for c in candidates if c.is_file()]
+        if not found:
             raise W2VError(
                 f"{path}: a CTC fine-tuned fairseq model with {vocab_size} outputs; fairseq keeps its "
-                "dictionary in the data folder, not in the checkpoint: give the dict.ltr.txt it was trained "
-                "with (--dict), or put it next to the checkpoint"
+                f"dictionary in the data folder, not in the checkpoint: give the dict.{labels}.txt it was "
+                f"trained with, or put it next to the checkpoint (looked in: "
+                f"{', '.join(str(c.parent) for c in candidates)})"
             )
-        dictionary = guess
+        dictionary = found[0]
+        log.info("%s: using the dictionary %s", path, dictionary)
     if isinstance(dictionary, (str, os.PathLike)):
         tokens = read_dictionary(dictionary)
         where = str(dictionary)
@@ -697,8 +704,8 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
     Args:
         path: the fairseq ``.pt`` file.
         dictionary: for CTC fine-tuned models: a ``dict.ltr.txt`` path or the full
-            token list (``<s> <pad> </s> <unk>`` first). Defaults to ``dict.ltr.txt``
-            next to the checkpoint.
+            token list (``<s> <pad> </s> <unk>`` first). Defaults to ``dict.<labels>.txt``
+            next to the checkpoint, else in the task's data folder (where fairseq reads it).
         map_location: where tensors are loaded.
 
     Returns:
@@ -740,7 +747,7 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
         if proj_w is None:
             raise W2VError(f"{path}: CTC checkpoint without an output layer (w2v_encoder.proj.weight)")
         vocab = int(proj_w.shape[0])
-        tokens = _ctc_dictionary(path, vocab, dictionary)
+        tokens = _ctc_dictionary(path, vocab, dictionary, ck.task)
         from w2vtools.models.ctc import CTCConfig, CTCModel
 
         ctc_kw = {f.name: ck.model[f.name] for f in dataclasses.fields(CTCConfig)
