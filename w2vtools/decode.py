@@ -86,7 +86,7 @@ class DecoderOptions:
     sil_score: float = 0.0
     unk_score: float = -math.inf
     beam: int = 50
-    beam_threshold: float = 15.0
+    beam_threshold: float = 12.0
     beam_size_token: int | None = None
     nbest: int = 1
     log_add: bool = False

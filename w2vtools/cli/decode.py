@@ -42,8 +42,8 @@ Examples:
 @click.option("--sil-score", type=float, default=0.0, show_default=True, help="Score added per word boundary token.")
 @click.option("--unk-score", type=float, default=float("-inf"), show_default=True, help="Score of the unknown word.")
 @click.option("--beam", type=int, default=50, show_default=True, help="Hypotheses kept per frame.")
-@click.option("--beam-threshold", type=float, default=15.0, show_default=True,
-              help="Prune hypotheses scoring this far below the best.")
+@click.option("--beam-threshold", type=float, default=12.0, show_default=True,
+              help="Prune hypotheses scoring this far below the best (25 or more: slower, more accurate).")
 @click.option("--blank-skip", type=float, default=0.999, show_default=True,
               help="Beam search only the first frame of each run of frames whose blank probability is above this "
               "(1 = search every frame).")
