@@ -33,6 +33,7 @@ TOL = 1e-4
 WAV2VEC_FIXTURES = [
     # file, prefix of the reference arrays, family, vq type
     ("wav2vec_args.pt", "wav2vec", "wav2vec", "none"),
+    ("wav2vec_options_cfg.pt", "wav2vec_options", "wav2vec", "none"),
     ("vq_wav2vec_gumbel_dictconfig_fp16.pt", "vq_wav2vec_gumbel", "vq-wav2vec", "gumbel"),
     ("vq_wav2vec_kmeans_cfg.pt", "vq_wav2vec_kmeans", "vq-wav2vec", "kmeans"),
 ]
@@ -77,7 +78,7 @@ def test_wav2vec_features_match_fairseq(clip, fname, prefix, family, vq):
     assert model.num_frames(clip.shape[1]) == ref(f"{prefix}_c").shape[0]
 
 
-@pytest.mark.parametrize("fname,prefix", [(f[0], f[1]) for f in WAV2VEC_FIXTURES[1:]], ids=["gumbel", "kmeans"])
+@pytest.mark.parametrize("fname,prefix", [(f[0], f[1]) for f in WAV2VEC_FIXTURES[2:]], ids=["gumbel", "kmeans"])
 def test_vq_wav2vec_codes_match_fairseq(clip, fname, prefix):
     """codes = fairseq's vector_quantizer.forward_idx(z) (vq-wav2vec_featurize.py's idx)."""
     model = load_fairseq(FIX / fname).model
@@ -88,13 +89,18 @@ def test_vq_wav2vec_codes_match_fairseq(clip, fname, prefix):
     assert len(np.unique(expected)) > 3  # a real spread of codes, not one constant
 
 
-@pytest.mark.parametrize("fname,prefix", [("wav2vec_args.pt", "wav2vec"), ("vq_wav2vec_kmeans_cfg.pt", "vq_wav2vec_kmeans")],
-                         ids=["wav2vec", "kmeans"])
+@pytest.mark.parametrize(
+    "fname,prefix",
+    [("wav2vec_args.pt", "wav2vec"), ("wav2vec_options_cfg.pt", "wav2vec_options"),
+     ("vq_wav2vec_kmeans_cfg.pt", "vq_wav2vec_kmeans")],
+    ids=["wav2vec", "options", "kmeans"],
+)
 def test_pretraining_loss_matches_fairseqs_criterion(clip, fname, prefix, monkeypatch):
     """Same model, same negatives: our loss and sample size equal fairseq's Wav2vecCriterion's.
 
     The k-means model's file says ``loss_weights: [1]``, so its loss includes
-    kmeans_loss x sample_size, as in fairseq.
+    kmeans_loss x sample_size, as in fairseq. The "options" model has balanced classes,
+    a separate target network (project_features "new"), a fixed offset and encoder skips.
     """
     import json
 

@@ -181,6 +181,30 @@ def make_wav2vec(source: torch.Tensor) -> None:
     (OUT / "wav2vec_loss.json").write_text(json.dumps(fairseq_loss(model, source, neg, None)) + "\n")
 
 
+def make_wav2vec_options(source: torch.Tensor) -> None:
+    # the less common switches: encoder skips, zero-padded aggregator without bias, non-affine
+    # norms, a separate target projection network, a fixed offset, GELU, no log compression
+    torch.manual_seed(6)
+    cfg = tiny_wav2vec_cfg(
+        conv_feature_layers="[(32, 10, 5), (32, 8, 4), (32, 4, 2), (32, 4, 2), (32, 4, 2), (32, 1, 1)]",
+        conv_aggregator_layers="[(32, 3, 1), (32, 3, 1), (32, 2, 1)]",  # "new" projects targets: same width
+        skip_connections_feat=True, agg_zero_pad=True, no_conv_bias=True, non_affine_group_norm=True,
+        project_features="new", residual_scale=0.3, offset="3", activation="gelu", log_compression=False,
+        prediction_steps=4, num_negatives=5, balanced_classes=True,
+    )
+    model = Wav2VecModel(cfg).eval()
+    outs = wav2vec_outputs(model, source)
+    full = {"_name": None, "model": {**dataclass_dict(cfg), "_name": "wav2vec"},
+            "task": {"_name": "audio_pretraining", "data": "/data/manifest", "normalize": False},
+            "criterion": {"_name": "wav2vec", "infonce": False}}
+    save(checkpoint(model.state_dict(), cfg=full), "wav2vec_options_cfg.pt")
+    for k, v in outs.items():
+        save_npy(v[0], f"wav2vec_options_{k}.npy")
+    neg = fixed_negatives(outs["z"].shape[1], cfg.num_negatives, seed=12)
+    np.save(OUT / "wav2vec_options_negatives.npy", neg)
+    (OUT / "wav2vec_options_loss.json").write_text(json.dumps(fairseq_loss(model, source, neg, None)) + "\n")
+
+
 def make_vq_wav2vec(source: torch.Tensor) -> None:
     # Gumbel: activation gelu, vq_depth 2, combine_groups, no log compression (the README recipe);
     # cfg stored as a pickled DictConfig, weights in fp16.
@@ -400,6 +424,7 @@ def main() -> None:
     log.info("clip %s: %d samples at %d Hz (fed as they are)", CLIP, len(wav), sr)
     source = torch.from_numpy(wav).unsqueeze(0)
     make_wav2vec(source)
+    make_wav2vec_options(source)
     make_vq_wav2vec(source)
     base = make_wav2vec2(source)
     make_ctc(source, base)
