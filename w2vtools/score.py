@@ -446,7 +446,8 @@ def write_details(result: ScoreResult, out_dir: str | os.PathLike, utt2spk: Mapp
                 else:
                     op, j = "C", 0
                 csid[j] += 1
-                cells.append((a, b, op))
+                # characters (--cer): a space is shown as '_' so the columns stay readable
+                cells.append((a if a != " " else "_", b if b != " " else "_", op))
             ref_line, hyp_line, op_line = _columns(cells)
             f.write(f"{uid} ref  {ref_line}\n{uid} hyp  {hyp_line}\n{uid} op   {op_line}\n")
             f.write(f"{uid} #csid {csid[0]} {csid[1]} {csid[2]} {csid[3]}\n")
