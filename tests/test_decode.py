@@ -188,6 +188,10 @@ def test_live_model_route_and_dump_emissions(tmp_path, fsdd, w2v):
                "-o", tmp_path / "live.txt", "--ctm", tmp_path / "live.ctm")
     assert "decoded 4 utterances" in proc.stderr
     live = read_text_table(tmp_path / "live.txt")
+    from w2vtools.formats.corpus import read_corpus
+
+    # the model runs length-sorted batches, but outputs keep the corpus order
+    assert list(live) == [u.uid for u in read_corpus(str(tmp_path / "wav.scp"))]
     assert sorted(live) == sorted(p.stem for p in wavs)
     import h5py
 

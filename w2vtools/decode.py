@@ -307,6 +307,7 @@ class EmissionSource:
     frame_shift: float
     items: Iterator[tuple[str, torch.Tensor]]
     total: int | None = None
+    order: list[str] | None = None  # when items come in another order (length-sorted batches): write in this one
 
 
 def _npy_uid(path: Path) -> str:
@@ -417,7 +418,7 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
                 yield utts[i].uid, lp[j, :n]
 
     shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
-    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts))
+    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts), order=[u.uid for u in utts])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +545,15 @@ def decode(
         scores_f = stack.enter_context(atomic_write(nbest_output + ".scores")) if nbest_output else None
         bar = stack.enter_context(tqdm(total=source.total, unit="utt", disable=not progress if progress is not None else None,
                                        desc="decode", leave=False))
+        if scores_f is not None:
+            files["scores"] = scores_f
+        pending: dict[str, dict[str, list[str]]] = {}
+
+        def write_lines(lines: dict[str, list[str]]) -> None:
+            for kind, kind_lines in lines.items():
+                for line in kind_lines:
+                    files[kind].write(line + "\n")
+
         seen: set[str] = set()
         for uid, emission in source.items:
             if uid in seen:
@@ -563,20 +573,27 @@ def decode(
             summary.frames += log_probs.shape[0]
             summary.audio_seconds += log_probs.shape[0] * source.frame_shift
             best = hyps[0] if hyps else Hypothesis([], -math.inf, [])
-            files["text"].write(text_line(uid, best.words) + "\n")
+            lines: dict[str, list[str]] = {"text": [text_line(uid, best.words)]}
             if "nbest" in files:
-                for rank, h in enumerate(hyps, 1):
-                    files["nbest"].write(text_line(nbest_key(uid, rank), h.words) + "\n")
-                    scores_f.write(f"{nbest_key(uid, rank)} {h.score:.4f}\n")
+                lines["nbest"] = [text_line(nbest_key(uid, r), h.words) for r, h in enumerate(hyps, 1)]
+                lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f}" for r, h in enumerate(hyps, 1)]
             if "trn" in files:
-                files["trn"].write(trn_line(best.words, uid, spk.get(uid)) + "\n")
+                lines["trn"] = [trn_line(best.words, uid, spk.get(uid))]
             if "ctm" in files:
-                for word, (first, last) in zip(best.words, best.word_frames):
-                    start = first * source.frame_shift
-                    files["ctm"].write(ctm_line(uid, start, (last + 1 - first) * source.frame_shift, word) + "\n")
+                lines["ctm"] = [
+                    ctm_line(uid, first * source.frame_shift, (last + 1 - first) * source.frame_shift, word)
+                    for word, (first, last) in zip(best.words, best.word_frames)
+                ]
+            if source.order is None:
+                write_lines(lines)
+            else:  # the model ran length-sorted batches: keep the corpus order in the outputs
+                pending[uid] = lines
             bar.update(1)
+        for uid in source.order or []:
+            if uid in pending:
+                write_lines(pending.pop(uid))
+        if summary.utterances == 0:  # raised inside the block: no empty outputs are left behind
+            raise W2VError(f"{emissions or corpus}: no utterances to decode")
     summary.total_seconds = time.perf_counter() - t_start
-    if summary.utterances == 0:
-        raise W2VError(f"{emissions or corpus}: no utterances to decode")
     log.info("%s", summary.line())
     return summary
