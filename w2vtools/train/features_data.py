@@ -142,7 +142,8 @@ class FeatureDataset(torch.utils.data.Dataset):
             if n:
                 log.warning("%s: left out %d of %d utterances %s", name, n, count, what)
         if self.num_missing:
-            log.warning("%s: %d labelled utterances have no features in %s", name, self.num_missing, self.spec)
+            # a transcript table often covers several sets: not a problem in itself
+            log.info("%s: %d labelled utterances have no features in %s", name, self.num_missing, self.spec)
         if not uids:
             raise W2VError(f"{name}: no utterances left to train on in {self.spec} "
                            f"({count} with features, {len(labels)} with labels; do their ids match?)")

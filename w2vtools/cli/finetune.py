@@ -1,0 +1,115 @@
+"""``w2v finetune``: CTC fine-tuning of a pretrained model, or a CTC acoustic model on stored features."""
+
+from __future__ import annotations
+
+import click
+
+
+def _list_presets(ctx: click.Context) -> None:
+    from w2vtools.finetune import CTC_PRESETS, DOWNSTREAM_PRESETS
+
+    for route, table in (("audio", CTC_PRESETS), ("features", DOWNSTREAM_PRESETS)):
+        for name, body in table.items():
+            o, r, m = body["optim"], body["run"], body["model"]["overrides"]
+            masks = (f"mask_prob={m['mask_prob']} mask_channel_prob={m['mask_channel_prob']} "
+                     f"layerdrop={m['layerdrop']} freeze={r.get('freeze_updates', 0)}") if m else \
+                f"model={body['model']['model_preset']}"
+            click.echo(f"{route:<8} {name:<5} lr={o['lr']:g} max_update={o['max_update']} "
+                       f"update_freq={o['update_freq']} batch={body['data']['max_samples_per_batch']} {masks}")
+    ctx.exit(0)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("train", required=False)
+@click.option("--labels", default=None,
+              help="Training labels: an extension beside the TSV (ltr, wrd -> letters), a .ltr/.wrd file "
+                   "aligned with it, or a transcript file keyed by utterance id (Kaldi text, *.trans.txt, "
+                   "metadata.csv). Default: ltr for a TSV, the data dir's text for a Kaldi dir.")
+@click.option("--valid", default=None, help="Validation audio list (TSV, Kaldi data dir, wav.scp).")
+@click.option("--valid-labels", default=None,
+              help="Validation labels (default: the same extension, the valid data dir's text, or the same "
+                   "transcript file).")
+@click.option("--dict", "dict_path", default=None, type=click.Path(dir_okay=False),
+              help="dict.ltr.txt (default: the --init model's, else dict.ltr.txt beside TRAIN, else counted).")
+@click.option("--init", default=None,
+              help="Checkpoint to start from: ours, fairseq .pt, Hugging Face folder or a named model "
+                   "(pretrained or CTC); with --features, a downstream model to continue.")
+@click.option("--preset", default=None,
+              help="Audio: 10m|1h|10h|100h|960h (published BASE table) or tiny (CPU). "
+                   "Features: base or tiny. See --list-presets.")
+@click.option("--features", default=None,
+              help="Train on stored features instead of audio (*.h5, scp:feats.scp, ark:f.ark).")
+@click.option("--valid-features", default=None, help="Validation features (feature route).")
+@click.option("--arch", type=click.Choice(["blstm", "conv"]), default=None,
+              help="Feature route: BiLSTM (default) or wav2letter-style convolutions.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="YAML with sections model/data/optim/run, applied over the preset.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one setting (repeatable): --set optim.lr=3e-5 --set model.mask_prob=0.5.")
+@click.option("--save-dir", required=True, help="Checkpoints, config.yaml, dict.ltr.txt, log.jsonl, tensorboard/.")
+@click.option("--update-freq", type=int, default=None, help="Accumulate this many batches per update.")
+@click.option("--max-update", type=int, default=None, help="Length of the run (and of the lr schedule).")
+@click.option("--stop-at-update", type=int, default=None,
+              help="Stop after this update without shortening the schedule (resume later).")
+@click.option("--freeze-updates", type=int, default=None,
+              help="Train only the output layer for this many updates (run.freeze_updates).")
+@click.option("--valid-interval", type=int, default=None, help="Validate every N updates.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (optim.lr).")
+@click.option("--seed", type=int, default=None, help="Seed of batches, masks, dropout.")
+@click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--threads", type=int, default=None, help="torch threads per process.")
+@click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda ctx, p, v: _list_presets(ctx) if v else None, help="List the recipes and exit.")
+def command(train, labels, valid, valid_labels, dict_path, init, preset, features, valid_features, arch,
+            config_file, sets, save_dir, update_freq, max_update, stop_at_update, freeze_updates, valid_interval,
+            lr, seed, resume, device, threads):
+    """Fine-tune a CTC model on the labelled audio of TRAIN, or train one on stored features.
+
+    Audio route (--init): the pretrained model (ours, fairseq, Hugging Face) gets a
+    linear CTC layer over the letters; its feature encoder stays frozen, the
+    Transformer is frozen for the first run.freeze_updates updates, time and channel
+    masking and layer drop regularize it; Adam with the tri-stage schedule. The
+    presets carry fairseq's published BASE fine-tuning table.
+
+    Feature route (--features): a BiLSTM or wav2letter-style convolutional CTC model on
+    frozen stored features (w2v featurize output: wav2vec c/z, a wav2vec 2.0 layer,
+    fbank/MFCC), input normalized with the training features' mean and variance.
+
+    Validation every --valid-interval updates on --valid: loss, greedy WER, CER;
+    checkpoint_best.pt has the lowest WER. Checkpoints hold the weights, dictionary and
+    configuration: w2v decode --model SAVE_DIR/checkpoint_best.pt decodes with them.
+    The resolved configuration is printed (YAML, stdout) and saved as config.yaml;
+    every log interval one line on stderr, the same in log.jsonl and TensorBoard.
+    Multi-GPU: launch with torchrun. --resume repeats what an uninterrupted run does.
+
+    \b
+    Examples:
+      w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv \\
+          --init exp/pretrain/checkpoint_best.pt --preset 10h --save-dir exp/ft10h
+      w2v finetune data/train.tsv --valid data/test.tsv --init wav2vec2-base --preset tiny \\
+          --max-update 300 --save-dir exp/ft
+      w2v featurize data/train.tsv feats/train.h5 --model fbank
+      w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 \\
+          --arch blstm --preset tiny --save-dir exp/blstm
+      w2v decode data/test.tsv --model exp/ft10h/checkpoint_best.pt > hyp.txt
+    """
+    from w2vtools.errors import W2VError
+    from w2vtools.finetune import finetune
+
+    if preset is None:
+        preset = "tiny" if features is not None else None
+        if preset is None:
+            raise W2VError("--preset is needed: 10m, 1h, 10h, 100h, 960h or tiny (see --list-presets)")
+    if labels is None and train is not None and features is None and train.endswith(".tsv"):
+        labels = "ltr"
+    extra = list(sets)
+    for value, key in ((update_freq, "optim.update_freq"), (max_update, "optim.max_update"),
+                       (stop_at_update, "run.stop_at_update"), (freeze_updates, "run.freeze_updates"),
+                       (valid_interval, "run.valid_interval"), (lr, "optim.lr"), (seed, "run.seed"),
+                       (threads, "run.threads")):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    finetune(train, save_dir=save_dir, preset=preset, valid=valid, labels=labels, valid_labels=valid_labels,
+             dict_path=dict_path, init=init, features=features, valid_features=valid_features, arch=arch,
+             config_file=config_file, sets=extra, resume=resume, device=device)

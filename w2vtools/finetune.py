@@ -1,0 +1,717 @@
+"""CTC fine-tuning (the library side of ``w2v finetune``), two routes through one training loop.
+
+* **Audio route** (``--init``): any pretrained or CTC checkpoint
+  :func:`~w2vtools.models.checkpoint.load_model` reads (ours, fairseq, Hugging Face,
+  a named model) becomes a :class:`~w2vtools.models.ctc.CTCModel`: the encoder,
+  dropout and a linear layer over the letter dictionary. As in fairseq's
+  ``wav2vec2_asr``: the feature encoder (CNN) stays frozen, the Transformer is frozen
+  for the first ``run.freeze_updates`` updates (only the new ``proj`` trains), time
+  masking (``mask_prob``) and channel masking (``mask_channel_prob``, spans of 64)
+  and layer drop regularize it, and Adam follows the tri-stage schedule (10 % warm-up
+  from 0.01 x peak, 40 % hold, 50 % exponential decay to 0.05 x peak). The presets
+  ``10m``, ``1h``, ``10h``, ``100h``, ``960h`` carry the published BASE table
+  (fairseq ``examples/wav2vec/config/finetuning/base_*.yaml``); ``tiny`` is a CPU run.
+  A CTC checkpoint with the same dictionary keeps its output layer (further fine-tuning).
+* **Feature route** (``--features``): a CTC acoustic model
+  (:class:`~w2vtools.models.downstream.DownstreamModel`, ``--arch conv|blstm``) on
+  frozen stored features (``w2v featurize`` output: wav2vec c/z, any wav2vec 2.0
+  layer, fbank/MFCC), with per-dimension input normalization measured on the
+  training features and stored in the model.
+
+Labels: a TSV's line-aligned ``.ltr`` (or ``.wrd``, letters derived) beside it
+(fairseq: ``train.tsv`` -> ``train.ltr``), or a transcript table keyed by utterance id
+(Kaldi ``text``, LibriSpeech ``*.trans.txt``, LJ Speech ``metadata.csv``; letters derived
+with :func:`~w2vtools.formats.labels.words_to_letters`), or a Kaldi data dir's own
+``text``. The dictionary is ``--dict``, else the initial CTC model's, else
+``dict.ltr.txt`` beside the training TSV, else counted from the training labels;
+it is written to ``SAVE_DIR/dict.ltr.txt``. Symbols outside it are reported with
+counts and example utterances and mapped to ``<unk>``.
+
+Validation every ``run.valid_interval`` updates on whatever ``--valid`` names:
+loss, greedy (best-path) WER, CER and token error rate; ``checkpoint_best.pt`` is the
+lowest WER. Checkpoints are self-contained for decoding (weights, dictionary,
+model config): ``w2v decode --model SAVE_DIR/checkpoint_best.pt``.
+
+Example:
+    >>> finetune("data/train_1h.tsv", valid="data/dev.tsv", labels="ltr", init="exp/pt/checkpoint_best.pt",
+    ...          preset="tiny", save_dir="exp/ft")                                      # doctest: +SKIP
+    >>> finetune(None, features="feats/train.h5", labels="data/text", valid_features="feats/test.h5",
+    ...          arch="blstm", preset="tiny", save_dir="exp/blstm")                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from w2vtools.errors import W2VError
+from w2vtools.train.config import TrainConfig, apply_dict, resolve_config
+from w2vtools.train.objectives import CTCObjective
+
+log = logging.getLogger("w2v.finetune")
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+_FT_OPTIM = {
+    # fairseq fine-tuning: Adam (0.9, 0.98), eps 1e-8, no weight decay, no clipping, tri-stage.
+    "optimizer": "adam",
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "clip_norm": 0.0,
+    "schedule": "tri_stage",
+    "phase_ratio": [0.1, 0.4, 0.5],
+    "init_lr_scale": 0.01,
+    "final_lr_scale": 0.05,
+    "warmup_updates": 0,
+}
+
+
+def _published(*, lr: float, max_update: int, mask_prob: float, mask_channel_prob: float, layerdrop: float,
+               freeze: int, update_freq: int, valid_interval: int, save_interval: int) -> dict:
+    return {
+        "model": {
+            "arch": "ctc",
+            "model_preset": "",
+            "overrides": {
+                "apply_mask": True,
+                "mask_prob": mask_prob,
+                "mask_length": 10,
+                "mask_channel_prob": mask_channel_prob,
+                "mask_channel_length": 64,
+                "layerdrop": layerdrop,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+                "activation_dropout": 0.1,
+                "final_dropout": 0.0,
+                "feature_grad_mult": 0.0,
+            },
+        },
+        # max_tokens 3.2 M samples (200 s) per GPU; sentence-level padding, no cropping
+        "data": {"max_samples_per_batch": 3_200_000, "max_sample_size": 3_200_000, "min_sample_size": 0,
+                 "pad": True, "num_workers": 4},
+        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "update_freq": update_freq},
+        "run": {"amp": "fp16", "log_interval": 200, "valid_interval": valid_interval, "save_interval": save_interval,
+                "keep_last": 1, "best_metric": "wer", "maximize_best": False, "freeze_feature_encoder": True,
+                "freeze_updates": freeze, "train_during_freeze": ["proj."]},
+    }
+
+
+#: Audio-route presets. The published five are fairseq's base_{10m,1h,10h,100h,960h}.yaml
+#: (Baevski et al. 2020, Table 9 / appendix B): 2 GPUs x update_freq 4 (960h: 8 GPUs x 1);
+#: run on fewer GPUs with a larger --update-freq to keep the batch.
+CTC_PRESETS: dict[str, dict] = {
+    "10m": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
+                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "1h": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
+                     freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "10h": _published(lr=5e-5, max_update=20_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.05,
+                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "100h": _published(lr=3e-5, max_update=80_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.1,
+                       freeze=0, update_freq=4, valid_interval=5000, save_interval=5000),
+    "960h": _published(lr=1e-5, max_update=320_000, mask_prob=0.5, mask_channel_prob=0.1, layerdrop=0.1,
+                       freeze=0, update_freq=1, valid_interval=10_000, save_interval=10_000),
+}
+# A few minutes on 2 CPU cores with a tiny encoder (w2v pretrain --preset tiny) on short
+# utterances: shorter masks and channel spans fit its 64 dimensions and 20-50 frame digits.
+CTC_PRESETS["tiny"] = copy.deepcopy(CTC_PRESETS["10h"])
+CTC_PRESETS["tiny"]["model"]["overrides"].update(
+    {"mask_prob": 0.3, "mask_length": 4, "mask_channel_prob": 0.1, "mask_channel_length": 8, "layerdrop": 0.0}
+)
+CTC_PRESETS["tiny"]["data"].update({"max_samples_per_batch": 160_000, "max_sample_size": 160_000, "num_workers": 1})
+CTC_PRESETS["tiny"]["optim"].update({"lr": 1e-3, "max_update": 600, "update_freq": 1})
+CTC_PRESETS["tiny"]["run"].update({"amp": "none", "log_interval": 10, "valid_interval": 100, "save_interval": 200,
+                                    "freeze_updates": 100})
+
+
+def _downstream(*, model_preset: str, lr: float, max_update: int, frames: int, log_interval: int,
+                valid_interval: int, save_interval: int, workers: int) -> dict:
+    return {
+        "model": {"arch": "blstm", "model_preset": model_preset, "overrides": {}},
+        # frames, not samples: items x longest item <= max_samples_per_batch frames
+        "data": {"max_samples_per_batch": frames, "max_sample_size": frames, "min_sample_size": 1, "pad": True,
+                 "num_workers": workers},
+        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "clip_norm": 5.0, "update_freq": 1},
+        "run": {"amp": "none", "log_interval": log_interval, "valid_interval": valid_interval,
+                "save_interval": save_interval, "keep_last": 1, "best_metric": "wer", "maximize_best": False},
+    }
+
+
+#: Feature-route presets (our own recipes; the architecture comes from --arch).
+DOWNSTREAM_PRESETS: dict[str, dict] = {
+    # 400 s of frames per batch (40k frames at 10 ms), 3 x 512 BiLSTM or 8 GLU convolutions.
+    "base": _downstream(model_preset="base", lr=1e-3, max_update=40_000, frames=40_000, log_interval=100,
+                        valid_interval=2000, save_interval=2000, workers=2),
+    # FSDD-sized: 80 s of frames per batch; minutes on 2 CPU cores.
+    "tiny": _downstream(model_preset="tiny", lr=4e-3, max_update=200, frames=8_000, log_interval=10,
+                        valid_interval=50, save_interval=100, workers=0),
+}
+
+
+def preset_table(route: str) -> dict[str, dict]:
+    """The presets of ``route`` ("audio" or "features")."""
+    return CTC_PRESETS if route == "audio" else DOWNSTREAM_PRESETS
+
+
+def resolve_finetune_config(
+    route: str,
+    preset: str,
+    *,
+    arch: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    sets: Sequence[str] = (),
+) -> TrainConfig:
+    """Defaults, the fine-tuning preset, a YAML file, then ``--set`` items.
+
+    ``model.<field>=v`` sets a :class:`~w2vtools.models.ctc.CTCConfig` field (audio
+    route) or a :class:`~w2vtools.models.downstream.DownstreamConfig` field (feature route).
+
+    Example:
+        >>> cfg = resolve_finetune_config("audio", "10h", sets=["optim.update_freq=8"])
+        >>> cfg.optim.lr, cfg.optim.max_update, cfg.model.overrides["mask_channel_prob"], cfg.run.freeze_updates
+        (5e-05, 20000, 0.5, 10000)
+    """
+    table = preset_table(route)
+    if preset not in table:
+        raise W2VError(f"unknown {route}-route preset {preset!r} (known: {', '.join(table)})")
+    base = apply_dict(TrainConfig(), copy.deepcopy(table[preset]), f"preset {preset}")
+    if arch is not None:
+        base.model.arch = arch
+    cfg = resolve_config(base=base, config_file=config_file, sets=list(sets))
+    _check_model_fields(route, cfg)
+    return cfg
+
+
+def _check_model_fields(route: str, cfg: TrainConfig) -> None:
+    from w2vtools.models.ctc import CTCConfig
+    from w2vtools.models.downstream import ARCHES, PRESETS, DownstreamConfig
+
+    if route == "audio":
+        cls, reserved = CTCConfig, {"vocab_size", "encoder", "encoder_family", "freeze_finetune_updates"}
+        if cfg.model.arch != "ctc":
+            raise W2VError(f"model.arch {cfg.model.arch!r}: the audio route trains a 'ctc' model "
+                           "(--arch conv|blstm goes with --features)")
+    else:
+        cls, reserved = DownstreamConfig, {"vocab_size", "input_dim", "frame_shift", "features", "arch"}
+        if cfg.model.arch not in ARCHES:
+            raise W2VError(f"--arch {cfg.model.arch!r}: choose {' or '.join(ARCHES)}")
+        if cfg.model.model_preset not in PRESETS[cfg.model.arch]:
+            raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(PRESETS[cfg.model.arch])}")
+    names = {f.name for f in dataclasses.fields(cls)} - reserved
+    for key in cfg.model.overrides:
+        if key in reserved:
+            raise W2VError(f"model.{key} is set by finetune itself"
+                           + (" (use run.freeze_updates)" if key == "freeze_finetune_updates" else ""))
+        if key not in names:
+            raise W2VError(f"model.{key}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and dictionary
+
+
+def _is_extension(labels: str) -> bool:
+    return bool(labels) and labels.isalnum() and len(labels) <= 8 and not os.path.exists(labels)
+
+
+def _is_tsv(corpus: str | None) -> bool:
+    return corpus is not None and os.path.isfile(corpus) and not corpus.endswith(".scp") and corpus != "-"
+
+
+def label_lines(corpus: str | None, utts, labels: str | None, *, upper: bool = True) -> dict[str, str]:
+    """``{uid: space-separated tokens}`` (letters, ``|`` between words) for the utterances.
+
+    Args:
+        corpus: the TSV / Kaldi data dir the utterances came from (None on the
+            feature route without an audio list).
+        utts: the utterances of ``corpus`` (None without one).
+        labels: an extension (``ltr``, ``wrd``, or any other token file such as
+            ``phn``) of a file line-aligned with the TSV; a ``.ltr``/``.wrd`` path
+            line-aligned with it; a transcript table keyed by id (Kaldi ``text``,
+            ``*.trans.txt``, ``metadata.csv``); or None for the corpus's own text
+            (Kaldi ``text``, or a TSV's ``.wrd``).
+        upper: upper-case derived letters (fairseq's LibriSpeech convention).
+
+    Raises:
+        W2VError: missing or misaligned label files, or no labels at all.
+
+    Example:
+        >>> label_lines("data/train.tsv", read_corpus("data/train.tsv"), "ltr")["0_george_5"]  # doctest: +SKIP
+        'Z E R O |'
+    """
+    from w2vtools.formats.labels import read_labels, read_transcripts, words_to_letters
+
+    def aligned(lines: list[str], what: str, derive: bool) -> dict[str, str]:
+        if utts is None or len(lines) != len(utts):
+            n = "no" if utts is None else len(utts)
+            raise W2VError(f"{what}: {len(lines)} lines but the audio list has {n} rows (must be line-aligned)")
+        return {u.uid: (words_to_letters(line, upper=upper) if derive else " ".join(line.split()))
+                for u, line in zip(utts, lines)}
+
+    if labels is None:
+        if utts is None:
+            raise W2VError("--labels is needed (a Kaldi text file keyed by utterance id)")
+        missing = [u.uid for u in utts if u.text is None]
+        if len(missing) == len(utts):
+            raise W2VError(f"{corpus}: has no transcripts; pass --labels ltr (TSV with NAME.ltr beside it) "
+                           "or --labels TEXT (Kaldi text keyed by utterance id)")
+        return {u.uid: words_to_letters(u.text, upper=upper) for u in utts if u.text is not None}
+    if _is_extension(labels):
+        if not _is_tsv(corpus):
+            raise W2VError(f"--labels {labels}: an extension names a file beside a TSV manifest "
+                           f"({corpus or 'no audio list given'} is not one); pass a transcript file instead")
+        from w2vtools.formats.labels import label_path
+
+        if not label_path(corpus, labels).is_file():
+            raise W2VError(f"{label_path(corpus, labels)}: no such file (--labels {labels} reads it beside {corpus})")
+        return aligned(read_labels(corpus, labels), str(label_path(corpus, labels)), derive=labels == "wrd")
+    path = Path(labels)
+    if not path.exists():
+        raise W2VError(f"--labels {labels}: no such file (give an extension such as ltr, or a transcript file)")
+    if path.suffix in (".ltr", ".wrd") and path.is_file():
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n").rstrip("\r") for line in f]
+        return aligned(lines, str(path), derive=path.suffix == ".wrd")
+    return {uid: words_to_letters(text, upper=upper) for uid, text in read_transcripts(path).items()}
+
+
+def build_symbols(lines: Mapping[str, str]) -> list[str]:
+    """Dictionary symbols counted over label lines, most frequent first (``dict.ltr.txt`` order).
+
+    Example:
+        >>> build_symbols({"a": "A B |", "b": "B |"})
+        ['B', '|', 'A']
+    """
+    from w2vtools.formats.labels import count_symbols, dictionary_from_counts
+
+    return [s for s, _ in dictionary_from_counts(count_symbols(lines.values()))]
+
+
+def encode_labels(lines: Mapping[str, str], tokens: Sequence[str], *, name: str = "train",
+                  examples: int = 3) -> dict[str, list[int]]:
+    """Token ids of each label line; symbols outside ``tokens`` are reported and become ``<unk>``.
+
+    The report names each unknown symbol with its count and example utterance ids
+    (fairseq maps them to ``<unk>`` silently). Without an ``<unk>`` token they are dropped.
+
+    Example:
+        >>> encode_labels({"u1": "A B |"}, ["<s>", "<pad>", "</s>", "<unk>", "|", "A"])
+        {'u1': [5, 3, 4]}
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    unk = index.get("<unk>")
+    counts: collections.Counter = collections.Counter()
+    where: dict[str, list[str]] = {}
+    out: dict[str, list[int]] = {}
+    for uid, line in lines.items():
+        ids = []
+        for sym in line.split():
+            i = index.get(sym)
+            if i is None:
+                counts[sym] += 1
+                if len(where.setdefault(sym, [])) < examples and uid not in where[sym]:
+                    where[sym].append(uid)
+                if unk is None:
+                    continue
+                i = unk
+            ids.append(i)
+        out[uid] = ids
+    if counts:
+        total = sum(counts.values())
+        detail = "; ".join(f"{sym!r} x{n} (e.g. {', '.join(where[sym])})" for sym, n in counts.most_common())
+        log.warning("%s: %d symbol occurrences outside the dictionary, %s: %s", name, total,
+                    "mapped to <unk>" if unk is not None else "dropped (no <unk> token)", detail)
+    return out
+
+
+def _dictionary_case(tokens: Sequence[str]) -> bool:
+    """True (upper-case labels) unless the dictionary's letters are all lower-case."""
+    letters = [t for t in tokens if len(t) == 1 and t.isalpha()]
+    return not letters or any(t.isupper() for t in letters) or not all(t.islower() for t in letters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective: CTC with greedy WER and CER
+
+
+class FinetuneObjective(CTCObjective):
+    """:class:`~w2vtools.train.objectives.CTCObjective` plus the character error rate (``cer``).
+
+    CER is counted on the greedy transcript's characters, words joined by one space
+    (so a missed word boundary is one error), against the reference the same way.
+
+    Example:
+        >>> obj = FinetuneObjective(dictionary=["<s>", "<pad>", "</s>", "<unk>", "|", "A"])
+        >>> obj.metrics({"char_errors": 1, "char_total": 4, "sample_size": 1, "loss": 1.0})["cer"]
+        25.0
+    """
+
+    def _errors(self, lprobs, input_lengths, targets, target_lengths) -> dict[str, float]:
+        from torchaudio.functional import edit_distance
+
+        stats = super()._errors(lprobs, input_lengths, targets, target_lengths)
+        if self.dictionary is None:
+            return stats
+        best = lprobs.argmax(dim=-1).cpu()
+        errors = total = 0
+        for i in range(best.shape[0]):
+            path = torch.unique_consecutive(best[i, : int(input_lengths[i])]).tolist()
+            hyp = " ".join(self._words([t for t in path if t not in self.ignore_tokens]))
+            ref = " ".join(self._words([t for t in targets[i, : int(target_lengths[i])].tolist()
+                                        if t not in self.ignore_tokens]))
+            errors += edit_distance(list(ref), list(hyp))
+            total += len(ref)
+        stats.update({"char_errors": float(errors), "char_total": float(total)})
+        return stats
+
+    def metrics(self, stats: dict[str, float]) -> dict[str, float]:
+        out = super().metrics(stats)
+        if stats.get("char_total", 0) > 0:
+            out["cer"] = 100.0 * stats["char_errors"] / stats["char_total"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+_UNUSED_IN_CTC = ("quantizer.", "project_q.", "final_proj.", "target_glu.")
+
+
+def build_ctc_model(init, tokens: list[str] | None, cfg: TrainConfig):
+    """The CTC model to fine-tune from ``init``: (CTCModel, encoder family, tokens, init source).
+
+    ``init`` is a checkpoint spec or an already loaded
+    :class:`~w2vtools.models.checkpoint.LoadedModel`.
+
+    A pretrained encoder gets a new output layer over ``tokens``. A CTC model keeps
+    its output layer when ``tokens`` is None or equals its dictionary; otherwise a
+    new layer replaces it (logged). Pretraining-only parts (quantizer, projections)
+    are not trained.
+
+    Raises:
+        W2VError: ``init`` is unreadable or a downstream (feature) model.
+    """
+    from w2vtools.models.checkpoint import load_model
+    from w2vtools.models.ctc import CTCConfig, CTCModel
+
+    loaded = load_model(init) if isinstance(init, (str, os.PathLike)) else init
+    if not isinstance(init, (str, os.PathLike)):
+        init = "--init"
+    if loaded.task == "downstream":
+        raise W2VError(f"{init}: a model on stored features; continue it with --features (and --init {init})")
+    old_head = None
+    if loaded.task == "ctc":
+        encoder = loaded.model.encoder
+        if tokens is None or list(tokens) == list(loaded.dictionary or []):
+            tokens = list(loaded.dictionary or [])
+            old_head = loaded.model.proj
+        else:
+            log.warning("%s: its dictionary (%d tokens) differs from the one given (%d): new output layer",
+                        init, len(loaded.dictionary or []), len(tokens))
+    else:
+        encoder = loaded.model
+    if not tokens:
+        raise W2VError("no dictionary: pass --dict dict.ltr.txt")
+    family = loaded.family
+    overrides = dict(cfg.model.overrides)
+    ctc_cfg = CTCConfig(vocab_size=len(tokens), encoder_family=family,
+                        freeze_finetune_updates=cfg.run.freeze_updates, **overrides)
+    model = CTCModel(encoder, len(tokens), ctc_cfg)
+    if old_head is not None:
+        model.proj.load_state_dict(old_head.state_dict())
+        log.info("%s: continuing its CTC output layer (%d tokens)", init, len(tokens))
+    for name, p in model.encoder.named_parameters():
+        if name.startswith(_UNUSED_IN_CTC):
+            p.requires_grad_(False)
+    model.train()
+    return model, family, tokens, loaded.source
+
+
+def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple)):
+            out[str(k)] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
+        else:
+            out[str(k)] = str(v)
+    return out
+
+
+def feature_family(attrs: Mapping[str, Any]) -> str:
+    """What produced the features, from the file's attributes (``fbank``, ``wav2vec2``...)."""
+    return str(attrs.get("family") or attrs.get("model") or "features")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from w2vtools.fileio import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, int]) -> None:
+    from w2vtools.formats.labels import SPECIAL_SYMBOLS
+    from w2vtools.fileio import atomic_write
+
+    symbols = list(tokens[4:]) if tuple(tokens[:4]) == SPECIAL_SYMBOLS else [t for t in tokens if t not in SPECIAL_SYMBOLS]
+    with atomic_write(path) as f:
+        for s in symbols:  # the model's order, which is what matters for the output layer
+            f.write(f"{s} {int(counts.get(s, 0))}\n")
+
+
+def _check_resume_config(cfg: TrainConfig, last: Path) -> None:
+    from w2vtools.models.checkpoint import read_checkpoint
+    from w2vtools.train.trainer import find_trainer_state
+
+    data = read_checkpoint(last)
+    if data is None:
+        raise W2VError(f"{last}: not a w2v checkpoint")
+    saved = find_trainer_state(data, str(last)).get("config") or {}
+    now = cfg.to_dict()
+    diffs = [f"{sec}.{k}: {saved[sec].get(k)!r} -> {v!r}" for sec, body in now.items() if sec in saved
+             for k, v in body.items() if saved[sec].get(k) != v and k != "stop_at_update"]
+    if diffs:
+        log.warning("resuming with settings that differ from the saved run: %s", "; ".join(diffs))
+
+
+def finetune(
+    train: str | os.PathLike | None,
+    *,
+    save_dir: str | os.PathLike,
+    preset: str,
+    valid: str | os.PathLike | None = None,
+    labels: str | None = "ltr",
+    valid_labels: str | None = None,
+    dict_path: str | os.PathLike | None = None,
+    init: str | None = None,
+    features: str | None = None,
+    valid_features: str | None = None,
+    arch: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    sets: Sequence[str] = (),
+    resume: bool = False,
+    device: str | None = None,
+    print_config: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a CTC model; returns the trainer's summary (updates, last validation metrics, best WER).
+
+    Args:
+        train: the training audio list (TSV, Kaldi data dir, wav.scp); on the
+            feature route optional (it then only names utterances for ``--labels ltr``).
+        save_dir: checkpoints, ``config.yaml``, ``dict.ltr.txt``, ``log.jsonl``, ``tensorboard/``.
+        preset: :data:`CTC_PRESETS` (audio) or :data:`DOWNSTREAM_PRESETS` (features).
+        valid: the validation audio list (same kinds); optional.
+        labels: see :func:`label_lines` (default ``ltr``: ``TRAIN.ltr``).
+        valid_labels: labels of ``valid``; default: the same extension beside the
+            valid TSV, the valid data dir's text, or the same transcript file.
+        dict_path: a ``dict.ltr.txt``; default: see the module docstring.
+        init: the starting checkpoint (required on the audio route; on the feature
+            route a downstream model to continue).
+        features, valid_features: feature specs (feature route).
+        arch: ``blstm`` or ``conv`` (feature route; default from the preset: blstm).
+        config_file, sets: YAML and ``section.key=value`` overrides.
+        resume: continue ``save_dir/checkpoint_last.pt`` exactly where it stopped.
+        device: ``cpu`` or ``cuda``; None picks CUDA when available.
+        print_config: print the resolved configuration (YAML) on stdout.
+
+    Raises:
+        W2VError: bad arguments or configuration, unreadable inputs, labels that do
+            not match, nothing to train on, or nothing to resume.
+    """
+    from w2vtools.formats.corpus import read_corpus
+    from w2vtools.formats.labels import count_symbols, ctc_vocabulary, label_path, read_dictionary
+    from w2vtools.models.checkpoint import LoadedModel, load_model, read_checkpoint, save_model
+    from w2vtools.train.data import AudioDataset, stable_seed
+    from w2vtools.train.trainer import LAST, Trainer, find_trainer_state, init_distributed, seed_everything
+
+    route = "features" if features is not None else "audio"
+    if route == "audio":
+        if train is None:
+            raise W2VError("give the training audio list (TSV, Kaldi data dir or wav.scp), or --features")
+        if init is None and not resume:
+            raise W2VError("--init is needed: the pretrained (or CTC) checkpoint to fine-tune")
+        if valid_features is not None or arch is not None:
+            raise W2VError("--valid-features and --arch go with --features (the stored-feature route)")
+    else:
+        if valid is not None and valid_features is None:
+            raise W2VError("--valid names audio; on the feature route give --valid-features (and --valid for "
+                           "its labels, if they sit beside a TSV)")
+    train = None if train is None else str(train)
+    valid = None if valid is None else str(valid)
+    cfg = resolve_finetune_config(route, preset, arch=arch, config_file=config_file, sets=list(sets))
+    save_dir = Path(save_dir)
+    last = save_dir / LAST
+    if resume and not last.is_file():
+        raise W2VError(f"--resume: {last} does not exist (nothing to resume)")
+    if not resume and last.is_file():
+        raise W2VError(f"{save_dir} already holds {LAST}; pass --resume to continue it, or use another --save-dir")
+    if resume:
+        _check_resume_config(cfg, last)
+    dist_info = init_distributed(device)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+
+    # ---- labels
+    train_utts = read_corpus(train) if train is not None else None
+    train_lines = label_lines(train, train_utts, labels)
+    if valid_labels is None and labels is not None and not _is_extension(labels):
+        if not (Path(labels).suffix in (".ltr", ".wrd")):
+            valid_labels = labels  # a transcript table keyed by id may cover both sets
+    if valid_labels is None and labels is not None and _is_extension(labels):
+        valid_labels = labels
+    valid_utts = read_corpus(valid) if valid is not None else None
+    want_valid = valid is not None or valid_features is not None
+    if want_valid and valid_labels is None and valid_utts is None:
+        raise W2VError("--valid-labels is needed for --valid-features (a transcript file keyed by utterance id)")
+    valid_lines = label_lines(valid, valid_utts, valid_labels) if want_valid else None
+
+    # ---- dictionary
+    resumed = load_model(str(last)) if resume else None
+    init_loaded = load_model(init) if init is not None and resumed is None else None
+    tokens: list[str] | None = None
+    if resumed is not None:
+        tokens = list(resumed.dictionary or [])
+    elif dict_path is not None:
+        tokens = ctc_vocabulary(read_dictionary(dict_path))
+    elif init_loaded is not None and init_loaded.task in ("ctc", "downstream") and init_loaded.dictionary:
+        tokens = list(init_loaded.dictionary)
+    if tokens is None and labels is not None and _is_extension(labels) and _is_tsv(train):
+        beside = label_path(train, labels).with_name(f"dict.{'ltr' if labels == 'wrd' else labels}.txt")
+        if beside.is_file():
+            tokens = ctc_vocabulary(read_dictionary(beside))
+            log.info("dictionary: %s (%d tokens)", beside, len(tokens))
+    counts = count_symbols(train_lines.values())
+    if tokens is None:
+        tokens = ctc_vocabulary(build_symbols(train_lines))
+        log.info("dictionary: %d symbols counted over the training labels", len(tokens) - 4)
+    if not _dictionary_case(tokens):
+        # a lower-case dictionary (some Hugging Face vocabularies): derive lower-case letters
+        train_lines = {u: s.lower() for u, s in train_lines.items()}
+        valid_lines = None if valid_lines is None else {u: s.lower() for u, s in valid_lines.items()}
+        counts = count_symbols(train_lines.values())
+    train_targets = encode_labels(train_lines, tokens, name="train")
+    valid_targets = encode_labels(valid_lines, tokens, name="valid") if valid_lines is not None else None
+
+    yaml_text = cfg.to_yaml()
+    if dist_info.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if print_config:
+            sys.stdout.write(yaml_text)
+            sys.stdout.flush()
+        _write_text_atomic(save_dir / "config.yaml", yaml_text)
+        _write_dictionary(save_dir / "dict.ltr.txt", tokens, counts)
+
+    seed_everything(stable_seed(cfg.run.seed, "init"))
+    d = cfg.data
+    if route == "audio":
+        if resumed is not None:
+            if resumed.task != "ctc":
+                raise W2VError(f"{last}: not a CTC model (task {resumed.task})")
+            model, family = resumed.model, resumed.family
+            model.train()
+        else:
+            model, family, tokens_used, _ = build_ctc_model(init_loaded, tokens, cfg)
+            if tokens_used != tokens:
+                raise W2VError("internal: dictionary changed while building the model")
+        rate = int(model.sample_rate)
+        if rate != d.sample_rate:
+            log.info("data.sample_rate: %d Hz (the model's rate)", rate)
+            d.sample_rate = rate
+        train_set = AudioDataset(train_utts, sample_rate=rate, min_sample_size=d.min_sample_size,
+                                 max_sample_size=d.max_sample_size, pad=True, labels=train_targets,
+                                 seed=cfg.run.seed, name="train")
+        valid_set = None
+        if valid_utts is not None:
+            valid_set = AudioDataset(valid_utts, sample_rate=rate, min_sample_size=d.min_sample_size,
+                                     max_sample_size=d.max_sample_size, pad=True, labels=valid_targets,
+                                     seed=cfg.run.seed, name="valid")
+        task = "ctc"
+        config_of = lambda core: core.cfg  # noqa: E731
+        encoder_prefix = "encoder.feature_extractor."
+    else:
+        from w2vtools.models.downstream import DownstreamModel, downstream_config
+        from w2vtools.train.features_data import FeatureDataset
+
+        train_set = FeatureDataset(features, train_targets, min_frames=d.min_sample_size,
+                                   max_frames=d.max_sample_size, name="train")
+        valid_set = None
+        if valid_features is not None:
+            valid_set = FeatureDataset(valid_features, valid_targets, min_frames=d.min_sample_size,
+                                       max_frames=d.max_sample_size, name="valid")
+            if valid_set.dim != train_set.dim:
+                raise W2VError(f"{valid_features}: {valid_set.dim}-dimensional features, training ones are "
+                               f"{train_set.dim}-dimensional")
+        d.sample_rate = max(1, int(round(train_set.frame_rate)))  # "samples" are frames here
+        family = feature_family(train_set.attrs)
+        if resumed is not None:
+            model = resumed.model
+        elif init_loaded is not None:
+            loaded = init_loaded
+            if loaded.task != "downstream":
+                raise W2VError(f"{init}: a {loaded.task} model; the feature route continues downstream models only")
+            model = loaded.model
+            if model.cfg.input_dim != train_set.dim:
+                raise W2VError(f"{init}: takes {model.cfg.input_dim}-dimensional features, {features} has "
+                               f"{train_set.dim}")
+            if list(loaded.dictionary or []) != tokens:
+                raise W2VError(f"{init}: its dictionary differs from this run's")
+        else:
+            try:
+                mcfg = downstream_config(cfg.model.arch, cfg.model.model_preset, input_dim=train_set.dim,
+                                         vocab_size=len(tokens), frame_shift=train_set.frame_shift,
+                                         features=_plain_attrs(train_set.attrs), **cfg.model.overrides)
+            except (TypeError, ValueError) as e:
+                raise W2VError(f"model settings: {e}") from None
+            model = DownstreamModel(mcfg)
+            model.set_normalization(train_set.mean, train_set.std)
+        model.train()
+        task = "downstream"
+        config_of = lambda core: core.cfg  # noqa: E731
+        encoder_prefix = "\0"  # nothing frozen
+
+    def save_fn(path: str, core: torch.nn.Module, extra: dict) -> None:
+        save_model(path, LoadedModel(family=family, task=task, model=core, config=config_of(core),
+                                     dictionary=list(tokens)), extra=extra)
+
+    def load_fn(path: str) -> tuple[dict, dict]:
+        data = read_checkpoint(path)
+        if data is None:
+            raise W2VError(f"{path}: not a w2v checkpoint")
+        return data["state_dict"], find_trainer_state(data, path)
+
+    objective = FinetuneObjective(sentence_avg=True, dictionary=tokens, word_separator="|",
+                                  ignore_tokens=_ignored(tokens))
+    trainer = Trainer(
+        model, objective, cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
+        save_fn=save_fn, load_fn=load_fn, dist_info=dist_info, feature_encoder_prefix=encoder_prefix,
+    )
+    try:
+        summary = trainer.train(resume=str(last) if resume else None)
+    finally:
+        if dist_info.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return summary
+
+
+def _ignored(tokens: Sequence[str]) -> tuple[int, ...]:
+    """Token ids left out of error counting: blank (0) and the sequence markers."""
+    return tuple(sorted({0} | {i for i, t in enumerate(tokens) if t in ("<pad>", "</s>", "<s>")}))

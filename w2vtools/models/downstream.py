@@ -1,0 +1,332 @@
+"""CTC acoustic models on stored features: wav2letter-style convolutions or a BiLSTM.
+
+The input is a ``(B, T, D)`` matrix of frozen features, as ``w2v featurize``
+stores them (wav2vec ``c``/``z``, any wav2vec 2.0 layer, or the fbank/MFCC
+baseline); the output is ``(B, T, V)`` CTC logits over letters at the same frame
+rate (every convolution has stride 1), with fairseq's token order (``<s>`` =
+blank at index 0, ``<pad>``, ``</s>``, ``<unk>``, then the dictionary).
+
+Two architectures, one module:
+
+* ``conv``: a wav2letter-style stack of 1-D convolutions with gated linear units
+  (Collobert et al. 2016, Liptchinsky et al. 2017), each ``Conv1d(k) -> GLU ->
+  dropout``, then a linear layer to the tokens;
+* ``blstm``: a convolutional front-end (same blocks, stride 1) and a
+  bidirectional LSTM (packed, so padding never reaches it), then a linear layer.
+
+Inputs are normalized with per-dimension mean and standard deviation measured on
+the training features; both are buffers of the model, so a saved model carries
+them and decoding applies them. Padded frames are zeroed before every
+convolution, so an utterance gets the same output alone or in a batch.
+
+Example:
+    >>> cfg = DownstreamConfig(arch="blstm", input_dim=80, vocab_size=32,
+    ...                        conv_channels=[64], conv_kernels=[5], lstm_hidden=32, lstm_layers=2)
+    >>> model = DownstreamModel(cfg).eval()
+    >>> logits, mask = model(torch.randn(2, 50, 80), None)
+    >>> logits.shape
+    torch.Size([2, 50, 32])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHES = ("blstm", "conv")
+
+
+@dataclass
+class DownstreamConfig:
+    """A downstream CTC model on stored features.
+
+    Attributes:
+        arch: ``blstm`` (conv front-end + bidirectional LSTM) or ``conv`` (GLU convolutions only).
+        input_dim: feature dimension D.
+        vocab_size: CTC outputs, the blank (index 0) included.
+        conv_channels: output channels of each convolution block (after the GLU).
+        conv_kernels: kernel width of each block (odd: the output keeps the input length).
+        lstm_hidden: LSTM units per direction (``blstm``).
+        lstm_layers: stacked bidirectional LSTM layers (``blstm``).
+        dropout: after the input normalization, every block and LSTM layer, and before the output layer.
+        time_mask_prob, time_mask_length: training-time SpecAugment-style time masks:
+            each frame starts a masked span of ``time_mask_length`` frames with this
+            probability (0 = off).
+        channel_mask_prob, channel_mask_length: the same over feature dimensions.
+        frame_shift: seconds per frame (0.01 for fbank/MFCC, 0.02 for wav2vec 2.0).
+        features: what the features are (``model``, ``output``, ``layer``, ``dim``...
+            as the feature file records them), so a decoder can tell what to feed.
+    """
+
+    arch: str = "blstm"
+    input_dim: int = 80
+    vocab_size: int = 32
+    conv_channels: list[int] = field(default_factory=lambda: [256])
+    conv_kernels: list[int] = field(default_factory=lambda: [5])
+    lstm_hidden: int = 256
+    lstm_layers: int = 2
+    dropout: float = 0.2
+    time_mask_prob: float = 0.0
+    time_mask_length: int = 5
+    channel_mask_prob: float = 0.0
+    channel_mask_length: int = 8
+    frame_shift: float = 0.01
+    features: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHES:
+            raise ValueError(f"arch {self.arch!r}: choose {' or '.join(ARCHES)}")
+        self.conv_channels = [int(c) for c in self.conv_channels]
+        self.conv_kernels = [int(k) for k in self.conv_kernels]
+        if len(self.conv_channels) != len(self.conv_kernels):
+            raise ValueError(
+                f"conv_channels ({len(self.conv_channels)}) and conv_kernels ({len(self.conv_kernels)}) differ in length"
+            )
+        if any(k < 1 or k % 2 == 0 for k in self.conv_kernels):
+            raise ValueError(f"conv_kernels {self.conv_kernels}: every width must be odd (stride 1, same length)")
+        if self.arch == "conv" and not self.conv_channels:
+            raise ValueError("a conv model needs at least one convolution (conv_channels)")
+        if self.arch == "blstm" and (self.lstm_layers < 1 or self.lstm_hidden < 1):
+            raise ValueError("a blstm model needs lstm_layers >= 1 and lstm_hidden >= 1")
+        if self.input_dim < 1 or self.vocab_size < 2:
+            raise ValueError(f"input_dim {self.input_dim} / vocab_size {self.vocab_size} too small")
+
+
+# Architecture presets: field values on top of the dataclass defaults.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "blstm": {
+        # 3 x 512 BiLSTM behind one 5-wide GLU convolution: a classic CTC acoustic model size.
+        "base": {"conv_channels": [512], "conv_kernels": [5], "lstm_hidden": 512, "lstm_layers": 3, "dropout": 0.3},
+        # minutes on 2 CPU cores (FSDD digits)
+        "tiny": {"conv_channels": [64], "conv_kernels": [3], "lstm_hidden": 64, "lstm_layers": 2, "dropout": 0.1},
+    },
+    "conv": {
+        # wav2letter-like widening GLU stack at stride 1 (receptive field 0.4 s at 10 ms frames)
+        "base": {"conv_channels": [256, 256, 384, 384, 512, 512, 768, 768],
+                 "conv_kernels": [11, 11, 13, 13, 15, 15, 17, 1], "dropout": 0.25},
+        "tiny": {"conv_channels": [64, 64, 64, 96], "conv_kernels": [5, 5, 7, 1], "dropout": 0.1},
+    },
+}
+
+
+def downstream_config(arch: str, preset: str = "tiny", **overrides: Any) -> DownstreamConfig:
+    """A :class:`DownstreamConfig` from an architecture preset and field overrides.
+
+    Example:
+        >>> downstream_config("conv", "tiny", input_dim=13, vocab_size=20).conv_kernels
+        [5, 5, 7, 1]
+    """
+    if arch not in PRESETS:
+        raise ValueError(f"arch {arch!r}: choose {' or '.join(ARCHES)}")
+    if preset not in PRESETS[arch]:
+        raise ValueError(f"no {arch} preset {preset!r} (known: {', '.join(PRESETS[arch])})")
+    names = {f.name for f in dataclasses.fields(DownstreamConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a DownstreamConfig field (known: {', '.join(sorted(names))})")
+    return DownstreamConfig(arch=arch, **{**PRESETS[arch][preset], **overrides})
+
+
+class _GLUConv(nn.Module):
+    """Conv1d (stride 1, same length) -> GLU -> dropout, on (B, C, T)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, 2 * out_dim, kernel, padding=kernel // 2)
+        self.glu = nn.GLU(dim=1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.glu(self.conv(x)))
+
+
+def _span_mask(shape: tuple[int, int], prob: float, length: int, valid: torch.Tensor | None,
+               device: torch.device) -> torch.Tensor:
+    """(B, N) bool: spans of ``length`` starting at each position with probability ``prob``."""
+    batch, n = shape
+    starts = torch.rand(batch, n, device=device) < prob
+    if valid is not None:
+        starts &= valid
+    if not starts.any():
+        return starts
+    # a position is masked when a span started within the previous `length` positions
+    kernel = torch.ones(1, 1, length, device=device)
+    covered = torch.nn.functional.conv1d(starts.float()[:, None], kernel, padding=length - 1)[:, 0, :n]
+    return covered > 0
+
+
+class DownstreamModel(nn.Module):
+    """Stored features -> CTC logits (see the module docstring).
+
+    Args:
+        cfg: the architecture.
+
+    Example:
+        >>> m = DownstreamModel(downstream_config("conv", "tiny", input_dim=80, vocab_size=16))
+        >>> m(torch.zeros(1, 30, 80))[0].shape
+        torch.Size([1, 30, 16])
+    """
+
+    def __init__(self, cfg: DownstreamConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.input_dim
+        self.register_buffer("feature_mean", torch.zeros(d))
+        self.register_buffer("feature_std", torch.ones(d))
+        self.input_dropout = nn.Dropout(cfg.dropout)
+        blocks = []
+        dim = d
+        for channels, kernel in zip(cfg.conv_channels, cfg.conv_kernels):
+            blocks.append(_GLUConv(dim, channels, kernel, cfg.dropout))
+            dim = channels
+        self.convs = nn.ModuleList(blocks)
+        self.lstm = None
+        if cfg.arch == "blstm":
+            self.lstm = nn.LSTM(
+                dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, bidirectional=True, batch_first=True,
+                dropout=cfg.dropout if cfg.lstm_layers > 1 else 0.0,
+            )
+            dim = 2 * cfg.lstm_hidden
+        self.final_dropout = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(dim, cfg.vocab_size)
+        self.num_updates = 0
+
+    @property
+    def config(self) -> DownstreamConfig:
+        return self.cfg
+
+    @property
+    def frame_shift(self) -> float:
+        return float(self.cfg.frame_shift)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.cfg.input_dim)
+
+    def num_frames(self, num_input_frames: int) -> int:
+        """Every layer keeps the length: one output frame per input frame."""
+        return int(num_input_frames)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = num_updates
+
+    @torch.no_grad()
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the training features' per-dimension mean and standard deviation."""
+        if mean.shape != (self.cfg.input_dim,) or std.shape != (self.cfg.input_dim,):
+            raise ValueError(f"normalization statistics must have shape ({self.cfg.input_dim},)")
+        self.feature_mean.copy_(mean.to(self.feature_mean))
+        self.feature_std.copy_(std.clamp_min(1e-5).to(self.feature_std))
+
+    def _augment(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.cfg
+        valid = None if padding_mask is None else ~padding_mask
+        if cfg.time_mask_prob > 0:
+            tmask = _span_mask(x.shape[:2], cfg.time_mask_prob, cfg.time_mask_length, valid, x.device)
+            x = x.masked_fill(tmask[..., None], 0.0)
+        if cfg.channel_mask_prob > 0:
+            cmask = _span_mask((x.shape[0], x.shape[2]), cfg.channel_mask_prob, cfg.channel_mask_length, None,
+                               x.device)
+            x = x.masked_fill(cmask[:, None, :], 0.0)
+        return x
+
+    def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """(B, T, D) features -> ((B, T, V) logits, the (B, T) padding mask unchanged).
+
+        Args:
+            source: features as stored (normalized here).
+            padding_mask: (B, T) bool, True at padded frames; None when nothing is padded.
+        """
+        if source.dim() != 3 or source.shape[-1] != self.cfg.input_dim:
+            raise ValueError(f"expected (B, T, {self.cfg.input_dim}) features, got {tuple(source.shape)}")
+        x = (source.float() - self.feature_mean) / self.feature_std
+        keep = None if padding_mask is None else (~padding_mask)[..., None]
+        if keep is not None:
+            x = x * keep
+        if self.training:
+            x = self._augment(x, padding_mask)
+        x = self.input_dropout(x)
+        x = x.transpose(1, 2)  # (B, D, T)
+        for block in self.convs:
+            if keep is not None:
+                x = x * keep.transpose(1, 2)  # padding must not leak into real frames
+            x = block(x)
+        x = x.transpose(1, 2)  # (B, T, C)
+        if self.lstm is not None:
+            total = x.shape[1]
+            if padding_mask is not None:
+                lengths = (~padding_mask).sum(dim=1).clamp_min(1).cpu()
+                packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+                out, _ = self.lstm(packed)
+                x, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=total)
+            else:
+                x, _ = self.lstm(x)
+        x = self.final_dropout(x)
+        return self.proj(x), padding_mask
+
+
+def feature_log_probs(model: DownstreamModel, features: str, *, device: str = "cpu", batch_frames: int = 20_000,
+                      shard: tuple[int, int] | None = None):
+    """Run a downstream model over a feature file: yields ``(uid, (T, V) log-probabilities)`` in file order.
+
+    Utterances are batched up to ``batch_frames`` padded frames; each result is
+    cut to its own length (the same as decoding it alone).
+
+    Args:
+        model: a :class:`DownstreamModel` (e.g. ``load_model(path).model``).
+        features: any :func:`w2vtools.formats.features.open_features` spec.
+        device: where the model runs.
+        batch_frames: bound on items x longest item per batch.
+        shard: ``(k, n)``: only the k-th (1-based) of n contiguous parts of the ids.
+
+    Raises:
+        W2VError: unreadable features or a dimension the model does not take.
+
+    Example:
+        >>> for uid, lp in feature_log_probs(load_model("exp/blstm/checkpoint_best.pt").model,
+        ...                                  "feats/test.h5"):   # doctest: +SKIP
+        ...     print(uid, lp.shape)
+    """
+    from w2vtools.errors import W2VError
+    from w2vtools.formats.features import open_features
+
+    model = model.to(device).eval()
+    reader = open_features(features)
+    try:
+        keys = reader.keys()
+        if shard is not None:
+            k, n = shard
+            per = -(-len(keys) // n)
+            keys = keys[(k - 1) * per: k * per]
+        batch: list[tuple[str, torch.Tensor]] = []
+
+        def run(items):
+            longest = max(x.shape[0] for _, x in items)
+            source = torch.zeros(len(items), longest, model.input_dim)
+            mask = torch.ones(len(items), longest, dtype=torch.bool)
+            for row, (_, x) in enumerate(items):
+                source[row, : x.shape[0]] = x
+                mask[row, : x.shape[0]] = False
+            with torch.inference_mode():
+                logits, _ = model(source.to(device), mask.to(device) if mask.any() else None)
+                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, (uid, x) in enumerate(items):
+                yield uid, lp[row, : x.shape[0]]
+
+        for uid in keys:
+            x = torch.as_tensor(reader[uid], dtype=torch.float32)
+            if x.ndim != 2 or x.shape[1] != model.input_dim:
+                raise W2VError(f"{features}: {uid!r} has shape {tuple(x.shape)}; the model takes "
+                               f"(T, {model.input_dim}) features")
+            if batch and (len(batch) + 1) * max(x.shape[0], max(b.shape[0] for _, b in batch)) > batch_frames:
+                yield from run(batch)
+                batch = []
+            batch.append((uid, x))
+        if batch:
+            yield from run(batch)
+    finally:
+        reader.close()
