@@ -142,6 +142,18 @@ def test_lexicon_free_beam_without_lm_matches_viterbi_here(emissions_dir, expect
     assert out == f"{UID} {expected}\n"
 
 
+def test_lexicon_free_beam_with_a_letter_lm(emissions_dir, expected, shared_data, tmp_path, kenlm_tools, w2v):
+    # open vocabulary: PICNIC is not in the LM text, and no lexicon is needed to spell it
+    w2v("lm", shared_data / "ljspeech" / "lm_text.txt", "--units", "letter", "--order", "6", "-o", tmp_path / "l6.bin",
+        "--dict", emissions_dir / "dict.ltr.txt")
+    out = w2v("decode", "--emissions", emissions_dir, "--decoder", "beam", "--lm", tmp_path / "l6.bin",
+              "--lm-weight", "1", "--word-score", "0").stdout
+    assert out == f"{UID} {expected}\n"
+    ppl = w2v("lm", "--eval", emissions_dir / f"{UID}.expected.txt", "--lm", tmp_path / "l6.bin", "--units", "letter",
+              "--dict", emissions_dir / "dict.ltr.txt").stdout
+    assert float(ppl.split()[1]) < 10  # letters given 5 letters of context are predictable
+
+
 def _perturbed(logits: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (logits + rng.normal(0, 0.5, logits.shape)).astype(np.float32)

@@ -19,9 +19,10 @@ Decoders:
 * ``viterbi``: best class per frame, repeats merged, blanks dropped (pure torch).
 * ``kenlm``: torchaudio's flashlight ``ctc_decoder`` constrained by a lexicon
   (``WORD t1 t2 ... |`` lines) with a word-level KenLM (ARPA or binary).
-* ``beam``: the same beam search without a lexicon; with ``--lm`` the KenLM must be
-  over the model's tokens (letters, ``|`` between words), without one it is a plain
-  CTC prefix beam search.
+* ``beam``: the same beam search without a lexicon (open vocabulary); with ``--lm``
+  the KenLM must be over the model's tokens (``H E L L O |``: ``w2v lm --units
+  letter``), without one it is a plain CTC prefix beam search. A word-level KenLM
+  needs ``kenlm`` (flashlight's lexicon-free decoder would query it with letters).
 
 Token conventions are fairseq's: ``<s>`` (index 0) is the blank, ``|`` the word
 boundary, ``<unk>`` the unknown word.

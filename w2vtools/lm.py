@@ -11,6 +11,8 @@
   ``<repo>/tools/bin`` (``tools/install_kenlm.sh`` builds them there).
 * :func:`write_lexicon`: ``WORD W O R D |`` for every word spellable with the
   dictionary, the lexicon format of flashlight/torchaudio's ``ctc_decoder``.
+* ``units="letter"``: the LM is over the CTC tokens (``H E L L O |``), for the
+  lexicon-free beam search (``w2v decode --decoder beam --lm``); orders up to 6.
 * :func:`evaluate_lm`: perplexity and OOV rate of a text under a model (KenLM's
   Python module), counted as KenLM's ``query`` counts them (``</s>`` included).
 
@@ -163,6 +165,18 @@ def normalize_line(line: str, alphabet: set[str], report: NormalizeReport | None
     return " ".join(out_words)
 
 
+def to_letter_units(line: str) -> str:
+    """Words as the CTC tokens that spell them, ``|`` after each word (fairseq's ``.ltr`` form).
+
+    A KenLM over these units is what flashlight's lexicon-free decoder queries.
+
+    Example:
+        >>> to_letter_units("HI THERE")
+        'H I | T H E R E |'
+    """
+    return " ".join(" ".join(w) + " " + WORD_BOUNDARY for w in line.split())
+
+
 def spellable(word: str, alphabet: set[str]) -> bool:
     """True when every character of ``word`` is in ``alphabet``."""
     return bool(word) and all(c in alphabet for c in word)
@@ -210,6 +224,7 @@ def build_lm(
     extra_words: Iterable[str] = (),
     prune: Iterable[int] = (),
     normalize: bool = True,
+    units: str = "word",
     normalized_output: str | None = None,
     memory: str = "10%",
     discount_fallback: bool = False,
@@ -236,6 +251,10 @@ def build_lm(
 
     if order < 1 or order > 6:
         raise W2VError(f"--order {order}: KenLM here is built for orders 1 to 6")
+    if units not in ("word", "letter"):
+        raise W2VError(f"--units must be word or letter, got {units!r}")
+    if units == "letter" and lexicon:
+        raise W2VError("--units letter builds a token-level LM for lexicon-free decoding: it has no lexicon")
     if lexicon and not dict_path:
         raise W2VError("--lexicon needs --dict (the dictionary whose tokens spell the words)")
     if binary_type not in ("probing", "trie"):
@@ -264,6 +283,8 @@ def build_lm(
                     report.lines += 1
                     report.words += len(line.split()) if line else 0
                 if line:
+                    if units == "letter":
+                        line = to_letter_units(line)
                     fout.write(line + "\n")
                     counts.update(line.split())
         report.log("<stdin>" if text == "-" else text)
@@ -276,7 +297,9 @@ def build_lm(
         cmd = [lmplz, "-o", str(order), "--text", str(norm_path), "--arpa", str(arpa), "-S", memory, "-T", tmp]
         if prune:
             cmd += ["--prune", *map(str, prune)]
-        if discount_fallback:
+        # A few dozen letter types never give Kneser-Ney the count-of-counts it needs for
+        # 1-grams: letter LMs always use lmplz's fallback discounts.
+        if discount_fallback or units == "letter":
             cmd += ["--discount_fallback"]
         _run(cmd, "lmplz")
         final_tmp = Path(tmp) / "final"
@@ -332,8 +355,11 @@ class Evaluation:
         )
 
 
-def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None) -> Evaluation:
+def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None, units: str = "word") -> Evaluation:
     """Perplexity and OOV rate of ``text`` (normalized with ``dict_path``'s alphabet when given).
+
+    With ``units="letter"`` the text is scored as letter units (see :func:`to_letter_units`),
+    and "words" in the counts are those units.
 
     Example:
         >>> print(evaluate_lm("test.txt", "lm.bin").format())   # doctest: +SKIP
@@ -355,6 +381,8 @@ def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None) -> Evaluati
     with open_input(text) as f:
         for line in f:
             line = normalize_line(line, alphabet) if alphabet is not None else " ".join(line.split())
+            if units == "letter":
+                line = to_letter_units(line)
             if not line:
                 continue
             sentences += 1

@@ -9,6 +9,8 @@ Examples:
   # a pruned 4-gram (binary) and the lexicon of every word spellable with the dictionary
   w2v lm data/lm_text.txt --order 4 --prune '0 0 1' -o exp/lm.bin \\
       --dict data/dict.ltr.txt --lexicon exp/lexicon.txt
+  # a 6-gram over letters for lexicon-free beam search
+  w2v lm data/lm_text.txt --units letter --order 6 -o exp/letter6.bin --dict data/dict.ltr.txt
   # perplexity and OOV rate of held-out text
   w2v lm --eval data/test.txt --lm exp/lm.bin --dict data/dict.ltr.txt
 """
@@ -35,10 +37,13 @@ Examples:
 @click.option("--memory", default="10%", show_default=True, help="lmplz/build_binary memory (-S): 10%, 2G, ...")
 @click.option("--discount-fallback", is_flag=True, help="Let lmplz use fallback discounts on tiny texts.")
 @click.option("--binary-type", type=click.Choice(["probing", "trie"]), default="probing", show_default=True)
+@click.option("--units", type=click.Choice(["word", "letter"]), default="word", show_default=True,
+              help="word: a word LM (with --lexicon for `decode --decoder kenlm`); letter: an LM over the CTC tokens "
+              "(H E L L O |) for the lexicon-free `decode --decoder beam --lm`.")
 @click.option("--eval", "eval_text", metavar="TEXT", help="Evaluate --lm on this text instead of building.")
 @click.option("--lm", "lm_path", type=click.Path(dir_okay=False), help="Model to evaluate (with --eval).")
 def command(text, order, output, prune, dict_path, lexicon, lexicon_words, no_normalize, normalized_text, memory,
-            discount_fallback, binary_type, eval_text, lm_path):
+            discount_fallback, binary_type, units, eval_text, lm_path):
     """Build an n-gram LM from TEXT (one sentence a line, `-` = stdin) with KenLM's
     lmplz and build_binary, normalizing it to the --dict alphabet first (case,
     punctuation; words with digits or foreign characters are kept as they are
@@ -56,7 +61,7 @@ def command(text, order, output, prune, dict_path, lexicon, lexicon_words, no_no
             raise W2VError("--eval needs --lm MODEL")
         from w2vtools.lm import evaluate_lm
 
-        click.echo(evaluate_lm(eval_text, lm_path, dict_path=dict_path).format())
+        click.echo(evaluate_lm(eval_text, lm_path, dict_path=dict_path, units=units).format())
         return
     if text is None or output is None:
         raise W2VError("give TEXT and -o MODEL to build an LM (or --eval TEXT --lm MODEL)")
@@ -71,5 +76,5 @@ def command(text, order, output, prune, dict_path, lexicon, lexicon_words, no_no
     build_lm(
         text, output, order=order, dict_path=dict_path, lexicon=lexicon, extra_words=lexicon_words,
         prune=prune_counts, normalize=not no_normalize, normalized_output=normalized_text, memory=memory,
-        discount_fallback=discount_fallback, binary_type=binary_type,
+        discount_fallback=discount_fallback, binary_type=binary_type, units=units,
     )
