@@ -274,6 +274,8 @@ class BeamSearch:
             raise W2VError(f"cannot build the beam-search decoder ({opts.lm or 'no LM'}): {e}") from None
 
     def __call__(self, log_probs: torch.Tensor) -> list[Hypothesis]:
+        if log_probs.shape[0] == 0:
+            return [Hypothesis([], 0.0, [])]
         frames = skip_blank_runs(log_probs, self.opts.blank_skip)
         emissions = log_probs[frames].to(torch.float32).contiguous().unsqueeze(0)
         lengths = torch.tensor([emissions.shape[1]], dtype=torch.int32)
@@ -336,6 +338,8 @@ def open_emissions(spec: str, *, dict_path: str | None = None, frame_shift: floa
     from w2vtools.featurize import select_shard
 
     p = Path(spec)
+    if not p.exists() and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
+        raise W2VError(f"{spec}: no such file or directory")
     tokens = _tokens_from_dict(dict_path, spec)
     if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):
         files = [p] if p.suffix == ".npy" else sorted(p.glob("*.npy"))
