@@ -127,8 +127,8 @@ def test_ctm_times_follow_the_viterbi_alignment(emissions_dir, tmp_path, w2v):
         assert tokens[ids[first - 1]] != word[0] or first == 0
 
 
-def test_lexicon_is_checked_against_the_dictionary(emissions_dir, tmp_path, w2v, lm_and_lexicon):
-    lm, _ = lm_and_lexicon
+def test_lexicon_is_checked_against_the_dictionary(emissions_dir, tmp_path, w2v):
+    lm = tmp_path / "lm.bin"  # never opened: the lexicon is checked first
     lex = tmp_path / "lexicon.txt"
     lex.write_text("HELLO H E L L O |\nMÜLLER M Ü L L E R |\nNAÏVE N A Ï V E |\n")
     proc = w2v("decode", "--emissions", emissions_dir, "--decoder", "kenlm", "--lexicon", lex, "--lm", lm, check=False)
