@@ -157,16 +157,16 @@ def test_outputs_config_checkpoints_and_errors(corpus, one_proc_uf2, tmp_path, w
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "arch,preset,negatives",
-    [("wav2vec2", "tiny", 20), ("vq-wav2vec", "tiny", 10), ("wav2vec", "tiny", 10)],
+    "arch,preset,negatives,updates",
+    [("wav2vec2", "tiny", 20, 150), ("vq-wav2vec", "tiny", 10, 80), ("wav2vec", "tiny", 10, 80)],
 )
-def test_tiny_presets_learn_above_chance(arch, preset, negatives, fsdd, tmp_path):
+def test_tiny_presets_learn_above_chance(arch, preset, negatives, updates, fsdd, tmp_path):
     files = sorted(fsdd.glob("*.wav"))
     train = _manifest(tmp_path / "train.tsv", [p for p in files if int(p.stem.split("_")[2]) >= 5][::3], fsdd)
     valid = _manifest(tmp_path / "valid.tsv", [p for p in files if int(p.stem.split("_")[2]) < 5][::3], fsdd)
     out = tmp_path / "run"
     pretrain_cli(train, "--valid", valid, "--save-dir", out, "--arch", arch, "--preset", preset,
-                 "--max-update", "80", "--threads", "2", "--set", "run.valid_interval=40",
+                 "--max-update", str(updates), "--threads", "2", "--set", f"run.valid_interval={updates // 2}",
                  "--set", "optim.warmup_updates=10")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     valid_rec = [r for r in records if r["kind"] == "valid"][-1]

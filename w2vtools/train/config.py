@@ -247,17 +247,19 @@ _W2V2_TINY = {
     "model": {
         "arch": "wav2vec2",
         "model_preset": "tiny",
-        "overrides": {"diversity_weight": 0.1, "feature_pen_weight": 10.0, "latent_temp": [2.0, 0.5, 0.995]},
+        # A high peak lr and a light diversity weight let the tiny model leave the
+        # log2(K+1) plateau within ~100 updates on FSDD (0.1 keeps it there for hundreds).
+        "overrides": {"diversity_weight": 0.05, "feature_pen_weight": 10.0, "latent_temp": [2.0, 0.5, 0.995]},
     },
     "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
     "optim": {
-        "lr": 1e-3,
+        "lr": 5e-3,
         "betas": [0.9, 0.98],
         "eps": 1e-6,
         "weight_decay": 0.01,
         "max_update": 300,
         "schedule": "polynomial",
-        "warmup_updates": 30,
+        "warmup_updates": 15,
         "clip_norm": 10.0,
     },
     "run": {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"},
