@@ -39,7 +39,6 @@ import collections
 import dataclasses
 import itertools
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -465,9 +464,10 @@ def write_details(result: ScoreResult, out_dir: str | os.PathLike, utt2spk: Mapp
             sent, words, corr, sub, dele, ins, serr = (int(x) for x in row)
             raw = (sent, words, corr, sub, dele, ins, sub + dele + ins, serr)
             f.write(f"{spk:<{width}}  raw  " + " ".join(f"{v:>9d}" for v in raw) + "\n")
-            pct = [100.0 * v / words if words else math.nan for v in (corr, sub, dele, ins, sub + dele + ins)]
-            pct.append(100.0 * serr / sent if sent else math.nan)
-            f.write(f"{spk:<{width}}  sys  {sent:>9d} {words:>9d} " + " ".join(f"{v:>9.2f}" for v in pct) + "\n")
+            # percentages rounded as compute-wer rounds them (through a C float)
+            pct = [_kaldi_percent(v, words) for v in (corr, sub, dele, ins, sub + dele + ins)]
+            pct.append(_kaldi_percent(serr, sent))
+            f.write(f"{spk:<{width}}  sys  {sent:>9d} {words:>9d} " + " ".join(f"{v:>9}" for v in pct) + "\n")
     with atomic_write(out / "ops") as f:
         for kind in ("substitution", "deletion", "insertion"):
             for (a, b), n in sorted(ops_count[kind].items(), key=lambda kv: (-kv[1], kv[0])):
