@@ -13,7 +13,8 @@
 #
 # Environment:
 #   KENLM_PREFIX  where the binaries go (default: <repo>/tools/bin)
-#   PYTHON        the python whose pip downloads the sdist (default: python3)
+#   PYTHON        the python whose pip downloads the sdist (default: the first of the active
+#                 virtual environment, <repo>/.venv and python3 that has pip)
 #
 # Example:
 #   tools/install_kenlm.sh && export PATH=$PWD/tools/bin:$PATH && lmplz --help
@@ -23,7 +24,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 prefix="${KENLM_PREFIX:-$here/bin}"
 work="$here/kenlm"
-python="${PYTHON:-python3}"
+python=""
 force=0
 use_apt=1
 jobs="$(nproc 2>/dev/null || echo 2)"
@@ -77,10 +78,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+pick_python() {
+  local c
+  for c in "${PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" "$here/../.venv/bin/python" python3; do
+    [ -n "$c" ] || continue
+    if "$c" -m pip --version >/dev/null 2>&1; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
 mkdir -p "$work"
 sdist="$(ls "$work"/kenlm-*.tar.gz 2>/dev/null | head -n1 || true)"
 if [ -z "$sdist" ]; then
-  echo "install_kenlm.sh: downloading the kenlm source distribution from PyPI"
+  python="$(pick_python)" || { echo "install_kenlm.sh: no python with pip found (set PYTHON=...)" >&2; exit 1; }
+  echo "install_kenlm.sh: downloading the kenlm source distribution from PyPI ($python -m pip)"
   "$python" -m pip download --quiet --no-binary kenlm --no-deps -d "$work" kenlm
   sdist="$(ls "$work"/kenlm-*.tar.gz | head -n1)"
 fi
