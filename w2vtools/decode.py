@@ -53,7 +53,6 @@ from w2vtools.errors import W2VError
 log = logging.getLogger("w2v.decode")
 
 DECODERS = ("viterbi", "kenlm", "beam")
-BLANK = "<s>"
 WORD_BOUNDARY = "|"
 UNK_WORD = "<unk>"
 SPECIAL = ("<s>", "<pad>", "</s>")
@@ -237,11 +236,12 @@ class BeamSearch:
         from torchaudio.models.decoder import ctc_decoder
 
         self.tokens = list(tokens)
-        for needed in (BLANK, WORD_BOUNDARY):
-            if needed not in self.tokens:
-                raise W2VError(f"the model's tokens have no {needed!r} (blank '<s>' and word boundary '|' are needed)")
-        if self.tokens.index(BLANK) != 0:
-            raise W2VError(f"the CTC blank {BLANK!r} must be token 0, it is token {self.tokens.index(BLANK)}")
+        if WORD_BOUNDARY not in self.tokens:
+            raise W2VError(f"the model's tokens have no word boundary {WORD_BOUNDARY!r}; beam search needs one")
+        if len(set(self.tokens)) != len(self.tokens):
+            raise W2VError("the model's tokens are not unique")
+        # the CTC contract: token 0 is the blank (fairseq's <s>; a converted model's pad token)
+        self.blank = self.tokens[0]
         if opts.decoder == "kenlm":
             if not opts.lexicon or not opts.lm:
                 raise W2VError("--decoder kenlm needs --lexicon and --lm (build both with `w2v lm`)")
@@ -266,7 +266,7 @@ class BeamSearch:
                 unk_score=opts.unk_score,
                 sil_score=opts.sil_score,
                 log_add=opts.log_add,
-                blank_token=BLANK,
+                blank_token=self.blank,
                 sil_token=WORD_BOUNDARY,
                 unk_word=UNK_WORD,
             )
