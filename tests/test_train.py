@@ -246,12 +246,17 @@ def test_resume_mid_epoch_is_exact(fsdd_manifest, tmp_path):
     first = make_trainer(fsdd_manifest, tmp_path / "cut", small_config(stop_at_update=5))
     first.train()
     assert first.num_updates == 5 and (tmp_path / "cut" / "checkpoint_last.pt").is_file()
+    # records written after the last checkpoint (then lost in a crash) are dropped on resume
+    with open(tmp_path / "cut" / "log.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "update": 6, "loss": 99.0}) + "\n" + '{"kind": "tr')
     second = make_trainer(fsdd_manifest, tmp_path / "cut", small_config())
     second.train(resume=tmp_path / "cut" / "checkpoint_last.pt")
     resumed = train_losses(second)
     assert sorted(resumed) == list(range(6, 17))
     for n in range(6, 17):
         assert resumed[n] == pytest.approx(expected[n], abs=1e-5), n
+    logged = [json.loads(line)["update"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 17))
     # and the same weights at the end
     for (name, a), b in zip(full.core.state_dict().items(), second.core.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name

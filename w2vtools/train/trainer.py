@@ -387,6 +387,8 @@ class Trainer:
             self.load_checkpoint(resume)
         if self.dist.is_main:
             self.save_dir.mkdir(parents=True, exist_ok=True)
+            if resume is not None:
+                self._truncate_log()
         self._set_num_updates(self.num_updates)
         self._announce()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
@@ -697,6 +699,23 @@ class Trainer:
                 if k not in ("kind", "update", "epoch") and isinstance(v, (int, float)) and v is not None:
                     writer.add_scalar(f"{kind}/{k}", float(v), record["update"])
             writer.flush()
+
+    def _truncate_log(self) -> None:
+        """Drop log records past the resumed update (written after the checkpoint, then lost)."""
+        path = self.save_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("update", 0) <= self.num_updates:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+        from w2vtools.fileio import atomic_write
+
+        with atomic_write(path) as f:
+            f.write("".join(line + "\n" for line in kept))
 
     def _tensorboard(self):
         if not self.cfg.run.tensorboard or not self.dist.is_main:
