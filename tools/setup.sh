@@ -28,7 +28,7 @@ else
   log "w2vtools already installed in $venv"
 fi
 bash "$repo/tools/install_kenlm.sh"
-if ! command -v sclite >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if ! command -v sclite >/dev/null 2>&1 && [ ! -x /usr/lib/sctk/bin/sclite ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   log "installing sclite (Debian sctk) for the scoring tests"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sctk >/dev/null) \
     || log "could not install sctk; the sclite comparison tests will skip"

@@ -56,6 +56,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600; give the finished file the permissions open() would (0666 & ~umask).
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -66,6 +68,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_replace(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
