@@ -238,6 +238,7 @@ PRESETS: dict[str, Wav2VecConfig] = {
     "vq-wav2vec-gumbel": _vq_wav2vec("gumbel"),
     "vq-wav2vec-kmeans": _vq_wav2vec("kmeans"),
     "wav2vec-tiny": _tiny("none"),
+    "vq-wav2vec-tiny": _tiny("gumbel"),  # "vq-wav2vec" alone means the Gumbel variant (as fairseq's release)
     "vq-wav2vec-gumbel-tiny": _tiny("gumbel"),
     "vq-wav2vec-kmeans-tiny": _tiny("kmeans"),
 }
