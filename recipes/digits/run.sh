@@ -81,9 +81,9 @@ pretrain_sets=()
 finetune_sets=()
 downstream_sets=()
 if [ "$quick" = true ]; then
-  pretrain_sets=(--set optim.max_update=30 --set optim.warmup_updates=5 --set run.valid_interval=30 --set run.log_interval=10)
-  finetune_sets=(--set optim.max_update=40 --set run.valid_interval=40 --set run.log_interval=10)
-  downstream_sets=(--set optim.max_update=40 --set run.valid_interval=40 --set run.log_interval=10)
+  pretrain_sets=(--max-update 30 --set optim.warmup_updates=5 --set run.valid_interval=30 --set run.log_interval=10)
+  finetune_sets=(--max-update 40 --freeze-updates 10 --set run.log_interval=10)
+  downstream_sets=(--max-update 60 --set run.log_interval=20)
 fi
 
 require_w2v() {
@@ -143,30 +143,120 @@ if stage_begin 1 "data dirs, label budgets, manifests, lexicon and LM"; then
   stage_end
 fi
 
+# train_once DIR CMD...: run a training command into DIR through $train_cmd,
+# continuing (--resume) from DIR/checkpoint_last.pt after an interruption
+# (a stage named by --stage/--stop-stage starts over instead).
+train_once() {
+  local dir=$1
+  shift
+  unit_done "$dir" && return 0
+  local resume=()
+  if stage_forced; then
+    rm -rf "$dir" # an explicitly selected stage trains afresh
+  elif [ -f "$dir/checkpoint_last.pt" ]; then
+    resume=(--resume)
+  fi
+  $train_cmd "$dir/log/train.log" "$@" --save-dir "$dir" ${resume[@]+"${resume[@]}"}
+  grep -E '^w2v: (train|valid) \|' "$dir/log/train.log" | tail -n 1 >&2 || true
+  mark_done "$dir"
+}
+
 if stage_begin 2 "pretrain a tiny wav2vec 2.0 on the training audio (no labels)"; then
   require_w2v pretrain
   # Validation on the test audio only reports the contrastive loss; nothing is
   # selected on it: later stages take checkpoint_last.pt.
-  $train_cmd exp/pretrain/log/pretrain.log \
+  train_once exp/pretrain \
     w2v pretrain data/train --valid data/test --arch wav2vec2 --preset tiny \
-      --config "$pretrain_conf" ${pretrain_sets[@]+"${pretrain_sets[@]}"} --save-dir exp/pretrain
-  grep -E '^w2v: (train|valid) \|' exp/pretrain/log/pretrain.log | tail -n 2 >&2 || true
+      --config "$pretrain_conf" ${pretrain_sets[@]+"${pretrain_sets[@]}"}
   stage_end
 fi
 
-# STAGE3_4_PLACEHOLDER
+# in_parallel CMD: run CMD in the background, at most $nj at once; wait_parallel
+# waits for all of them and fails if any failed (each names its own log).
+parallel_pids=()
+in_parallel() {
+  while [ "$(jobs -rp | wc -l)" -ge "$nj" ]; do wait -n || parallel_failed=1; done
+  "$@" &
+  parallel_pids+=($!)
+}
+wait_parallel() {
+  local pid failed=${parallel_failed:-0}
+  for pid in ${parallel_pids[@]+"${parallel_pids[@]}"}; do
+    wait "$pid" || failed=1
+  done
+  parallel_pids=()
+  parallel_failed=0
+  [ "$failed" = 0 ] || { log "ERROR: a training job failed (its log is named above)"; return 1; }
+}
 
-# decode_test SYSTEM_DIR: viterbi over the test set in $nj shards (their
-# log-probabilities kept), then lexicon + KenLM beam search on the stored
-# log-probabilities: DIR/decode_test_{viterbi,kenlm}/hyp.JOB.txt
+if stage_begin 3 "fine-tune with $budgets % of the labels"; then
+  require_w2v finetune
+  for b in $budgets; do
+    in_parallel train_once "exp/w2v2_ft_${b}pct" \
+      w2v finetune "data/train_${b}pct" --init exp/pretrain/checkpoint_last.pt --preset tiny \
+        --config "$finetune_conf" --dict data/manifest/dict.ltr.txt ${finetune_sets[@]+"${finetune_sets[@]}"}
+  done
+  wait_parallel
+  stage_end
+fi
+
+# featurize_set KIND MODEL SET: exp/feats/KIND_SET.h5, $nj shards merged.
+featurize_set() {
+  local kind=$1 model=$2 set=$3 out=exp/feats/${1}_${3}.h5
+  if [ -f "$out" ] && ! stage_forced; then return 0; fi
+  rm -f "$out"
+  $cpu_cmd JOB=1:$nj "exp/feats/log/${kind}_${set}.JOB.log" \
+    w2v featurize "data/$set" "exp/feats/${kind}_${set}.JOB.h5" --model "$model" --shard JOB/$nj --threads 1 --no-progress
+  w2v featurize --merge $(for ((k = 1; k <= nj; k++)); do echo "exp/feats/${kind}_${set}.$k.h5"; done) "$out"
+  rm -f "exp/feats/${kind}_${set}".[0-9]*.h5
+}
+
+if stage_begin 4 "baselines: fbank and wav2vec 2.0 features into the downstream model"; then
+  require_w2v featurize finetune
+  for set in train test; do
+    featurize_set fbank fbank "$set"
+    featurize_set w2v2feat exp/pretrain/checkpoint_last.pt "$set"
+  done
+  # every budget trains on the features of its own labelled utterances (the
+  # features file holds all of train; utterances without labels are left out)
+  for kind in fbank w2v2feat; do
+    for b in $budgets; do
+      in_parallel train_once "exp/${kind}_ds_${b}pct" \
+        w2v finetune --features "exp/feats/${kind}_train.h5" --labels "data/train_${b}pct/text" \
+          --arch blstm --preset tiny --config "$downstream_conf" --dict data/manifest/dict.ltr.txt \
+          ${downstream_sets[@]+"${downstream_sets[@]}"}
+    done
+  done
+  wait_parallel
+  stage_end
+fi
+
+# decode_test SYSTEM_DIR: viterbi over the test set in $nj shards, keeping the
+# log-probabilities, then lexicon + KenLM beam search on them:
+# DIR/decode_test_{viterbi,kenlm}/hyp.JOB.txt. Fine-tuned wav2vec 2.0 models
+# run on the audio (w2v decode --model); the downstream baselines on the test
+# set's stored features (local/downstream_emissions.py, then w2v decode
+# --emissions), so all systems share one decoder.
 decode_test() {
-  local sys=$1 model=$1/checkpoint_last.pt vdir=$1/decode_test_viterbi kdir=$1/decode_test_kenlm
+  local sys=$1 model=$1/checkpoint_last.pt vdir=$1/decode_test_viterbi kdir=$1/decode_test_kenlm kind
   [ -f "$model" ] || { log "ERROR: $model not found (run stages 3-4 first)"; return 1; }
   if ! unit_done "$vdir"; then
     rm -rf "$vdir"
-    $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
-      w2v decode data/test --model "$model" --shard JOB/$nj --dump-emissions "$vdir/emissions.JOB.h5" \
-        -o "$vdir/hyp.JOB.txt"
+    case "$sys" in
+      *_ds_*)
+        kind=${sys#exp/}
+        kind=${kind%%_ds_*}
+        $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
+          "$W2V_PYTHON" "$here/local/downstream_emissions.py" "$model" "exp/feats/${kind}_test.h5" \
+            "$vdir/emissions.JOB.h5" --shard JOB/$nj \&\& \
+          w2v decode --emissions "$vdir/emissions.JOB.h5" -o "$vdir/hyp.JOB.txt" --no-progress
+        ;;
+      *)
+        $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
+          w2v decode data/test --model "$model" --shard JOB/$nj --dump-emissions "$vdir/emissions.JOB.h5" \
+            -o "$vdir/hyp.JOB.txt" --no-progress
+        ;;
+    esac
     mark_done "$vdir"
   fi
   if ! unit_done "$kdir"; then
@@ -174,7 +264,7 @@ decode_test() {
     $decode_cmd JOB=1:$nj "$kdir/log/decode.JOB.log" \
       w2v decode --emissions "$vdir/emissions.JOB.h5" --decoder kenlm \
         --lexicon data/lang/lexicon.txt --lm data/lang/lm.arpa --lm-weight "$lm_weight" --word-score "$word_score" \
-        --beam "$beam" -o "$kdir/hyp.JOB.txt"
+        --beam "$beam" -o "$kdir/hyp.JOB.txt" --no-progress
     mark_done "$kdir"
   fi
 }

@@ -42,7 +42,8 @@ finetune_presets="10m 1h 10h 100h"
 finetune_train_part=train-clean-100   # source of the subsets when --librilight is not given
 finetune_valid=dev-other
 finetune_conf=           # optional YAML over each preset
-finetune_sets=""         # extra `--set k=v` words for every fine-tuning (tests: tiny runs)
+ft_recipe=               # training recipe for every subset (default: the subset's own: 10m, 1h, ...)
+finetune_sets=""         # extra w2v finetune words for every fine-tuning, e.g. "--max-update 100"
 feat_sets="train-clean-100 dev-clean dev-other test-clean test-other"
 feat_layer=              # Transformer layer for stage 4 (default: the last)
 eval_sets="dev-clean dev-other test-clean test-other"
@@ -208,7 +209,42 @@ if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets,
   stage_end
 fi
 
-# FINETUNE_FUNCTION_PLACEHOLDER
+# train_launcher: the command that starts w2v training on $ngpu GPUs.
+train_launcher() {
+  if [ "$ngpu" -gt 1 ]; then
+    echo "torchrun --standalone --nproc_per_node=$ngpu -m w2vtools"
+  else
+    echo w2v
+  fi
+}
+train_device() { if [ "$ngpu" = 0 ]; then echo cpu; else echo cuda; fi; }
+
+# finetune_model SUBSET DATA DIR: CTC fine-tuning of the pretrained model on
+# DATA with the published recipe of SUBSET (10m 1h 10h 100h; --ft-recipe
+# replaces it, e.g. tiny for CPU tests), validated on --finetune-valid.
+# fairseq ran these on 2 GPUs x update_freq 4: we keep that batch on $ngpu.
+finetune_model() {
+  local subset=$1 data=$2 dir=$3 recipe=${ft_recipe:-$1} uf resume=() conf_opt=()
+  unit_done "$dir" && return 0
+  if stage_forced; then
+    rm -rf "$dir"
+  elif [ -f "$dir/checkpoint_last.pt" ]; then
+    resume=(--resume)
+  fi
+  local model
+  model=$(pretrained_model)
+  [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; return 1; }
+  uf=$((8 / (ngpu > 1 ? ngpu : 1)))
+  [ "$uf" -ge 1 ] || uf=1
+  [ -n "$finetune_conf" ] && conf_opt=(--config "$finetune_conf")
+  # shellcheck disable=SC2046,SC2086
+  $train_cmd --gpu "$ngpu" "$dir/log/train.log" \
+    $(train_launcher) finetune "$data" --valid "data/$(kaldi_name "$finetune_valid")" --init "$model" \
+      --preset "$recipe" --dict data/manifest/dict.ltr.txt --update-freq "$uf" --device "$(train_device)" \
+      ${conf_opt[@]+"${conf_opt[@]}"} $finetune_sets --save-dir "$dir" ${resume[@]+"${resume[@]}"}
+  grep -E '^w2v: valid \|' "$dir/log/train.log" | tail -n 1 >&2 || true
+  mark_done "$dir"
+}
 
 if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngpu GPUs)"; then
   require_w2v pretrain
@@ -225,14 +261,17 @@ if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngp
     if [ "$uf" = 0 ]; then uf=$((64 / (ngpu > 0 ? ngpu : 1))); fi
     conf_opt=()
     [ -n "$pretrain_conf" ] && conf_opt=(--config "$pretrain_conf")
-    launcher=(w2v)
-    [ "$ngpu" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node="$ngpu" -m w2vtools)
-    device=cuda
-    [ "$ngpu" = 0 ] && device=cpu
-    $train_cmd --gpu "$ngpu" exp/pretrain_$pretrain_preset/log/pretrain.log \
-      "${launcher[@]}" pretrain data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" \
+    resume=()
+    if stage_forced; then
+      rm -rf "exp/pretrain_$pretrain_preset"
+    elif [ -f "exp/pretrain_$pretrain_preset/checkpoint_last.pt" ]; then
+      resume=(--resume) # continue an interrupted run exactly
+    fi
+    # shellcheck disable=SC2046
+    $train_cmd --gpu "$ngpu" "exp/pretrain_$pretrain_preset/log/pretrain.log" \
+      $(train_launcher) pretrain data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" \
         --arch wav2vec2 --preset "$pretrain_preset" ${conf_opt[@]+"${conf_opt[@]}"} --update-freq "$uf" \
-        --device "$device" --save-dir "exp/pretrain_$pretrain_preset" --resume
+        --device "$(train_device)" --save-dir "exp/pretrain_$pretrain_preset" ${resume[@]+"${resume[@]}"}
   fi
   stage_end
 fi

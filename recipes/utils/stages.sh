@@ -77,6 +77,11 @@ unit_done() {
   [ $__stage_forced = false ] && [ -f "$1/.done" ]
 }
 
+# stage_forced: true when --stage/--stop-stage were given (selected stages rerun).
+stage_forced() {
+  [ $__stage_forced = true ]
+}
+
 # mark_done DIR: record that DIR is complete.
 mark_done() {
   mkdir -p "$1"
