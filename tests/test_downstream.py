@@ -188,7 +188,7 @@ def test_feature_route_trains_saves_and_decodes(fsdd, tmp_path, w2v):
     save = tmp_path / "exp"
     proc = w2v("finetune", "--features", tmp_path / "train.h5", "--labels", data / "text",
                "--valid-features", tmp_path / "test.h5", "--arch", "conv", "--preset", "tiny",
-               "--max-update", "40", "--valid-interval", "20", "--save-dir", save, "--threads", "2")
+               "--max-update", "40", "--valid-interval", "20", "--save-dir", save, "--threads", "1")
     assert "arch: conv" in proc.stdout  # the resolved configuration is printed
     records = _valid_records(save)
     assert [r["update"] for r in records] == [20, 40]
@@ -202,6 +202,16 @@ def test_feature_route_trains_saves_and_decodes(fsdd, tmp_path, w2v):
     assert loaded.model.cfg.arch == "conv" and loaded.model.cfg.input_dim == 80
     # the input normalization was measured on the training features, not left at 0/1
     assert loaded.model.feature_std.min() > 0 and loaded.model.feature_mean.abs().sum() > 1
+    # w2v decode takes the features: its greedy WER is the best validation's WER
+    hyp = tmp_path / "hyp.txt"
+    w2v("decode", "--model", save / "checkpoint_best.pt", "--features", tmp_path / "test.h5", "-o", hyp)
+    ref = dict(line.split(" ", 1) for line in (data / "text").read_text().splitlines())
+    test_ids = [line.split("\t")[0][:-4] for line in (data / "test.tsv").read_text().splitlines()[1:]]
+    assert sorted(line.split(" ")[0] for line in hyp.read_text().splitlines()) == sorted(test_ids)
+    best = min(records, key=lambda r: r["wer"])
+    assert _wer({u: ref[u] for u in test_ids}, hyp) == pytest.approx(best["wer"], abs=1e-6)
+    bad = w2v("decode", data / "test.tsv", "--model", save / "checkpoint_best.pt", "-o", tmp_path / "x", check=False)
+    assert bad.returncode == 1 and "--features" in bad.stderr
     # resume refuses to start over a finished run without --resume
     again = w2v("finetune", "--features", tmp_path / "train.h5", "--labels", data / "text", "--arch", "conv",
                 "--preset", "tiny", "--save-dir", save, check=False)
@@ -216,7 +226,7 @@ def test_blstm_on_fbank_reaches_under_5_percent_wer_on_fsdd(fsdd, tmp_path, w2v)
         w2v("featurize", data / f"{name}.tsv", tmp_path / f"{name}.h5", "--model", "fbank", "--no-progress")
     save = tmp_path / "blstm"
     w2v("finetune", "--features", tmp_path / "train.h5", "--labels", data / "text", "--valid-features",
-        tmp_path / "test.h5", "--arch", "blstm", "--preset", "tiny", "--save-dir", save, "--threads", "2")
+        tmp_path / "test.h5", "--arch", "blstm", "--preset", "tiny", "--save-dir", save, "--threads", "1")
     records = _valid_records(save)
     wers = [r["wer"] for r in records]
     print("BiLSTM fbank FSDD valid WER by update:", [(r["update"], round(r["wer"], 2)) for r in records])

@@ -187,7 +187,7 @@ def test_finetune_from_tiny_pretrained_freezes_and_saves(fsdd_small, tmp_path, w
     save = tmp_path / "ft"
     proc = w2v("finetune", train, "--labels", "ltr", "--valid", valid, "--init", init, "--preset", "tiny",
                "--max-update", "8", "--freeze-updates", "4", "--valid-interval", "4",
-               "--set", "run.log_interval=1", "--save-dir", save, "--threads", "2")
+               "--set", "run.log_interval=1", "--save-dir", save, "--threads", "1")
     assert "freeze_updates: 4" in proc.stdout
     valid_records = _records(save, "valid")
     assert [r["update"] for r in valid_records] == [4, 8]
@@ -208,7 +208,7 @@ def test_finetune_from_tiny_pretrained_freezes_and_saves(fsdd_small, tmp_path, w
     # a run that only covers the freeze leaves the Transformer untouched
     frozen = tmp_path / "frozen"
     finetune(str(train), save_dir=frozen, preset="tiny", labels="ltr", init=str(init), print_config=False,
-             sets=["optim.max_update=3", "run.freeze_updates=10", "run.threads=2"])
+             sets=["optim.max_update=3", "run.freeze_updates=10", "run.threads=1"])
     f = load_model(frozen / "checkpoint_last.pt").model.state_dict()
     assert torch.equal(before[layer], f["encoder." + layer])
     assert not torch.equal(f["proj.weight"], after["proj.weight"])
@@ -219,7 +219,7 @@ def test_interrupt_and_resume_gives_the_same_losses(fsdd_small, tmp_path):
     init = _tiny_pretrained(tmp_path / "pt.pt")
     common = dict(preset="tiny", labels="ltr", valid=str(valid), init=str(init), print_config=False)
     sets = ["optim.max_update=8", "run.freeze_updates=3", "run.log_interval=1", "run.valid_interval=0",
-            "run.threads=2", "data.num_workers=1"]
+            "run.threads=1", "data.num_workers=1"]
     full = tmp_path / "full"
     finetune(str(train), save_dir=full, sets=sets, **common)
     part = tmp_path / "part"
@@ -267,12 +267,16 @@ def test_ctc_checkpoints_fine_tune_further_and_decode(source, fsdd_small, tmp_pa
     assert start.task == "ctc" and start.source == source
     save = tmp_path / "ft"
     w2v("finetune", train, "--valid", valid, "--init", init, "--preset", "tiny", "--max-update", "4",
-        "--freeze-updates", "100", "--valid-interval", "2", "--lr", "1e-4", "--save-dir", save, "--threads", "2")
+        "--freeze-updates", "100", "--valid-interval", "2", "--lr", "1e-4", "--save-dir", save, "--threads", "1")
     ft = load_model(save / "checkpoint_best.pt")
     assert ft.source == "w2v" and ft.task == "ctc" and ft.dictionary == start.dictionary
     s0, s1 = start.model.state_dict(), ft.model.state_dict()
     # frozen Transformer: identical; the output layer continued from the checkpoint's, not re-initialized
-    assert all(torch.equal(s0[k], s1[k]) for k in s0 if k.startswith("encoder."))
+    # (the quantizer and contrastive projections are not part of a CTC checkpoint: random at each load)
+    pretraining_only = ("encoder.quantizer.", "encoder.project_q.", "encoder.final_proj.")
+    encoder_keys = [k for k in s0 if k.startswith("encoder.") and not k.startswith(pretraining_only)]
+    assert len(encoder_keys) > 20
+    assert [k for k in encoder_keys if not torch.equal(s0[k], s1[k])] == []
     w0, w1 = s0["proj.weight"].flatten(), s1["proj.weight"].flatten()
     assert not torch.equal(w0, w1)
     assert torch.nn.functional.cosine_similarity(w0, w1, dim=0) > 0.99

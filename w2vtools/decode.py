@@ -398,6 +398,8 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     from w2vtools.models.checkpoint import load_model
 
     loaded = load_model(model_spec, map_location=device)
+    if loaded.task == "downstream":
+        raise W2VError(f"{model_spec}: a model on stored features: give --features FEATS instead of a corpus")
     if loaded.task != "ctc" or not loaded.dictionary:
         raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
     model = loaded.model.to(device).eval()
@@ -470,6 +472,7 @@ def decode(
     device: str = "cpu",
     batch_seconds: float = 200.0,
     progress: bool | None = None,
+    features: str | None = None,
 ) -> DecodeSummary:
     """Decode a corpus with a CTC model, or stored emissions, into Kaldi ``text`` (and nbest/trn/ctm).
 
@@ -502,7 +505,9 @@ def decode(
         nbest_output = output + ".nbest"
     if (emissions is None) == (model is None):
         raise W2VError("give either --model (with a corpus) or --emissions")
-    if model is not None and corpus is None:
+    if features is not None and (model is None or corpus is not None):
+        raise W2VError("--features feeds a downstream --model (w2v finetune --features); drop the corpus")
+    if model is not None and corpus is None and features is None:
         raise W2VError("--model needs a corpus (TSV manifest, Kaldi data dir or wav.scp)")
     if emissions is not None and corpus is not None:
         raise W2VError("--emissions already holds the utterances: drop the corpus argument")
@@ -510,7 +515,11 @@ def decode(
         raise W2VError("--dump-emissions stores what --model computes; it needs --model")
     shard_kn = parse_shard(shard)
 
-    if model is not None:
+    if features is not None:
+        from w2vtools.models.downstream import downstream_emissions
+
+        source = downstream_emissions(features, model, device=device, shard=shard_kn)
+    elif model is not None:
         source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard_kn)
         if dict_path is not None:
             from w2vtools.formats.labels import ctc_vocabulary, read_dictionary

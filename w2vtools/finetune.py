@@ -430,11 +430,16 @@ def build_ctc_model(init, tokens: list[str] | None, cfg: TrainConfig):
     if old_head is not None:
         model.proj.load_state_dict(old_head.state_dict())
         log.info("%s: continuing its CTC output layer (%d tokens)", init, len(tokens))
+    _freeze_pretraining_parts(model)
+    model.train()
+    return model, family, tokens, loaded.source
+
+
+def _freeze_pretraining_parts(model) -> None:
+    """The quantizer and contrastive projections get no gradient in CTC training: leave them out."""
     for name, p in model.encoder.named_parameters():
         if name.startswith(_UNUSED_IN_CTC):
             p.requires_grad_(False)
-    model.train()
-    return model, family, tokens, loaded.source
 
 
 def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -475,6 +480,10 @@ def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, in
             f.write(f"{s} {int(counts.get(s, 0))}\n")
 
 
+# settings a resumed run may change freely (or that finetune derives from the data)
+_RUN_ONLY = ("stop_at_update", "threads", "sample_rate", "num_workers", "tensorboard")
+
+
 def _check_resume_config(cfg: TrainConfig, last: Path) -> None:
     from w2vtools.models.checkpoint import read_checkpoint
     from w2vtools.train.trainer import find_trainer_state
@@ -485,7 +494,7 @@ def _check_resume_config(cfg: TrainConfig, last: Path) -> None:
     saved = find_trainer_state(data, str(last)).get("config") or {}
     now = cfg.to_dict()
     diffs = [f"{sec}.{k}: {saved[sec].get(k)!r} -> {v!r}" for sec, body in now.items() if sec in saved
-             for k, v in body.items() if saved[sec].get(k) != v and k != "stop_at_update"]
+             for k, v in body.items() if saved[sec].get(k) != v and k not in _RUN_ONLY]
     if diffs:
         log.warning("resuming with settings that differ from the saved run: %s", "; ".join(diffs))
 
@@ -624,6 +633,7 @@ def finetune(
             if resumed.task != "ctc":
                 raise W2VError(f"{last}: not a CTC model (task {resumed.task})")
             model, family = resumed.model, resumed.family
+            _freeze_pretraining_parts(model)  # the same parameter groups as the interrupted run
             model.train()
         else:
             model, family, tokens_used, _ = build_ctc_model(init_loaded, tokens, cfg)

@@ -24,6 +24,7 @@ Examples:
 )
 @click.argument("corpus", required=False, metavar="[CORPUS]")
 @click.option("--model", help="CTC checkpoint (ours, fairseq .pt, Hugging Face folder, or a named model).")
+@click.option("--features", help="Stored features for a downstream --model (w2v finetune --features), instead of CORPUS.")
 @click.option(
     "--emissions",
     help="Stored CTC scores instead of a model: HDF5/ark/scp from --dump-emissions, or a .npy file or folder "
@@ -60,7 +61,7 @@ Examples:
 @click.option("--batch-seconds", type=float, default=200.0, show_default=True,
               help="Padded audio per model batch (with --model).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
-def command(corpus, model, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score, sil_score,
+def command(corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score, sil_score,
             unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk, frame_shift,
             dump_emissions, shard, device, batch_seconds, progress):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
@@ -83,4 +84,5 @@ def command(corpus, model, emissions, dict_path, output, decoder, lexicon, lm, l
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
         nbest_output=nbest_out, trn=trn, ctm=ctm, dump_emissions=dump_emissions, shard=shard,
         frame_shift=frame_shift, utt2spk=utt2spk, device=device, batch_seconds=batch_seconds, progress=progress,
+        features=features,
     )

@@ -299,9 +299,9 @@ def feature_log_probs(model: DownstreamModel, features: str, *, device: str = "c
     try:
         keys = reader.keys()
         if shard is not None:
-            k, n = shard
-            per = -(-len(keys) // n)
-            keys = keys[(k - 1) * per: k * per]
+            from w2vtools.featurize import select_shard
+
+            keys = select_shard(keys, shard)  # the same split as featurize and decode use
         batch: list[tuple[str, torch.Tensor]] = []
 
         def run(items):
@@ -330,3 +330,34 @@ def feature_log_probs(model: DownstreamModel, features: str, *, device: str = "c
             yield from run(batch)
     finally:
         reader.close()
+
+
+def downstream_emissions(features: str, model_spec: str, *, device: str = "cpu",
+                         shard: tuple[int, int] | None = None):
+    """A :class:`w2vtools.decode.EmissionSource` of a downstream checkpoint over stored features.
+
+    The hook ``w2v decode --model M --features FEATS`` uses.
+
+    Raises:
+        W2VError: ``model_spec`` is not a downstream model.
+
+    Example:
+        >>> src = downstream_emissions("feats/test.h5", "exp/blstm/checkpoint_best.pt")   # doctest: +SKIP
+        >>> src.tokens[0], src.frame_shift
+        ('<s>', 0.01)
+    """
+    from w2vtools.decode import EmissionSource
+    from w2vtools.errors import W2VError
+    from w2vtools.formats.features import open_features
+    from w2vtools.models.checkpoint import load_model
+
+    loaded = load_model(model_spec, map_location=device)
+    if loaded.task != "downstream" or not loaded.dictionary:
+        raise W2VError(f"{model_spec}: a {loaded.task} model; --features needs a downstream model "
+                       "(w2v finetune --features); give a CTC model a corpus instead")
+    from w2vtools.featurize import select_shard
+
+    with open_features(features) as reader:
+        total = len(select_shard(reader.keys(), shard))
+    items = feature_log_probs(loaded.model, features, device=device, shard=shard)
+    return EmissionSource(list(loaded.dictionary), loaded.model.frame_shift, items, total)
