@@ -5,8 +5,8 @@ The model follows fairseq's ``Wav2Vec2Model`` module for module and name for nam
 ``quantizer.vars`` ...), so fairseq state dicts load by name. What differs is how
 it computes, for speed on CPU and exactness with padding:
 
-* The convolutional feature encoder runs channels-last: every strided convolution
-  is an ``unfold`` followed by one GEMM, and the layer norms need no transposes.
+* The convolutional feature encoder runs oneDNN convolutions, with float32 norms,
+  and hands the Transformer channels-last (B, T, C) features.
 * With a padding mask, the group norm of the first convolution takes its
   statistics over each utterance's valid frames only, so an utterance's features
   are the same batched or alone. Without padding this is exactly GroupNorm, i.e.
@@ -289,18 +289,18 @@ class ConvFeatureExtractionModel(nn.Module):
         return lengths.clamp(min=0)
 
     def forward(self, source: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) waveform -> (B, T, C) features.
+        """(B, S) waveform -> (B, T, C) features (channels-last, ready for the Transformer).
 
         Args:
             source: (B, S) samples.
             lengths: (B,) valid samples per row, or None when nothing is padded. Used
                 only by the first block's group norm (statistics over valid frames).
         """
-        x = source.unsqueeze(-1)  # (B, S, 1) channels-last
+        x = source.unsqueeze(1)  # (B, 1, S)
         for i, block in enumerate(self.conv_layers):
             conv = block[0]
-            _, k, s = self.layer_specs[i]
-            x = _conv_channels_last(x, conv.weight, conv.bias, k, s)
+            # oneDNN's direct convolution beats unfold + GEMM here (measured on 2 threads)
+            x = F.conv1d(x, conv.weight, conv.bias, stride=conv.stride)
             x = block[1](x)
             if len(block) == 4:
                 norm = block[2]
@@ -308,9 +308,10 @@ class ConvFeatureExtractionModel(nn.Module):
                     x = _masked_group_norm(x, norm, self._frames_after(lengths, i + 1))
                 else:
                     ln = norm[1]
-                    x = F.layer_norm(x.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps).type_as(x)
+                    x = F.layer_norm(x.transpose(1, 2).float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                    x = x.type_as(source).transpose(1, 2)
             x = F.gelu(x)
-        return x
+        return x.transpose(1, 2)
 
     def _frames_after(self, lengths: torch.Tensor | None, num_layers: int) -> torch.Tensor | None:
         if lengths is None:
@@ -320,41 +321,28 @@ class ConvFeatureExtractionModel(nn.Module):
         return lengths.clamp(min=1)
 
 
-def _conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int, s: int) -> torch.Tensor:
-    """Strided valid Conv1d on channels-last (B, T, Cin) input as unfold + one GEMM."""
-    b, t, c = x.shape
-    t_out = (t - k) // s + 1
-    if t_out <= 0:
-        raise ValueError(f"input of {t} frames is shorter than the kernel ({k})")
-    if k == s:
-        # Non-overlapping windows: a free reshape of the first t_out*k frames, ordered (k, C).
-        frames = x[:, : t_out * k].reshape(b, t_out, k * c)
-        w = weight.permute(0, 2, 1).reshape(weight.size(0), k * c)
-    else:
-        frames = x.unfold(1, k, s).reshape(b, t_out, c * k)  # ordered (C, k) like the weight
-        w = weight.reshape(weight.size(0), c * k)
-    return F.linear(frames, w, bias)
-
-
 def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
-    """GroupNorm on channels-last (B, T, C), statistics over each row's first ``lengths`` frames."""
-    b, t, c = x.shape
-    g = norm.num_groups
-    xf = x.float()
+    """GroupNorm of (B, C, T), statistics over each row's first ``lengths`` frames.
+
+    Without lengths this is exactly ``F.group_norm`` (computed in float32, as fairseq's
+    Fp32GroupNorm). With lengths, padded frames do not shift the statistics, so a
+    row's output equals that of the row alone.
+    """
     if lengths is None:
-        xg = xf.view(b, t, g, c // g)
-        mean = xg.mean(dim=(1, 3), keepdim=True)
-        var = (xg - mean).pow(2).mean(dim=(1, 3), keepdim=True)
-    else:
-        valid = (torch.arange(t, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).to(xf.dtype)
-        xg = xf.view(b, t, g, c // g)
-        w = valid.view(b, t, 1, 1)
-        n = lengths.to(xf.dtype).view(b, 1, 1, 1) * (c // g)
-        mean = (xg * w).sum(dim=(1, 3), keepdim=True) / n
-        var = ((xg - mean).pow(2) * w).sum(dim=(1, 3), keepdim=True) / n
-    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).view(b, t, c)
+        w = norm.weight.float() if norm.weight is not None else None
+        b = norm.bias.float() if norm.bias is not None else None
+        return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).type_as(x)
+    bsz, c, t = x.shape
+    g = norm.num_groups
+    xf = x.float().view(bsz, g, c // g, t)
+    valid = (torch.arange(t, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).to(xf.dtype).view(bsz, 1, 1, t)
+    n = lengths.to(xf.dtype).view(bsz, 1, 1, 1) * (c // g)
+    mean = (xf * valid).sum(dim=(2, 3), keepdim=True) / n
+    centered = xf - mean
+    var = (centered.pow(2) * valid).sum(dim=(2, 3), keepdim=True) / n
+    y = (centered * torch.rsqrt(var + norm.eps)).view(bsz, c, t)
     if norm.affine:
-        y = torch.addcmul(norm.bias.float(), y, norm.weight.float())
+        y = torch.addcmul(norm.bias.float().view(1, c, 1), y, norm.weight.float().view(1, c, 1))
     return y.type_as(x)
 
 

@@ -1,0 +1,537 @@
+"""Hugging Face ``transformers`` wav2vec 2.0 folders: import and export.
+
+Import reads a folder with ``config.json`` and ``model.safetensors`` (or sharded
+safetensors, or ``pytorch_model.bin`` loaded with ``torch.load(weights_only=True)``)
+of a ``Wav2Vec2Model``, ``Wav2Vec2ForPreTraining`` or ``Wav2Vec2ForCTC``, without
+importing transformers. Export writes ``config.json``, ``model.safetensors`` and
+``preprocessor_config.json`` (plus ``vocab.json`` and tokenizer files for CTC
+models) that ``transformers``' ``from_pretrained`` loads.
+
+The key mapping lives in one place (:data:`_LAYER_MAP` and :func:`hf_to_ours_key`):
+our names are fairseq's; Hugging Face's differ only by module names.
+
+Example:
+    >>> loaded = load_huggingface("wav2vec2-base-960h/")     # doctest: +SKIP
+    >>> export_huggingface(loaded, "exported/")              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from w2vtools.errors import W2VError
+from w2vtools.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+log = logging.getLogger("w2v.huggingface")
+
+HF_ARCHITECTURES = {
+    "pretrain": "Wav2Vec2ForPreTraining",
+    "ctc": "Wav2Vec2ForCTC",
+    "encoder": "Wav2Vec2Model",
+}
+
+# Hugging Face <-> our (fairseq) names inside one Transformer layer.
+_LAYER_MAP = {
+    "attention.q_proj": "self_attn.q_proj",
+    "attention.k_proj": "self_attn.k_proj",
+    "attention.v_proj": "self_attn.v_proj",
+    "attention.out_proj": "self_attn.out_proj",
+    "layer_norm": "self_attn_layer_norm",
+    "feed_forward.intermediate_dense": "fc1",
+    "feed_forward.output_dense": "fc2",
+    "final_layer_norm": "final_layer_norm",
+}
+
+# HF fairseq-converted CTC vocabularies name index 0 "<pad>" (their blank) and 1 "<s>".
+_HF_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+_FAIRSEQ_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def config_from_hf(hf: dict, normalize: bool | None = None) -> Wav2Vec2Config:
+    """Our :class:`Wav2Vec2Config` from a Hugging Face ``config.json`` dict.
+
+    Args:
+        hf: the parsed config.json (model_type "wav2vec2").
+        normalize: input normalization; None = the layer-norm models' convention
+            (True for ``feat_extract_norm == "layer"``).
+
+    Example:
+        >>> config_from_hf({"hidden_size": 1024, "num_hidden_layers": 24}).encoder_embed_dim
+        1024
+    """
+    model_type = hf.get("model_type", "wav2vec2")
+    if model_type != "wav2vec2":
+        raise W2VError(f"Hugging Face model_type {model_type!r} is not supported (only wav2vec2)")
+    if hf.get("add_adapter"):
+        raise W2VError("Hugging Face wav2vec2 models with an adapter (add_adapter) are not supported")
+    if hf.get("use_weighted_layer_sum"):
+        log.warning("use_weighted_layer_sum is ignored (that belongs to sequence classification heads)")
+    conv_dim = hf.get("conv_dim", [512] * 7)
+    conv_kernel = hf.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2])
+    conv_stride = hf.get("conv_stride", [5, 2, 2, 2, 2, 2, 2])
+    norm = hf.get("feat_extract_norm", "group")
+    if norm not in ("group", "layer"):
+        raise W2VError(f"unsupported feat_extract_norm {norm!r}")
+    act = hf.get("hidden_act", "gelu")
+    if act not in ("gelu", "relu", "gelu_new"):
+        raise W2VError(f"unsupported hidden_act {act!r}")
+    if hf.get("feat_extract_activation", "gelu") != "gelu":
+        raise W2VError(f"unsupported feat_extract_activation {hf.get('feat_extract_activation')!r}")
+    hidden = hf.get("hidden_size", 768)
+    proj_dim = hf.get("proj_codevector_dim", 256)
+    codevector_dim = hf.get("codevector_dim", 256)
+    if normalize is None:
+        normalize = norm == "layer"
+    return Wav2Vec2Config(
+        extractor_mode="default" if norm == "group" else "layer_norm",
+        conv_feature_layers=list(zip(conv_dim, conv_kernel, conv_stride)),
+        conv_bias=bool(hf.get("conv_bias", False)),
+        normalize=bool(normalize),
+        encoder_layers=hf.get("num_hidden_layers", 12),
+        encoder_embed_dim=hidden,
+        encoder_ffn_embed_dim=hf.get("intermediate_size", 3072),
+        encoder_attention_heads=hf.get("num_attention_heads", 12),
+        activation_fn=act,
+        layer_norm_first=bool(hf.get("do_stable_layer_norm", False)),
+        conv_pos=hf.get("num_conv_pos_embeddings", 128),
+        conv_pos_groups=hf.get("num_conv_pos_embedding_groups", 16),
+        dropout=hf.get("hidden_dropout", 0.1),
+        attention_dropout=hf.get("attention_dropout", 0.1),
+        activation_dropout=hf.get("activation_dropout", 0.1),
+        encoder_layerdrop=hf.get("layerdrop", 0.1),
+        dropout_input=hf.get("feat_proj_dropout", 0.0),
+        dropout_features=hf.get("feat_quantizer_dropout", 0.0),
+        final_dim=proj_dim,
+        latent_vars=hf.get("num_codevectors_per_group", 320),
+        latent_groups=hf.get("num_codevector_groups", 2),
+        latent_dim=codevector_dim if codevector_dim != proj_dim else 0,
+        logit_temp=hf.get("contrastive_logits_temperature", 0.1),
+        num_negatives=hf.get("num_negatives", 100),
+        diversity_weight=hf.get("diversity_loss_weight", 0.1),
+        mask_prob=hf.get("mask_time_prob", 0.05) if hf.get("apply_spec_augment", True) else 0.0,
+        mask_length=hf.get("mask_time_length", 10),
+        mask_min_masks=hf.get("mask_time_min_masks", 2),
+        mask_channel_prob=hf.get("mask_feature_prob", 0.0) if hf.get("apply_spec_augment", True) else 0.0,
+        mask_channel_length=hf.get("mask_feature_length", 10),
+    )
+
+
+def config_to_hf(cfg: Wav2Vec2Config, task: str = "pretrain", vocab_size: int | None = None, final_dropout: float = 0.0) -> dict:
+    """A Hugging Face ``config.json`` dict for our config.
+
+    Example:
+        >>> config_to_hf(Wav2Vec2Config())["feat_extract_norm"]
+        'group'
+    """
+    vq_dim = cfg.latent_dim if cfg.latent_dim > 0 else cfg.final_dim
+    out = {
+        "architectures": [HF_ARCHITECTURES[task]],
+        "model_type": "wav2vec2",
+        "hidden_size": cfg.encoder_embed_dim,
+        "num_hidden_layers": cfg.encoder_layers,
+        "num_attention_heads": cfg.encoder_attention_heads,
+        "intermediate_size": cfg.encoder_ffn_embed_dim,
+        "hidden_act": cfg.activation_fn,
+        "hidden_dropout": cfg.dropout,
+        "activation_dropout": cfg.activation_dropout,
+        "attention_dropout": cfg.attention_dropout,
+        "feat_proj_dropout": cfg.dropout_input,
+        "feat_quantizer_dropout": cfg.dropout_features,
+        "final_dropout": final_dropout,
+        "layerdrop": cfg.encoder_layerdrop,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-5,
+        "feat_extract_norm": "group" if cfg.extractor_mode == "default" else "layer",
+        "feat_extract_activation": "gelu",
+        "conv_dim": [c[0] for c in cfg.conv_feature_layers],
+        "conv_kernel": [c[1] for c in cfg.conv_feature_layers],
+        "conv_stride": [c[2] for c in cfg.conv_feature_layers],
+        "conv_bias": cfg.conv_bias,
+        "num_conv_pos_embeddings": cfg.conv_pos,
+        "num_conv_pos_embedding_groups": cfg.conv_pos_groups,
+        "do_stable_layer_norm": cfg.layer_norm_first,
+        "apply_spec_augment": True,
+        "mask_time_prob": cfg.mask_prob,
+        "mask_time_length": cfg.mask_length,
+        "mask_time_min_masks": cfg.mask_min_masks,
+        "mask_feature_prob": cfg.mask_channel_prob,
+        "mask_feature_length": cfg.mask_channel_length,
+        "mask_feature_min_masks": 0,
+        "num_codevectors_per_group": cfg.latent_vars,
+        "num_codevector_groups": cfg.latent_groups,
+        "contrastive_logits_temperature": cfg.logit_temp,
+        "num_negatives": cfg.num_negatives,
+        "codevector_dim": vq_dim,
+        "proj_codevector_dim": cfg.final_dim,
+        "diversity_loss_weight": cfg.diversity_weight,
+        "ctc_loss_reduction": "sum",
+        "ctc_zero_infinity": False,
+        "use_weighted_layer_sum": False,
+        "add_adapter": False,
+        "vocab_size": vocab_size if vocab_size is not None else 32,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+def hf_to_ours_key(key: str) -> str | None:
+    """Our name for a Hugging Face parameter name (prefix ``wav2vec2.`` removed), or None.
+
+    Example:
+        >>> hf_to_ours_key("encoder.layers.3.feed_forward.intermediate_dense.weight")
+        'encoder.layers.3.fc1.weight'
+    """
+    m = re.match(r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$", key)
+    if m:
+        i, mod, p = m.groups()
+        return f"feature_extractor.conv_layers.{i}.0.{p}" if mod == "conv" else f"feature_extractor.conv_layers.{i}.2.{p}"
+    m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+    if m:
+        i, mod, p = m.groups()
+        if mod in _LAYER_MAP:
+            return f"encoder.layers.{i}.{_LAYER_MAP[mod]}.{p}"
+        return None
+    simple = {
+        "feature_projection.layer_norm.weight": "layer_norm.weight",
+        "feature_projection.layer_norm.bias": "layer_norm.bias",
+        "feature_projection.projection.weight": "post_extract_proj.weight",
+        "feature_projection.projection.bias": "post_extract_proj.bias",
+        "masked_spec_embed": "mask_emb",
+        "encoder.layer_norm.weight": "encoder.layer_norm.weight",
+        "encoder.layer_norm.bias": "encoder.layer_norm.bias",
+        "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.0.bias",
+        "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv.0.weight_g",
+        "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv.0.weight_v",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv.0.weight_g",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv.0.weight_v",
+        # Wav2Vec2ForPreTraining heads (outside the "wav2vec2." prefix)
+        "quantizer.codevectors": "quantizer.vars",
+        "quantizer.weight_proj.weight": "quantizer.weight_proj.weight",
+        "quantizer.weight_proj.bias": "quantizer.weight_proj.bias",
+        "project_q.weight": "project_q.weight",
+        "project_q.bias": "project_q.bias",
+        "project_hid.weight": "final_proj.weight",
+        "project_hid.bias": "final_proj.bias",
+    }
+    return simple.get(key)
+
+
+def _layer_norm_fix(ours: str, cfg: Wav2Vec2Config) -> str:
+    # In layer-norm feature encoders our block is Sequential(TransposeLast, LayerNorm, TransposeLast).
+    m = re.match(r"feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)$", ours)
+    if m and cfg.extractor_mode == "layer_norm":
+        return f"feature_extractor.conv_layers.{m.group(1)}.2.1.{m.group(2)}"
+    return ours
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> tuple[dict, dict, list[str]]:
+    """Split a Hugging Face state dict into (encoder state, CTC head state, ignored keys).
+
+    Encoder keys get our names; ``lm_head.*`` becomes ``proj.*`` in the head state.
+    """
+    enc, head, ignored = {}, {}, []
+    for key, value in hf_state.items():
+        k = key[len("wav2vec2."):] if key.startswith("wav2vec2.") else key
+        if k.startswith("lm_head."):
+            head["proj." + k[len("lm_head."):]] = value
+            continue
+        ours = hf_to_ours_key(k)
+        if ours is None:
+            ignored.append(key)
+            continue
+        enc[_layer_norm_fix(ours, cfg)] = value
+    return enc, head, ignored
+
+
+def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config, task: str) -> dict[str, torch.Tensor]:
+    """Hugging Face names for our encoder (``task`` "encoder"/"pretrain") or CTC state dict."""
+    reverse = {}
+    probe_keys = list(state)
+    out = {}
+    prefix = "" if task == "encoder" else "wav2vec2."
+    for key in probe_keys:
+        value = state[key]
+        k = key
+        if task == "ctc":
+            if key.startswith("proj."):
+                out["lm_head." + key[len("proj."):]] = value
+                continue
+            if not key.startswith("encoder."):
+                continue
+            k = key[len("encoder."):]
+        hf_key = _ours_to_hf_key(k, cfg, reverse)
+        if hf_key is None:
+            continue
+        top_level = hf_key.startswith(("quantizer.", "project_q.", "project_hid."))
+        if top_level and task != "pretrain":
+            continue
+        out[(hf_key if top_level else prefix + hf_key)] = value.detach().contiguous()
+    return out
+
+
+def _ours_to_hf_key(k: str, cfg: Wav2Vec2Config, cache: dict) -> str | None:
+    m = re.match(r"feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)\.(weight|bias)$", k)
+    if m:
+        i, mod, p = m.groups()
+        return f"feature_extractor.conv_layers.{i}.{'conv' if mod == '0' else 'layer_norm'}.{p}"
+    m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", k)
+    if m:
+        i, mod, p = m.groups()
+        inv = {v: kk for kk, v in _LAYER_MAP.items()}
+        return f"encoder.layers.{i}.{inv[mod]}.{p}" if mod in inv else None
+    simple = {
+        "layer_norm.weight": "feature_projection.layer_norm.weight",
+        "layer_norm.bias": "feature_projection.layer_norm.bias",
+        "post_extract_proj.weight": "feature_projection.projection.weight",
+        "post_extract_proj.bias": "feature_projection.projection.bias",
+        "mask_emb": "masked_spec_embed",
+        "encoder.layer_norm.weight": "encoder.layer_norm.weight",
+        "encoder.layer_norm.bias": "encoder.layer_norm.bias",
+        "encoder.pos_conv.0.bias": "encoder.pos_conv_embed.conv.bias",
+        "encoder.pos_conv.0.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+        "encoder.pos_conv.0.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+        "quantizer.vars": "quantizer.codevectors",
+        "quantizer.weight_proj.weight": "quantizer.weight_proj.weight",
+        "quantizer.weight_proj.bias": "quantizer.weight_proj.bias",
+        "project_q.weight": "project_q.weight",
+        "project_q.bias": "project_q.bias",
+        "final_proj.weight": "project_hid.weight",
+        "final_proj.bias": "project_hid.bias",
+    }
+    return simple.get(k)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _read_weights(folder: Path, map_location) -> dict[str, torch.Tensor]:
+    st = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    binf = folder / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st), device=str(map_location) if map_location else "cpu")
+    if index.is_file():
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(folder / shard), device=str(map_location) if map_location else "cpu"))
+        return state
+    if binf.is_file():
+        try:
+            return torch.load(binf, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise W2VError(f"{binf}: cannot read weights safely ({e})") from e
+    raise W2VError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
+
+
+def _read_dictionary(folder: Path, hf: dict, vocab_size: int) -> tuple[list[str], list[int]]:
+    """(tokens in our order with the blank first, row order into lm_head)."""
+    vocab_file = folder / "vocab.json"
+    blank = int(hf.get("pad_token_id", 0) or 0)
+    if vocab_file.is_file():
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        if vocab and all(isinstance(v, dict) for v in vocab.values()):
+            raise W2VError(f"{vocab_file}: multilingual vocabularies are not supported; keep one language's")
+        tokens = [None] * vocab_size
+        for tok, idx in vocab.items():
+            if 0 <= int(idx) < vocab_size:
+                tokens[int(idx)] = tok
+        tokens = [t if t is not None else f"<extra_{i}>" for i, t in enumerate(tokens)]
+    else:
+        log.warning("%s: no vocab.json; CTC outputs get placeholder names", folder)
+        tokens = [f"<{i}>" for i in range(vocab_size)]
+    order = [blank] + [i for i in range(vocab_size) if i != blank]
+    tokens = [tokens[i] for i in order]
+    if tokens[:4] == _HF_SPECIALS:
+        tokens[:4] = _FAIRSEQ_SPECIALS
+    return tokens, order
+
+
+def load_huggingface(folder: str | os.PathLike, map_location="cpu"):
+    """Load a Hugging Face wav2vec 2.0 folder as a :class:`LoadedModel`.
+
+    ``Wav2Vec2ForCTC`` becomes a CTC model (dictionary from ``vocab.json``, the blank
+    ``pad_token_id`` moved to index 0); ``Wav2Vec2Model``/``Wav2Vec2ForPreTraining``
+    become pretraining models (a bare encoder keeps the quantizer at its random init:
+    ``quantize`` is then meaningless, features are exact).
+
+    Raises:
+        W2VError: unsupported architecture, unreadable or mismatched weights.
+
+    Example:
+        >>> loaded = load_huggingface("wav2vec2-base-960h")   # doctest: +SKIP
+        >>> loaded.task, loaded.dictionary[:5]
+        ('ctc', ['<s>', '<pad>', '</s>', '<unk>', '|'])
+    """
+    from w2vtools.models.checkpoint import LoadedModel
+    from w2vtools.models.ctc import CTCConfig, CTCModel
+
+    folder = Path(folder)
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise W2VError(f"{folder / 'config.json'}: cannot read ({e})") from e
+    archs = hf.get("architectures") or ["Wav2Vec2Model"]
+    arch = archs[0]
+    if arch not in HF_ARCHITECTURES.values():
+        raise W2VError(f"{folder}: architecture {arch} is not supported (use one of {', '.join(HF_ARCHITECTURES.values())})")
+    normalize = None
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            normalize = bool(json.loads(pre.read_text()).get("do_normalize", True))
+        except (OSError, json.JSONDecodeError):
+            normalize = None
+    cfg = config_from_hf(hf, normalize=normalize)
+    state = _read_weights(folder, map_location)
+    enc_state, head_state, ignored = state_dict_from_hf(state, cfg)
+    if ignored:
+        log.warning("%s: ignoring %d weights: %s", folder, len(ignored), ", ".join(ignored[:4]))
+    encoder = Wav2Vec2Model(cfg)
+    missing, unexpected = encoder.load_state_dict(enc_state, strict=False)
+    allowed_missing = {"mask_emb", "quantizer.vars", "quantizer.weight_proj.weight", "quantizer.weight_proj.bias",
+                       "project_q.weight", "project_q.bias", "final_proj.weight", "final_proj.bias"}
+    real_missing = [k for k in missing if k not in allowed_missing]
+    if real_missing or unexpected:
+        raise W2VError(f"{folder}: weights do not match config.json (missing {real_missing[:4]}, unexpected {unexpected[:4]})")
+    if arch == "Wav2Vec2ForCTC":
+        if "proj.weight" not in head_state:
+            raise W2VError(f"{folder}: Wav2Vec2ForCTC without lm_head weights")
+        vocab_size = head_state["proj.weight"].size(0)
+        dictionary, order = _read_dictionary(folder, hf, vocab_size)
+        ctc_cfg = CTCConfig(
+            vocab_size=vocab_size,
+            final_dropout=hf.get("final_dropout", 0.0),
+            mask_prob=cfg.mask_prob,
+            mask_length=cfg.mask_length,
+            mask_channel_prob=cfg.mask_channel_prob,
+            mask_channel_length=cfg.mask_channel_length,
+            layerdrop=cfg.encoder_layerdrop,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout,
+            dropout_input=cfg.dropout_input,
+        )
+        model = CTCModel(encoder, vocab_size, ctc_cfg)
+        idx = torch.tensor(order)
+        model.proj.load_state_dict({"weight": head_state["proj.weight"][idx], "bias": head_state["proj.bias"][idx]})
+        model.eval()
+        return LoadedModel("wav2vec2", "ctc", model, model.cfg, dictionary, source="huggingface")
+    encoder.eval()
+    return LoadedModel("wav2vec2", "pretrain", encoder, cfg, None, source="huggingface")
+
+
+def export_huggingface(loaded, folder: str | os.PathLike, *, architecture: str | None = None) -> Path:
+    """Write ``loaded`` as a Hugging Face folder ``from_pretrained`` can load.
+
+    Args:
+        loaded: a wav2vec 2.0 :class:`LoadedModel` (task pretrain or ctc).
+        folder: output folder (created; existing files of the same names replaced).
+        architecture: "Wav2Vec2ForPreTraining" (default for pretrain), "Wav2Vec2Model",
+            or "Wav2Vec2ForCTC" (default for ctc).
+
+    Returns:
+        The folder path.
+
+    Example:
+        >>> export_huggingface(load_model("ckpt.pt"), "hf/")   # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+
+    from w2vtools.fileio import atomic_write
+
+    if loaded.family != "wav2vec2":
+        raise W2VError(f"Hugging Face has no {loaded.family} model class; only wav2vec2 can be exported")
+    task = loaded.task
+    if task == "ctc":
+        enc_cfg = loaded.model.encoder.cfg
+        hf_task = "ctc"
+    elif task == "pretrain":
+        enc_cfg = loaded.config
+        hf_task = "pretrain"
+    else:
+        raise W2VError(f"cannot export a {task} model to Hugging Face")
+    if architecture is not None:
+        inv = {v: k for k, v in HF_ARCHITECTURES.items()}
+        if architecture not in inv:
+            raise W2VError(f"unknown architecture {architecture!r} (use {', '.join(inv)})")
+        hf_task = inv[architecture]
+        if hf_task == "ctc" and task != "ctc":
+            raise W2VError("only a CTC model can be exported as Wav2Vec2ForCTC")
+        if hf_task == "pretrain" and task != "pretrain":
+            raise W2VError("a CTC model has no quantizer: export it as Wav2Vec2ForCTC or Wav2Vec2Model")
+    state = loaded.model.state_dict()
+    if task == "ctc" and hf_task == "encoder":
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    vocab_size = None
+    final_dropout = 0.0
+    if hf_task == "ctc":
+        vocab_size = loaded.model.proj.out_features
+        final_dropout = loaded.model.cfg.final_dropout
+    hf_cfg = config_to_hf(enc_cfg, hf_task, vocab_size=vocab_size, final_dropout=final_dropout)
+    hf_state = state_dict_to_hf(state, enc_cfg, hf_task)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / "config.json") as f:
+        json.dump(hf_cfg, f, indent=2)
+        f.write("\n")
+    tmp = folder / ".model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in hf_state.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / "model.safetensors")
+    pre = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": bool(enc_cfg.normalize),
+        "return_attention_mask": enc_cfg.extractor_mode == "layer_norm",
+    }
+    if hf_task == "ctc":
+        pre["processor_class"] = "Wav2Vec2Processor"
+    with atomic_write(folder / "preprocessor_config.json") as f:
+        json.dump(pre, f, indent=2)
+        f.write("\n")
+    if hf_task == "ctc" and loaded.dictionary:
+        tokens = list(loaded.dictionary)
+        if tokens[:4] == _FAIRSEQ_SPECIALS:
+            tokens[:4] = _HF_SPECIALS
+        with atomic_write(folder / "vocab.json") as f:
+            json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        tok_cfg = {
+            "tokenizer_class": "Wav2Vec2CTCTokenizer",
+            "processor_class": "Wav2Vec2Processor",
+            "unk_token": "<unk>",
+            "pad_token": tokens[0],
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "word_delimiter_token": "|",
+            "do_lower_case": False,
+        }
+        with atomic_write(folder / "tokenizer_config.json") as f:
+            json.dump(tok_cfg, f, indent=2)
+            f.write("\n")
+        with atomic_write(folder / "special_tokens_map.json") as f:
+            json.dump({k: tok_cfg[k] for k in ("unk_token", "pad_token", "bos_token", "eos_token")}, f, indent=2)
+            f.write("\n")
+    return folder
