@@ -1,0 +1,300 @@
+"""wav2vec 2.0 model: masking, distractors, loss, quantizers, CTC head, presets, real-audio training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from w2vtools.models.ctc import CTCConfig, CTCModel
+from w2vtools.models.presets import count_preset_parameters, get_preset
+from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
+from w2vtools.models.wav2vec2 import Wav2Vec2Model, compute_mask_indices
+
+torch.set_num_threads(2)
+
+
+def _runs(row: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, length) of runs of True."""
+    runs, start = [], None
+    for i, v in enumerate(row.tolist() + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def test_mask_fraction_matches_fairseq_expectation():
+    torch.manual_seed(0)
+    mask = compute_mask_indices((64, 500), None, 0.65, 10, min_masks=2, require_same_masks=False)
+    # 0.65 x 500 / 10 = 32.5 spans of 10 at random starts, overlapping: 1 - (1 - 0.065)^10 ~ 49 %
+    expected = 1 - (1 - 0.065) ** 10
+    assert abs(mask.float().mean().item() - expected) < 0.03
+
+
+def test_mask_same_count_min_masks_and_padding():
+    torch.manual_seed(1)
+    pad = torch.zeros(4, 300, dtype=torch.bool)
+    pad[1, 200:] = True
+    pad[2, 40:] = True
+    mask = compute_mask_indices((4, 300), pad, 0.65, 10, min_masks=2, require_same_masks=True)
+    counts = mask.sum(-1)
+    assert len(set(counts.tolist())) == 1 and counts[0] > 0
+    assert not (mask & pad).any()
+    # a 12-frame utterance still gets min_masks spans
+    short = compute_mask_indices((1, 12), None, 0.65, 10, min_masks=2)
+    assert short.sum() >= 10
+
+
+def test_mask_no_overlap_keeps_spans_apart():
+    torch.manual_seed(2)
+    mask = compute_mask_indices((16, 400), None, 0.65, 10, min_masks=2, no_overlap=True, min_space=2,
+                                require_same_masks=False)
+    for row in mask:
+        runs = _runs(row)
+        assert runs and all(length == 10 for _, length in runs)  # disjoint spans never merge
+        for (s1, _), (s2, _) in zip(runs, runs[1:]):
+            assert s2 - (s1 + 10) >= 2
+
+
+def test_mask_reproducible_from_torch_seed():
+    torch.manual_seed(3)
+    a = compute_mask_indices((3, 200), None, 0.65, 10, min_masks=2)
+    torch.manual_seed(3)
+    b = compute_mask_indices((3, 200), None, 0.65, 10, min_masks=2)
+    assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- pretraining pieces
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return Wav2Vec2Model(get_preset("wav2vec2", "tiny"))
+
+
+def test_negatives_come_from_other_frames_of_the_same_utterance(tiny):
+    tiny.cfg.num_negatives = 50
+    b, m = 3, 7
+    # frame j of utterance i is the vector [i, j]: distinguishable everywhere
+    y = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(m), indexing="ij"), -1).float()
+    negs = tiny.sample_negatives(y, m)
+    assert negs.shape == (50, b, m, 2)
+    assert (negs[..., 0] == torch.arange(b).view(1, b, 1)).all()  # same utterance
+    assert (negs[..., 1] != torch.arange(m).view(1, 1, m)).all()  # never the positive
+    assert len(torch.unique(negs[:, 0, 0, 1])) == m - 1  # every other frame is drawn
+
+
+def test_logits_cosine_over_temperature_and_duplicates_masked(tiny):
+    x = torch.randn(2, 4, 8)
+    y = torch.randn(2, 4, 8)
+    negs = torch.randn(3, 2, 4, 8)
+    negs[1, 0, 2] = y[0, 2]  # a distractor equal to the positive
+    logits = tiny.compute_preds(x, y, negs)
+    assert logits.shape == (4, 2, 4)
+    assert torch.allclose(logits[0], F.cosine_similarity(x, y, dim=-1) / 0.1, atol=1e-5)
+    assert logits[2, 0, 2] == float("-inf") and torch.isfinite(logits[0]).all()
+
+
+def test_pretraining_loss_is_fairseq_sum(tiny):
+    tiny.train()
+    torch.manual_seed(5)
+    wav = torch.randn(2, 16000)
+    pad = torch.zeros(2, 16000, dtype=torch.bool)
+    pad[1, 11000:] = True
+    out = tiny(wav, pad)
+    loss, sample_size, stats = tiny.pretraining_loss(out)
+    logits = out["x"]
+    n_neg = tiny.cfg.num_negatives
+    assert logits.shape[0] == 1 + n_neg and logits.shape[1] == 2
+    assert sample_size == logits.shape[1] * logits.shape[2] == out["mask_indices"].sum()
+    ce = F.cross_entropy(logits.permute(1, 2, 0).reshape(-1, 1 + n_neg), torch.zeros(sample_size, dtype=torch.long),
+                         reduction="sum")
+    nv = out["num_vars"]
+    expected = ce + 0.1 * (nv - out["prob_perplexity"]) / nv * sample_size + 10.0 * out["features_pen"] * sample_size
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert 0 <= stats["accuracy"] <= 1 and stats["count"] == sample_size
+    assert 1 <= stats["code_perplexity"] <= nv and stats["temp"] == 2.0
+    loss.backward()
+    assert tiny.quantizer.vars.grad is not None and tiny.feature_extractor.conv_layers[0][0].weight.grad is not None
+
+
+def test_temperature_annealing(tiny):
+    tiny.set_num_updates(100_000)
+    assert math.isclose(tiny.quantizer.curr_temp, max(2.0 * 0.999995**100_000, 0.5))
+    tiny.set_num_updates(10_000_000)
+    assert tiny.quantizer.curr_temp == 0.5
+
+
+def test_layerdrop_skips_layers_in_training_only(tiny):
+    tiny.encoder.layerdrop = 1.0
+    tiny.cfg.mask_prob = 0.0
+    wav = torch.randn(1, 8000)
+    tiny.train()
+    tiny.dropout_input.p = 0.0
+    tiny.encoder.dropout = 0.0
+    skipped = tiny.extract_features(wav).features
+    tiny.eval()
+    assert torch.allclose(skipped, tiny.extract_features(wav, layer=0).features, atol=1e-6)
+    assert not torch.allclose(tiny.extract_features(wav).features, skipped)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_frames_shift_and_receptive_field(tiny):
+    assert tiny.num_frames(16000) == 49 and tiny.num_frames(400) == 1 and tiny.num_frames(399) == 0
+    assert tiny.frame_shift == 0.02 and tiny.receptive_field == 0.025
+    tiny.eval()
+    out = tiny.extract_features(torch.randn(1, 16000), layer="all")
+    assert [f.shape for f in out.features] == [torch.Size([1, 49, 64])] * 3
+    assert out.padding_mask is None
+
+
+def test_normalized_input_batched_equals_alone(tiny):
+    assert tiny.cfg.normalize
+    tiny.eval()
+    torch.manual_seed(1)
+    a, b = torch.randn(12000) * 3 + 0.5, torch.randn(7000) * 0.1
+    batch = torch.zeros(2, 12000)
+    batch[0], batch[1, :7000] = a, b
+    pad = torch.zeros(2, 12000, dtype=torch.bool)
+    pad[1, 7000:] = True
+    with torch.inference_mode():
+        out = tiny.extract_features(batch, pad)
+        alone = tiny.extract_features(b.unsqueeze(0)).features
+        codes = tiny.quantize(batch, pad)
+        codes_alone = tiny.quantize(b.unsqueeze(0))
+    t = tiny.num_frames(7000)
+    assert (~out.padding_mask[1]).sum() == t
+    assert torch.allclose(out.features[1, :t], alone[0], atol=1e-5)
+    assert codes.shape == (2, 37, 2) and (codes[1, t:] == -1).all()
+    assert torch.equal(codes[1, :t], codes_alone[0]) and codes[0].max() < 32 and codes[0].min() >= 0
+
+
+# --------------------------------------------------------------------------- quantizers
+
+
+def test_gumbel_quantizer_straight_through_and_eval_argmax():
+    torch.manual_seed(0)
+    q = GumbelVectorQuantizer(16, 8, (2.0, 0.5, 0.999995), 2, False, 12, time_first=True)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    out = q(x, produce_targets=True)
+    out["x"].sum().backward()
+    assert out["x"].shape == (2, 5, 12) and x.grad is not None and x.grad.abs().sum() > 0
+    q.eval()
+    res = q(x, produce_targets=True)
+    codes = res["targets"]
+    expected = torch.cat([q.vars[0, codes[..., g] + g * 8] for g in range(2)], -1)
+    assert torch.allclose(res["x"], expected)
+    assert torch.equal(codes, q.logits(x).argmax(-1))
+
+
+def test_kmeans_quantizer_nearest_codeword():
+    torch.manual_seed(0)
+    q = KmeansVectorQuantizer(16, 10, 2, False, 16, time_first=True, gamma=0.25)
+    x = torch.randn(2, 6, 16, requires_grad=True)
+    out = q(x, produce_targets=True)
+    ze = q.projection(x.transpose(1, 2)).transpose(1, 2).reshape(2, 6, 2, 8)
+    d = ((ze.unsqueeze(-2) - q.embedding.transpose(0, 1).unsqueeze(0).unsqueeze(0)) ** 2).sum(-1)  # (B,T,G,V)
+    assert torch.equal(out["targets"], d.argmin(-1))
+    (out["x"].sum() + out["kmeans_loss"]).backward()
+    assert x.grad is not None and q.embedding.grad is not None
+    assert out["x"].shape == (2, 6, 16) and float(out["kmeans_loss"].detach()) > 0
+
+
+# --------------------------------------------------------------------------- CTC
+
+
+def test_ctc_finetuning_regularization(tiny):
+    cfg = CTCConfig(vocab_size=10, mask_prob=0.5, mask_channel_prob=0.5, mask_channel_length=8, layerdrop=0.0,
+                    feature_grad_mult=0.0, freeze_finetune_updates=2)
+    ctc = CTCModel(tiny, 10, cfg)
+    wav = torch.randn(2, 16000)
+    ctc.eval()
+    ref, _ = ctc(wav)
+    ctc.train()
+    logits, _ = ctc(wav)
+    assert logits.shape == (2, 49, 10) and not torch.allclose(logits, ref)  # masking in train mode
+    # frozen encoder for the first updates: only the head learns
+    logits.sum().backward()
+    assert all(p.grad is None for p in ctc.encoder.parameters()) and ctc.proj.weight.grad is not None
+    ctc.zero_grad(set_to_none=True)
+    ctc.set_num_updates(2)
+    ctc(wav)[0].sum().backward()
+    assert ctc.encoder.encoder.layers[0].fc1.weight.grad is not None
+    assert all(p.grad is None for p in ctc.encoder.feature_extractor.parameters())  # feature_grad_mult 0
+
+
+def test_feature_grad_mult_scales_gradients():
+    torch.manual_seed(0)
+    cfg = get_preset("wav2vec2", "tiny")
+    wav = torch.randn(1, 8000)
+    grads = {}
+    for mult in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = CTCModel(Wav2Vec2Model(cfg), 6, CTCConfig(vocab_size=6, apply_mask=False, layerdrop=0.0,
+                                                          activation_dropout=0.0, feature_grad_mult=mult))
+        model.train()
+        model(wav)[0].pow(2).sum().backward()
+        grads[mult] = model.encoder.feature_extractor.conv_layers[0][0].weight.grad
+    assert (grads[0.1] - grads[1.0] * 0.1).abs().max() < 1e-5 * grads[0.1].abs().max()
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_preset_parameter_counts_match_papers():
+    millions = {name: count_preset_parameters("wav2vec2", name) / 1e6
+                for name in ("base", "large", "xls-r-300m", "xls-r-1b", "xls-r-2b")}
+    assert 94 < millions["base"] < 96
+    assert 315 < millions["large"] < 319 and 315 < millions["xls-r-300m"] < 319
+    assert 950 < millions["xls-r-1b"] < 980
+    assert 2100 < millions["xls-r-2b"] < 2200
+
+
+# --------------------------------------------------------------------------- real audio
+
+
+def test_tiny_model_learns_on_fsdd(fsdd):
+    from w2vtools.audio import load_audio
+
+    files = sorted(fsdd.glob("*_jackson_1?.wav"))[:8]
+    wavs = [torch.from_numpy(load_audio(str(f), sample_rate=16000)) for f in files]
+    lengths = torch.tensor([len(w) for w in wavs])
+    batch = torch.zeros(len(wavs), int(lengths.max()))
+    for i, w in enumerate(wavs):
+        batch[i, : len(w)] = w
+    pad = torch.arange(batch.size(1)).unsqueeze(0) >= lengths.unsqueeze(1)
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(get_preset("wav2vec2", "tiny"))
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def fixed_loss():
+        # the same masks and distractors every time: a fair before/after comparison
+        model.eval()
+        state = torch.get_rng_state()
+        torch.manual_seed(1234)
+        with torch.no_grad():
+            loss, n, _ = model.pretraining_loss(model(batch, pad))
+        torch.set_rng_state(state)
+        return float(loss) / n
+
+    before = fixed_loss()
+    model.train()
+    for step in range(40):
+        model.set_num_updates(step)
+        loss, n, _ = model.pretraining_loss(model(batch, pad))
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    after = fixed_loss()
+    assert after < 0.8 * before, (before, after)
