@@ -255,6 +255,13 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -
             ignored.append(key)
             continue
         enc[_layer_norm_fix(ours, cfg)] = value
+    if cfg.conv_feature_layers[-1][0] == cfg.encoder_embed_dim and "post_extract_proj.weight" in enc:
+        # fairseq (and we) have no projection when the dims agree; HF always has one.
+        w, b = enc.pop("post_extract_proj.weight"), enc.pop("post_extract_proj.bias", None)
+        identity = torch.equal(w, torch.eye(w.size(0), dtype=w.dtype, device=w.device))
+        if not identity or (b is not None and bool(b.any())):
+            raise W2VError("feature projection between equal dimensions is not the identity: "
+                           "this model cannot be represented in fairseq's layout")
     return enc, head, ignored
 
 
@@ -281,6 +288,12 @@ def state_dict_to_hf(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config, task: 
         if top_level and task != "pretrain":
             continue
         out[(hf_key if top_level else prefix + hf_key)] = value.detach().contiguous()
+    dim = cfg.conv_feature_layers[-1][0]
+    if dim == cfg.encoder_embed_dim:
+        # HF always has the feature projection; ours (like fairseq's) is absent when the
+        # dims agree, which is the identity.
+        out[prefix + "feature_projection.projection.weight"] = torch.eye(dim)
+        out[prefix + "feature_projection.projection.bias"] = torch.zeros(dim)
     return out
 
 
