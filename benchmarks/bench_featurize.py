@@ -115,13 +115,25 @@ def memory_child(args) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    enc = encoder_from_module(model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval(), "base", "wav2vec2")
+    cfg = get_preset("wav2vec2", args.memory_model)
+    enc = encoder_from_module(model_class_for("wav2vec2")(cfg).eval(), args.memory_model, "wav2vec2")
     lines = Path(args.scp).read_text().splitlines()[: args.child_n]
     scp = Path(args.out) / f"sub{args.child_n}.scp"
     scp.write_text("\n".join(lines) + "\n")
-    before = peak_rss_mb()
+    # Reset the kernel's high-water mark (VmHWM) once the model is resident, so the peak
+    # measured is that of featurizing (Linux: "5" > /proc/self/clear_refs).
+    resident = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     featurize(str(scp), str(Path(args.out) / f"mem{args.child_n}.h5"), model=enc, threads=args.threads, progress=False)
-    print(json.dumps({"n": args.child_n, "peak_rss_mb": peak_rss_mb(), "after_model_mb": before}))
+    print(json.dumps({"n": args.child_n, "peak_rss_mb": _status_mb("VmHWM"), "after_model_mb": resident}))
+
+
+def _status_mb(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -134,6 +146,10 @@ def main() -> None:
     ap.add_argument("--batch-seconds", type=float, default=200.0)
     ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true", help="only the memory measurement")
+    ap.add_argument("--memory-model", choices=["base", "tiny"], default="base",
+                    help="architecture for --memory (tiny: the pipeline's own memory on a big corpus, quickly)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (spreads machine load evenly)")
     ap.add_argument("--child-n", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--scp", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -156,6 +172,18 @@ def main() -> None:
     print(f"inputs: {len(waves)} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
           f"torch {torch.__version__}")
 
+    if not args.skip_speed:
+        speed(args, tmp, scp, uids, waves, audio_s)
+    if args.memory:
+        memory(args, tmp, scp)
+
+
+def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
+    """Ours vs the peers, interleaved rounds, with a numerical agreement check."""
+    import torch
+
+    from w2vtools.featurize import encoder_from_module, featurize
+
     loaded, hf, ta = build_models(tmp)
     enc = encoder_from_module(loaded.model, "wav2vec2-base(random)", "wav2vec2")
 
@@ -167,23 +195,41 @@ def main() -> None:
             hf(w0)
             ta.extract_features(w0)
 
-    results = {}
-    t0 = time.perf_counter()
-    summary = featurize(str(scp), str(tmp / "ours.h5"), model=enc, threads=args.threads,
-                        batch_seconds=args.batch_seconds, progress=False)
-    results["w2v featurize"] = time.perf_counter() - t0
-    assert summary.utterances == len(waves)
+    # Interleave: the corpus is cut into rounds and every system runs each round in turn,
+    # so load from other processes on a shared machine falls on all of them alike.
+    results = {"w2v featurize": 0.0}
+    if not args.skip_peers:
+        results.update({"transformers Wav2Vec2Model": 0.0, "torchaudio wav2vec2": 0.0})
+    lines = scp.read_text().splitlines()
+    rounds = max(1, min(args.rounds, len(lines)))
+    hf_out, ta_out = [], []
+    for r in range(rounds):
+        idx = list(range(r, len(lines), rounds))
+        sub = tmp / f"round{r}.scp"
+        sub.write_text("".join(lines[i] + "\n" for i in idx))
+        t0 = time.perf_counter()
+        summary = featurize(str(sub), str(tmp / f"ours{r}.h5"), model=enc, threads=args.threads,
+                            batch_seconds=args.batch_seconds, progress=False)
+        results["w2v featurize"] += time.perf_counter() - t0
+        assert summary.utterances == len(idx)
+        if not args.skip_peers:
+            t, out = run_peer("hf", lambda x: hf(x).last_hidden_state[0].numpy(), [waves[i] for i in idx])
+            results["transformers Wav2Vec2Model"] += t
+            hf_out += list(zip(idx, out))
+            t, out = run_peer("torchaudio", lambda x: ta.extract_features(x)[0][-1][0].numpy(), [waves[i] for i in idx])
+            results["torchaudio wav2vec2"] += t
+            ta_out += list(zip(idx, out))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.items()), flush=True)
 
     if not args.skip_peers:
-        t_hf, hf_out = run_peer("hf", lambda x: hf(x).last_hidden_state[0].numpy(), waves)
-        results["transformers Wav2Vec2Model"] = t_hf
-        t_ta, ta_out = run_peer("torchaudio", lambda x: ta.extract_features(x)[0][-1][0].numpy(), waves)
-        results["torchaudio wav2vec2"] = t_ta
         import h5py
 
-        with h5py.File(tmp / "ours.h5") as f:
-            diff_hf = max(float(np.abs(f[u][()] - o).max()) for u, o in zip(uids, hf_out))
-            diff_ta = max(float(np.abs(f[u][()] - o).max()) for u, o in zip(uids, ta_out))
+        ours_feats = {}
+        for r in range(rounds):
+            with h5py.File(tmp / f"ours{r}.h5") as f:
+                ours_feats.update({k: f[k][()] for k in f})
+        diff_hf = max(float(np.abs(ours_feats[uids[i]] - o).max()) for i, o in hf_out)
+        diff_ta = max(float(np.abs(ours_feats[uids[i]] - o).max()) for i, o in ta_out)
         print(f"same weights check: max |ours - HF| = {diff_hf:.2e}, max |ours - torchaudio| = {diff_ta:.2e}")
 
     ours = audio_s / results["w2v featurize"]
@@ -198,16 +244,20 @@ def main() -> None:
     print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {args.matmul_gflops} GFLOP/s); "
           f"ours {per:.3f} s per audio-s = {per / floor:.2f}x the floor")
 
-    if args.memory:
-        print("\npeak RSS of `featurize` (fresh process each):")
-        for n in sorted({max(1, args.num_utts // 4), max(1, args.num_utts // 2), args.num_utts}):
-            p = subprocess.run(
-                [sys.executable, __file__, "--child-n", str(n), "--scp", str(scp), "--out", str(tmp),
-                 "--threads", str(args.threads)],
-                capture_output=True, text=True, check=True,
-            )
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            print(f"  {n:5d} utterances: peak RSS {r['peak_rss_mb']:.0f} MB (model loaded: {r['after_model_mb']:.0f} MB)")
+
+def memory(args, tmp: Path, scp: Path) -> None:
+    """Peak RSS of featurize for growing corpora, each in a fresh process."""
+    print(f"\npeak RSS of `featurize` with the {args.memory_model} model (fresh process each):")
+    n_all = len(scp.read_text().splitlines())
+    for n in sorted({max(1, n_all // 4), max(1, n_all // 2), n_all}):
+        p = subprocess.run(
+            [sys.executable, __file__, "--child-n", str(n), "--scp", str(scp), "--out", str(tmp),
+             "--threads", str(args.threads), "--memory-model", args.memory_model],
+            capture_output=True, text=True, check=True,
+        )
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"  {n:5d} utterances: peak RSS while featurizing {r['peak_rss_mb']:.0f} MB "
+              f"(RSS with the model loaded, before: {r['after_model_mb']:.0f} MB)")
 
 
 if __name__ == "__main__":
