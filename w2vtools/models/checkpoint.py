@@ -322,7 +322,7 @@ def load_model(spec: str | os.PathLike, map_location="cpu") -> LoadedModel:
 
     Example:
         >>> loaded = load_model("exp/pretrain/checkpoint_best.pt")  # doctest: +SKIP
-        >>> loaded.family, loaded.task
+        >>> loaded.family, loaded.task                     # doctest: +SKIP
         ('wav2vec2', 'pretrain')
     """
     spec_str = str(spec)
@@ -395,7 +395,7 @@ def describe_model(loaded: LoadedModel) -> dict:
 
     Example:
         >>> info = describe_model(load_model("ckpt.pt"))   # doctest: +SKIP
-        >>> info["frame_rate_hz"]
+        >>> info["frame_rate_hz"]                          # doctest: +SKIP
         50.0
     """
     model = loaded.model

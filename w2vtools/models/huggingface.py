@@ -65,7 +65,7 @@ def config_from_hf(hf: dict, normalize: bool | None = None) -> Wav2Vec2Config:
             (True for ``feat_extract_norm == "layer"``).
 
     Example:
-        >>> config_from_hf({"hidden_size": 1024, "num_hidden_layers": 24}).encoder_embed_dim
+        >>> config_from_hf({"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}).encoder_embed_dim
         1024
     """
     model_type = hf.get("model_type", "wav2vec2")
@@ -392,7 +392,7 @@ def load_huggingface(folder: str | os.PathLike, map_location="cpu"):
 
     Example:
         >>> loaded = load_huggingface("wav2vec2-base-960h")   # doctest: +SKIP
-        >>> loaded.task, loaded.dictionary[:5]
+        >>> loaded.task, loaded.dictionary[:5]                # doctest: +SKIP
         ('ctc', ['<s>', '<pad>', '</s>', '<unk>', '|'])
     """
     from w2vtools.models.checkpoint import LoadedModel

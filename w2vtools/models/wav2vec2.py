@@ -53,7 +53,7 @@ class Wav2Vec2Config:
     fairseq's criterion (``loss_weights: [0.1, 10]``).
 
     Example:
-        >>> cfg = Wav2Vec2Config(encoder_layers=24, encoder_embed_dim=1024)
+        >>> cfg = Wav2Vec2Config(encoder_layers=24, encoder_embed_dim=1024, encoder_attention_heads=16)
         >>> cfg.conv_feature_layers[0]
         (512, 10, 5)
     """
