@@ -362,7 +362,9 @@ def _unwrap(batch: dict) -> dict:
     return batch
 
 
-def make_loader(dataset: AudioDataset, sampler: BatchSampler, *, num_workers: int = 2) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: AudioDataset, sampler: BatchSampler, *, num_workers: int = 2, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
     """A DataLoader whose workers read, resample and collate whole batches.
 
     Example:
@@ -377,4 +379,5 @@ def make_loader(dataset: AudioDataset, sampler: BatchSampler, *, num_workers: in
         worker_init_fn=_worker_init if num_workers else None,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
+        pin_memory=pin_memory,  # page-locked batches copy to the GPU asynchronously
     )

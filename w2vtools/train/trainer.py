@@ -47,11 +47,10 @@ import random
 import resource
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,7 +58,7 @@ import torch
 from w2vtools.errors import W2VError
 from w2vtools.train.config import TrainConfig
 from w2vtools.train.data import AudioDataset, BatchSampler, make_loader, stable_seed
-from w2vtools.train.objectives import Objective, unwrap
+from w2vtools.train.objectives import Objective
 from w2vtools.train.schedules import make_schedule
 
 log = logging.getLogger("w2v.train")
@@ -345,7 +344,8 @@ class Trainer:
             train_set.sizes_for_batching, max_samples=data.max_samples_per_batch, max_batch_size=data.max_batch_size,
             seed=run.seed, world_size=self.dist.world_size, rank=self.dist.rank, update_freq=self.update_freq,
         )
-        self.loader = make_loader(train_set, self.sampler, num_workers=data.num_workers)
+        pin = self.device.type == "cuda"
+        self.loader = make_loader(train_set, self.sampler, num_workers=data.num_workers, pin_memory=pin)
         self.valid_loader = None
         if valid_set is not None:
             vs = BatchSampler(
@@ -353,7 +353,7 @@ class Trainer:
                 max_batch_size=data.max_batch_size, seed=run.seed, shuffle=False,
                 world_size=self.dist.world_size, rank=self.dist.rank, drop_remainder=False,
             )
-            self.valid_loader = make_loader(valid_set, vs, num_workers=min(1, data.num_workers))
+            self.valid_loader = make_loader(valid_set, vs, num_workers=min(1, data.num_workers), pin_memory=pin)
 
         # Progress and bookkeeping (all part of the checkpoint)
         self.num_updates = 0
