@@ -63,7 +63,10 @@ def plot_logs(
     Raises:
         W2VError: unreadable log, or none of the metrics present.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise W2VError("w2v plot needs matplotlib: pip install matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
