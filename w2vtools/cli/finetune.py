@@ -87,12 +87,15 @@ def command(train, labels, valid, valid_labels, dict_path, init, preset, feature
     Examples:
       w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv \\
           --init exp/pretrain/checkpoint_best.pt --preset 10h --save-dir exp/ft10h
-      w2v finetune data/train.tsv --valid data/test.tsv --init wav2vec2-base --preset tiny \\
-          --max-update 300 --save-dir exp/ft
+      w2v finetune data/train_1h.tsv --valid data/dev.tsv --init wav2vec2-base --preset 1h \\
+          --update-freq 8 --save-dir exp/ft1h            # 1 GPU standing in for 8
+      w2v finetune data/train_1h.tsv --valid data/dev.tsv --preset 1h --update-freq 8 \\
+          --save-dir exp/ft1h --resume                   # after an interruption
       w2v featurize data/train.tsv feats/train.h5 --model fbank
       w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 \\
           --arch blstm --preset tiny --save-dir exp/blstm
       w2v decode data/test.tsv --model exp/ft10h/checkpoint_best.pt > hyp.txt
+      w2v decode --model exp/blstm/checkpoint_best.pt --features feats/test.h5 > hyp_blstm.txt
     """
     from w2vtools.errors import W2VError
     from w2vtools.finetune import finetune
