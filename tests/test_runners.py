@@ -289,3 +289,57 @@ def test_log_timestamps(tmp_path):
     p = bash(f". {UTILS}/log.sh; log hello world", cwd=tmp_path)
     assert p.returncode == 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d test.sh: hello world\n", p.stderr)
+
+
+# --------------------------------------------------------------------------- split_data.sh / combine_data.sh
+
+
+def _make_data_dir(d: Path, speakers: dict[str, int], prefix: str = "") -> list[str]:
+    d.mkdir(parents=True)
+    uids = sorted(f"{prefix}{spk}-u{i:02d}" for spk, n in speakers.items() for i in range(n))
+    (d / "wav.scp").write_text("".join(f"{u} /audio/{u}.wav\n" for u in uids))
+    (d / "text").write_text("".join(f"{u} WORD {u.upper()}\n" for u in uids))
+    (d / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in uids))
+    spk2utt = {}
+    for u in uids:
+        spk2utt.setdefault(u.split("-")[0], []).append(u)
+    (d / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    (d / "frame_shift").write_text("0.02\n")
+    return uids
+
+
+def test_split_data_covers_every_utterance_once(tmp_path):
+    data = tmp_path / "data" / "test"
+    uids = _make_data_dir(data, {"a": 5, "b": 1, "c": 4})
+    p = subprocess.run([str(UTILS / "split_data.sh"), str(data), "3"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    seen = []
+    for j in (1, 2, 3):
+        part = data / "split3" / str(j)
+        lines = (part / "utt2spk").read_text().splitlines()
+        assert len(lines) in (3, 4)  # balanced in utterances
+        keys = [l.split()[0] for l in lines]
+        seen += keys
+        for f in ("text", "wav.scp"):
+            assert [l.split()[0] for l in (part / f).read_text().splitlines()] == keys
+        # spk2utt is rebuilt from the part's own utt2spk
+        spk2utt = {l.split()[0]: l.split()[1:] for l in (part / "spk2utt").read_text().splitlines()}
+        assert sorted(u for us in spk2utt.values() for u in us) == sorted(keys)
+        assert (part / "frame_shift").read_text() == "0.02\n"
+    assert seen == uids
+    p = subprocess.run([str(UTILS / "split_data.sh"), str(data), "11"], capture_output=True, text=True)
+    assert p.returncode == 1 and "has 10 utterances, cannot make 11 parts" in p.stderr
+
+
+def test_combine_data_merges_and_refuses_duplicates(tmp_path):
+    a = _make_data_dir(tmp_path / "a", {"x": 2, "y": 1})
+    b = _make_data_dir(tmp_path / "b", {"z": 2})
+    p = subprocess.run([str(UTILS / "combine_data.sh"), str(tmp_path / "c"), str(tmp_path / "a"), str(tmp_path / "b")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    keys = [l.split()[0] for l in (tmp_path / "c" / "text").read_text().splitlines()]
+    assert keys == sorted(a + b)
+    assert (tmp_path / "c" / "spk2utt").read_text().splitlines()[2] == "z z-u00 z-u01"
+    p = subprocess.run([str(UTILS / "combine_data.sh"), str(tmp_path / "d"), str(tmp_path / "a"), str(tmp_path / "a")],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "occur in more than one source" in p.stderr

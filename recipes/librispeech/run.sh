@@ -134,7 +134,8 @@ if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets,
   require_w2v manifest lm
   root=$(libri_root)
   # the labeled training part first: its letters make the dictionary
-  all_parts=$(printf '%s\n' "$finetune_train_part" $eval_sets $feat_sets $unlabeled_part $pretrain_parts | awk '!seen[$0]++')
+  all_parts=$(printf '%s\n' "$finetune_train_part" "$finetune_valid" "$pretrain_valid" $eval_sets $feat_sets \
+    $unlabeled_part $pretrain_parts | awk '!seen[$0]++')
   for p in $all_parts; do
     if [ ! -d "$root/$p" ]; then
       case " $pretrain_parts " in
@@ -165,7 +166,7 @@ if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets,
       *) log "ERROR: unknown fine-tuning preset $preset (10m 1h 10h 100h)"; exit 1 ;;
     esac
     if [ "$preset" = 100h ]; then
-      utils/combine_data.sh "$d" "data/$(kaldi_name "$finetune_train_part")"
+      "$here/utils/combine_data.sh" "$d" "data/$(kaldi_name "$finetune_train_part")"
     elif [ -n "$librilight" ]; then
       srcs=()
       for s in "${ll[@]}"; do
@@ -175,7 +176,7 @@ if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets,
           --labels "$librilight/$s" --dict data/manifest/dict.ltr.txt --to-kaldi "data/$name"
         srcs+=("data/$name")
       done
-      utils/combine_data.sh "$d" "${srcs[@]}"
+      "$here/utils/combine_data.sh" "$d" "${srcs[@]}"
     else
       "$W2V_PYTHON" "$here/local/subset_duration.py" "data/$(kaldi_name "$finetune_train_part")" "$hours" "$d"
     fi
@@ -256,7 +257,7 @@ if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngp
       [ -f "data/$(kaldi_name "$p")/wav.scp" ] && srcs+=("data/$(kaldi_name "$p")")
     done
     [ ${#srcs[@]} -gt 0 ] || { log "ERROR: no pretraining part prepared (stage 1)"; exit 1; }
-    utils/combine_data.sh data/pretrain "${srcs[@]}"
+    "$here/utils/combine_data.sh" data/pretrain "${srcs[@]}"
     uf=$pretrain_update_freq
     if [ "$uf" = 0 ]; then uf=$((64 / (ngpu > 0 ? ngpu : 1))); fi
     conf_opt=()
@@ -299,7 +300,7 @@ if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acousti
     for f in wav.scp text utt2spk spk2utt utt2dur; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
     n=$(wc -l <"$dst/utt2spk")
     j=$((nj < n ? nj : n))
-    utils/split_data.sh "$dst" "$j"
+    "$here/utils/split_data.sh" "$dst" "$j"
     # each shard is a data dir; featurize writes feats.scp, utt2num_frames and
     # frame_shift into it, with the archive under it
     $cpu_cmd JOB=1:$j "$dst/log/featurize.JOB.log" \
@@ -424,7 +425,7 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
     log "pseudo-labels, all: $(grep '^%WER' "$pdir/wer_all"); kept: $(grep '^%WER' "$pdir/wer_kept")"
   fi
   # 3. fine-tune on labeled + pseudo-labeled data, from the pretrained model
-  utils/combine_data.sh "data/train_${st_from}_st" "data/train_$st_from" "$pseudo"
+  "$here/utils/combine_data.sh" "data/train_${st_from}_st" "data/train_$st_from" "$pseudo"
   finetune_model "$st_from" "data/train_${st_from}_st" "$st"
   # 4. decode and score again
   decode_sets "$st/checkpoint_best.pt" "$st" $eval_sets
