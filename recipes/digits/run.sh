@@ -234,11 +234,10 @@ fi
 # decode_test SYSTEM_DIR: viterbi over the test set in $nj shards, keeping the
 # log-probabilities, then lexicon + KenLM beam search on them:
 # DIR/decode_test_{viterbi,kenlm}/hyp.JOB.txt. Fine-tuned wav2vec 2.0 models
-# run on the audio (w2v decode --model); the downstream baselines on the test
-# set's stored features (local/downstream_emissions.py, then w2v decode
-# --emissions), so all systems share one decoder.
+# run on the audio, the downstream baselines on the test set's stored
+# features (w2v decode --features); all systems share one decoder.
 decode_test() {
-  local sys=$1 model=$1/checkpoint_last.pt vdir=$1/decode_test_viterbi kdir=$1/decode_test_kenlm kind
+  local sys=$1 model=$1/checkpoint_last.pt vdir=$1/decode_test_viterbi kdir=$1/decode_test_kenlm kind input
   [ -f "$model" ] || { log "ERROR: $model not found (run stages 3-4 first)"; return 1; }
   if ! unit_done "$vdir"; then
     rm -rf "$vdir"
@@ -246,17 +245,13 @@ decode_test() {
       *_ds_*)
         kind=${sys#exp/}
         kind=${kind%%_ds_*}
-        $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
-          "$W2V_PYTHON" "$here/local/downstream_emissions.py" "$model" "exp/feats/${kind}_test.h5" \
-            "$vdir/emissions.JOB.h5" --shard JOB/$nj \&\& \
-          w2v decode --emissions "$vdir/emissions.JOB.h5" -o "$vdir/hyp.JOB.txt" --no-progress
+        input=(--features "exp/feats/${kind}_test.h5")
         ;;
-      *)
-        $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
-          w2v decode data/test --model "$model" --shard JOB/$nj --dump-emissions "$vdir/emissions.JOB.h5" \
-            -o "$vdir/hyp.JOB.txt" --no-progress
-        ;;
+      *) input=(data/test) ;;
     esac
+    $decode_cmd JOB=1:$nj "$vdir/log/decode.JOB.log" \
+      w2v decode "${input[@]}" --model "$model" --shard JOB/$nj --dump-emissions "$vdir/emissions.JOB.h5" \
+        -o "$vdir/hyp.JOB.txt" --no-progress
     mark_done "$vdir"
   fi
   if ! unit_done "$kdir"; then

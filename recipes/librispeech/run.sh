@@ -225,7 +225,7 @@ train_device() { if [ "$ngpu" = 0 ]; then echo cpu; else echo cuda; fi; }
 # replaces it, e.g. tiny for CPU tests), validated on --finetune-valid.
 # fairseq ran these on 2 GPUs x update_freq 4: we keep that batch on $ngpu.
 finetune_model() {
-  local subset=$1 data=$2 dir=$3 recipe=${ft_recipe:-$1} uf resume=() conf_opt=()
+  local subset=$1 data=$2 dir=$3 recipe=${ft_recipe:-$1} uf uf_opt resume=() conf_opt=()
   unit_done "$dir" && return 0
   if stage_forced; then
     rm -rf "$dir"
@@ -235,13 +235,16 @@ finetune_model() {
   local model
   model=$(pretrained_model)
   [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; return 1; }
-  uf=$((8 / (ngpu > 1 ? ngpu : 1)))
-  [ "$uf" -ge 1 ] || uf=1
+  # the published presets' batch is 8 GPU-batches (2 GPUs x 4; 960h: 8 x 1)
+  case "$recipe" in
+    10m | 1h | 10h | 100h | 960h) uf=$((8 / (ngpu > 1 ? ngpu : 1))); [ "$uf" -ge 1 ] || uf=1; uf_opt=(--update-freq "$uf") ;;
+    *) uf_opt=() ;;
+  esac
   [ -n "$finetune_conf" ] && conf_opt=(--config "$finetune_conf")
   # shellcheck disable=SC2046,SC2086
   $train_cmd --gpu "$ngpu" "$dir/log/train.log" \
     $(train_launcher) finetune "$data" --valid "data/$(kaldi_name "$finetune_valid")" --init "$model" \
-      --preset "$recipe" --dict data/manifest/dict.ltr.txt --update-freq "$uf" --device "$(train_device)" \
+      --preset "$recipe" --dict data/manifest/dict.ltr.txt ${uf_opt[@]+"${uf_opt[@]}"} --device "$(train_device)" \
       ${conf_opt[@]+"${conf_opt[@]}"} $finetune_sets --save-dir "$dir" ${resume[@]+"${resume[@]}"}
   grep -E '^w2v: valid \|' "$dir/log/train.log" | tail -n 1 >&2 || true
   mark_done "$dir"
