@@ -145,11 +145,11 @@ def test_each_utterance_alone_matches_hf_and_torchaudio(run):
     for a in run["alone"]:
         assert len(a["all"]) == n_layers + 1
         assert _rel(a["z"], a["hf_z"]) < 1e-4
-        # HF hidden_states: [Transformer input, layer 1, ..., layer N-1, final output]
-        for i in range(n_layers):
+        # HF hidden_states: [Transformer input, raw output of layer 1, ..., layer N];
+        # last_hidden_state: after the final layer norm of pre-LN models
+        for i in range(n_layers + 1):
             assert _rel(a["all"][i], a["hf_hidden"][i]) < 1e-4, f"{kind} layer {i}"
         assert _rel(a["final"], a["hf_last"]) < 1e-4
-        assert _rel(a["final"], a["hf_hidden"][n_layers]) < 1e-4
         # torchaudio: the raw output of every layer (before a pre-LN model's final layer norm)
         assert len(a["ta_layers"]) == n_layers
         for i, t in enumerate(a["ta_layers"], start=1):
@@ -175,7 +175,7 @@ def test_padded_batch_equals_alone_and_peers(run):
         for i, t in enumerate(frames):
             assert _rel(run["batched_final"][i, :t], run["peer_last"][i, :t]) < 1e-4
             assert _rel(run["batched_final"][i, :t], run["ta_batched"][i, :t]) < 1e-4
-            for layer in range(n_layers):
+            for layer in range(n_layers + 1):
                 assert _rel(out.features[layer][i, :t], run["peer_hidden"][layer][i, :t]) < 1e-4
     else:
         # without a padding mask ours computes what the peers compute on a padded batch
