@@ -73,3 +73,17 @@ def test_looks_like_manifest():
     assert looks_like_manifest("/data/root", None)
     assert not looks_like_manifest("utt1 /data/a.wav", "utt2 /data/b.wav")
     assert not looks_like_manifest("a.wav\t100", "b.wav\t200")
+    # a one-line wav.scp is a wav.scp, not a manifest without rows
+    assert not looks_like_manifest("utt1 /data/a.wav", None)
+    assert not looks_like_manifest("utt1 sox /data/a.flac -t wav - |", None)
+
+
+def test_read_corpus_one_line_wav_scp(tmp_path, fsdd):
+    from w2vtools.formats.corpus import read_corpus
+
+    wav = fsdd / "3_theo_7.wav"
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"theo-3_theo_7 {wav}\n")
+    utts = read_corpus(scp)
+    assert [(u.uid, u.source) for u in utts] == [("theo-3_theo_7", str(wav))]
+    assert utts[0].load().shape[0] > 0

@@ -122,6 +122,8 @@ def looks_like_manifest(first_line: str, second_line: str | None) -> bool:
     if "\t" in first_line:
         return False
     if second_line is None:
-        return True
+        # A lone line is a manifest without rows only if it names a directory, not `uid path`.
+        line = first_line.strip()
+        return len(line.split()) == 1 or os.path.isdir(line)
     parts = second_line.rstrip("\n").split("\t")
     return len(parts) >= 2 and parts[1].strip().isdigit()
