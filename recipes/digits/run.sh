@@ -279,6 +279,7 @@ if stage_begin 5 "decode the test set: viterbi and KenLM"; then
   stage_end
 fi
 
+__stage_ran_6=false
 if stage_begin 6 "score and print the WER table"; then
   require_w2v score
   for sys in $(systems); do
@@ -293,5 +294,11 @@ if stage_begin 6 "score and print the WER table"; then
   train_utts=$(wc -l <data/train/text)
   "$W2V_PYTHON" "$here/local/wer_table.py" exp --set test --budgets "${budgets// /,}" --train-utts "$train_utts" \
     | tee exp/RESULTS.md
+  __stage_ran_6=true
   stage_end
+fi
+
+# A rerun that skipped the scoring stage still shows the table.
+if [ "$stop_stage" -ge 6 ] && [ "$__stage_ran_6" != true ] && [ -f exp/RESULTS.md ]; then
+  cat exp/RESULTS.md
 fi
