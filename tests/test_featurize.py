@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import soundfile as sf
 import torch
 
 from w2vtools.audio import load_audio, num_resampled
+from w2vtools.errors import PartialFailure
 from w2vtools.featurize import encoder_from_module, featurize, load_encoder, select_shard
 from w2vtools.formats.features import escape_key
 
@@ -305,3 +307,73 @@ def test_command_sources_stdin_manifest_and_stale_resume(tmp_path, w2v, fsdd):
     assert "not-in-corpus" in p.stderr and "--no-resume" in p.stderr
     w2v("featurize", tmp_path / "wav.scp", out, "--model", "fbank", "--no-resume")
     assert sorted(h5py.File(out)) == sorted(f.stem for f in files)
+
+
+def _ark_keys(ark: Path) -> list[str]:
+    """Utterance ids in the order they were written."""
+    return [k for k, _ in kaldiio.load_ark(str(ark))]
+
+
+def test_streams_write_the_same_file_in_the_same_order(tmp_path, fsdd, tiny_ckpts):
+    # many small batches, a few recordings long enough to go in windows, and one broken file
+    files = sorted(fsdd.glob("*_yweweler_*.wav"))[:40]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    scp = tmp_path / "wav.scp"
+    scp.write_text("".join(f"{f.stem} {f}\n" for f in files[:20]) + f"broken {bad}\n"
+                   + "".join(f"{f.stem} {f}\n" for f in files[20:]))
+    enc = load_encoder(str(tiny_ckpts["wav2vec2"]))
+    lengths = {f.stem: sf.info(str(f)).frames for f in files}
+    chunk_s = sorted(lengths.values())[-8] / 8000  # the 7 longest go in windows
+    before = torch.get_num_threads()
+    runs = {}
+    for streams in (1, 3):
+        ark, out_scp = tmp_path / f"s{streams}.ark", tmp_path / f"s{streams}.scp"
+        with pytest.raises(PartialFailure, match="1 of 41 utterances failed \\(broken\\)"):
+            # threads == streams: every op single-threaded in both runs
+            featurize(str(scp), f"ark,scp:{ark},{out_scp}", model=enc, batch_seconds=1.5, chunk_seconds=chunk_s,
+                      chunk_overlap=0.05, threads=streams, streams=streams)
+        assert torch.get_num_threads() == before, "featurize left the caller's thread setting changed"
+        runs[streams] = (ark.read_bytes(), _ark_keys(ark))
+        assert sorted(_ark_keys(ark)) == sorted(l.split()[0] for l in out_scp.read_text().splitlines())
+    assert runs[1][1] == runs[3][1] and len(runs[1][1]) == 40
+    assert runs[1][0] == runs[3][0], "the ark differs with 3 streams"
+    # the order is the plan's (batches longest first, then the windowed ones), not completion order
+    windowed = [k for k in runs[1][1] if lengths[k] / 8000 > chunk_s]
+    assert len(windowed) == 7 and runs[1][1][-len(windowed):] == windowed
+    batched = [lengths[k] for k in runs[1][1][: -len(windowed)]]
+    assert batched == sorted(batched, reverse=True)
+
+
+def test_sigkill_with_streams_then_rerun_gives_the_single_stream_file(tmp_path, w2v, fsdd, tiny_ckpts):
+    files = sorted(fsdd.glob("*_lucas_*.wav"))[:200]
+    scp = _wav_scp(tmp_path / "wav.scp", files)
+    common = ["--model", str(tiny_ckpts["wav2vec2"]), "--batch-seconds", "1"]
+    w2v("featurize", scp, tmp_path / "ref.ark", *common, "--threads", "1")
+    out = tmp_path / "out.ark"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "w2vtools", "featurize", str(scp), f"ark:{out}", *common, "--threads", "2",
+           "--streams", "2", "--flush-every", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = Path(str(out) + ".partial.index")
+    deadline = time.monotonic() + 120
+
+    def done() -> int:
+        return len(index.read_text().splitlines()) if index.exists() else 0
+
+    while time.monotonic() < deadline and proc.poll() is None and done() < 15:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists(), "killed before the end: no complete-looking output"
+    p = w2v("featurize", scp, f"ark:{out}", *common, "--threads", "2", "--streams", "2")
+    skipped = int(re.search(r"(\d+) already done", p.stderr).group(1))
+    assert 10 <= skipped < len(files), p.stderr
+    assert not index.exists()
+    ref = list(kaldiio.load_ark(str(tmp_path / "ref.ark")))
+    got = list(kaldiio.load_ark(str(out)))
+    assert [k for k, _ in got] == [k for k, _ in ref]
+    for (_, x), (_, y) in zip(got, ref):
+        # the resumed run batches the rest anew: same features up to batching's rounding
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)

@@ -10,9 +10,11 @@ The pipeline, streaming so memory does not grow with the corpus:
    ``chunk_seconds`` go alone, in overlapping windows;
 4. decode and resample audio in background threads while the model runs;
 5. run the encoder under ``torch.inference_mode`` with padding masks (an utterance's
-   features are the same batched or alone), keep each row's real frames;
+   features are the same batched or alone), keep each row's real frames; on a CPU,
+   ``streams`` batches run at once, each with single-threaded ops (see :func:`featurize`);
 6. write through the one feature writer (:func:`~w2vtools.formats.features.open_feature_writer`),
-   which makes finished utterances crash-safe and commits atomically.
+   in the plan's order whatever the number of streams, which makes finished
+   utterances crash-safe and commits atomically.
 
 Example:
     >>> summary = featurize("data/train.tsv", "feats.h5", model="wav2vec2-base", layer=6)  # doctest: +SKIP
@@ -452,13 +454,14 @@ def featurize(
     all_layers: bool = False,
     device: str = "cpu",
     amp: bool = False,
-    batch_seconds: float = 200.0,
+    batch_seconds: float | None = None,
     chunk_seconds: float = 60.0,
     chunk_overlap: float = 2.0,
     shard: str | tuple[int, int] | None = None,
     dtype: str = "float32",
     format: str | None = None,
     threads: int | None = None,
+    streams: int | None = None,
     workers: int = 2,
     flush_every: float = 30.0,
     progress: bool | None = None,
@@ -475,12 +478,22 @@ def featurize(
         output, layer, all_layers: which representation (see :func:`make_selection`);
             all layers are stored side by side, ``(T, (L+1)*D)``, layer 0 first.
         device: ``cpu`` or ``cuda[:N]``; amp: autocast on that device.
-        batch_seconds: budget of padded audio seconds per batch.
+        batch_seconds: budget of padded audio seconds per batch (None: 200 on a GPU,
+            where big batches pay; :data:`CPU_BATCH_SECONDS` on a CPU, where batching
+            saves nothing and small batches keep every stream busy to the end).
         chunk_seconds, chunk_overlap: recordings longer than ``chunk_seconds`` run in
             windows of that length with ``chunk_overlap`` seconds of context each side.
         shard: ``"K/N"`` or (K, N), 1-based.
         dtype: ``float32`` or ``float16`` (HDF5 only).
-        threads: torch intra-op threads (None: torch's default).
+        threads: CPU threads in all (None: the CPUs this process may use,
+            ``os.sched_getaffinity``, as torch's default).
+        streams: batches computed at once, each in its own Python thread with
+            ``threads // streams`` intra-op threads (None: ``threads`` on a CPU, 1 on a
+            GPU). Independent single-threaded streams scale better than one batch split
+            over threads (measured on 2 cores, wav2vec 2.0 BASE: ~1.7x), and torch ops
+            release the GIL. The output is the same whatever the number of streams:
+            results are written in the plan's order. Memory: at most ``streams``
+            batches computing plus ``streams`` finished ones waiting for their turn.
         workers: audio-loading threads (0: load in the main thread).
         flush_every: seconds between crash-safe flushes of finished utterances.
         progress: tqdm bar on stderr (None: when stderr is a terminal).
@@ -492,17 +505,55 @@ def featurize(
     """
     import torch
 
-    from w2vtools.formats.corpus import read_corpus
-    from w2vtools.formats.features import open_feature_writer
-
     if dtype not in ("float32", "float16"):
         raise W2VError(f"--dtype {dtype}: choose float32 or float16")
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except RuntimeError:
+        raise W2VError(f"--device {device}: expected cpu, cuda or cuda:N") from None
+    if batch_seconds is None:
+        batch_seconds = CPU_BATCH_SECONDS if on_cpu else 200.0
     if batch_seconds <= 0 or chunk_seconds <= 0 or chunk_overlap < 0:
         raise W2VError("--batch-seconds and --chunk-seconds must be positive, --chunk-overlap not negative")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise W2VError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
-    if threads:
-        torch.set_num_threads(int(threads))
+    if threads is not None and threads < 1 or streams is not None and streams < 1:
+        raise W2VError("--threads and --streams must be at least 1")
+    threads = int(threads) if threads else _available_cpus()
+    streams = int(streams) if streams else (threads if on_cpu else 1)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // streams))
+    try:
+        return _featurize(
+            corpus, out, model=model, output=output, layer=layer, all_layers=all_layers, device=device, amp=amp,
+            batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, shard=shard,
+            dtype=dtype, format=format, streams=streams, workers=workers, flush_every=flush_every,
+            progress=progress, resume=resume,
+        )
+    finally:
+        # a library call must not leave the caller's process with other thread settings
+        torch.set_num_threads(previous_threads)
+
+
+#: Default padded audio seconds per batch on a CPU: there batching gains nothing
+#: (measured, BASE, 1 thread: six 5 s clips alone 4.2-4.4 s CPU, as one batch 4.5 s),
+#: and more, smaller batches balance the streams (the last batch runs alone).
+CPU_BATCH_SECONDS = 20.0
+
+
+def _available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
+               chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume) -> Summary:
+    """:func:`featurize` once the thread settings are in place."""
+    from w2vtools.formats.corpus import read_corpus
+    from w2vtools.formats.features import open_feature_writer
+
     shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
 
     utts = select_shard(read_corpus(corpus), shard_kn)
@@ -569,9 +620,32 @@ def featurize(
     )
     total_seconds = sum((r or 0) for _, r in keep) / sr
     bar = _progress_bar(total_seconds, progress)
+    log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams, fx.torch.get_num_threads())
+
+    def compute(chunked: bool, waves: list[np.ndarray]) -> list[np.ndarray]:
+        return [fx.long(waves[0])] if chunked else fx(waves)
+
+    # (good (utt, wave) pairs, future) in plan order; the writer takes them in that order only
+    inflight: deque = deque()
+
+    def write_done(block: bool) -> None:
+        while inflight and (block or inflight[0][1].done()):
+            good, future = inflight.popleft()
+            feats = future.result()  # a model error stops the run, as in one stream
+            block = False
+            for (u, w), x in zip(good, feats):
+                writer.write(u.uid, x)
+                summary.utterances += 1
+                summary.audio_seconds += len(w) / sr
+                if bar is not None:
+                    bar.update(len(w) / sr)
+            del good, feats
+            _release_freed_memory()
+
+    pool = cf.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="w2v-stream")
     try:
         with writer:
-            for job, waves in _prefetched(jobs, sr, workers, depth=max(2, workers * 2)):
+            for job, waves in _prefetched(jobs, sr, workers, depth=max(2, workers * 2, streams + 1)):
                 good = []
                 for u, w in zip(job.utts, waves):
                     if isinstance(w, W2VError):
@@ -580,21 +654,26 @@ def featurize(
                         _fail(summary, u, W2VError(f"{u.source}: {len(w)} samples at {sr} Hz is too short for the model"))
                     else:
                         good.append((u, w))
+                del waves
                 if not good:
                     continue
-                if job.chunked:
-                    feats = [fx.long(good[0][1])]
-                else:
-                    feats = fx([w for _, w in good])
-                del waves
-                _release_freed_memory()
-                for (u, w), x in zip(good, feats):
-                    writer.write(u.uid, x)
-                    summary.utterances += 1
-                    summary.audio_seconds += len(w) / sr
-                    if bar is not None:
-                        bar.update(len(w) / sr)
+                # at most `streams` batches computing and `streams` finished ones awaiting their turn
+                while True:
+                    write_done(block=False)
+                    running = [f for _, f in inflight if not f.done()]
+                    if len(running) < streams and len(inflight) < 2 * streams:
+                        break
+                    # full: wait for the oldest if the reorder room is used up, else for any stream
+                    waiting_on = [inflight[0][1]] if len(inflight) >= 2 * streams else running
+                    cf.wait(waiting_on, return_when=cf.FIRST_COMPLETED)
+                inflight.append((good, pool.submit(compute, job.chunked, [w for _, w in good])))
+                write_done(block=False)
+            while inflight:
+                write_done(block=True)
     finally:
+        for _, f in inflight:
+            f.cancel()
+        pool.shutdown(wait=True)
         if bar is not None:
             bar.close()
     summary.wall_seconds = time.monotonic() - t0

@@ -18,8 +18,8 @@ import click
               help="wav2vec/vq-wav2vec: context c (default), encoder z, quantized q; wav2vec 2.0: z = CNN output.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Autocast the model (float16 on CUDA, bfloat16 on CPU).")
-@click.option("--batch-seconds", type=float, default=200.0, show_default=True,
-              help="Padded audio seconds per batch (memory bound).")
+@click.option("--batch-seconds", type=float, default=None,
+              help="Padded audio seconds per batch (memory bound). Default: 200 on a GPU, 20 on a CPU.")
 @click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
               help="Longer recordings run in windows of this length.")
 @click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
@@ -29,7 +29,10 @@ import click
               help="Stored precision (float16: HDF5 only).")
 @click.option("--format", "fmt", type=click.Choice(["h5context"]), default=None,
               help="h5context: fairseq/wav2letter's one file per utterance in the folder OUT.")
-@click.option("--threads", type=int, default=None, help="torch threads (default: torch's default).")
+@click.option("--threads", type=int, default=None, help="CPU threads in all (default: the CPUs this process may use).")
+@click.option("--streams", type=int, default=None,
+              help="Batches computed at once, each with --threads/--streams op threads "
+                   "(default: --threads on a CPU, 1 on a GPU). Same output whatever the number.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Audio decoding threads.")
 @click.option("--flush-every", type=float, default=30.0, show_default=True,
               help="Seconds between crash-safe saves of finished utterances (0: after each).")
@@ -39,7 +42,7 @@ import click
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_models(ctx) if v else None, help="List the named models and exit.")
 def command(args, model, layer, layers, output, device, amp, batch_seconds, chunk_seconds, chunk_overlap, shard,
-            dtype, fmt, threads, workers, flush_every, no_resume, progress, merge):
+            dtype, fmt, threads, streams, workers, flush_every, no_resume, progress, merge):
     """Featurize MANIFEST (TSV, Kaldi data dir, wav.scp or -) into OUT.
 
     OUT decides the format: NAME.h5 (one (T, D) dataset per utterance, ids with
@@ -77,7 +80,7 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
     featurize(
         args[0], args[1], model=model, output=output, layer=layer, all_layers=layers == "all", device=device,
         amp=amp, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,
-        shard=shard, dtype=dtype, format=fmt, threads=threads, workers=workers, flush_every=flush_every,
+        shard=shard, dtype=dtype, format=fmt, threads=threads, streams=streams, workers=workers, flush_every=flush_every,
         progress=progress, resume=not no_resume,
     )
 
