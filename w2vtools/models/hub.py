@@ -20,10 +20,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write
 
 log = logging.getLogger("w2v.hub")
 
@@ -136,26 +135,18 @@ def resolve(name: str, *, download: bool = True, timeout: float = 60.0) -> str:
         raise W2VError(f"model {name!r} is not in the cache: {manual}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s (%s) from %s to %s", name, MODELS[name].description, url, dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".download", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0)
-                    _copy_with_progress(resp, out, total, name)
-                    got = out.tell()
-                    if total and got != total:
-                        raise W2VError(f"{url}: download stopped at {got} of {total} bytes; {manual}")
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise W2VError(f"cannot download model {name!r} from {url} ({reason}); {manual}") from None
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # atomic_write: a download cut short never leaves a file that looks like the model.
+    with atomic_write(dest, "wb") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0)
+                _copy_with_progress(resp, out, total, name)
+                got = out.tell()
+                if total and got != total:
+                    raise W2VError(f"{url}: download stopped at {got} of {total} bytes; {manual}")
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise W2VError(f"cannot download model {name!r} from {url} ({reason}); {manual}") from None
     return str(dest)
 
 
