@@ -11,7 +11,9 @@ One process, same inputs, same thread count (2 by default):
   imported into torchaudio (``import_huggingface_model``); all three give the last
   Transformer layer, and the script checks they agree numerically;
 * ours: :func:`w2vtools.featurize.featurize` end to end (read WAV files, batch,
-  compute, write an HDF5 file); peers: the documented per-utterance call on
+  compute, write an HDF5 file) with its defaults for ``--threads`` T: T concurrent
+  streams of single-threaded ops (``--streams``; ``--compare-streams`` also times one
+  stream with T-threaded ops, the peers' way of using the cores); peers: the documented per-utterance call on
   audio already in memory (BASE uses group norm, which both peers apply over padding,
   so one utterance per call is their correct usage), under ``torch.inference_mode``.
 
@@ -143,7 +145,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
     ap.add_argument("--matmul-gflops", type=float, default=140.0)
-    ap.add_argument("--batch-seconds", type=float, default=200.0)
+    ap.add_argument("--batch-seconds", type=float, default=None, help="ours (default: featurize's CPU default)")
+    ap.add_argument("--streams", type=int, default=None, help="ours (default: featurize's, = --threads on a CPU)")
+    ap.add_argument("--compare-streams", action="store_true",
+                    help="also time ours with one stream of --threads-threaded ops")
     ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-speed", action="store_true", help="only the memory measurement")
@@ -170,7 +175,7 @@ def main() -> None:
     waves = [load_audio(p, sample_rate=16000) for p in paths]
     audio_s = sum(len(w) for w in waves) / 16000
     print(f"inputs: {len(waves)} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}; load average at the start %.1f %.1f %.1f" % os.getloadavg())
 
     if not args.skip_speed:
         speed(args, tmp, scp, uids, waves, audio_s)
@@ -198,6 +203,8 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
     # Interleave: the corpus is cut into rounds and every system runs each round in turn,
     # so load from other processes on a shared machine falls on all of them alike.
     results = {"w2v featurize": 0.0}
+    if args.compare_streams:
+        results["w2v featurize --streams 1"] = 0.0
     if not args.skip_peers:
         results.update({"transformers Wav2Vec2Model": 0.0, "torchaudio wav2vec2": 0.0})
     lines = scp.read_text().splitlines()
@@ -209,9 +216,15 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
         sub.write_text("".join(lines[i] + "\n" for i in idx))
         t0 = time.perf_counter()
         summary = featurize(str(sub), str(tmp / f"ours{r}.h5"), model=enc, threads=args.threads,
-                            batch_seconds=args.batch_seconds, progress=False)
+                            streams=args.streams, batch_seconds=args.batch_seconds, progress=False)
         results["w2v featurize"] += time.perf_counter() - t0
         assert summary.utterances == len(idx)
+        assert torch.get_num_threads() == args.threads, "featurize must restore the thread setting for the peers"
+        if args.compare_streams:
+            t0 = time.perf_counter()
+            featurize(str(sub), str(tmp / f"ours1s{r}.h5"), model=enc, threads=args.threads, streams=1,
+                      batch_seconds=args.batch_seconds, progress=False)
+            results["w2v featurize --streams 1"] += time.perf_counter() - t0
         if not args.skip_peers:
             t, out = run_peer("hf", lambda x: hf(x).last_hidden_state[0].numpy(), [waves[i] for i in idx])
             results["transformers Wav2Vec2Model"] += t
@@ -219,7 +232,8 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
             t, out = run_peer("torchaudio", lambda x: ta.extract_features(x)[0][-1][0].numpy(), [waves[i] for i in idx])
             results["torchaudio wav2vec2"] += t
             ta_out += list(zip(idx, out))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.items()), flush=True)
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.items())
+              + " (load average %.1f %.1f %.1f)" % os.getloadavg(), flush=True)
 
     if not args.skip_peers:
         import h5py
@@ -239,6 +253,7 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
     for name, t in results.items():
         if name != "w2v featurize":
             print(f"ratio ours / {name}: {ours / (audio_s / t):.2f}x")
+    print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
     floor = args.gflops_per_audio_s / args.matmul_gflops
     per = results["w2v featurize"] / audio_s
     print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {args.matmul_gflops} GFLOP/s); "
