@@ -12,7 +12,6 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.finetune import (
-    CTC_PRESETS,
     FinetuneObjective,
     build_symbols,
     encode_labels,

@@ -335,7 +335,7 @@ def test_update_freq_accumulates_like_a_larger_batch(fsdd_manifest, tmp_path):
     # replay the first two micro-batches by hand with the trainer's per-batch seeding
     t.sampler.set_epoch(0)
     keys = list(t.sampler)[:2]
-    total, grads = 0, None
+    total = 0
     for key in keys:
         batch = t.train_set[key]
         t._seed_batch(batch, "train")

@@ -28,7 +28,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
