@@ -166,7 +166,6 @@ def main() -> None:
     import torch
 
     from w2vtools.audio import load_audio
-    from w2vtools.featurize import encoder_from_module, featurize
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="w2v-bench-"))

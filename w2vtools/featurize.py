@@ -28,7 +28,6 @@ import concurrent.futures as cf
 import functools
 import hashlib
 import logging
-import math
 import os
 import sys
 import time
