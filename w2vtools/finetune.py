@@ -46,7 +46,6 @@ import copy
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -467,12 +466,6 @@ def feature_family(attrs: Mapping[str, Any]) -> str:
 # The command
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    from w2vtools.fileio import atomic_write
-
-    with atomic_write(path) as f:
-        f.write(text)
-
 
 def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, int]) -> None:
     from w2vtools.formats.labels import SPECIAL_SYMBOLS
@@ -549,9 +542,11 @@ def finetune(
     """
     from w2vtools.formats.corpus import read_corpus
     from w2vtools.formats.labels import count_symbols, ctc_vocabulary, label_path, read_dictionary
-    from w2vtools.models.checkpoint import LoadedModel, load_model, read_checkpoint, save_model
+    from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
     from w2vtools.train.data import AudioDataset, stable_seed
-    from w2vtools.train.trainer import LAST, Trainer, find_trainer_state, init_distributed, seed_everything
+    from w2vtools.train.trainer import (
+        Trainer, check_save_dir, init_distributed, load_training_checkpoint, seed_everything, write_run_config,
+    )
 
     route = "features" if features is not None else "audio"
     if route == "audio":
@@ -569,11 +564,7 @@ def finetune(
     valid = None if valid is None else str(valid)
     cfg = resolve_finetune_config(route, preset, arch=arch, config_file=config_file, sets=list(sets))
     save_dir = Path(save_dir)
-    last = save_dir / LAST
-    if resume and not last.is_file():
-        raise W2VError(f"--resume: {last} does not exist (nothing to resume)")
-    if not resume and last.is_file():
-        raise W2VError(f"{save_dir} already holds {LAST}; pass --resume to continue it, or use another --save-dir")
+    last = check_save_dir(save_dir, resume)
     if resume:
         _check_resume_config(cfg, last)
     dist_info = init_distributed(device)
@@ -623,11 +614,7 @@ def finetune(
 
     yaml_text = cfg.to_yaml()
     if dist_info.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        if print_config:
-            sys.stdout.write(yaml_text)
-            sys.stdout.flush()
-        _write_text_atomic(save_dir / "config.yaml", yaml_text)
+        write_run_config(yaml_text, save_dir, print_config=print_config)
         _write_dictionary(save_dir / "dict.ltr.txt", tokens, counts)
 
     seed_everything(stable_seed(cfg.run.seed, "init"))
@@ -703,17 +690,11 @@ def finetune(
         save_model(path, LoadedModel(family=family, task=task, model=core, config=config_of(core),
                                      dictionary=list(tokens)), extra=extra)
 
-    def load_fn(path: str) -> tuple[dict, dict]:
-        data = read_checkpoint(path)
-        if data is None:
-            raise W2VError(f"{path}: not a w2v checkpoint")
-        return data["state_dict"], find_trainer_state(data, path)
-
     objective = FinetuneObjective(sentence_avg=True, dictionary=tokens, word_separator="|",
                                   ignore_tokens=_ignored(tokens))
     trainer = Trainer(
         model, objective, cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
-        save_fn=save_fn, load_fn=load_fn, dist_info=dist_info, feature_encoder_prefix=encoder_prefix,
+        save_fn=save_fn, load_fn=load_training_checkpoint, dist_info=dist_info, feature_encoder_prefix=encoder_prefix,
     )
     try:
         summary = trainer.train(resume=str(last) if resume else None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,12 +73,6 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
     return model, mcfg, family
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    from w2vtools.fileio import atomic_write
-
-    with atomic_write(path) as f:
-        f.write(text)
-
 
 def pretrain(
     train: str | os.PathLike,
@@ -113,28 +106,22 @@ def pretrain(
             no checkpoint to resume.
     """
     from w2vtools.formats.corpus import read_corpus
-    from w2vtools.models.checkpoint import LoadedModel, read_checkpoint, save_model
+    from w2vtools.models.checkpoint import LoadedModel, save_model
     from w2vtools.train.data import AudioDataset, stable_seed
     from w2vtools.train.objectives import PretrainObjective
-    from w2vtools.train.trainer import LAST, Trainer, find_trainer_state, init_distributed, seed_everything
+    from w2vtools.train.trainer import (
+        Trainer, check_save_dir, init_distributed, load_training_checkpoint, seed_everything, write_run_config,
+    )
 
     cfg = resolve_config(arch, preset, config_file=config_file, sets=list(sets))
     save_dir = Path(save_dir)
-    last = save_dir / LAST
-    if resume and not last.is_file():
-        raise W2VError(f"--resume: {last} does not exist (nothing to resume)")
-    if not resume and last.is_file():
-        raise W2VError(f"{save_dir} already holds {LAST}; pass --resume to continue it, or use another --save-dir")
+    last = check_save_dir(save_dir, resume)
     dist_info = init_distributed(device)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     yaml_text = cfg.to_yaml()
     if dist_info.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        if print_config:
-            sys.stdout.write(yaml_text)
-            sys.stdout.flush()
-        _write_text_atomic(save_dir / "config.yaml", yaml_text)
+        write_run_config(yaml_text, save_dir, print_config=print_config)
 
     seed_everything(stable_seed(cfg.run.seed, "init"))
     model, mcfg, family = build_model(cfg)
@@ -157,15 +144,9 @@ def pretrain(
     def save_fn(path: str, core: torch.nn.Module, extra: dict) -> None:
         save_model(path, LoadedModel(family=family, task="pretrain", model=core, config=mcfg), extra=extra)
 
-    def load_fn(path: str) -> tuple[dict, dict]:
-        data = read_checkpoint(path)
-        if data is None:
-            raise W2VError(f"{path}: not a w2v checkpoint")
-        return data["state_dict"], find_trainer_state(data, path)
-
     trainer = Trainer(
         model, PretrainObjective(), cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
-        save_fn=save_fn, load_fn=load_fn, dist_info=dist_info,
+        save_fn=save_fn, load_fn=load_training_checkpoint, dist_info=dist_info,
     )
     try:
         summary = trainer.train(resume=str(last) if resume else None)

@@ -47,6 +47,7 @@ import random
 import resource
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,38 @@ def find_trainer_state(raw: dict, path: str) -> dict[str, Any]:
         if isinstance(container, dict) and isinstance(container.get("trainer"), dict):
             return container["trainer"]
     raise W2VError(f"{path}: has no trainer state to resume from (a model-only checkpoint?)")
+
+
+def check_save_dir(save_dir: Path, resume: bool) -> Path:
+    """The ``checkpoint_last.pt`` of ``save_dir``; refuse to resume nothing or to overwrite a run."""
+    last = save_dir / LAST
+    if resume and not last.is_file():
+        raise W2VError(f"--resume: {last} does not exist (nothing to resume)")
+    if not resume and last.is_file():
+        raise W2VError(f"{save_dir} already holds {LAST}; pass --resume to continue it, or use another --save-dir")
+    return last
+
+
+def write_run_config(yaml_text: str, save_dir: Path, *, print_config: bool) -> None:
+    """Print the resolved configuration on stdout (optional) and save it as ``SAVE_DIR/config.yaml`` (rank 0 only)."""
+    from w2vtools.fileio import atomic_write
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if print_config:
+        sys.stdout.write(yaml_text)
+        sys.stdout.flush()
+    with atomic_write(save_dir / "config.yaml") as f:
+        f.write(yaml_text)
+
+
+def load_training_checkpoint(path: str) -> tuple[dict, dict]:
+    """(model state dict, trainer state) of a checkpoint written by a w2v training run."""
+    from w2vtools.models.checkpoint import read_checkpoint
+
+    data = read_checkpoint(path)
+    if data is None:
+        raise W2VError(f"{path}: not a w2v checkpoint")
+    return data["state_dict"], find_trainer_state(data, path)
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
