@@ -49,6 +49,23 @@ def ljspeech(shared_data: Path) -> Path:
     return shared_data / "ljspeech"
 
 
+@pytest.fixture(scope="session")
+def kenlm_tools() -> None:
+    """KenLM's lmplz and build_binary (tools/install_kenlm.sh); skip without them, or fail
+    under W2V_REQUIRE_KENLM=1 (CI)."""
+    from w2vtools.errors import W2VError
+    from w2vtools.lm import find_kenlm_tool
+
+    try:
+        find_kenlm_tool("lmplz")
+        find_kenlm_tool("build_binary")
+    except W2VError:
+        msg = "KenLM's lmplz/build_binary not found (run tools/install_kenlm.sh)"
+        if os.environ.get("W2V_REQUIRE_KENLM") == "1":
+            pytest.fail(msg + " but W2V_REQUIRE_KENLM=1")
+        pytest.skip(msg)
+
+
 def run_w2v(*args: str, input: str | bytes | None = None, check: bool = True, cwd=None, env=None):
     """Run the real ``w2v`` CLI in a subprocess; returns CompletedProcess (text mode unless input is bytes)."""
     full_env = dict(os.environ)

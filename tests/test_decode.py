@@ -6,7 +6,6 @@ n-best/trn/ctm outputs, shards, the lexicon check, and the live-model route
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +17,6 @@ from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 from w2vtools.formats.text import read_text_table
 
 UID = "librispeech-121-121726-0000"
-
-
-def kenlm_available() -> bool:
-    from w2vtools.errors import W2VError
-    from w2vtools.lm import find_kenlm_tool
-
-    try:
-        find_kenlm_tool("lmplz")
-        find_kenlm_tool("build_binary")
-        return True
-    except W2VError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def kenlm_tools():
-    if not kenlm_available():
-        msg = "KenLM's lmplz/build_binary not found (run tools/install_kenlm.sh)"
-        if os.environ.get("W2V_REQUIRE_KENLM") == "1":
-            pytest.fail(msg + " but W2V_REQUIRE_KENLM=1")
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
 
@@ -13,24 +12,6 @@ from w2vtools.errors import W2VError
 from w2vtools.lm import NormalizeReport, alphabet_of, evaluate_lm, find_kenlm_tool, normalize_line
 
 LETTERS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
-
-
-def _kenlm_available() -> bool:
-    try:
-        find_kenlm_tool("lmplz")
-        find_kenlm_tool("build_binary")
-        return True
-    except W2VError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def kenlm_tools():
-    if not _kenlm_available():
-        msg = "KenLM's lmplz/build_binary not found (run tools/install_kenlm.sh)"
-        if os.environ.get("W2V_REQUIRE_KENLM") == "1":
-            pytest.fail(msg + " but W2V_REQUIRE_KENLM=1")
-        pytest.skip(msg)
 
 
 def test_normalization_to_the_alphabet_and_its_report():
