@@ -257,3 +257,27 @@ def test_warnings_single_speaker_and_unprefixed_ids(tmp_path):
     warnings = kaldi.data_dir_warnings(d)
     assert any("only one speaker" in w for w in warnings)
     assert any("2 utterance ids do not start with their speaker" in w for w in warnings)
+
+
+def test_subset_data_dir_keeps_only_the_chosen_utterances(tmp_path, fsdd):
+    from w2vtools.formats.kaldi import read_kaldi_table, read_frame_shift, subset_data_dir, write_kaldi_table
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    wavs = sorted(fsdd.glob("*_theo_1*.wav"))[:4] + sorted(fsdd.glob("*_george_1*.wav"))[:4]
+    uids = {f"{p.stem.split('_')[1]}-{p.stem}": p for p in wavs}
+    write_kaldi_table(src / "wav.scp", {u: str(p) for u, p in uids.items()})
+    write_kaldi_table(src / "utt2spk", {u: u.split("-")[0] for u in uids})
+    write_kaldi_table(src / "text", {u: "DIGIT" for u in uids})
+    (src / "frame_shift").write_text("0.02\n")
+    keep = [u for u in uids if u.startswith("theo")][:2] + [u for u in uids if u.startswith("george")][:1]
+    assert subset_data_dir(src, dest, keep) == 3
+    assert sorted(read_kaldi_table(dest / "wav.scp")) == sorted(keep)
+    assert sorted(read_kaldi_table(dest / "text")) == sorted(keep)
+    spk2utt = read_kaldi_table(dest / "spk2utt")
+    assert {s: v.split() for s, v in spk2utt.items()} == {
+        "george": [u for u in sorted(keep) if u.startswith("george")],
+        "theo": [u for u in sorted(keep) if u.startswith("theo")],
+    }
+    assert read_frame_shift(dest / "frame_shift") == 0.02
+    assert not (dest / "segments").exists()

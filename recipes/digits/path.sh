@@ -6,6 +6,8 @@
 W2V_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export W2V_ROOT
 export PATH="$W2V_ROOT/bin:$W2V_ROOT/tools/bin:$PWD/utils:$PATH"
+# local/*.py import w2vtools from this checkout, installed or not (as bin/w2v does).
+export PYTHONPATH="$W2V_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # bin/w2v runs $W2V_PYTHON (default python3). Outside an activated venv, use
 # the checkout's .venv (made by `make setup`) when there is one.
 if [ -z "${W2V_PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$W2V_ROOT/.venv/bin/python" ]; then

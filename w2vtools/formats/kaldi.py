@@ -264,6 +264,34 @@ def write_data_dir(
         _remove_stale(d / name)
 
 
+PER_UTTERANCE_TABLES = ("wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames")
+
+
+def subset_data_dir(src: str | os.PathLike, dest: str | os.PathLike, keep: Iterable[str]) -> int:
+    """Copy the utterances ``keep`` of data dir ``src`` into ``dest`` (Kaldi's subset_data_dir.sh).
+
+    Per-utterance tables keep their lines (and order) for the kept ids, ``frame_shift`` is
+    copied, ``spk2utt`` is rebuilt from the kept ``utt2spk``. Returns the number kept.
+
+    Example:
+        >>> subset_data_dir("data/train", "data/train_10pct", ["jackson-0_jackson_5"])   # doctest: +SKIP
+        1
+    """
+    src, dest = Path(src), Path(dest)
+    kept = set(keep)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PER_UTTERANCE_TABLES:
+        if (src / name).is_file():
+            with open(src / name, encoding="utf-8") as f, atomic_write(dest / name) as out:
+                out.writelines(line for line in f if line.split(" ", 1)[0] in kept)
+    if (src / "frame_shift").is_file():
+        write_frame_shift(dest / "frame_shift", read_frame_shift(src / "frame_shift"))
+    if (src / "utt2spk").is_file():
+        utt2spk = {u: s for u, s in read_kaldi_table(src / "utt2spk").items() if u in kept}
+        write_kaldi_table(dest / "spk2utt", spk2utt_from_utt2spk(utt2spk))
+    return len(kept)
+
+
 def _remove_stale(path: Path) -> None:
     if path.is_file():
         path.unlink()

@@ -15,21 +15,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 from pathlib import Path
 
-PER_UTT = ["wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames"]
-
-
-def read_table(path: Path) -> dict[str, str]:
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition(" ")
-            if key:
-                rows[key] = value
-    return rows
+from w2vtools.formats.kaldi import read_kaldi_table as read_table, subset_data_dir
 
 
 def main() -> int:
@@ -61,24 +50,7 @@ def main() -> int:
                 keep.append(groups[key].pop())
     kept = set(keep)
 
-    args.dest.mkdir(parents=True, exist_ok=True)
-    for name in PER_UTT:
-        src = args.src / name
-        if not src.exists():
-            continue
-        with open(src, encoding="utf-8") as f, open(args.dest / name, "w", encoding="utf-8") as out:
-            for line in f:
-                if line.split(" ", 1)[0] in kept:
-                    out.write(line)
-    for name in ("frame_shift",):
-        if (args.src / name).exists():
-            shutil.copy(args.src / name, args.dest / name)
-    spk2utt: dict[str, list[str]] = {}
-    for uid in sorted(kept, key=lambda k: k.encode("utf-8")):
-        spk2utt.setdefault(utt2spk[uid], []).append(uid)
-    with open(args.dest / "spk2utt", "w", encoding="utf-8") as out:
-        for spk in sorted(spk2utt, key=lambda k: k.encode("utf-8")):
-            out.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    subset_data_dir(args.src, args.dest, kept)
     print(f"subset_budget.py: {args.dest}: {len(kept)} of {len(text)} utterances ({args.percent:g} %)",
           file=sys.stderr)
     return 0

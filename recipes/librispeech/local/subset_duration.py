@@ -18,17 +18,7 @@ import random
 import sys
 from pathlib import Path
 
-PER_UTT = ["wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames"]
-
-
-def read_table(path: Path) -> dict[str, str]:
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.rstrip("\n").partition(" ")
-            if key:
-                rows[key] = value
-    return rows
+from w2vtools.formats.kaldi import read_kaldi_table as read_table, subset_data_dir
 
 
 def main() -> int:
@@ -64,20 +54,10 @@ def main() -> int:
                 keep.append(uid)
                 total += dur.get(uid, 0.0)
     kept = set(keep)
-    args.dest.mkdir(parents=True, exist_ok=True)
-    for name in PER_UTT:
-        if (args.src / name).exists():
-            with open(args.src / name, encoding="utf-8") as f, open(args.dest / name, "w", encoding="utf-8") as out:
-                out.writelines(line for line in f if line.split(" ", 1)[0] in kept)
-    spk2utt: dict[str, list[str]] = {}
-    for uid in sorted(kept, key=lambda k: k.encode("utf-8")):
-        spk2utt.setdefault(utt2spk[uid], []).append(uid)
-    with open(args.dest / "spk2utt", "w", encoding="utf-8") as out:
-        for spk in sorted(spk2utt, key=lambda k: k.encode("utf-8")):
-            out.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    subset_data_dir(args.src, args.dest, kept)
     short = " (all there is)" if total < budget else ""
     print(f"subset_duration.py: {args.dest}: {len(kept)} utterances, {total / 3600:.3f} h of {args.hours:g} h{short}, "
-          f"{len(spk2utt)} speakers", file=sys.stderr)
+          f"{len({utt2spk[u] for u in kept})} speakers", file=sys.stderr)
     return 0
 
 
