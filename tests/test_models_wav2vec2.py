@@ -86,22 +86,55 @@ def test_negatives_come_from_other_frames_of_the_same_utterance(tiny):
     b, m = 3, 7
     # frame j of utterance i is the vector [i, j]: distinguishable everywhere
     y = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(m), indexing="ij"), -1).float()
-    negs = tiny.sample_negatives(y, m)
-    assert negs.shape == (50, b, m, 2)
-    assert (negs[..., 0] == torch.arange(b).view(1, b, 1)).all()  # same utterance
-    assert (negs[..., 1] != torch.arange(m).view(1, 1, m)).all()  # never the positive
-    assert len(torch.unique(negs[:, 0, 0, 1])) == m - 1  # every other frame is drawn
+    idx = tiny.sample_negatives(y, m)
+    assert idx.shape == (b, m, 50)
+    negs = y.reshape(b * m, 2)[idx]  # (B, M, N, 2)
+    assert (negs[..., 0] == torch.arange(b).view(b, 1, 1)).all()  # same utterance
+    assert (negs[..., 1] != torch.arange(m).view(1, m, 1)).all()  # never the positive
+    assert len(torch.unique(negs[0, 0, :, 1])) == m - 1  # every other frame is drawn
 
 
-def test_logits_cosine_over_temperature_and_duplicates_masked(tiny):
-    x = torch.randn(2, 4, 8)
-    y = torch.randn(2, 4, 8)
-    negs = torch.randn(3, 2, 4, 8)
-    negs[1, 0, 2] = y[0, 2]  # a distractor equal to the positive
-    logits = tiny.compute_preds(x, y, negs)
-    assert logits.shape == (4, 2, 4)
-    assert torch.allclose(logits[0], F.cosine_similarity(x, y, dim=-1) / 0.1, atol=1e-5)
-    assert logits[2, 0, 2] == float("-inf") and torch.isfinite(logits[0]).all()
+def test_cross_sample_negatives_avoid_only_the_target(tiny):
+    tiny.cfg.num_negatives, tiny.cfg.cross_sample_negatives = 0, 200
+    b, m = 3, 4
+    idx = tiny.sample_negatives(torch.randn(b, m, 8), m)
+    assert idx.shape == (b, m, 200)
+    own = torch.arange(b * m).view(b, m, 1)
+    assert (idx != own).all() and idx.min() == 0 and idx.max() == b * m - 1
+    assert (idx // m != torch.arange(b).view(b, 1, 1)).any()  # other utterances are drawn
+
+
+@pytest.mark.parametrize("cross", [0, 3])
+def test_logits_equal_cosines_of_gathered_distractors(tiny, cross):
+    """The similarity-matrix logits equal fairseq's way: gather (N, B, M, C), cosine each."""
+    tiny.cfg.num_negatives, tiny.cfg.cross_sample_negatives = 5, cross
+    torch.manual_seed(1)
+    b, m, c = 2, 6, 8
+    x = torch.randn(b, m, c, requires_grad=True)
+    y = torch.randn(b, m, c, requires_grad=True)
+    y_dup = y.detach().clone()
+    y_dup[0, 3] = y_dup[0, 1]  # the same code twice: a distractor may equal the target
+    y2 = y_dup.requires_grad_()
+    idx = tiny.sample_negatives(y2, m)
+    idx[0, 1, 0] = 3  # make sure the duplicate is drawn as a distractor of frame 1
+    logits = tiny.compute_preds(x, y2, idx)
+    assert logits.shape == (1 + idx.size(-1), b, m)
+
+    negs = y2.reshape(b * m, c)[idx].permute(2, 0, 1, 3)  # (N, B, M, C): fairseq's layout
+    targets = torch.cat([y2.unsqueeze(0), negs], dim=0)
+    expected = F.cosine_similarity(x.unsqueeze(0), targets, dim=-1) / 0.1
+    dup = (y2.unsqueeze(0) == negs).all(-1)
+    assert dup[0, 0, 1] and dup.sum() >= 1
+    assert logits[1, 0, 1] == float("-inf")
+    assert torch.equal(torch.isinf(logits[1:]), dup)
+    finite = torch.isfinite(logits)
+    torch.testing.assert_close(logits[finite], expected[finite], atol=1e-5, rtol=1e-5)
+    # gradients of a loss over the finite logits agree too
+    w = torch.randn_like(logits)
+    gx, gy = torch.autograd.grad((logits[finite] * w[finite]).sum(), (x, y2))
+    ex, ey = torch.autograd.grad((expected[finite] * w[finite]).sum(), (x, y2))
+    torch.testing.assert_close(gx, ex, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gy, ey, atol=1e-4, rtol=1e-4)
 
 
 def test_pretraining_loss_is_fairseq_sum(tiny):

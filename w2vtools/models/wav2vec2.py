@@ -273,7 +273,7 @@ class ConvFeatureExtractionModel(nn.Module):
         for i, (dim, k, stride) in enumerate(self.layer_specs):
             conv = nn.Conv1d(in_d, dim, k, stride=stride, bias=conv_bias)
             nn.init.kaiming_normal_(conv.weight)
-            blocks: list[nn.Module] = [conv, nn.Dropout(dropout)]
+            blocks: list[nn.Module] = [conv, Dropout(dropout)]
             if mode == "layer_norm":
                 blocks.append(nn.Sequential(TransposeLast(), nn.LayerNorm(dim, elementwise_affine=True), TransposeLast()))
             elif mode == "default" and i == 0:
@@ -398,6 +398,30 @@ class SamePad(nn.Module):
         return x[..., : -self.remove] if self.remove else x
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout``, with a cheaper mask on CPU.
+
+    On CPU, ``F.dropout`` draws a float Bernoulli tensor (``bernoulli_``, about 3x
+    slower than uniforms on 2 cores) and keeps it for the backward pass; a BASE
+    training step spent 5 % of its time there. Here the mask is uniforms compared with
+    p, kept as bools (a quarter of the memory). Same distribution, different random
+    stream. On GPU, PyTorch's fused kernel is used as is.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` computed by :func:`dropout` (same name, same ``p``, no state)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class MultiheadAttention(nn.Module):
     """Self-attention with fairseq's parameter names, computed by SDPA on a fused q/k/v GEMM."""
 
@@ -427,9 +451,17 @@ class MultiheadAttention(nn.Module):
         b, t, c = x.shape
         w, bias = self._qkv_weights()
         qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # SDPA's CPU path with dropout is this same math with F.dropout's slow mask
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            out = torch.matmul(dropout(scores.softmax(-1), self.dropout, True).to(v.dtype), v)
+        else:
+            out = F.scaled_dot_product_attention(
+                qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
 
 
@@ -441,9 +473,9 @@ class TransformerSentenceEncoderLayer(nn.Module):
         d = cfg.encoder_embed_dim
         self.layer_norm_first = cfg.layer_norm_first
         self.self_attn = MultiheadAttention(d, cfg.encoder_attention_heads, cfg.attention_dropout)
-        self.dropout1 = nn.Dropout(cfg.dropout)
-        self.dropout2 = nn.Dropout(cfg.activation_dropout)
-        self.dropout3 = nn.Dropout(cfg.dropout)
+        self.dropout1 = Dropout(cfg.dropout)
+        self.dropout2 = Dropout(cfg.activation_dropout)
+        self.dropout3 = Dropout(cfg.dropout)
         self.activation = _ACTIVATIONS[cfg.activation_fn]
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, cfg.encoder_ffn_embed_dim)
@@ -500,7 +532,7 @@ class TransformerEncoder(nn.Module):
         x = x + x_conv
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = dropout(x, self.dropout, self.training)
         attn_mask = None
         if padding_mask is not None and bool(padding_mask.any()):
             attn_mask = (~padding_mask)[:, None, None, :]
@@ -557,8 +589,8 @@ class Wav2Vec2Model(nn.Module):
         self.post_extract_proj = (
             nn.Linear(self.embed, cfg.encoder_embed_dim) if self.embed != cfg.encoder_embed_dim else None
         )
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.dropout_input = Dropout(cfg.dropout_input)
+        self.dropout_features = Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
         vq_dim = cfg.latent_dim if cfg.latent_dim > 0 else cfg.final_dim
         if cfg.quantize_targets:
@@ -758,10 +790,15 @@ class Wav2Vec2Model(nn.Module):
     # ---- pretraining
 
     def sample_negatives(self, y: torch.Tensor, num: int) -> torch.Tensor:
-        """Distractors from other masked frames: y (B, M, C) -> (N, B, M, C)."""
+        """Distractor indices for the targets y (B, M, C): (B, M, N) rows of ``y.reshape(B*M, C)``.
+
+        ``num_negatives`` per target come uniformly from the other M-1 masked frames of
+        the same utterance, then ``cross_sample_negatives`` from anywhere in the batch but
+        the target itself (fairseq's sampling, drawn on y's device). Indices, not vectors:
+        :meth:`compute_preds` scores them from one similarity matrix.
+        """
         cfg = self.cfg
-        b, m, c = y.shape
-        flat = y.reshape(-1, c)
+        b, m, _ = y.shape
         pos = torch.arange(num, device=y.device).unsqueeze(-1)
         idx_list = []
         if cfg.num_negatives > 0:
@@ -777,19 +814,48 @@ class Wav2Vec2Model(nn.Module):
             own = (torch.arange(b, device=y.device) * m).view(b, 1, 1) + pos
             cross = torch.randint(0, b * m - 1, (b, num, cfg.cross_sample_negatives), device=y.device)
             idx_list.append(cross + (cross >= own).long())
-        idx = torch.cat(idx_list, dim=-1)  # (B, M, N)
-        return flat[idx.reshape(-1)].view(b, num, -1, c).permute(2, 0, 1, 3)
+        return torch.cat(idx_list, dim=-1)  # (B, M, N)
 
-    def compute_preds(self, x: torch.Tensor, y: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity / logit_temp of x with [y; negatives]; (1+N, B, M) logits."""
-        neg_is_pos = (y.unsqueeze(0) == negatives).all(-1)
-        targets = torch.cat([y.unsqueeze(0), negatives], dim=0)
-        logits = torch.cosine_similarity(x.float().unsqueeze(0), targets.float(), dim=-1) / self.cfg.logit_temp
+    def compute_preds(self, x: torch.Tensor, y: torch.Tensor, neg_idx: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity / logit_temp of each x with its target y and its distractors.
+
+        Args:
+            x: (B, M, C) context vectors at the masked frames.
+            y: (B, M, C) their (quantized, projected) targets.
+            neg_idx: (B, M, N) distractor rows of ``y.reshape(B*M, C)`` (:meth:`sample_negatives`).
+
+        Returns:
+            (1+N, B, M) logits, index 0 the true target; a distractor equal to the target
+            (the same code chosen twice) gets -inf, as in fairseq.
+
+        fairseq gathers the distractors into a (N, B, M, C) tensor and takes cosines over
+        it; here x and y are normalised once and every pair's cosine comes from one
+        matrix product (per utterance when all distractors are from the same utterance),
+        then the distractors' entries are gathered. Same values to rounding, about
+        N x less memory, and the gradient is two small GEMMs instead of passes over
+        (N, B, M, C) tensors.
+        """
+        b, m, c = y.shape
+        n = neg_idx.size(-1)
+        xn = F.normalize(x.float(), dim=-1, eps=1e-8)
+        yn = F.normalize(y.float(), dim=-1, eps=1e-8)
+        positive = (xn * yn).sum(-1)  # (B, M)
+        if self.cfg.cross_sample_negatives > 0:
+            sim = xn.reshape(b * m, c) @ yn.reshape(b * m, c).t()  # (B*M, B*M)
+            negative = sim.gather(1, neg_idx.reshape(b * m, n)).view(b, m, n)
+        else:
+            sim = torch.bmm(xn, yn.transpose(1, 2))  # (B, M, M)
+            local = neg_idx - (torch.arange(b, device=neg_idx.device) * m).view(b, 1, 1)
+            negative = sim.gather(2, local)
+        logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1) / self.cfg.logit_temp  # (B, M, 1+N)
         logits = logits.type_as(x)
+        # exact duplicates of the target: the same row id after torch.unique
+        row_id = torch.unique(y.detach().reshape(b * m, c), dim=0, return_inverse=True)[1]
+        neg_is_pos = row_id[neg_idx] == row_id.view(b, m, 1)
         if bool(neg_is_pos.any()):
             fill = -float(2**30) if logits.dtype == torch.float16 else float("-inf")
-            logits = torch.cat([logits[:1], logits[1:].masked_fill(neg_is_pos, fill)], dim=0)
-        return logits
+            logits = torch.cat([logits[..., :1], logits[..., 1:].masked_fill(neg_is_pos, fill)], dim=-1)
+        return logits.permute(2, 0, 1)
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None) -> dict:
         """The pretraining forward: mask, contextualize, quantize, score distractors.
@@ -822,10 +888,10 @@ class Wav2Vec2Model(nn.Module):
             for key in ("num_vars", "code_perplexity", "prob_perplexity", "temp"):
                 result[key] = q[key]
         y = self.project_q(y)
-        negs = self.sample_negatives(y, y.size(1))
+        neg_idx = self.sample_negatives(y, y.size(1))
         x = x[mask_indices].view(b, -1, x.size(-1))
         x = self.final_proj(x)
-        result["x"] = self.compute_preds(x, y, negs)
+        result["x"] = self.compute_preds(x, y, neg_idx)
         return result
 
     def pretraining_loss(self, net_output: dict) -> tuple[torch.Tensor, int, dict]:
