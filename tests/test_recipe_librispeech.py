@@ -4,8 +4,8 @@ tests/librispeech_fixture.py arranges LJ Speech and FSDD clips as
 ``<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` with ``trans.txt``
 transcripts, plus an openslr-like ``lm/`` (4-gram.arpa.gz, lexicon). The recipe
 then runs stage 0 (nothing to download: --corpus/--lm-dir), stage 1 (data dirs,
-manifests, subsets, lexicon, LM), and, with a tiny wav2vec 2.0 pretrained here
-for a few updates standing in for stage 2, stages 3-7: tiny fine-tuning,
+manifests, subsets, lexicon, LM), stage 2 with a tiny wav2vec 2.0 pretrained for
+a few updates in 2 CPU processes through torchrun, then stages 3-7: tiny fine-tuning,
 featurization into Kaldi data dirs, sharded decoding with viterbi and the
 4-gram, scoring, and self-training with pseudo-labels. The point is the
 plumbing end to end; the models are far too small to recognize anything.
@@ -57,7 +57,7 @@ def test_librispeech_help_and_offline_download(tmp_path):
 
 
 @pytest.mark.slow
-def test_librispeech_fixture_end_to_end(tmp_path, shared_data, w2v):
+def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     fix = build_librispeech_fixture(shared_data, tmp_path / "corpus")
     work = tmp_path / "w"
     common = ["--workdir", work, "--corpus", fix, "--lm-dir", fix / "lm", "--finetune-presets", "10m",
@@ -78,11 +78,19 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data, w2v):
     assert "PRINTING P R I N T I N G |" in lexicon
     assert (work / (work / "data/lang/lm_path").read_text().strip()).is_file()
 
-    # a tiny pretrained wav2vec 2.0 stands in for stage 2 (BASE on 960 h)
-    pt = tmp_path / "pretrained"
-    w2v("pretrain", work / "data/train_clean_100", "--arch", "wav2vec2", "--preset", "tiny", "--max-update", "3",
-        "--set", "optim.warmup_updates=1", "--set", "run.valid_interval=0", "--threads", "1", "--save-dir", pt)
-    tiny = ["--pretrained", pt / "checkpoint_last.pt", "--ft-recipe", "tiny",
+    # stage 2: a tiny wav2vec 2.0 stands in for BASE on 960 h, pretrained by the recipe
+    # through torchrun in 2 CPU processes (gloo), as --ngpu N runs it on GPUs
+    conf = tmp_path / "pretrain_tiny.yaml"
+    conf.write_text("optim:\n  max_update: 4\n  warmup_updates: 1\nrun:\n  valid_interval: 4\n  threads: 1\n")
+    p = run_recipe(*common, "--stage", "2", "--stop-stage", "2", "--pretrain-preset", "tiny", "--pretrain-parts",
+                   "train-clean-100", "--pretrain-conf", conf, "--pretrain-update-freq", "1", "--nproc", "2",
+                   cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    pt_log = (work / "exp/pretrain_tiny/log/pretrain.log").read_text()
+    assert "2 process(es) x update_freq 1; device cpu" in pt_log
+    assert re.search(r"valid \| update 4 \|", pt_log)
+    assert (work / "exp/pretrain_tiny/checkpoint_best.pt").is_file()
+    tiny = ["--pretrain-preset", "tiny", "--ft-recipe", "tiny",
             "--finetune-sets", "--max-update 4 --freeze-updates 1 --valid-interval 4 --threads 1",
             "--beam", "8", "--word-score", "5", "--st-keep", "0.5", "--st-nbest", "3"]
 
@@ -126,9 +134,8 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data, w2v):
         assert (work / f"exp/selftrain_10m/decode_{s}_kenlm/wer").is_file()
         assert f"exp/selftrain_10m/decode_{s}_kenlm/wer" in (work / "exp/RESULTS").read_text()
 
-    # a plain rerun skips every finished stage; stage 2 never ran (--stage 3 above)
-    # and now only notes that --pretrained leaves nothing to pretrain
+    # a plain rerun skips every finished stage
     p = run_recipe(*common, *tiny, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stderr.count("done before, skipping") == 7
-    assert re.findall(r"== stage (\d+):", p.stderr) == ["2"] and "nothing to pretrain" in p.stderr
+    assert p.stderr.count("done before, skipping") == 8
+    assert "== stage" not in p.stderr

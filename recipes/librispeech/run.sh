@@ -11,7 +11,7 @@
 #      --corpus/--lm-dir point at existing copies
 #   1  Kaldi data dirs + fairseq manifests, labels and dictionary for every part;
 #      the fine-tuning subsets; the letter lexicon and the decoding LM
-#   2  pretrain wav2vec 2.0 BASE on --pretrain-parts with --ngpu GPUs (torchrun)
+#   2  pretrain wav2vec 2.0 BASE on --pretrain-parts with --ngpu GPUs (torchrun; --nproc N CPU processes with --ngpu 0)
 #   3  fine-tune the --finetune-presets (10m 1h 10h 100h) from the pretrained model
 #   4  featurize --feat-sets into Kaldi data dirs (feats.scp, utt2num_frames,
 #      frame_shift 0.02) for external acoustic models (Kaldi, ESPnet)
@@ -35,9 +35,10 @@ pretrain_parts="train-clean-100 train-clean-360 train-other-500"
 pretrain_valid=dev-other
 pretrain_preset=base
 pretrain_conf=           # optional YAML over the preset
-pretrain_update_freq=0   # 0: 64 / ngpu, the published 64-GPU batch
+pretrain_update_freq=0   # 0: 64 / nproc, the published 64-GPU batch
 pretrained=              # use this pretrained model instead of stage 2's
 ngpu=1                   # GPUs for pretraining/fine-tuning (0: CPU)
+nproc=                   # training processes (torchrun; default: --ngpu, 1 on CPU); with --ngpu 0, gloo on CPU
 finetune_presets="10m 1h 10h 100h"
 finetune_train_part=train-clean-100   # source of the subsets when --librilight is not given
 finetune_valid=dev-other
@@ -62,6 +63,7 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --stage N --stop-stage M  stages to run (0-7)
   --workdir DIR             put corpus/, data/, exp/ there
   --ngpu N                  GPUs for training (torchrun); 0 = CPU
+  --nproc N                 training processes (default: --ngpu; with --ngpu 0, N CPU processes over gloo)
   --pretrained MODEL        skip stage 2 and use this model
   --finetune-presets \"10m 1h 10h 100h\"  --eval-sets \"...\"  --nj N
   --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)"
@@ -210,10 +212,12 @@ if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets,
   stage_end
 fi
 
-# train_launcher: the command that starts w2v training on $ngpu GPUs.
+# train_launcher: the command that starts w2v training in $nproc processes
+# (torchrun through the same python as bin/w2v, so the checkout's w2vtools runs).
+nproc=${nproc:-$(( ngpu > 0 ? ngpu : 1 ))}
 train_launcher() {
-  if [ "$ngpu" -gt 1 ]; then
-    echo "torchrun --standalone --nproc_per_node=$ngpu -m w2vtools"
+  if [ "$nproc" -gt 1 ]; then
+    echo "$W2V_PYTHON -m torch.distributed.run --standalone --nproc_per_node=$nproc -m w2vtools"
   else
     echo w2v
   fi
@@ -223,7 +227,7 @@ train_device() { if [ "$ngpu" = 0 ]; then echo cpu; else echo cuda; fi; }
 # finetune_model SUBSET DATA DIR: CTC fine-tuning of the pretrained model on
 # DATA with the published recipe of SUBSET (10m 1h 10h 100h; --ft-recipe
 # replaces it, e.g. tiny for CPU tests), validated on --finetune-valid.
-# fairseq ran these on 2 GPUs x update_freq 4: we keep that batch on $ngpu.
+# fairseq ran these on 2 GPUs x update_freq 4: we keep that batch on $nproc processes.
 finetune_model() {
   local subset=$1 data=$2 dir=$3 recipe=${ft_recipe:-$1} uf uf_opt resume=() conf_opt=()
   unit_done "$dir" && return 0
@@ -237,7 +241,7 @@ finetune_model() {
   [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; return 1; }
   # the published presets' batch is 8 GPU-batches (2 GPUs x 4; 960h: 8 x 1)
   case "$recipe" in
-    10m | 1h | 10h | 100h | 960h) uf=$((8 / (ngpu > 1 ? ngpu : 1))); [ "$uf" -ge 1 ] || uf=1; uf_opt=(--update-freq "$uf") ;;
+    10m | 1h | 10h | 100h | 960h) uf=$((8 / nproc)); [ "$uf" -ge 1 ] || uf=1; uf_opt=(--update-freq "$uf") ;;
     *) uf_opt=() ;;
   esac
   [ -n "$finetune_conf" ] && conf_opt=(--config "$finetune_conf")
@@ -250,7 +254,7 @@ finetune_model() {
   mark_done "$dir"
 }
 
-if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngpu GPUs)"; then
+if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($nproc x $(train_device))"; then
   require_w2v pretrain
   if [ -n "$pretrained" ]; then
     log "--pretrained $pretrained given: nothing to pretrain"
@@ -262,7 +266,7 @@ if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($ngp
     [ ${#srcs[@]} -gt 0 ] || { log "ERROR: no pretraining part prepared (stage 1)"; exit 1; }
     "$here/utils/combine_data.sh" data/pretrain "${srcs[@]}"
     uf=$pretrain_update_freq
-    if [ "$uf" = 0 ]; then uf=$((64 / (ngpu > 0 ? ngpu : 1))); fi
+    if [ "$uf" = 0 ]; then uf=$((64 / nproc)); [ "$uf" -ge 1 ] || uf=1; fi
     conf_opt=()
     [ -n "$pretrain_conf" ] && conf_opt=(--config "$pretrain_conf")
     resume=()
