@@ -80,7 +80,7 @@ def test_bad_files_named_with_reason_good_files_kept(tmp_path, fsdd, w2v):
     """Done-when: truncated, empty and text-named-.wav files are each named; every good file is in."""
     root, good = _corpus_with_bad_files(tmp_path, fsdd)
     proc = w2v("manifest", root, "--dest", tmp_path / "out", "--ext", "wav", "--valid-percent", "0", check=False)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     real = os.path.realpath(root)
     assert f"{real}/truncated.wav: truncated WAV" in proc.stderr
     assert f"{real}/empty.wav: empty file" in proc.stderr
@@ -94,7 +94,7 @@ def test_bad_files_named_with_reason_good_files_kept(tmp_path, fsdd, w2v):
         assert n == sf.info(root / rel).frames
     # --dest - prints the same rows as one TSV on stdout, and also says some were left out.
     proc = w2v("manifest", root, "--dest", "-", "--ext", "wav", check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert proc.stdout == (tmp_path / "out" / "train.tsv").read_text()
 
 
@@ -166,7 +166,7 @@ def test_labels_from_kaldi_text_and_ljspeech_metadata(tmp_path, ljspeech, w2v):
     # From the Kaldi text lacking the first utterance: it is named and left out of TSV and labels alike.
     out2 = tmp_path / "out2"
     proc = w2v("manifest", root, "--dest", out2, "--ext", "flac", "--valid-percent", "0", "--labels", tmp_path / "text", check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert f"no transcript for utterance '{rows[0][0]}'" in proc.stderr
     man = read_manifest(out2 / "train.tsv")
     assert len(man.items) == len(rows) - 1 == len(labels.read_labels(out2 / "train.tsv", "ltr"))

@@ -13,6 +13,10 @@ class W2VError(Exception):
 
 
 class PartialFailure(W2VError):
-    """The command wrote its output but some inputs were left out (exit status 2)."""
+    """The command wrote its output but some inputs were left out (exit status 3).
 
-    exit_code = 2
+    3, not 2: click exits 2 on usage errors, and a script must be able to tell "bad
+    command line, nothing done" from "output written, some inputs named on stderr".
+    """
+
+    exit_code = 3

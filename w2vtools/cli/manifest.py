@@ -71,7 +71,7 @@ def command(
     (--to-kaldi) are written for them.
 
     Files that cannot be read are named on stderr as '<path>: <reason>'; the
-    rest are written and the exit status is 2. Utterance ids are file names
+    rest are written and the exit status is 3. Utterance ids are file names
     without extension (relative paths where names repeat). In Kaldi dirs, ids
     are prefixed '<speaker>-' when they do not start with their speaker.
     """
