@@ -401,7 +401,7 @@ class SamePad(nn.Module):
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``F.dropout``, with a cheaper mask on CPU.
 
-    On CPU, ``F.dropout`` draws a float Bernoulli tensor (``bernoulli_``, about 3x
+    On CPU, ``F.dropout`` draws a float Bernoulli tensor (``bernoulli_``, about 2x
     slower than uniforms on 2 cores) and keeps it for the backward pass; a BASE
     training step spent 5 % of its time there. Here the mask is uniforms compared with
     p, kept as bools (a quarter of the memory). Same distribution, different random
