@@ -57,17 +57,12 @@ fi
 
 # Paths on the command line are relative to where the script was started;
 # configs may also be named relative to the recipe folder.
-resolve() {
-  case "$1" in
-    "" | /*) printf '%s' "$1" ;;
-    *) if [ -e "$start_dir/$1" ] || [ ! -e "$here/$1" ]; then printf '%s' "$start_dir/$1"; else printf '%s' "$here/$1"; fi ;;
-  esac
-}
-corpus=$(resolve "$corpus")
-workdir=$(resolve "${workdir:-$here}")
-pretrain_conf=$(resolve "$pretrain_conf")
-finetune_conf=$(resolve "$finetune_conf")
-downstream_conf=$(resolve "$downstream_conf")
+. "$here/utils/resolve_path.sh"
+corpus=$(resolve_path "$corpus")
+workdir=$(resolve_path "${workdir:-$here}")
+pretrain_conf=$(resolve_path "$pretrain_conf")
+finetune_conf=$(resolve_path "$finetune_conf")
+downstream_conf=$(resolve_path "$downstream_conf")
 
 cd "$here"
 . ./path.sh

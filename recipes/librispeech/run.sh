@@ -73,19 +73,15 @@ if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*" >&2
   exit 1
 fi
-resolve() {
-  case "$1" in
-    "" | /*) printf '%s' "$1" ;;
-    *) if [ -e "$start_dir/$1" ] || [ ! -e "$here/$1" ]; then printf '%s' "$start_dir/$1"; else printf '%s' "$here/$1"; fi ;;
-  esac
-}
-workdir=$(resolve "${workdir:-$here}")
-corpus=$(resolve "$corpus")
-lm_dir=$(resolve "$lm_dir")
-librilight=$(resolve "$librilight")
-pretrain_conf=$(resolve "$pretrain_conf")
-finetune_conf=$(resolve "$finetune_conf")
-pretrained=$(resolve "$pretrained")
+# paths on the command line: from where the script was started (or the recipe folder)
+. "$here/utils/resolve_path.sh"
+workdir=$(resolve_path "${workdir:-$here}")
+corpus=$(resolve_path "$corpus")
+lm_dir=$(resolve_path "$lm_dir")
+librilight=$(resolve_path "$librilight")
+pretrain_conf=$(resolve_path "$pretrain_conf")
+finetune_conf=$(resolve_path "$finetune_conf")
+pretrained=$(resolve_path "$pretrained")
 
 cd "$here"
 . ./path.sh
