@@ -12,8 +12,8 @@ bench_pretrain_step.py, BENCHMARKS.md). This is what jemalloc or tcmalloc throug
 ``LD_PRELOAD`` (as Intel's PyTorch CPU tuning guide advises) achieve, without a
 dependency.
 
-The cost: the process keeps its peak heap until it exits, which is what a training or
-featurizing process wants anyway. Nothing changes when
+The cost: the process keeps its peak heap until it exits, which is what a training
+process wants anyway. Nothing changes when
 
 * the C library is not glibc (macOS, musl): there is no ``mallopt`` to call;
 * ``W2V_MALLOC=system`` is set, or the user already tunes malloc themselves
@@ -52,7 +52,7 @@ def keep_freed_memory() -> bool:
     """Make glibc reuse freed heap memory instead of mapping and unmapping large blocks.
 
     Idempotent, process-wide, and inherited by forked DataLoader workers. Call it before
-    the heavy CPU work starts (the trainer and featurize do, when they run on CPU).
+    the heavy CPU work starts (the trainer does, when it runs on CPU).
 
     Returns:
         True when the settings were applied (now or by an earlier call), False when
@@ -76,7 +76,8 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # never mmap (so large blocks come from the heap and are reused), never trim the
-    # heap's top, and grow it in 256 MB steps to make fewer brk calls
+    # heap's top, and grow it by 1 GB of address space at a time (untouched pages cost
+    # nothing) to make fewer brk calls
     ok = mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1) and mallopt(_M_TOP_PAD, 1 << 30)
     if not ok:
         log.debug("mallopt refused the settings; keeping the C library's defaults")
