@@ -139,3 +139,9 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stderr.count("done before, skipping") == 8
     assert "== stage" not in p.stderr
+
+    # --pretrained MODEL: stage 2 has nothing to do
+    p = run_recipe(*common, "--pretrained", work / "exp/pretrain_tiny/checkpoint_best.pt", "--stage", "2",
+                   "--stop-stage", "2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "nothing to pretrain" in p.stderr
