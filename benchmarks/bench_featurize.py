@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=None, help="ours (default: featurize's, = --threads on a CPU)")
     ap.add_argument("--compare-streams", action="store_true",
                     help="also time ours with one stream of --threads-threaded ops")
+    ap.add_argument("--compare-amp", action="store_true",
+                    help="also time ours with --amp (bfloat16 autocast on CPU; outputs differ at bf16 precision)")
     ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-speed", action="store_true", help="only the memory measurement")
@@ -204,6 +206,8 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
     results = {"w2v featurize": 0.0}
     if args.compare_streams:
         results["w2v featurize --streams 1"] = 0.0
+    if args.compare_amp:
+        results["w2v featurize --amp (bf16)"] = 0.0
     if not args.skip_peers:
         results.update({"transformers Wav2Vec2Model": 0.0, "torchaudio wav2vec2": 0.0})
     lines = scp.read_text().splitlines()
@@ -219,6 +223,11 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
         results["w2v featurize"] += time.perf_counter() - t0
         assert summary.utterances == len(idx)
         assert torch.get_num_threads() == args.threads, "featurize must restore the thread setting for the peers"
+        if args.compare_amp:
+            t0 = time.perf_counter()
+            featurize(str(sub), str(tmp / f"oursamp{r}.h5"), model=enc, threads=args.threads, streams=args.streams,
+                      batch_seconds=args.batch_seconds, amp=True, progress=False)
+            results["w2v featurize --amp (bf16)"] += time.perf_counter() - t0
         if args.compare_streams:
             t0 = time.perf_counter()
             featurize(str(sub), str(tmp / f"ours1s{r}.h5"), model=enc, threads=args.threads, streams=1,
@@ -252,6 +261,18 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
     for name, t in results.items():
         if name != "w2v featurize":
             print(f"ratio ours / {name}: {ours / (audio_s / t):.2f}x")
+    if args.compare_amp:
+        amp_t = results["w2v featurize --amp (bf16)"]
+        for name, t in results.items():
+            if not name.startswith("w2v"):
+                print(f"ratio ours --amp / {name}: {t / amp_t:.2f}x")
+        import h5py
+
+        rel = []
+        for r in range(rounds):
+            with h5py.File(tmp / f"ours{r}.h5") as f32, h5py.File(tmp / f"oursamp{r}.h5") as fb:
+                rel += [float(np.linalg.norm(fb[k][()] - f32[k][()]) / np.linalg.norm(f32[k][()])) for k in f32]
+        print(f"--amp vs float32 features: relative error {np.median(rel):.2e} median, {max(rel):.2e} max")
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
     floor = args.gflops_per_audio_s / args.matmul_gflops
     per = results["w2v featurize"] / audio_s
