@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.presets import count_preset_parameters, get_preset
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
-from w2vtools.models.wav2vec2 import Wav2Vec2Model, compute_mask_indices
+from w2vtools.models import wav2vec2 as w2v2_module
+from w2vtools.models.wav2vec2 import MultiheadAttention, Wav2Vec2Model, compute_mask_indices, dropout
 
 torch.set_num_threads(2)
 
@@ -242,6 +243,49 @@ def test_kmeans_quantizer_nearest_codeword():
     (out["x"].sum() + out["kmeans_loss"]).backward()
     assert x.grad is not None and q.embedding.grad is not None
     assert out["x"].shape == (2, 6, 16) and float(out["kmeans_loss"].detach()) > 0
+
+
+def test_kmeans_codewords_start_on_the_scale_of_the_projections():
+    """Codewords at the origin (fairseq's 0.01 scale) are all about |ze| away from every
+    frame, so the first ones pulled out to the data take every frame; here they start
+    where the group-normed projections are."""
+    torch.manual_seed(0)
+    q = KmeansVectorQuantizer(64, 32, 2, True, 64, time_first=True)
+    with torch.no_grad():
+        ze = q.projection(torch.randn(4, 64, 200) * 5.0)
+    assert 0.7 < q.embedding.detach().std().item() / ze.std().item() < 1.3
+
+
+# --------------------------------------------------------------------------- CPU dropout
+
+
+def test_cpu_dropout_mask_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(1 - float(kept.float().mean()) - 0.1) < 0.003  # drop rate p
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))  # survivors scaled by 1/(1-p)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.9)  # the gradient goes through the same mask
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+
+
+def test_cpu_training_attention_is_sdpa_with_dropout(monkeypatch):
+    """The written-out attention of CPU training equals SDPA's (padding mask included)
+    when its dropout is the identity, and drops attention weights when it is not."""
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, dropout=0.1)
+    x = torch.randn(2, 7, 32)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    attn.eval()
+    ref = attn(x, mask)  # SDPA, no dropout
+    attn.train()
+    monkeypatch.setattr(w2v2_module, "dropout", lambda t, p, training: t)
+    torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+    assert not torch.allclose(attn(x, mask), ref, atol=1e-3)
 
 
 # --------------------------------------------------------------------------- CTC

@@ -488,9 +488,10 @@ def featurize(
             ``os.sched_getaffinity``, as torch's default).
         streams: batches computed at once, each in its own Python thread with
             ``threads // streams`` intra-op threads (None: ``threads`` on a CPU, 1 on a
-            GPU). Independent single-threaded streams scale better than one batch split
-            over threads (measured on 2 cores, wav2vec 2.0 BASE: ~1.7x), and torch ops
-            release the GIL. The output is the same whatever the number of streams:
+            GPU). Torch ops release the GIL, so the streams run side by side. On an idle
+            2-core machine this is as fast as one 2-thread batch at a time (wav2vec 2.0
+            BASE, BENCHMARKS.md); on a shared one, single-threaded streams lose less to
+            other processes (1.4-1.7x there). The output is the same whatever the number of streams:
             results are written in the plan's order. Memory: at most ``streams``
             batches computing plus ``streams`` finished ones waiting for their turn.
         workers: audio-loading threads (0: load in the main thread).

@@ -466,7 +466,6 @@ def feature_family(attrs: Mapping[str, Any]) -> str:
 # The command
 
 
-
 def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, int]) -> None:
     from w2vtools.formats.labels import SPECIAL_SYMBOLS
     from w2vtools.fileio import atomic_write

@@ -73,7 +73,6 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
     return model, mcfg, family
 
 
-
 def pretrain(
     train: str | os.PathLike,
     valid: str | os.PathLike | None,
