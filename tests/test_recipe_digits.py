@@ -7,14 +7,18 @@ failing stage stops the run with the stage named, and the final WER table.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
+
+from http_mirror import serve
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "recipes" / "digits" / "run.sh"
@@ -62,6 +66,53 @@ def test_digits_stage_0_1_data(tmp_path, shared_data):
     lexicon = (work / "data/lang/lexicon.txt").read_text().split("\n")
     assert "SEVEN S E V E N |" in lexicon and len([l for l in lexicon if l]) == 10
     assert (work / "exp/.stages/1.done").exists()
+
+
+def test_digits_stage_0_downloads_and_resumes_the_release(tmp_path, shared_data):
+    # the release archive as GitHub makes it from the tag, on a local mirror
+    site = tmp_path / "site"
+    site.mkdir()
+    archive = site / "v1.0.10.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(shared_data / "fsdd" / "recordings", arcname="free-spoken-digit-dataset-1.0.10/recordings")
+    data = archive.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    sample = sorted((shared_data / "fsdd" / "recordings").glob("*.wav"))[123]
+
+    for ranges in (True, False):
+        work = tmp_path / f"w-{ranges}"
+        # an earlier run was cut off half-way through the download
+        (work / "corpus/fsdd").mkdir(parents=True)
+        (work / "corpus/fsdd/fsdd-v1.0.10.tar.gz.part").write_bytes(data[: len(data) // 2])
+        with serve(site, ranges=ranges) as mirror:
+            p = run_recipe("--workdir", str(work), "--stop-stage", "0", "--fsdd-url", f"{mirror.url}/v1.0.10.tar.gz",
+                           cwd=tmp_path, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        if ranges:  # resumed: one request, for the second half
+            assert mirror.requests == [("/v1.0.10.tar.gz", f"bytes={len(data) // 2}-")]
+        else:  # the server ignores ranges: downloaded again from the start
+            assert "cannot resume" in p.stderr and mirror.requests[-1] == ("/v1.0.10.tar.gz", None)
+        recordings = work / "corpus/fsdd/recordings"
+        assert (work / "data/recordings_dir").read_text().strip() == str(recordings)
+        assert len(list(recordings.glob("*.wav"))) == 3000
+        assert (recordings / sample.name).read_bytes() == sample.read_bytes()
+        assert f"sha256 {sha}" in (work / "corpus/fsdd/.complete").read_text().splitlines()
+
+    # a rerun of the stage finds the release there and downloads nothing
+    with serve(site) as mirror:
+        p = run_recipe("--workdir", str(work), "--stage", "0", "--stop-stage", "0", "--fsdd-url",
+                       f"{mirror.url}/v1.0.10.tar.gz", cwd=tmp_path)
+    assert p.returncode == 0 and "already holds FSDD v1.0.10" in p.stderr and mirror.requests == []
+
+    # an archive that is not an FSDD release stops stage 0 with the reason
+    bad = site / "other.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(sample, arcname="x/readme.wav")
+    with serve(site) as mirror:
+        p = run_recipe("--workdir", str(tmp_path / "w-bad"), "--stop-stage", "0", "--fsdd-url",
+                       f"{mirror.url}/other.tar.gz", cwd=tmp_path)
+    assert p.returncode != 0 and "has no recordings/ folder" in p.stderr
+    assert "ERROR: stage 0 (get the Free Spoken Digit Dataset) failed" in p.stderr
 
 
 @pytest.mark.slow

@@ -13,15 +13,20 @@ plumbing end to end; the models are far too small to recognize anything.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from http_mirror import serve
 from librispeech_fixture import build_librispeech_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +59,63 @@ def test_librispeech_help_and_offline_download(tmp_path):
     assert "could not download http://127.0.0.1:9/resources/12/md5sum.txt (offline?)" in p.stderr
     assert "--corpus DIR" in p.stderr
     assert "ERROR: stage 0 (download from openslr: dev-clean) failed" in p.stderr
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_librispeech_stage_0_downloads_and_checks_md5(tmp_path, shared_data):
+    # an openslr-like mirror: resource 12 (a corpus part + md5sum.txt), resource 11 (LM files + md5sum.txt)
+    site = tmp_path / "site"
+    part = tmp_path / "pack/LibriSpeech/train-clean-360/19/198"
+    part.mkdir(parents=True)
+    wavs = sorted((shared_data / "ljspeech" / "wavs").glob("*.flac"))[:2]
+    for i, wav in enumerate(wavs):
+        shutil.copy(wav, part / f"19-198-{i:04d}.flac")
+    (part / "19-198.trans.txt").write_text("19-198-0000 PRINTING\n19-198-0001 IN THE ONLY SENSE\n")
+    (site / "12").mkdir(parents=True)
+    for name in ("train-clean-360", "test-clean"):
+        with tarfile.open(site / f"12/{name}.tar.gz", "w:gz") as tar:
+            tar.add(part.parents[1], arcname=f"LibriSpeech/{name}")
+    (site / "11").mkdir()
+    with gzip.open(site / "11/4-gram.arpa.gz", "wt") as f:
+        f.write("\\data\\\nngram 1=3\n\n\\1-grams:\n-1.0\t<s>\n-0.5\t</s>\n-0.5\tPRINTING\n\n\\end\\\n")
+    (site / "11/librispeech-lexicon.txt").write_text("PRINTING P R IH1 N T IH0 NG\n")
+    (site / "11/librispeech-vocab.txt").write_text("PRINTING\n")
+    for res, names in (("12", ["train-clean-360.tar.gz", "test-clean.tar.gz"]),
+                       ("11", ["4-gram.arpa.gz", "librispeech-lexicon.txt", "librispeech-vocab.txt"])):
+        (site / res / "md5sum.txt").write_text("".join(f"{md5(site / res / n)}  {n}\n" for n in names))
+
+    work = tmp_path / "w"
+    with serve(site) as mirror:
+        p = run_recipe("--workdir", work, "--stop-stage", "0", "--parts", "train-clean-360 lm",
+                       "--mirror", mirror.url, cwd=tmp_path, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        got = work / "corpus/LibriSpeech/train-clean-360/19/198"
+        assert sorted(f.name for f in got.iterdir()) == ["19-198-0000.flac", "19-198-0001.flac", "19-198.trans.txt"]
+        assert (got / "19-198-0001.flac").read_bytes() == wavs[1].read_bytes()
+        for name in ("4-gram.arpa.gz", "librispeech-lexicon.txt", "librispeech-vocab.txt"):
+            assert (work / "corpus/lm" / name).read_bytes() == (site / "11" / name).read_bytes()
+
+        # a part whose md5 this script knows, where the mirror publishes another: refused, nothing unpacked
+        fetch = [str(REPO / "recipes/librispeech/local/download_librispeech.sh"), "--mirror", mirror.url]
+        p = subprocess.run([*fetch, str(work / "corpus"), "test-clean"], capture_output=True, text=True)
+        assert p.returncode != 0 and "this script knows 32fa31d27d2e1cad72775fee3f4849a9; refusing" in p.stderr
+        assert not (work / "corpus/LibriSpeech/test-clean").exists()
+
+        # an archive that does not match the published md5 (a broken transfer) is not unpacked
+        fresh = tmp_path / "fresh"
+        lines = (site / "12/md5sum.txt").read_text().replace(md5(site / "12/train-clean-360.tar.gz"), "0" * 32)
+        (site / "12/md5sum.txt").write_text(lines)
+        p = subprocess.run([*fetch, str(fresh), "train-clean-360"], capture_output=True, text=True)
+        assert p.returncode != 0 and "does not match " + "0" * 32 in p.stderr
+        assert not (fresh / "LibriSpeech").exists()
+
+        # a part already unpacked is not fetched again
+        before = len(mirror.requests)
+        p = subprocess.run([*fetch, str(work / "corpus"), "train-clean-360"], capture_output=True, text=True)
+        assert p.returncode == 0 and "already in" in p.stderr and len(mirror.requests) == before
 
 
 @pytest.mark.slow

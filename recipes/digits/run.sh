@@ -26,6 +26,7 @@ stage=0
 stop_stage=6
 corpus=             # an FSDD checkout (DIR/recordings/*.wav, or the recordings folder itself)
 fsdd_tag=v1.0.10    # release downloaded by stage 0
+fsdd_url=           # where stage 0 gets it (default: GitHub's archive of that tag; a mirror's URL)
 workdir=            # where corpus/, data/ and exp/ go (default: the recipe folder)
 quick=false         # a few minutes instead of ~13 (2 cores): far fewer updates (used by the tests)
 nj=2                # parallel jobs (featurization, decoding)
@@ -39,6 +40,7 @@ finetune_conf=conf/finetune.yaml
 downstream_conf=conf/downstream.yaml
 help_message="Usage: $0 [options]
   --corpus DIR          use this FSDD copy instead of downloading (stage 0)
+  --fsdd-url URL        download the release archive from here instead of GitHub
   --quick               tiny run (minutes), as the test suite does
   --stage N             first stage to run (default $stage)
   --stop-stage M        last stage to run (default $stop_stage)
@@ -102,7 +104,7 @@ if stage_begin 0 "get the Free Spoken Digit Dataset"; then
     log "using $n recordings in $corpus"
     recordings=$(cd "$corpus" && pwd)
   else
-    "$here/local/download_fsdd.sh" --tag "$fsdd_tag" corpus/fsdd
+    "$here/local/download_fsdd.sh" --tag "$fsdd_tag" ${fsdd_url:+--url "$fsdd_url"} corpus/fsdd
     recordings=$PWD/corpus/fsdd/recordings
   fi
   mkdir -p data

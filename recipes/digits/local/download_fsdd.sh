@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # Download and unpack one pinned release of the Free Spoken Digit Dataset.
 #
-#   local/download_fsdd.sh [--tag v1.0.10] DEST
+#   local/download_fsdd.sh [--tag v1.0.10] [--url URL] DEST
 #
 # Leaves the recordings in DEST/recordings (3000 WAVs) and writes DEST/.complete
 # with the tag and the archive's sha256, so a second call does nothing. The
 # release archives are made by GitHub from the git tag; the project publishes
 # no checksum, so we record the one we got (compare it across machines).
+# --url fetches the same archive from a mirror (default: GitHub's, for --tag).
+# An interrupted download resumes where the server supports ranges.
 #
 # Example:
 #   local/download_fsdd.sh corpus/fsdd && ls corpus/fsdd/recordings | wc -l
 set -euo pipefail
 
 tag=v1.0.10
-if [ "${1:-}" = --tag ]; then
-  tag=$2
-  shift 2
-fi
+url=
+while [ $# -gt 1 ]; do
+  case "$1" in
+    --tag) tag=$2; shift 2 ;;
+    --url) url=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
 if [ $# -ne 1 ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 1
 fi
 dest=$1
-url="https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/$tag.tar.gz"
+. "$(dirname "$0")/../utils/fetch.sh"
+url=${url:-"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/$tag.tar.gz"}
 
 if [ -f "$dest/.complete" ] && grep -q "^tag $tag$" "$dest/.complete"; then
   echo "$0: $dest already holds FSDD $tag" >&2
@@ -33,20 +40,10 @@ mkdir -p "$dest"
 archive="$dest/fsdd-$tag.tar.gz"
 if [ ! -s "$archive" ]; then
   echo "$0: downloading $url" >&2
-  if command -v curl >/dev/null 2>&1; then
-    fetch=(curl -fsSL --retry 3 --connect-timeout 20 -o "$archive.part" "$url")
-  elif command -v wget >/dev/null 2>&1; then
-    fetch=(wget -O "$archive.part" "$url")
-  else
-    echo "$0: neither curl nor wget is installed; download $url by hand and pass --corpus DIR" >&2
-    exit 1
-  fi
-  if ! "${fetch[@]}"; then
-    rm -f "$archive.part"
+  if ! fetch "$url" "$archive"; then
     echo "$0: could not download $url (offline?). Get the FSDD recordings some other way and rerun with --corpus DIR (DIR/recordings/*.wav)" >&2
     exit 1
   fi
-  mv "$archive.part" "$archive"
 fi
 
 sha=$(sha256sum "$archive" | cut -d' ' -f1)

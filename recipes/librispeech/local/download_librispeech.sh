@@ -40,18 +40,7 @@ declare -A known_md5=(
   [train-clean-100]=2a93770f6d5c6c964bc36631d331a522
 )
 
-fetch() { # URL FILE
-  local url=$1 out=$2
-  if command -v curl >/dev/null 2>&1; then
-    curl -fsSL --retry 3 --connect-timeout 20 -C - -o "$out.part" "$url" || return 1
-  elif command -v wget >/dev/null 2>&1; then
-    wget -c -O "$out.part" "$url" || return 1
-  else
-    echo "$0: neither curl nor wget is installed" >&2
-    return 1
-  fi
-  mv "$out.part" "$out"
-}
+. "$(dirname "$0")/../utils/fetch.sh"
 
 fail_offline() {
   echo "$0: could not download $1 (offline?). Fetch it by hand into $dest, or point the recipe at an existing copy with --corpus DIR / --lm-dir DIR" >&2
