@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Featurize speed: ``w2v featurize`` vs Hugging Face transformers and torchaudio, same weights.
 
-One process, same inputs, same thread count (2 by default):
+Same inputs, same thread count (2 by default), each system in its own fresh process:
 
 * inputs: ``--num-utts`` utterances of 2-15 s (default 100), made by concatenating
   real LJ Speech clips (../shared/data) at 16 kHz, written as WAV files under a
@@ -15,11 +15,17 @@ One process, same inputs, same thread count (2 by default):
   streams of single-threaded ops (``--streams``; ``--compare-streams`` also times one
   stream with T-threaded ops, the peers' way of using the cores); peers: the documented per-utterance call on
   audio already in memory (BASE uses group norm, which both peers apply over padding,
-  so one utterance per call is their correct usage), under ``torch.inference_mode``.
+  so one utterance per call is their correct usage), under ``torch.inference_mode``;
+* processes: the corpus is cut into ``--rounds`` rounds, and in each round every
+  system runs its share in a fresh Python process, one after the other. Fresh
+  processes keep one system's process-wide settings from helping or hurting another:
+  featurize tunes glibc malloc (w2vtools/malloc.py), which would also speed up peers
+  run after it in the same process.
 
 Prints audio-seconds per second for each, our ratio to each peer, the distance to
-the FLOP floor (``--gflops-per-audio-s`` at ``--matmul-gflops``: about 14 GFLOP per
-audio second at ~140 GFLOP/s fp32 on the reference machine), and with
+the FLOP floor (``--gflops-per-audio-s``, about 14 GFLOP per audio second, at the
+machine's float32 GEMM rate, measured in its own process unless ``--matmul-gflops``
+gives it), and with
 ``--memory`` our peak RSS for growing corpus sizes (each run in a fresh process).
 
 Run:  python benchmarks/bench_featurize.py [--num-utts 100] [--threads 2] [--memory]
@@ -72,11 +78,14 @@ def make_corpus(lj_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
     return scp
 
 
-def build_models(tmp: Path):
-    """(our LoadedModel, HF model, torchaudio model) sharing one set of BASE weights."""
+def build_models(tmp: Path) -> None:
+    """One set of seeded random BASE weights, saved for the child processes.
+
+    ``tmp/ours.pt``: our model's state dict (read back with ``weights_only=True``);
+    ``tmp/hf``: the same weights as a Hugging Face ``Wav2Vec2Model`` folder, which the
+    torchaudio child imports with ``import_huggingface_model``.
+    """
     import torch
-    import torchaudio
-    from transformers import Wav2Vec2Model as HFWav2Vec2Model
 
     from w2vtools.models.checkpoint import LoadedModel, model_class_for
     from w2vtools.models.huggingface import export_huggingface
@@ -85,22 +94,77 @@ def build_models(tmp: Path):
     torch.manual_seed(0)
     cfg = get_preset("wav2vec2", "base")
     ours = model_class_for("wav2vec2")(cfg).eval()
-    loaded = LoadedModel(family="wav2vec2", task="pretrain", model=ours, config=cfg)
-    hf_dir = export_huggingface(loaded, tmp / "hf", architecture="Wav2Vec2Model")
-    hf = HFWav2Vec2Model.from_pretrained(str(hf_dir)).eval()
-    ta = torchaudio.models.wav2vec2.utils.import_huggingface_model(hf).eval()
-    return loaded, hf, ta
+    torch.save(ours.state_dict(), tmp / "ours.pt")
+    export_huggingface(LoadedModel(family="wav2vec2", task="pretrain", model=ours, config=cfg), tmp / "hf",
+                       architecture="Wav2Vec2Model")
 
 
-def run_peer(name: str, fn, waves) -> tuple[float, list]:
+#: the systems a speed run can time: (peer?, featurize keyword arguments for ours)
+SYSTEMS = {
+    "w2v featurize": (False, {}),
+    "w2v featurize --streams 1": (False, {"streams": 1}),
+    "w2v featurize --amp (bf16)": (False, {"amp": True}),
+    "transformers Wav2Vec2Model": (True, {}),
+    "torchaudio wav2vec2": (True, {}),
+}
+
+
+def speed_child(args) -> None:
+    """Time one system on one round's utterances in this fresh process; print JSON."""
     import torch
 
-    outs = []
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for w in waves:
-            outs.append(fn(torch.from_numpy(w)[None]))
-    return time.perf_counter() - t0, outs
+    torch.set_num_threads(args.threads)
+    tmp = Path(args.out).parent
+    name = args.child_system
+    lines = Path(args.scp).read_text().splitlines()
+    w0 = None
+    if SYSTEMS[name][0]:
+        from transformers import Wav2Vec2Model as HFWav2Vec2Model
+
+        from w2vtools.audio import load_audio
+
+        hf = HFWav2Vec2Model.from_pretrained(str(tmp / "hf")).eval()
+        if name.startswith("transformers"):
+            fn = lambda x: hf(x).last_hidden_state[0]  # noqa: E731
+        else:
+            import torchaudio
+
+            ta = torchaudio.models.wav2vec2.utils.import_huggingface_model(hf).eval()
+            fn = lambda x: ta.extract_features(x)[0][-1][0]  # noqa: E731
+        # the peers' usage: audio already in memory, one utterance per call
+        waves = {u: load_audio(p, sample_rate=16000) for u, p in (line.split(" ", 1) for line in lines)}
+        with torch.inference_mode():
+            fn(torch.from_numpy(next(iter(waves.values()))[:32000])[None])  # warm-up, not timed
+            t0 = time.perf_counter()
+            outs = {u: fn(torch.from_numpy(w)[None]).numpy() for u, w in waves.items()}
+            wall = time.perf_counter() - t0
+        np.savez(args.out, **outs)
+    else:
+        from w2vtools.featurize import encoder_from_module, featurize
+        from w2vtools.models.checkpoint import model_class_for
+        from w2vtools.models.presets import get_preset
+
+        model = model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval()
+        model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
+        enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
+        with torch.inference_mode():
+            model.extract_features(torch.zeros(1, 32000))  # warm-up, not timed
+        t0 = time.perf_counter()
+        summary = featurize(args.scp, args.out, model=enc, threads=args.threads, batch_seconds=args.batch_seconds,
+                            progress=False, **{"streams": args.streams, **SYSTEMS[name][1]})
+        wall = time.perf_counter() - t0
+        assert summary.utterances == len(lines)
+    print(json.dumps({"wall": wall}))
+
+
+def read_features(path: Path) -> dict:
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    import h5py
+
+    with h5py.File(path) as f:
+        return {k: f[k][()] for k in f}
 
 
 def peak_rss_mb() -> float:
@@ -144,7 +208,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
-    ap.add_argument("--matmul-gflops", type=float, default=140.0)
+    ap.add_argument("--matmul-gflops", type=float, default=None,
+                    help="the machine's float32 GEMM rate for the floor line (default: measured, in its own process)")
     ap.add_argument("--batch-seconds", type=float, default=None, help="ours (default: featurize's CPU default)")
     ap.add_argument("--streams", type=int, default=None, help="ours (default: featurize's, = --threads on a CPU)")
     ap.add_argument("--compare-streams", action="store_true",
@@ -158,11 +223,15 @@ def main() -> None:
                     help="architecture for --memory (tiny: the pipeline's own memory on a big corpus, quickly)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (spreads machine load evenly)")
     ap.add_argument("--child-n", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-system", choices=sorted(SYSTEMS), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--scp", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_n is not None:
         memory_child(args)
+        return
+    if args.child_system is not None:
+        speed_child(args)
         return
 
     import torch
@@ -172,87 +241,55 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="w2v-bench-"))
     scp = make_corpus(args.data / "ljspeech", tmp / "audio", args.num_utts)
-    uids, paths = zip(*(line.split(" ", 1) for line in scp.read_text().splitlines()))
-    waves = [load_audio(p, sample_rate=16000) for p in paths]
-    audio_s = sum(len(w) for w in waves) / 16000
-    print(f"inputs: {len(waves)} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
+    paths = [line.split(" ", 1)[1] for line in scp.read_text().splitlines()]
+    audio_s = sum(len(load_audio(p, sample_rate=16000)) for p in paths) / 16000
+    print(f"inputs: {len(paths)} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
           f"torch {torch.__version__}; load average at the start %.1f %.1f %.1f" % os.getloadavg())
 
     if not args.skip_speed:
-        speed(args, tmp, scp, uids, waves, audio_s)
+        speed(args, tmp, scp, audio_s)
     if args.memory:
         memory(args, tmp, scp)
 
 
-def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
-    """Ours vs the peers, interleaved rounds, with a numerical agreement check."""
-    import torch
-
-    from w2vtools.featurize import encoder_from_module, featurize
-
-    loaded, hf, ta = build_models(tmp)
-    enc = encoder_from_module(loaded.model, "wav2vec2-base(random)", "wav2vec2")
-
-    # warm-up (one short call each) so first-call allocation is not timed
-    with torch.inference_mode():
-        w0 = torch.from_numpy(waves[0][:32000])[None]
-        loaded.model.extract_features(w0)
-        if not args.skip_peers:
-            hf(w0)
-            ta.extract_features(w0)
-
+def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
+    """Ours vs the peers, interleaved rounds of fresh processes, with a numerical agreement check."""
+    build_models(tmp)
+    names = ["w2v featurize"]
+    if args.compare_streams:
+        names.append("w2v featurize --streams 1")
+    if args.compare_amp:
+        names.append("w2v featurize --amp (bf16)")
+    if not args.skip_peers:
+        names += ["transformers Wav2Vec2Model", "torchaudio wav2vec2"]
+    results = dict.fromkeys(names, 0.0)
+    feats: dict[str, dict] = {n: {} for n in names}
     # Interleave: the corpus is cut into rounds and every system runs each round in turn,
     # so load from other processes on a shared machine falls on all of them alike.
-    results = {"w2v featurize": 0.0}
-    if args.compare_streams:
-        results["w2v featurize --streams 1"] = 0.0
-    if args.compare_amp:
-        results["w2v featurize --amp (bf16)"] = 0.0
-    if not args.skip_peers:
-        results.update({"transformers Wav2Vec2Model": 0.0, "torchaudio wav2vec2": 0.0})
     lines = scp.read_text().splitlines()
     rounds = max(1, min(args.rounds, len(lines)))
-    hf_out, ta_out = [], []
     for r in range(rounds):
-        idx = list(range(r, len(lines), rounds))
         sub = tmp / f"round{r}.scp"
-        sub.write_text("".join(lines[i] + "\n" for i in idx))
-        t0 = time.perf_counter()
-        summary = featurize(str(sub), str(tmp / f"ours{r}.h5"), model=enc, threads=args.threads,
-                            streams=args.streams, batch_seconds=args.batch_seconds, progress=False)
-        results["w2v featurize"] += time.perf_counter() - t0
-        assert summary.utterances == len(idx)
-        assert torch.get_num_threads() == args.threads, "featurize must restore the thread setting for the peers"
-        if args.compare_amp:
-            t0 = time.perf_counter()
-            featurize(str(sub), str(tmp / f"oursamp{r}.h5"), model=enc, threads=args.threads, streams=args.streams,
-                      batch_seconds=args.batch_seconds, amp=True, progress=False)
-            results["w2v featurize --amp (bf16)"] += time.perf_counter() - t0
-        if args.compare_streams:
-            t0 = time.perf_counter()
-            featurize(str(sub), str(tmp / f"ours1s{r}.h5"), model=enc, threads=args.threads, streams=1,
-                      batch_seconds=args.batch_seconds, progress=False)
-            results["w2v featurize --streams 1"] += time.perf_counter() - t0
-        if not args.skip_peers:
-            t, out = run_peer("hf", lambda x: hf(x).last_hidden_state[0].numpy(), [waves[i] for i in idx])
-            results["transformers Wav2Vec2Model"] += t
-            hf_out += list(zip(idx, out))
-            t, out = run_peer("torchaudio", lambda x: ta.extract_features(x)[0][-1][0].numpy(), [waves[i] for i in idx])
-            results["torchaudio wav2vec2"] += t
-            ta_out += list(zip(idx, out))
+        sub.write_text("".join(lines[i] + "\n" for i in range(r, len(lines), rounds)))
+        for k, name in enumerate(names):
+            out = tmp / f"sys{k}-round{r}{'.npz' if SYSTEMS[name][0] else '.h5'}"
+            cmd = [sys.executable, __file__, "--child-system", name, "--scp", str(sub), "--out", str(out),
+                   "--threads", str(args.threads)]
+            cmd += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
+            cmd += ["--streams", str(args.streams)] if args.streams else []
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{p.stderr[-3000:]}")
+            results[name] += json.loads(p.stdout.strip().splitlines()[-1])["wall"]
+            feats[name].update(read_features(out))
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in results.items())
               + " (load average %.1f %.1f %.1f)" % os.getloadavg(), flush=True)
 
-    if not args.skip_peers:
-        import h5py
-
-        ours_feats = {}
-        for r in range(rounds):
-            with h5py.File(tmp / f"ours{r}.h5") as f:
-                ours_feats.update({k: f[k][()] for k in f})
-        diff_hf = max(float(np.abs(ours_feats[uids[i]] - o).max()) for i, o in hf_out)
-        diff_ta = max(float(np.abs(ours_feats[uids[i]] - o).max()) for i, o in ta_out)
-        print(f"same weights check: max |ours - HF| = {diff_hf:.2e}, max |ours - torchaudio| = {diff_ta:.2e}")
+    ours_feats = feats["w2v featurize"]
+    for name in names[1:]:
+        if SYSTEMS[name][0]:
+            diff = max(float(np.abs(ours_feats[u] - x).max()) for u, x in feats[name].items())
+            print(f"same weights check: max |ours - {name}| = {diff:.2e}")
 
     ours = audio_s / results["w2v featurize"]
     print(f"\n{'system':32s} {'wall s':>8s} {'audio-s/s':>10s} {'s per audio-s':>14s}")
@@ -266,18 +303,21 @@ def speed(args, tmp: Path, scp: Path, uids, waves, audio_s: float) -> None:
         for name, t in results.items():
             if not name.startswith("w2v"):
                 print(f"ratio ours --amp / {name}: {t / amp_t:.2f}x")
-        import h5py
-
-        rel = []
-        for r in range(rounds):
-            with h5py.File(tmp / f"ours{r}.h5") as f32, h5py.File(tmp / f"oursamp{r}.h5") as fb:
-                rel += [float(np.linalg.norm(fb[k][()] - f32[k][()]) / np.linalg.norm(f32[k][()])) for k in f32]
+        amp = feats["w2v featurize --amp (bf16)"]
+        rel = [float(np.linalg.norm(amp[k] - x) / np.linalg.norm(x)) for k, x in ours_feats.items()]
         print(f"--amp vs float32 features: relative error {np.median(rel):.2e} median, {max(rel):.2e} max")
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
-    floor = args.gflops_per_audio_s / args.matmul_gflops
+    rate = args.matmul_gflops
+    if rate is None:  # the best of the Transformer's GEMM shapes, same threads, in its own process
+        p = subprocess.run([sys.executable, "-c", "import sys, argparse, json; sys.path.insert(0, sys.argv[1]); "
+                            "from bench_pretrain_step import worker_gemm; "
+                            "print(json.dumps(worker_gemm(argparse.Namespace(threads=int(sys.argv[2])))))",
+                            str(Path(__file__).parent), str(args.threads)], capture_output=True, text=True, check=True)
+        rate = json.loads(p.stdout.strip().splitlines()[-1])["float32"]
+    floor = args.gflops_per_audio_s / rate
     per = results["w2v featurize"] / audio_s
-    print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {args.matmul_gflops} GFLOP/s); "
-          f"ours {per:.3f} s per audio-s = {per / floor:.2f}x the floor")
+    print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
+          f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
 
 
 def memory(args, tmp: Path, scp: Path) -> None:

@@ -480,6 +480,10 @@ def featurize(
         batch_seconds: budget of padded audio seconds per batch (None: 200 on a GPU,
             where big batches pay; :data:`CPU_BATCH_SECONDS` on a CPU, where batching
             saves nothing and small batches keep every stream busy to the end).
+            On a CPU, featurize also has glibc keep freed memory for reuse
+            (:func:`w2vtools.malloc.keep_freed_memory`, ``one_arena=True``; process-wide,
+            ``W2V_MALLOC=system`` to opt out): the next batch's tensors then reuse this
+            one's pages instead of faulting in fresh zeroed ones.
         chunk_seconds, chunk_overlap: recordings longer than ``chunk_seconds`` run in
             windows of that length with ``chunk_overlap`` seconds of context each side.
         shard: ``"K/N"`` or (K, N), 1-based.
@@ -521,6 +525,10 @@ def featurize(
         raise W2VError("--threads and --streams must be at least 1")
     threads = int(threads) if threads else _available_cpus()
     streams = int(streams) if streams else (threads if on_cpu else 1)
+    if on_cpu:
+        from w2vtools.malloc import keep_freed_memory
+
+        keep_freed_memory(one_arena=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // streams))
     try:
@@ -537,8 +545,11 @@ def featurize(
 
 #: Default padded audio seconds per batch on a CPU: there batching gains nothing
 #: (measured, BASE, 1 thread: six 5 s clips alone 4.2-4.4 s CPU, as one batch 4.5 s),
-#: and more, smaller batches balance the streams (the last batch runs alone).
-CPU_BATCH_SECONDS = 20.0
+#: and more, smaller batches balance the streams (the last batch runs alone) and
+#: keep the peak heap small (40 utterances of 2-15 s, BASE, 2 streams: 5 s batches
+#: 29.5 s and 1.9 GB peak RSS, 20 s batches 32.4 s and 3.1 GB). Short clips (digits)
+#: still share a batch.
+CPU_BATCH_SECONDS = 5.0
 
 
 def _available_cpus() -> int:
@@ -700,12 +711,18 @@ def _malloc_trim():
 
 
 def _release_freed_memory() -> None:
-    """Give the pages of freed batch tensors back to the OS.
+    """Give the pages of freed batch tensors back to the OS, unless they are kept for reuse.
 
-    Batches of different shapes fragment glibc's heap, so without this the resident
-    size creeps up with the number of batches (measured: +35% from 100 to 400
-    utterances); with it, peak memory stays flat as the corpus grows.
+    With glibc's default settings, batches of different shapes fragment the heap, so
+    without this the resident size crept up with the number of batches (measured: +35%
+    from 100 to 400 utterances). When :func:`w2vtools.malloc.keep_freed_memory` is in
+    force, the freed pages are what the next batch reuses: trimming them would only
+    make the kernel zero-fill them again.
     """
+    from w2vtools import malloc
+
+    if malloc.is_keeping_freed_memory():
+        return
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
