@@ -141,9 +141,11 @@ def speed_child(args) -> None:
         np.savez(args.out, **outs)
     else:
         from w2vtools.featurize import encoder_from_module, featurize
+        from w2vtools.malloc import keep_freed_memory
         from w2vtools.models.checkpoint import model_class_for
         from w2vtools.models.presets import get_preset
 
+        keep_freed_memory(one_arena=True)  # what featurize does before it loads a model (see memory_child)
         model = model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval()
         model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
         enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
@@ -180,6 +182,12 @@ def memory_child(args) -> None:
     from w2vtools.models.presets import get_preset
 
     torch.set_num_threads(args.threads)
+    # `w2v featurize` tunes malloc before it loads its model; here the model is built
+    # first, so do the same up front (threads that allocated before the call keep their
+    # own glibc arenas, which featurize's stream threads would then share)
+    from w2vtools.malloc import keep_freed_memory
+
+    keep_freed_memory(one_arena=True)
     torch.manual_seed(0)
     cfg = get_preset("wav2vec2", args.memory_model)
     enc = encoder_from_module(model_class_for("wav2vec2")(cfg).eval(), args.memory_model, "wav2vec2")

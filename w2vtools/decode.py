@@ -397,6 +397,10 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     from w2vtools.formats.corpus import read_corpus
     from w2vtools.models.checkpoint import load_model
 
+    if str(device).split(":")[0] == "cpu":
+        from w2vtools.malloc import keep_freed_memory
+
+        keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
     loaded = load_model(model_spec, map_location=device)
     if loaded.task == "downstream":
         raise W2VError(f"{model_spec}: a model on stored features: give --features FEATS instead of a corpus")

@@ -195,6 +195,10 @@ def quantize_audio(
         raise W2VError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if threads:
         torch.set_num_threads(int(threads))
+    if str(device).split(":")[0] == "cpu":
+        from w2vtools.malloc import keep_freed_memory
+
+        keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
     utts = read_corpus(corpus)
     if not utts:
         raise W2VError(f"{corpus}: no utterances")
