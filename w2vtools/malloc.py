@@ -66,7 +66,11 @@ def keep_freed_memory(one_arena: bool = False) -> bool:
 
     Args:
         one_arena: also make threads that have not allocated yet share the main heap
-            (for work spread over threads, as featurize's streams are).
+            (for work spread over threads, as featurize's streams are). Call it before
+            the process starts threads that allocate (torch's intra-op pool starts with
+            the first parallel op): glibc hands new threads the arenas existing threads
+            made, and those map and unmap their large blocks. Measured, 40 utterances:
+            30.9 s when called first, 34.9 s when called after a model's warm-up forward.
 
     Returns:
         True when the settings were applied (now or by an earlier call), False when
@@ -90,7 +94,7 @@ def keep_freed_memory(one_arena: bool = False) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     if one_arena:
-        # threads already attached to an arena keep it; new ones share the main heap
+        # threads already attached to an arena keep it; new ones share the existing ones
         _one_arena = bool(mallopt(_M_ARENA_MAX, 1))
     if _done:
         return True
