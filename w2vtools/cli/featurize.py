@@ -19,7 +19,7 @@ import click
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Autocast the model (float16 on CUDA, bfloat16 on CPU).")
 @click.option("--batch-seconds", type=float, default=None,
-              help="Padded audio seconds per batch (memory bound). Default: 200 on a GPU, 20 on a CPU.")
+              help="Padded audio seconds per batch (memory bound). Default: 200 on a GPU, 5 on a CPU.")
 @click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
               help="Longer recordings run in windows of this length.")
 @click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
