@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -167,10 +166,6 @@ def read_features(path: Path) -> dict:
 
     with h5py.File(path) as f:
         return {k: f[k][()] for k in f}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_child(args) -> None:
