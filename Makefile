@@ -5,7 +5,7 @@ VENV ?= .venv
 CORPUS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup digits test
+.PHONY: setup digits test lock
 
 setup:
 	bash tools/setup.sh $(VENV)
@@ -15,3 +15,7 @@ digits: setup
 
 test: setup
 	. $(VENV)/bin/activate && python -m pytest -ra $(PYTEST_ARGS)
+
+# Regenerate requirements.lock on purpose (resolve afresh, test in a fresh venv, then replace).
+lock:
+	bash tools/lock.sh

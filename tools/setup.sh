@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install w2v into a virtual environment, idempotently:
-#   the package with its pinned torch/torchaudio, the test peers (transformers, jiwer, pyctcdecode),
+#   the locked environment (requirements.lock) and the package itself, the test peers (transformers, jiwer, pyctcdecode),
 #   KenLM's lmplz/build_binary (tools/install_kenlm.sh) and, when root, Debian's sctk (sclite).
 # Usage: bash tools/setup.sh [VENV_DIR]   (default: .venv in the repository)
 set -euo pipefail
@@ -18,12 +18,18 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating virtual environment $venv"
   "$python" -m venv "$venv"
 fi
+# The environment is the lock (requirements.lock: every distribution at its exact tested version,
+# made by tools/lock.sh), then w2vtools itself without dependency resolution. Reinstalled when the
+# lock or pyproject.toml is newer than the last install.
+lock="${W2V_LOCK:-$repo/requirements.lock}"
 stamp="$venv/.w2v-installed"
-if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
-  log "installing w2vtools and its dependencies (torch 2.11 brings ~4.6 GB of CUDA libraries)"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$repo[test]"
+if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+  log "installing the locked environment ($lock; torch 2.14 brings ~4.6 GB of CUDA libraries)"
+  start=$(date +%s)
+  "$venv/bin/python" -m pip install -q -r "$lock"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$repo"
   touch "$stamp"
+  log "installed in $(( $(date +%s) - start )) s"
 else
   log "w2vtools already installed in $venv"
 fi

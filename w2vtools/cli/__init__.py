@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "lm": "Build and evaluate KenLM n-gram LMs and lexicons.",
     "checkpoint": "Inspect and convert model checkpoints (ours, fairseq, Hugging Face).",
     "plot": "Plot training curves from a training log (JSONL) to PNG.",
+    "doctor": "Check the installed stack (torch/torchaudio, KenLM, the lock) and say how to fix it.",
 }
 
 log = logging.getLogger("w2v")
@@ -125,5 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # an unexpected failure: still one line unless -v
         if verbose:
             raise
+        from w2vtools.stack import torchaudio_load_failure
+
+        broken_stack = torchaudio_load_failure(e)
+        if broken_stack:
+            click.echo(f"{prog}: error: {broken_stack}", err=True)
+            sys.exit(1)
         click.echo(f"{prog}: error: {type(e).__name__}: {e} (rerun with -v for a traceback)", err=True)
         sys.exit(1)
