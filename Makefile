@@ -5,7 +5,7 @@ VENV ?= .venv
 CORPUS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup digits test lock
+.PHONY: setup digits test lock bench
 
 setup:
 	bash tools/setup.sh $(VENV)
@@ -19,3 +19,15 @@ test: setup
 # Regenerate requirements.lock on purpose (resolve afresh, test in a fresh venv, then replace).
 lock:
 	bash tools/lock.sh
+
+# Every benchmark against its peers (benchmarks/setup_peers.sh builds fairseq's venv first),
+# then one summary table; each result is also kept as JSON under benchmarks/results/.
+BENCH_OUT ?= benchmarks/results
+bench: setup
+	. $(VENV)/bin/activate && mkdir -p $(BENCH_OUT) \
+	  && python benchmarks/bench_score.py --json $(BENCH_OUT)/score.json \
+	  && python benchmarks/bench_decode.py --json $(BENCH_OUT)/decode.json \
+	  && python benchmarks/bench_featurize.py --rounds 3 --json $(BENCH_OUT)/featurize.json \
+	  && python benchmarks/bench_pretrain_step.py --rounds 3 --json $(BENCH_OUT)/pretrain_step.json \
+	  && python benchmarks/summary.py $(BENCH_OUT)/score.json $(BENCH_OUT)/decode.json \
+	       $(BENCH_OUT)/featurize.json $(BENCH_OUT)/pretrain_step.json | tee $(BENCH_OUT)/summary.md

@@ -53,6 +53,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Result, add_common_args  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 UID = "librispeech-121-121726-0000"
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed passes per system, interleaved; best is kept")
     ap.add_argument("--thresholds", default="", help="also time w2v kenlm at these beam thresholds (e.g. 10,12,20)")
+    add_common_args(ap)
     args = ap.parse_args()
 
     import torch
@@ -222,6 +226,10 @@ def main() -> None:
         print(f"\nw2v kenlm vs pyctcdecode: {ups_ours / ups_py:.2f}x speed, WER {r_ours.error_rate:.2f} vs {r_py.error_rate:.2f}")
         print(f"w2v kenlm vs torchaudio:  {ups_ours / ups_ta:.2f}x speed, WER {r_ours.error_rate:.2f} vs {r_ta.error_rate:.2f}")
         print(f"real utterance: w2v kenlm -> {' '.join(run_ours(UID))}")
+        Result("decode", "utt/s", {name: ups for name, (ups, _) in results.items()},
+               ratios=[("w2v kenlm", "pyctcdecode"), ("w2v kenlm", "torchaudio")],
+               drivers={"utterances": len(refs), "frames": frames, "threads": args.threads},
+               notes=[f"WER {name} {r.error_rate:.2f}" for name, (_, r) in results.items()]).write(args.json, args.threads)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Result, add_common_args, page_faults  # noqa: E402
 
 
 def make_corpus(lj_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
@@ -225,6 +228,7 @@ def main() -> None:
     ap.add_argument("--memory-model", choices=["base", "tiny"], default="base",
                     help="architecture for --memory (tiny: the pipeline's own memory on a big corpus, quickly)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (spreads machine load evenly)")
+    add_common_args(ap)
     ap.add_argument("--child-n", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-system", choices=sorted(SYSTEMS), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--scp", default=None, help=argparse.SUPPRESS)
@@ -321,6 +325,14 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
     per = results["w2v featurize"] / audio_s
     print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
           f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
+    ratios = [("w2v featurize", n) for n in results if not n.startswith("w2v")]
+    ratios += [("w2v featurize --amp (bf16)", n) for n in results if args.compare_amp and not n.startswith("w2v")]
+    Result("featurize", "audio-s/s", {n: audio_s / t for n, t in results.items()}, ratios=ratios,
+           floor={"w2v featurize": floor / per},
+           drivers={"gemm_gflops_fp32": rate, "threads": args.threads, "audio_s": audio_s,
+                    "page_faults_per_audio_s": page_faults() / audio_s / len(results)},
+           notes=["whole process per round: model load, audio decode, HDF5 write included for ours"]
+           ).write(args.json, args.threads)
 
 
 def memory(args, tmp: Path, scp: Path) -> None:

@@ -14,7 +14,8 @@ of training per second of wall time, side by side, with our ratio to each peer:
 * ours: :class:`w2vtools.train.trainer.Trainer`'s own update (seeding, autocast,
   backward, all-reduce bookkeeping, clipping, AdamW) in float32 and with bfloat16
   autocast (``run.amp=bf16``; useful on CPUs with AVX512-BF16/AMX);
-* fairseq (``fairseq-fixed``, from /work/fairseq-venv unless importable here):
+* fairseq (``fairseq-fixed``, in its own venv: ``--fairseq-python``, ``$W2V_FAIRSEQ_PYTHON`` or
+  ``.peers/fairseq`` from ``benchmarks/setup_peers.sh``):
   ``Wav2Vec2Model`` + ``Wav2vecCriterion`` + fairseq's ``Adam``, float32;
 * Hugging Face ``Wav2Vec2ForPreTraining`` + its ``_compute_mask_indices`` /
   ``_sample_negative_indices`` + ``torch.optim.AdamW``, float32.
@@ -47,7 +48,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-FAIRSEQ_PYTHON = Path("/work/fairseq-venv/bin/python")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Result, add_common_args, fairseq_python  # noqa: E402
+
+FAULTS_PER_STEP: list[float] = []  # filled by _time_steps in a worker: minor page faults per timed step
 
 
 def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
@@ -72,13 +77,17 @@ def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
 
 
 def _time_steps(step, warmup: int, steps: int) -> list[float]:
+    import resource
+
     for _ in range(warmup):
         step()
     times = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    FAULTS_PER_STEP.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(steps, 1))
     return times
 
 
@@ -226,6 +235,7 @@ def run_worker(name: str, args) -> None:
         res = worker_hf(x, args)
     else:
         raise SystemExit(f"unknown worker {name}")
+    res["faults_per_step"] = FAULTS_PER_STEP[-1] if FAULTS_PER_STEP else None
     print("RESULT " + json.dumps(res))
 
 
@@ -246,15 +256,6 @@ def spawn(name: str, python: str, args, batch_file: Path) -> dict | None:
     return None
 
 
-def fairseq_python() -> str | None:
-    try:
-        import fairseq  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        return str(FAIRSEQ_PYTHON) if FAIRSEQ_PYTHON.exists() else None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=4)
@@ -265,6 +266,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved")
     ap.add_argument("--gflops-per-audio-s", type=float, default=42.6)
     ap.add_argument("--only", default=None, help="comma-separated subset: ours-fp32,ours-bf16,fairseq,huggingface")
+    ap.add_argument("--fairseq-python", default=None,
+                    help="the fairseq venv's interpreter (default: $W2V_FAIRSEQ_PYTHON, then .peers/fairseq/bin/python, "
+                         "which benchmarks/setup_peers.sh builds)")
+    add_common_args(ap)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--input", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -276,8 +281,14 @@ def main() -> None:
     print(f"wav2vec 2.0 BASE pretraining step on CPU: {args.batch} x {args.seconds:g} s, {args.threads} threads, "
           f"median of {args.rounds} x {args.steps} steps, each round after {args.warmup} warm-up")
     peers = [("ours-fp32", sys.executable), ("ours-bf16", sys.executable)]
-    fs = fairseq_python()
-    peers.append(("fairseq", fs) if fs else ("fairseq", None))
+    fs = fairseq_python(args.fairseq_python)
+    try:
+        import fairseq  # noqa: F401  (importable here: use this interpreter)
+
+        fs = sys.executable
+    except ImportError:
+        pass
+    peers.append(("fairseq", fs))
     peers.append(("huggingface", sys.executable))
     if args.only:
         keep = set(args.only.split(","))
@@ -286,16 +297,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         batch_file = make_batch(Path(tmp) / "batch.npy", args.batch, args.seconds)
         times: dict[str, list[float]] = {}
+        faults: dict[str, list[float]] = {}
         for rnd in range(args.rounds):  # rounds interleave the systems, so drifts in the machine hit all
             for name, python in peers:
                 if python is None:
                     if rnd == 0:
-                        print(f"{name:<12} skipped (not installed; expected {FAIRSEQ_PYTHON})")
+                        print(f"{name:<12} skipped (no fairseq venv: run benchmarks/setup_peers.sh or pass --fairseq-python)")
                     continue
                 res = spawn(name, python, args, batch_file)
                 if res is None:
                     continue
                 times.setdefault(name, []).extend(res["times"])
+                faults.setdefault(name, []).append(res.pop("faults_per_step"))
                 t = float(np.median(times[name]))
                 results[name] = audio_s / t
                 versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times",))
@@ -305,16 +318,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dummy = Path(tmp) / "none.npy"
         gemm = spawn("gemm", sys.executable, args, dummy)
+    floors = {}
     if gemm:
         for dtype, ours in (("float32", "ours-fp32"), ("bfloat16", "ours-bf16")):
             floor = gemm[dtype] / args.gflops_per_audio_s
             reached = f"; {ours} reaches {results[ours] / floor:.0%} of it" if ours in results else ""
+            if ours in results:
+                floors[ours] = results[ours] / floor
             print(f"{'floor ' + ('fp32' if dtype == 'float32' else 'bf16'):<12} {floor:6.2f} audio-s/s   ({args.gflops_per_audio_s:g} GFLOP per audio-s at "
                   f"{gemm[dtype]:.0f} GFLOP/s, the best {dtype} GEMM here{reached})")
     for ours in ("ours-fp32", "ours-bf16"):
         for peer in ("fairseq", "huggingface"):
             if ours in results and peer in results:
                 print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
+    per_step = {name: float(np.median([f for f in fs_ if f is not None] or [float("nan")])) for name, fs_ in faults.items()}
+    print("minor page faults per step: " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
+    Result("pretrain step", "audio-s/s", results,
+           ratios=[(o, p) for o in ("ours-fp32", "ours-bf16") for p in ("fairseq", "huggingface")],
+           floor=floors,
+           drivers={"gemm_gflops_fp32": gemm and gemm["float32"], "gemm_gflops_bf16": gemm and gemm["bfloat16"],
+                    "threads": args.threads, "page_faults_per_step": per_step}).write(args.json, args.threads)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Result, add_common_args  # noqa: E402
 
 
 def best_time(fn, repeat: int):
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--num-pairs", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    add_common_args(ap)
     args = ap.parse_args()
 
     import jiwer
@@ -100,6 +104,13 @@ def main() -> None:
               f"{serr} / {snt} sentence errors, {t_sclite:.2f} s (with file I/O and report)")
         print(f"  totals equal to ours: {err == ours.errors and wrd == ours.num_tokens and serr == int(ours.sentence_errors.sum())}")
     print("\nsummary: " + "; ".join(f"{u} ours {a:.3f} s, jiwer {b:.3f} s ({b / a:.2f}x)" for u, a, b, _ in rows))
+    systems = {}
+    for unit, t_ours, t_jiwer, _ in rows:
+        systems[f"w2v score {unit}"] = len(refs) / t_ours
+        systems[f"jiwer {unit}"] = len(refs) / t_jiwer
+    Result("score", "pairs/s", systems, ratios=[("w2v score WER", "jiwer WER"), ("w2v score CER", "jiwer CER")],
+           drivers={"pairs": len(refs), "threads": 1},
+           notes=[f"{u} totals equal jiwer: {same}" for u, _, _, same in rows]).write(args.json, threads=1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """fairseq itself reads what ``w2v manifest`` writes: FileAudioDataset on the TSVs, Dictionary on the labels.
 
 fairseq lives in its own virtual environment (it pins old dependencies), given by
-``$W2V_FAIRSEQ_PYTHON`` (default ``/work/fairseq-venv/bin/python``); the test skips
+``$W2V_FAIRSEQ_PYTHON`` (default ``.peers/fairseq/bin/python``, made by ``benchmarks/setup_peers.sh``); the test skips
 with the reason when that interpreter cannot import fairseq.
 """
 
@@ -18,7 +18,7 @@ import soundfile as sf
 from w2vtools.formats import labels
 from w2vtools.formats.manifest import read_manifest
 
-FAIRSEQ_PYTHON = os.environ.get("W2V_FAIRSEQ_PYTHON", "/work/fairseq-venv/bin/python")
+FAIRSEQ_PYTHON = os.environ.get("W2V_FAIRSEQ_PYTHON") or str(Path(__file__).resolve().parents[1] / ".peers" / "fairseq" / "bin" / "python")
 
 CHECK = r"""
 import json, sys
