@@ -107,6 +107,7 @@ SYSTEMS = {
     "w2v featurize --streams 1": (False, {"streams": 1}),
     "w2v featurize --amp (bf16)": (False, {"amp": True}),
     "transformers Wav2Vec2Model": (True, {}),
+    "transformers Wav2Vec2Model (bf16 autocast)": (True, {}),
     "torchaudio wav2vec2": (True, {}),
 }
 
@@ -125,14 +126,19 @@ def speed_child(args) -> None:
 
         from w2vtools.audio import load_audio
 
-        hf = HFWav2Vec2Model.from_pretrained(str(tmp / "hf")).eval()
+        device = torch.device(args.device)
+        hf = HFWav2Vec2Model.from_pretrained(str(tmp / "hf")).eval().to(device)
         if name.startswith("transformers"):
-            fn = lambda x: hf(x).last_hidden_state[0]  # noqa: E731
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in name)
+
+            def fn(x):
+                with autocast:
+                    return hf(x.to(device)).last_hidden_state[0].float().cpu()
         else:
             import torchaudio
 
-            ta = torchaudio.models.wav2vec2.utils.import_huggingface_model(hf).eval()
-            fn = lambda x: ta.extract_features(x)[0][-1][0]  # noqa: E731
+            ta = torchaudio.models.wav2vec2.utils.import_huggingface_model(hf).eval().to(device)
+            fn = lambda x: ta.extract_features(x.to(device))[0][-1][0].cpu()  # noqa: E731
         # the peers' usage: audio already in memory, one utterance per call
         waves = {u: load_audio(p, sample_rate=16000) for u, p in (line.split(" ", 1) for line in lines)}
         with torch.inference_mode():
@@ -152,10 +158,10 @@ def speed_child(args) -> None:
         model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
         enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
         with torch.inference_mode():
-            model.extract_features(torch.zeros(1, 32000))  # warm-up, not timed
+            model.to(args.device).extract_features(torch.zeros(1, 32000, device=args.device))  # warm-up, not timed
         t0 = time.perf_counter()
         summary = featurize(args.scp, args.out, model=enc, threads=args.threads, batch_seconds=args.batch_seconds,
-                            progress=False, **{"streams": args.streams, **SYSTEMS[name][1]})
+                            progress=False, device=args.device, **{"streams": args.streams, **SYSTEMS[name][1]})
         wall = time.perf_counter() - t0
         assert summary.utterances == len(lines)
     print(json.dumps({"wall": wall}))
@@ -212,6 +218,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--num-utts", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where every system runs (the floor line is CPU-only)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
     ap.add_argument("--matmul-gflops", type=float, default=None,
@@ -269,6 +276,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         names.append("w2v featurize --amp (bf16)")
     if not args.skip_peers:
         names += ["transformers Wav2Vec2Model", "torchaudio wav2vec2"]
+        names += ["transformers Wav2Vec2Model (bf16 autocast)"] if args.compare_amp else []
     results = dict.fromkeys(names, 0.0)
     feats: dict[str, dict] = {n: {} for n in names}
     # Interleave: the corpus is cut into rounds and every system runs each round in turn,
@@ -281,7 +289,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         for k, name in enumerate(names):
             out = tmp / f"sys{k}-round{r}{'.npz' if SYSTEMS[name][0] else '.h5'}"
             cmd = [sys.executable, __file__, "--child-system", name, "--scp", str(sub), "--out", str(out),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--device", args.device]
             cmd += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
             cmd += ["--streams", str(args.streams)] if args.streams else []
             p = subprocess.run(cmd, capture_output=True, text=True)
@@ -314,22 +322,24 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         rel = [float(np.linalg.norm(amp[k] - x) / np.linalg.norm(x)) for k, x in ours_feats.items()]
         print(f"--amp vs float32 features: relative error {np.median(rel):.2e} median, {max(rel):.2e} max")
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
-    rate = args.matmul_gflops
-    if rate is None:  # the best of the Transformer's GEMM shapes, same threads, in its own process
-        p = subprocess.run([sys.executable, "-c", "import sys, argparse, json; sys.path.insert(0, sys.argv[1]); "
-                            "from bench_pretrain_step import worker_gemm; "
-                            "print(json.dumps(worker_gemm(argparse.Namespace(threads=int(sys.argv[2])))))",
-                            str(Path(__file__).parent), str(args.threads)], capture_output=True, text=True, check=True)
-        rate = json.loads(p.stdout.strip().splitlines()[-1])["float32"]
-    floor = args.gflops_per_audio_s / rate
-    per = results["w2v featurize"] / audio_s
-    print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
-          f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
+    rate, floor_fraction = args.matmul_gflops, {}
+    if args.device == "cpu":
+        if rate is None:  # the best of the Transformer's GEMM shapes, same threads, in its own process
+            p = subprocess.run([sys.executable, "-c", "import sys, argparse, json; sys.path.insert(0, sys.argv[1]); "
+                                "from bench_pretrain_step import worker_gemm; "
+                                "print(json.dumps(worker_gemm(argparse.Namespace(threads=int(sys.argv[2])))))",
+                                str(Path(__file__).parent), str(args.threads)], capture_output=True, text=True, check=True)
+            rate = json.loads(p.stdout.strip().splitlines()[-1])["float32"]
+        floor = args.gflops_per_audio_s / rate
+        per = results["w2v featurize"] / audio_s
+        floor_fraction = {"w2v featurize": floor / per}
+        print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
+              f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
     ratios = [("w2v featurize", n) for n in results if not n.startswith("w2v")]
     ratios += [("w2v featurize --amp (bf16)", n) for n in results if args.compare_amp and not n.startswith("w2v")]
     Result("featurize", "audio-s/s", {n: audio_s / t for n, t in results.items()}, ratios=ratios,
-           floor={"w2v featurize": floor / per},
-           drivers={"gemm_gflops_fp32": rate, "threads": args.threads, "audio_s": audio_s,
+           floor=floor_fraction,
+           drivers={"gemm_gflops_fp32": rate, "threads": args.threads, "audio_s": audio_s, "device": args.device,
                     "page_faults_per_audio_s": page_faults() / audio_s / len(results)},
            notes=["whole process per round: model load, audio decode, HDF5 write included for ours"]
            ).write(args.json, args.threads)
