@@ -20,7 +20,8 @@ import torch
 
 from w2vtools.audio import load_audio, num_resampled
 from w2vtools.errors import PartialFailure
-from w2vtools.featurize import encoder_from_module, featurize, load_encoder
+from w2vtools.encoders import encoder_from_module, load_encoder
+from w2vtools.featurize import featurize
 from w2vtools.formats.features import escape_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ import torch
 
 from w2vtools.batching import collate, length_or_error, load_ahead, plan_jobs
 from w2vtools.errors import PartialFailure, W2VError
-from w2vtools.featurize import Encoder, load_encoder
+from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
@@ -183,7 +183,7 @@ def quantize_audio(
     Args:
         corpus: TSV manifest, Kaldi data dir, ``wav.scp`` or ``-``.
         out: text file (``-`` = stdout): ``uid tok tok ...`` per line, corpus order.
-        model: checkpoint path, named model, or an :class:`~w2vtools.featurize.Encoder`.
+        model: checkpoint path, named model, or an :class:`~w2vtools.encoders.Encoder`.
         index: one integer per frame instead of ``g0-g1``.
         dedup: collapse repeated consecutive tokens.
 
