@@ -148,7 +148,8 @@ def speed_child(args) -> None:
             wall = time.perf_counter() - t0
         np.savez(args.out, **outs)
     else:
-        from w2vtools.featurize import encoder_from_module, featurize
+        from w2vtools.encoders import encoder_from_module
+        from w2vtools.featurize import featurize
         from w2vtools.malloc import keep_freed_memory
         from w2vtools.models.checkpoint import model_class_for
         from w2vtools.models.presets import get_preset
@@ -181,7 +182,8 @@ def memory_child(args) -> None:
     """Run our featurize on the first N utterances in this (fresh) process and print peak RSS."""
     import torch
 
-    from w2vtools.featurize import encoder_from_module, featurize
+    from w2vtools.encoders import encoder_from_module
+    from w2vtools.featurize import featurize
     from w2vtools.models.checkpoint import model_class_for
     from w2vtools.models.presets import get_preset
 

@@ -13,7 +13,7 @@ import torch
 from w2vtools.errors import W2VError
 from w2vtools.formats.features import open_feature_writer
 from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
-from w2vtools.models.downstream import DownstreamConfig, DownstreamModel, downstream_config, feature_log_probs
+from w2vtools.models.downstream import DownstreamConfig, DownstreamModel, downstream_config
 from w2vtools.train.data import BatchKey, BatchSampler
 from w2vtools.train.features_data import FeatureDataset
 
@@ -117,24 +117,6 @@ def test_feature_dataset_joins_labels_and_measures_statistics(tmp_path, caplog):
         FeatureDataset(str(tmp_path / "f.h5"), {"x": [4]})
     sampler = BatchSampler(ds.sizes_for_batching, max_samples=30, seed=1)
     assert sorted(i for b in sampler.plan(0) for i in b) == [0, 1, 2, 3]
-
-
-def test_feature_log_probs_batches_like_alone(tmp_path):
-    torch.manual_seed(0)
-    rng = np.random.default_rng(1)
-    mats = {f"u{i}": rng.normal(size=(5 + 3 * i, 4)).astype(np.float32) for i in range(5)}
-    _write_h5(tmp_path / "f.h5", mats)
-    model = DownstreamModel(downstream_config("blstm", "tiny", input_dim=4, vocab_size=6))
-    big = dict(feature_log_probs(model, str(tmp_path / "f.h5"), batch_frames=1000))
-    one = dict(feature_log_probs(model, str(tmp_path / "f.h5"), batch_frames=1))
-    assert list(big) == list(mats)
-    for uid in mats:
-        assert big[uid].shape == (mats[uid].shape[0], 6)
-        torch.testing.assert_close(big[uid], one[uid], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(big[uid].exp().sum(-1), torch.ones(mats[uid].shape[0]))
-    with pytest.raises(W2VError, match="takes"):
-        list(feature_log_probs(DownstreamModel(downstream_config("conv", "tiny", input_dim=3, vocab_size=6)),
-                               str(tmp_path / "f.h5")))
 
 
 # ---------------------------------------------------------------------------------------------

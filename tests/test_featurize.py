@@ -20,7 +20,8 @@ import torch
 
 from w2vtools.audio import load_audio, num_resampled
 from w2vtools.errors import PartialFailure
-from w2vtools.featurize import encoder_from_module, featurize, load_encoder, select_shard
+from w2vtools.encoders import encoder_from_module, load_encoder
+from w2vtools.featurize import featurize
 from w2vtools.formats.features import escape_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,15 +199,6 @@ def test_shards_cover_corpus_and_merge_equals_single_run(tmp_path, w2v, fsdd):
             np.testing.assert_array_equal(a[k][()], b[k][()])
     p = w2v("featurize", scp, tmp_path / "x.h5", "--shard", "4/3", check=False)
     assert p.returncode == 1 and "--shard 4/3" in p.stderr
-
-
-def test_select_shard_is_deterministic_partition():
-    from w2vtools.formats.utterance import Utterance
-
-    utts = [Utterance(f"u{i}", "x") for i in range(23)]
-    parts = [select_shard(utts, (k, 5)) for k in range(1, 6)]
-    assert [u for p in parts for u in p] == utts
-    assert parts == [select_shard(utts, (k, 5)) for k in range(1, 6)]
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_file(tmp_path, w2v, fsdd, tiny_ckpts):

@@ -1,4 +1,10 @@
-"""Batches for inference: length-sorted, bounded by padded audio seconds, with padding masks.
+"""Which utterances, how long, in which batches: the corpus planning every command shares.
+
+* :func:`parse_shard` and :func:`select_shard`: ``--shard K/N``, the K-th of N
+  contiguous blocks (featurize, decode and stored features split the same way).
+* :func:`utterance_length`: the one rule for an utterance's length in samples.
+* :func:`plan_jobs` and :func:`load_ahead`: featurize's and quantize's work plan
+  (batches of short utterances, long ones alone) and its audio, loaded in threads.
 
 * :func:`plan_batches` sorts utterances longest first (so an out-of-memory shows up
   in the first batch, not after an hour) and packs them so that
@@ -19,11 +25,104 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
+import torch
+
+from w2vtools.audio import audio_info, is_command, num_resampled
+from w2vtools.errors import W2VError
+from w2vtools.formats.utterance import Utterance
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards and lengths
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (1-based K) -> (K, N).
+
+    Example:
+        >>> parse_shard("2/8")
+        (2, 8)
+    """
+    if text is None:
+        return None
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise W2VError(f"--shard {text}: expected K/N with whole numbers, e.g. 3/8") from None
+    if n < 1 or not 1 <= k <= n:
+        raise W2VError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def select_shard(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
+    """Shard K of N: the K-th of N contiguous blocks of ``items`` (sizes differ by at most one).
+
+    The same items and N always give the same split, and the shards cover every
+    item exactly once (as Kaldi's ``split_scp.pl``). Items are utterances, feature
+    keys or emission files.
+
+    Example:
+        >>> [len(select_shard([Utterance(str(i), "x") for i in range(10)], (k, 3))) for k in (1, 2, 3)]
+        [4, 3, 3]
+    """
+    items = list(items)
+    if shard is None:
+        return items
+    k, n = shard
+    base, extra = divmod(len(items), n)
+    start = (k - 1) * base + min(k - 1, extra)
+    size = base + (1 if k <= extra else 0)
+    return items[start : start + size]
+
+
+def utterance_length(utt: Utterance, sample_rate: int, *, run_commands: bool = True) -> int | None:
+    """Length of ``utt`` in samples once resampled to ``sample_rate``.
+
+    The rule, in order:
+
+    * a ``cmd |`` source (``wav.scp``) has no header: the command is run once and
+      its audio counted; with ``run_commands=False`` the length is None (unknown)
+      instead, for callers that would rather not run a command twice;
+    * a segment (``start``/``end`` seconds, Kaldi ``segments``) is cut from the
+      header's length: its end is clipped to the recording, a negative end means
+      "to the end";
+    * a whole file has the manifest's sample count when the manifest gives one,
+      else the header's.
+
+    Counts at the file's own rate (the header gives the rate) are converted with
+    :func:`w2vtools.audio.num_resampled`, the length the loader returns.
+
+    Raises:
+        W2VError: unreadable audio or a failing command.
+
+    Example:
+        >>> utterance_length(Utterance("u1", "a.wav", num_samples=8000), 16000)   # doctest: +SKIP
+        16000
+    """
+    if is_command(utt.source):
+        return int(len(utt.load(sample_rate))) if run_commands else None
+    info = audio_info(utt.source)
+    rate = info.sample_rate
+    if utt.start is not None or utt.end is not None:
+        first = int(round((utt.start or 0.0) * rate))
+        last = info.num_frames if utt.end is None or utt.end < 0 else min(info.num_frames, int(round(utt.end * rate)))
+        n = last - first
+    else:
+        n = utt.num_samples if utt.num_samples is not None else info.num_frames
+    return num_resampled(max(0, n), rate, sample_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
 
 
 def plan_batches(
@@ -86,8 +185,6 @@ def collate(waves: Sequence[np.ndarray]):
         >>> src.shape, mask.tolist()
         (torch.Size([2, 3]), [[False, False, False], [False, False, True]])
     """
-    import torch
-
     lengths = [len(w) for w in waves]
     longest = max(lengths)
     source = torch.zeros(len(waves), longest, dtype=torch.float32)
@@ -97,6 +194,10 @@ def collate(waves: Sequence[np.ndarray]):
         return source, None
     mask = torch.arange(longest)[None, :] >= torch.tensor(lengths)[:, None]
     return source, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Long recordings
 
 
 @dataclass(frozen=True)
@@ -155,3 +256,97 @@ def stitch(pieces: Sequence[np.ndarray], spans: Sequence[Chunk]) -> np.ndarray:
             raise ValueError(f"window {span} produced {x.shape[0]} frames, needs {span.keep_to}")
         kept.append(x[span.keep_from : span.keep_to])
     return np.concatenate(kept, axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Work plans: featurize and quantize
+
+
+@dataclass
+class Job:
+    """A unit of work: a batch of short utterances, or one utterance cut into windows."""
+
+    utts: list[Utterance]
+    lengths: list[int | None]
+    chunked: bool = False
+
+
+def plan_jobs(
+    utts: Sequence[Utterance],
+    lengths: Sequence[int | None],
+    *,
+    sample_rate: int,
+    batch_seconds: float,
+    chunk_seconds: float,
+    max_padding: float = 0.1,
+) -> list[Job]:
+    """Length-sorted batches for known lengths; long or unknown-length utterances as single jobs.
+
+    A batch holds at most ``max_padding`` padding (as a fraction of its padded samples):
+    computing on padding is wasted work, most of all on a CPU.
+
+    Example:
+        >>> utts = [Utterance("a", "a.wav"), Utterance("b", "b.wav"), Utterance("c", "c |")]
+        >>> [(j.chunked, [u.uid for u in j.utts]) for j in plan_jobs(
+        ...     utts, [16000, 16000, None], sample_rate=16000, batch_seconds=10, chunk_seconds=60)]
+        [(False, ['a', 'b']), (True, ['c'])]
+    """
+    max_samples = int(batch_seconds * sample_rate)
+    chunk_limit = int(chunk_seconds * sample_rate)
+    short = [i for i, n in enumerate(lengths) if n is not None and n <= chunk_limit]
+    jobs = [
+        Job([utts[short[j]] for j in b], [lengths[short[j]] for j in b])
+        for b in plan_batches(
+            [lengths[i] for i in short], max_samples, max_padding=max_padding, keys=[utts[i].uid for i in short]
+        )
+    ]
+    rest = [i for i, n in enumerate(lengths) if n is None or n > chunk_limit]
+    rest.sort(key=lambda i: (-(lengths[i] or 0), utts[i].uid.encode("utf-8")))
+    jobs += [Job([utts[i]], [lengths[i]], chunked=True) for i in rest]
+    return jobs
+
+
+def length_or_error(utt: Utterance, sample_rate: int) -> int | None | W2VError:
+    """:func:`utterance_length` without running commands; a bad file's error is returned, not raised,
+    so one unreadable utterance is reported and skipped instead of stopping the run."""
+    try:
+        return utterance_length(utt, sample_rate, run_commands=False)
+    except W2VError as e:
+        return e
+
+
+def _audio_or_error(utt: Utterance, sample_rate: int) -> np.ndarray | W2VError:
+    try:
+        return utt.load(sample_rate)
+    except W2VError as e:
+        return e
+
+
+def load_ahead(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) -> Iterator[tuple[Job, list]]:
+    """Yield (job, [wave or W2VError]) in order while the next ``depth`` jobs load in threads.
+
+    Decoding (libsndfile) and resampling (torch) release the GIL, so threads overlap
+    audio loading with the model's compute. ``workers=0`` loads in the calling thread.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield job, [_audio_or_error(u, sample_rate) for u in job.utts]
+        return
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w2v-audio") as pool:
+        pending: deque = deque()
+        it = iter(jobs)
+
+        def submit_next() -> bool:
+            job = next(it, None)
+            if job is None:
+                return False
+            pending.append((job, [pool.submit(_audio_or_error, u, sample_rate) for u in job.utts]))
+            return True
+
+        for _ in range(depth):
+            if not submit_next():
+                break
+        while pending:
+            job, futures = pending.popleft()
+            submit_next()
+            yield job, [f.result() for f in futures]

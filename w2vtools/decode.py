@@ -1,15 +1,16 @@
 """CTC decoding: greedy (viterbi), lexicon + KenLM beam search, lexicon-free beam search.
 
-Inputs are CTC log-probabilities per utterance, from one of two routes:
+Inputs are CTC log-probabilities per utterance, from one of the sources of
+:mod:`w2vtools.emissions`:
 
-* live: a CTC checkpoint (:func:`w2vtools.models.checkpoint.load_model`) run over
-  a corpus (TSV, Kaldi data dir, wav.scp), optionally storing what it computed with
-  ``dump_emissions`` so that LM-weight sweeps do not rerun the network;
-* stored: ``--emissions``: a features file written by ``--dump-emissions`` (flat
-  HDF5 or Kaldi ark/scp through :mod:`w2vtools.formats.features`; root attributes
-  ``log_probs`` (true), ``tokens`` (JSON list, index 0 = blank), ``frame_shift``),
-  or NumPy ``.npy`` files of one ``(T, V)`` matrix each (a file, or a folder of
-  them; the utterance id is the file name without ``.npy`` and ``.logits``).
+* live: a CTC checkpoint run over a corpus (TSV, Kaldi data dir, wav.scp), or a
+  downstream model over stored features (``--features``), optionally storing what
+  it computed with ``dump_emissions`` so that LM-weight sweeps do not rerun the network;
+* stored: ``--emissions``: a features file written by ``--dump-emissions``, or
+  NumPy ``.npy`` files of one ``(T, V)`` matrix each.
+
+Outputs (Kaldi ``text``, n-best, ``trn``, ``ctm``) all come from one
+:class:`HypothesisWriter`.
 
 Scores are always passed through ``log_softmax``: logits become log-probabilities
 and stored log-probabilities are left unchanged (log_softmax is idempotent on them).
@@ -36,27 +37,40 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
+from torchaudio.models.decoder import ctc_decoder
+from tqdm import tqdm
 
+from w2vtools.batching import parse_shard
+from w2vtools.emissions import (
+    DEFAULT_FRAME_SHIFT,
+    EmissionSource,
+    downstream_emissions,
+    model_emissions,
+    stored_emissions,
+)
 from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write, open_input
+from w2vtools.formats.features import open_feature_writer
+from w2vtools.formats.kaldi import read_kaldi_table
+from w2vtools.formats.labels import SPECIAL_SYMBOLS, WORD_BOUNDARY, ctc_vocabulary, read_dictionary
+from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
 
 log = logging.getLogger("w2v.decode")
 
 DECODERS = ("viterbi", "kenlm", "beam")
-WORD_BOUNDARY = "|"
-UNK_WORD = "<unk>"
-SPECIAL = ("<s>", "<pad>", "</s>")
-DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz
+UNK_WORD = SPECIAL_SYMBOLS[3]
+# fairseq's <s>, <pad>, </s>: never part of a word (<s> is the blank, the others are never emitted)
+NOT_WORD_TOKENS = SPECIAL_SYMBOLS[:3]
 
 
 @dataclasses.dataclass
@@ -109,7 +123,7 @@ def _words_from_tokens(pieces: Sequence[tuple[str, int, int]]) -> tuple[list[str
                 frames.append((start, end))
             current = ""
             continue
-        if tok in SPECIAL:
+        if tok in NOT_WORD_TOKENS:
             continue
         if not current:
             start = s
@@ -155,8 +169,6 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
         >>> read_lexicon("lexicon.txt")["HELLO"]   # doctest: +SKIP
         [['H', 'E', 'L', 'L', 'O', '|']]
     """
-    from w2vtools.fileio import open_input
-
     lex: dict[str, list[list[str]]] = {}
     with open_input(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -233,8 +245,6 @@ class BeamSearch:
     """
 
     def __init__(self, tokens: Sequence[str], opts: DecoderOptions):
-        from torchaudio.models.decoder import ctc_decoder
-
         self.tokens = list(tokens)
         if WORD_BOUNDARY not in self.tokens:
             raise W2VError(f"the model's tokens have no word boundary {WORD_BOUNDARY!r}; beam search needs one")
@@ -299,140 +309,6 @@ class BeamSearch:
 
 
 # ---------------------------------------------------------------------------------------------
-# Emission sources
-
-
-@dataclasses.dataclass
-class EmissionSource:
-    """Where log-probabilities come from: ``items`` yields (uid, (T, V) tensor)."""
-
-    tokens: list[str]
-    frame_shift: float
-    items: Iterator[tuple[str, torch.Tensor]]
-    total: int | None = None
-    order: list[str] | None = None  # when items come in another order (length-sorted batches): write in this one
-
-
-def _npy_uid(path: Path) -> str:
-    name = path.name[: -len(".npy")]
-    return name[: -len(".logits")] if name.endswith(".logits") else name
-
-
-def _tokens_from_dict(dict_path: str | None, what: str) -> list[str] | None:
-    if dict_path is None:
-        return None
-    from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
-
-    return ctc_vocabulary(read_dictionary(dict_path))
-
-
-def open_emissions(spec: str, *, dict_path: str | None = None, frame_shift: float | None = None,
-                   shard: tuple[int, int] | None = None) -> EmissionSource:
-    """Stored emissions: ``.npy`` file or folder, or a features spec (HDF5, ark, scp).
-
-    Example:
-        >>> src = open_emissions("em.h5")   # doctest: +SKIP
-        >>> src.tokens[:5], src.frame_shift   # doctest: +SKIP
-        (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
-    """
-    from w2vtools.featurize import select_shard
-
-    p = Path(spec)
-    if not p.exists() and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
-        raise W2VError(f"{spec}: no such file or directory")
-    tokens = _tokens_from_dict(dict_path, spec)
-    if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):
-        files = [p] if p.suffix == ".npy" else sorted(p.glob("*.npy"))
-        if not files:
-            raise W2VError(f"{spec}: no .npy files in this folder")
-        if not p.exists():
-            raise W2VError(f"{spec}: no such file")
-        if tokens is None:
-            guess = (p if p.is_dir() else p.parent) / "dict.ltr.txt"
-            if not guess.is_file():
-                raise W2VError(f"{spec}: .npy emissions carry no token list; pass --dict dict.ltr.txt")
-            tokens = _tokens_from_dict(str(guess), spec)
-        files = select_shard(files, shard)
-
-        def items():
-            for f in files:
-                try:
-                    x = np.load(f)
-                except (OSError, ValueError) as e:
-                    raise W2VError(f"{f}: not a NumPy array file ({e})") from None
-                yield _npy_uid(f), torch.from_numpy(np.asarray(x, dtype=np.float32))
-
-        return EmissionSource(tokens, frame_shift or DEFAULT_FRAME_SHIFT, items(), len(files))
-    from w2vtools.formats.features import open_features
-
-    reader = open_features(spec)
-    attrs = reader.attrs
-    if tokens is None and attrs.get("tokens"):
-        stored = attrs["tokens"]
-        tokens = json.loads(stored) if isinstance(stored, str) else list(stored)
-    if tokens is None:
-        raise W2VError(f"{spec}: the file records no token list (attribute 'tokens'); pass --dict dict.ltr.txt")
-    shift = frame_shift or float(attrs.get("frame_shift") or DEFAULT_FRAME_SHIFT)
-    keys = select_shard(reader.keys(), shard)
-
-    def items():
-        try:
-            for uid in keys:
-                yield uid, torch.from_numpy(np.asarray(reader[uid], dtype=np.float32))
-        finally:
-            reader.close()
-
-    return EmissionSource(tokens, shift, items(), len(keys))
-
-
-def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float = 200.0,
-                    shard: tuple[int, int] | None = None) -> EmissionSource:
-    """Run a CTC checkpoint over a corpus; yields (uid, log-probabilities) in corpus order per batch.
-
-    Example:
-        >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
-    """
-    from w2vtools.batching import collate, plan_batches
-    from w2vtools.featurize import select_shard, utterance_length
-    from w2vtools.formats.corpus import read_corpus
-    from w2vtools.models.checkpoint import load_model
-
-    if str(device).split(":")[0] == "cpu":
-        from w2vtools.malloc import keep_freed_memory
-
-        keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
-    loaded = load_model(model_spec, map_location=device)
-    if loaded.task == "downstream":
-        raise W2VError(f"{model_spec}: a model on stored features: give --features FEATS instead of a corpus")
-    if loaded.task != "ctc" or not loaded.dictionary:
-        raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
-    model = loaded.model.to(device).eval()
-    sample_rate = int(model.sample_rate)
-    utts = select_shard(read_corpus(corpus), shard)
-    if not utts:
-        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
-    lengths = []
-    for u in utts:
-        n = utterance_length(u, sample_rate)
-        lengths.append(n if n is not None else sample_rate * 30)
-    batches = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in utts])
-
-    def items():
-        for batch in batches:
-            waves = [utts[i].load(sample_rate) for i in batch]
-            source, mask = collate(waves)
-            with torch.inference_mode():
-                logits, frame_mask = model(source.to(device), mask.to(device))
-                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for j, i in enumerate(batch):
-                n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
-                yield utts[i].uid, lp[j, :n]
-
-    shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
-    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts), order=[u.uid for u in utts])
-
-
-# ---------------------------------------------------------------------------------------------
 # The command
 
 
@@ -456,6 +332,114 @@ class DecodeSummary:
             f"{self.total_seconds:.1f} s; search {self.decode_seconds:.2f} s = {ups:.1f} utt/s, "
             f"real-time factor {self.rtf:.4f}"
         )
+
+
+
+class HypothesisWriter:
+    """The one writer of decoding results: Kaldi ``text``, and optionally n-best lists
+    (with a ``.scores`` file beside), sclite ``trn`` and ``ctm``; it owns their line
+    formats and their order.
+
+    Lines are written as results come, or, when ``order`` is given (the model ran
+    length-sorted batches), held and written in that order by :meth:`finish`.
+    Files are opened on ``stack``, so they appear only when the decoding succeeds.
+
+    Example:
+        >>> with contextlib.ExitStack() as stack:   # doctest: +SKIP
+        ...     out = HypothesisWriter(stack, "hyp.txt", ctm="hyp.ctm", frame_shift=0.02)
+        ...     out.add("u1", [Hypothesis(["HI"], -1.0, [(3, 7)])])
+        ...     out.finish()
+    """
+
+    def __init__(self, stack: contextlib.ExitStack, output: str, *, nbest: str | None = None, trn: str | None = None,
+                 ctm: str | None = None, frame_shift: float = DEFAULT_FRAME_SHIFT,
+                 utt2spk: dict[str, str] | None = None, order: list[str] | None = None):
+        paths = {"text": output, "nbest": nbest, "scores": nbest + ".scores" if nbest else None, "trn": trn, "ctm": ctm}
+        self.files = {kind: stack.enter_context(atomic_write(path)) for kind, path in paths.items() if path}
+        self.frame_shift = frame_shift
+        self.utt2spk = utt2spk or {}
+        self.order = order
+        self.pending: dict[str, dict[str, list[str]]] = {}
+
+    def lines(self, uid: str, hyps: Sequence[Hypothesis]) -> dict[str, list[str]]:
+        """The lines of one utterance for every open output; ``hyps`` best first."""
+        best = hyps[0] if hyps else Hypothesis([], -math.inf, [])
+        lines: dict[str, list[str]] = {"text": [text_line(uid, best.words)]}
+        if "nbest" in self.files:
+            lines["nbest"] = [text_line(nbest_key(uid, r), h.words) for r, h in enumerate(hyps, 1)]
+            lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f}" for r, h in enumerate(hyps, 1)]
+        if "trn" in self.files:
+            lines["trn"] = [trn_line(best.words, uid, self.utt2spk.get(uid))]
+        if "ctm" in self.files:
+            shift = self.frame_shift
+            lines["ctm"] = [
+                ctm_line(uid, first * shift, (last + 1 - first) * shift, word)
+                for word, (first, last) in zip(best.words, best.word_frames)
+            ]
+        return lines
+
+    def add(self, uid: str, hyps: Sequence[Hypothesis]) -> None:
+        lines = self.lines(uid, hyps)
+        if self.order is None:
+            self._write(lines)
+        else:
+            self.pending[uid] = lines
+
+    def finish(self) -> None:
+        """Write what is held back, in ``order``."""
+        for uid in self.order or []:
+            if uid in self.pending:
+                self._write(self.pending.pop(uid))
+
+    def _write(self, lines: dict[str, list[str]]) -> None:
+        for kind, kind_lines in lines.items():
+            for line in kind_lines:
+                self.files[kind].write(line + "\n")
+
+
+def _check_options(opts: DecoderOptions) -> None:
+    """Reject decoder settings that cannot work, before anything is loaded."""
+    if opts.decoder not in DECODERS:
+        raise W2VError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder!r}")
+    if not opts.blank_skip > 0:
+        raise W2VError(f"--blank-skip must be a probability above 0 (1 = off), got {opts.blank_skip}")
+    if opts.nbest < 1:
+        raise W2VError(f"--nbest must be at least 1, got {opts.nbest}")
+    if opts.nbest > 1 and opts.decoder == "viterbi":
+        raise W2VError("--nbest needs a beam-search decoder (--decoder kenlm or beam); viterbi has one path")
+    if opts.nbest > 1 and opts.nbest > opts.beam:
+        raise W2VError(f"--nbest {opts.nbest} is larger than --beam {opts.beam}")
+    if opts.decoder == "viterbi" and (opts.lm or opts.lexicon):
+        raise W2VError("--lm/--lexicon need --decoder kenlm (or beam for a token-level LM)")
+
+
+def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None:
+    """Exactly one source: a model with a corpus or features, or stored emissions."""
+    if (emissions is None) == (model is None):
+        raise W2VError("give either --model (with a corpus) or --emissions")
+    if features is not None and (model is None or corpus is not None):
+        raise W2VError("--features feeds a downstream --model (w2v finetune --features); drop the corpus")
+    if model is not None and corpus is None and features is None:
+        raise W2VError("--model needs a corpus (TSV manifest, Kaldi data dir or wav.scp)")
+    if emissions is not None and corpus is not None:
+        raise W2VError("--emissions already holds the utterances: drop the corpus argument")
+    if dump_emissions is not None and model is None:
+        raise W2VError("--dump-emissions stores what --model computes; it needs --model")
+
+
+def emission_source(*, corpus: str | None, model: str | None, emissions: str | None, features: str | None,
+                    dict_path: str | None, frame_shift: float | None, shard: tuple[int, int] | None,
+                    device: str, batch_seconds: float) -> EmissionSource:
+    """Choose the source: a downstream model over ``features``, a CTC model over ``corpus``,
+    or stored ``emissions`` (see :mod:`w2vtools.emissions`)."""
+    if features is not None:
+        return downstream_emissions(features, model, device=device, shard=shard)
+    if model is not None:
+        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard)
+        if dict_path is not None and ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
+            raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
+        return source
+    return stored_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift, shard=shard)
 
 
 def decode(
@@ -484,134 +468,62 @@ def decode(
         >>> decode(emissions="em.h5", output="hyp.txt",
         ...        options=DecoderOptions("kenlm", lexicon="lexicon.txt", lm="lm.bin"))   # doctest: +SKIP
     """
-    from tqdm import tqdm
-
-    from w2vtools.featurize import parse_shard
-    from w2vtools.fileio import atomic_write
-    from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
-
     opts = options or DecoderOptions()
-    if opts.decoder not in DECODERS:
-        raise W2VError(f"--decoder must be one of {', '.join(DECODERS)}, got {opts.decoder!r}")
-    if not opts.blank_skip > 0:
-        raise W2VError(f"--blank-skip must be a probability above 0 (1 = off), got {opts.blank_skip}")
-    if opts.nbest < 1:
-        raise W2VError(f"--nbest must be at least 1, got {opts.nbest}")
-    if opts.nbest > 1 and opts.decoder == "viterbi":
-        raise W2VError("--nbest needs a beam-search decoder (--decoder kenlm or beam); viterbi has one path")
-    if opts.nbest > 1 and opts.nbest > opts.beam:
-        raise W2VError(f"--nbest {opts.nbest} is larger than --beam {opts.beam}")
-    if opts.decoder == "viterbi" and (opts.lm or opts.lexicon):
-        raise W2VError("--lm/--lexicon need --decoder kenlm (or beam for a token-level LM)")
+    _check_options(opts)
     if opts.nbest > 1 and nbest_output is None:
         if output == "-":
             raise W2VError("--nbest with output on stdout: name the n-best file with --nbest-out")
         nbest_output = output + ".nbest"
-    if (emissions is None) == (model is None):
-        raise W2VError("give either --model (with a corpus) or --emissions")
-    if features is not None and (model is None or corpus is not None):
-        raise W2VError("--features feeds a downstream --model (w2v finetune --features); drop the corpus")
-    if model is not None and corpus is None and features is None:
-        raise W2VError("--model needs a corpus (TSV manifest, Kaldi data dir or wav.scp)")
-    if emissions is not None and corpus is not None:
-        raise W2VError("--emissions already holds the utterances: drop the corpus argument")
-    if dump_emissions is not None and model is None:
-        raise W2VError("--dump-emissions stores what --model computes; it needs --model")
-    shard_kn = parse_shard(shard)
-
-    if features is not None:
-        from w2vtools.models.downstream import downstream_emissions
-
-        source = downstream_emissions(features, model, device=device, shard=shard_kn)
-    elif model is not None:
-        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard_kn)
-        if dict_path is not None:
-            from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
-
-            if ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
-                raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
-    else:
-        source = open_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift, shard=shard_kn)
+    _check_inputs(corpus=corpus, model=model, emissions=emissions, features=features, dump_emissions=dump_emissions)
+    source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features, dict_path=dict_path,
+                             frame_shift=frame_shift, shard=parse_shard(shard), device=device,
+                             batch_seconds=batch_seconds)
     tokens = source.tokens
     search = BeamSearch(tokens, opts) if opts.decoder != "viterbi" else None
-    spk = {}
-    if utt2spk:
-        from w2vtools.formats.kaldi import read_kaldi_table
-
-        spk = read_kaldi_table(utt2spk)
+    spk = read_kaldi_table(utt2spk) if utt2spk else {}
+    name = emissions or corpus
 
     summary = DecodeSummary()
     t_start = time.perf_counter()
-    outputs = [("text", output)]
-    if nbest_output:
-        outputs.append(("nbest", nbest_output))
-    if trn:
-        outputs.append(("trn", trn))
-    if ctm:
-        outputs.append(("ctm", ctm))
-    import contextlib
-
     with contextlib.ExitStack() as stack:
-        files = {kind: stack.enter_context(atomic_write(path)) for kind, path in outputs}
-        writer = None
+        out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,
+                               utt2spk=spk, order=source.order)
+        dump = None
         if dump_emissions is not None:
-            from w2vtools.formats.features import open_feature_writer
-
             # log-probabilities, not logits: the attribute says so for any reader
             attrs = {"log_probs": True, "tokens": list(tokens), "frame_shift": source.frame_shift, "model": str(model)}
-            writer = stack.enter_context(open_feature_writer(dump_emissions, attrs=attrs, resume=False))
-        scores_f = stack.enter_context(atomic_write(nbest_output + ".scores")) if nbest_output else None
-        bar = stack.enter_context(tqdm(total=source.total, unit="utt", disable=not progress if progress is not None else None,
-                                       desc="decode", leave=False))
-        if scores_f is not None:
-            files["scores"] = scores_f
-        pending: dict[str, dict[str, list[str]]] = {}
-
-        def write_lines(lines: dict[str, list[str]]) -> None:
-            for kind, kind_lines in lines.items():
-                for line in kind_lines:
-                    files[kind].write(line + "\n")
-
+            dump = stack.enter_context(open_feature_writer(dump_emissions, attrs=attrs, resume=False))
+        bar = stack.enter_context(tqdm(total=source.total, unit="utt", desc="decode", leave=False,
+                                       disable=not progress if progress is not None else None))
         seen: set[str] = set()
         for uid, emission in source.items:
-            if uid in seen:
-                raise W2VError(f"{emissions or corpus}: duplicate utterance id {uid!r}")
-            seen.add(uid)
-            if emission.ndim != 2 or emission.shape[-1] != len(tokens):
-                raise W2VError(
-                    f"{uid}: emissions of shape {tuple(emission.shape)} do not match the {len(tokens)} tokens"
-                )
-            log_probs = torch.log_softmax(emission.float(), dim=-1)
-            if writer is not None:
-                writer.write(uid, log_probs.numpy())
+            log_probs = _log_probs(uid, emission, tokens, seen, name)
+            if dump is not None:
+                dump.write(uid, log_probs.numpy())
             t0 = time.perf_counter()
             hyps = [viterbi(log_probs, tokens)] if search is None else search(log_probs)
             summary.decode_seconds += time.perf_counter() - t0
             summary.utterances += 1
             summary.frames += log_probs.shape[0]
             summary.audio_seconds += log_probs.shape[0] * source.frame_shift
-            best = hyps[0] if hyps else Hypothesis([], -math.inf, [])
-            lines: dict[str, list[str]] = {"text": [text_line(uid, best.words)]}
-            if "nbest" in files:
-                lines["nbest"] = [text_line(nbest_key(uid, r), h.words) for r, h in enumerate(hyps, 1)]
-                lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f}" for r, h in enumerate(hyps, 1)]
-            if "trn" in files:
-                lines["trn"] = [trn_line(best.words, uid, spk.get(uid))]
-            if "ctm" in files:
-                lines["ctm"] = [
-                    ctm_line(uid, first * source.frame_shift, (last + 1 - first) * source.frame_shift, word)
-                    for word, (first, last) in zip(best.words, best.word_frames)
-                ]
-            if source.order is None:
-                write_lines(lines)
-            else:  # the model ran length-sorted batches: keep the corpus order in the outputs
-                pending[uid] = lines
+            out.add(uid, hyps)
             bar.update(1)
-        for uid in source.order or []:
-            if uid in pending:
-                write_lines(pending.pop(uid))
+        out.finish()
         if summary.utterances == 0:  # raised inside the block: no empty outputs are left behind
-            raise W2VError(f"{emissions or corpus}: no utterances to decode")
+            raise W2VError(f"{name}: no utterances to decode")
     summary.total_seconds = time.perf_counter() - t_start
     log.info("%s", summary.line())
     return summary
+
+
+def _log_probs(uid: str, emission: torch.Tensor, tokens: Sequence[str], seen: set[str], name: str) -> torch.Tensor:
+    """Check one utterance's scores (unique id, one column per token) and log-softmax them.
+
+    Logits become log-probabilities; stored log-probabilities are unchanged (log_softmax is idempotent).
+    """
+    if uid in seen:
+        raise W2VError(f"{name}: duplicate utterance id {uid!r}")
+    seen.add(uid)
+    if emission.ndim != 2 or emission.shape[-1] != len(tokens):
+        raise W2VError(f"{uid}: emissions of shape {tuple(emission.shape)} do not match the {len(tokens)} tokens")
+    return torch.log_softmax(emission.float(), dim=-1)

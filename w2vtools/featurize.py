@@ -3,8 +3,9 @@
 The pipeline, streaming so memory does not grow with the corpus:
 
 1. read the corpus (:func:`~w2vtools.formats.corpus.read_corpus`), keep shard K of N;
-2. learn every utterance's length from its header (no decoding), resampled to the
-   model's rate; skip those an interrupted run already finished;
+2. learn every utterance's length without decoding it (manifest or header:
+   :func:`~w2vtools.batching.utterance_length`), resampled to the model's rate;
+   skip those an interrupted run already finished;
 3. plan length-sorted batches bounded by padded audio seconds
    (:func:`~w2vtools.batching.plan_batches`); recordings longer than
    ``chunk_seconds`` go alone, in overlapping windows;
@@ -25,8 +26,9 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import functools
-import hashlib
 import logging
 import os
 import sys
@@ -34,96 +36,34 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from w2vtools import malloc
+from w2vtools.batching import (
+    Job,
+    chunk_spans,
+    collate,
+    length_or_error,
+    load_ahead,
+    parse_shard,
+    plan_batches,
+    plan_jobs,
+    select_shard,
+    stitch,
+)
+from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.fileio import atomic_write
+from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.features import merge_features, open_feature_writer
+from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 from w2vtools.formats.utterance import Utterance
 
 log = logging.getLogger("w2v.featurize")
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-@dataclass
-class Encoder:
-    """An encoder ready to featurize, with what identifies it.
-
-    Attributes:
-        module: has ``extract_features``, ``num_frames``, ``frame_shift``, ``sample_rate``.
-        name: what the user asked for (a named model, a path, ``fbank``).
-        family: wav2vec | vq-wav2vec | wav2vec2 | fbank | mfcc.
-        sha256: checksum of the weights file (of the configuration for fbank/mfcc).
-    """
-
-    module: object
-    name: str
-    family: str
-    sha256: str = ""
-    loaded: object = None  # the LoadedModel, when it came from a checkpoint
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file of a folder (Hugging Face model dir) in name order."""
-    h = hashlib.sha256()
-    p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for q in files:
-        if p.is_dir():
-            h.update(str(q.relative_to(p)).encode())
-        with open(q, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _find_encoder(module):
-    """The part of a loaded model that offers ``extract_features`` (a CTC model wraps its encoder)."""
-    if hasattr(module, "extract_features") and hasattr(module, "num_frames"):
-        return module
-    for attr in ("encoder", "w2v_encoder", "wav2vec2", "model"):
-        inner = getattr(module, attr, None)
-        if inner is not None and hasattr(inner, "extract_features") and hasattr(inner, "num_frames"):
-            return inner
-    raise W2VError(f"{type(module).__name__}: this model has no feature encoder (extract_features)")
-
-
-def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
-    """Load ``spec`` as an encoder: ``fbank``/``mfcc``, a named model (downloaded once), or a checkpoint.
-
-    Example:
-        >>> load_encoder("fbank").module.frame_shift
-        0.01
-    """
-    from w2vtools.models import baselines, hub
-
-    spec = str(spec)
-    if spec in baselines.BASELINES:
-        enc = baselines.build_baseline(spec)
-        return Encoder(enc, spec, spec, enc.checksum)
-    path = hub.resolve(spec)
-    if not os.path.exists(path):
-        names = ", ".join(list(hub.MODELS) + list(baselines.BASELINES))
-        raise W2VError(f"{spec}: no such checkpoint file or folder, and not a model name ({names})")
-    try:
-        from w2vtools.models.checkpoint import load_model
-    except ImportError as e:  # pragma: no cover - only while the checkpoint module is missing
-        raise W2VError(f"{spec}: loading checkpoints needs w2vtools.models.checkpoint ({e})") from None
-    loaded = load_model(path, map_location="cpu")
-    module = _find_encoder(loaded.model)
-    module.eval()
-    return Encoder(module, spec, getattr(loaded, "family", "") or "", file_sha256(path), loaded)
-
-
-def encoder_from_module(module, name: str = "module", family: str | None = None) -> Encoder:
-    """Wrap an in-memory model (tests, notebooks)."""
-    enc = _find_encoder(module)
-    enc.eval()
-    fam = family or getattr(enc, "family", None) or type(enc).__name__
-    return Encoder(enc, name, str(fam), "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,102 +124,6 @@ def make_selection(family: str, *, output: str | None = None, layer: int | None 
 
 
 # ---------------------------------------------------------------------------------------------
-# Sharding and planning
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` (1-based K) -> (K, N).
-
-    Example:
-        >>> parse_shard("2/8")
-        (2, 8)
-    """
-    if text is None:
-        return None
-    try:
-        k, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise W2VError(f"--shard {text}: expected K/N with whole numbers, e.g. 3/8") from None
-    if n < 1 or not 1 <= k <= n:
-        raise W2VError(f"--shard {text}: K must be between 1 and N")
-    return k, n
-
-
-def select_shard(utts: Sequence[Utterance], shard: tuple[int, int] | None) -> list[Utterance]:
-    """Shard K of N: the K-th of N contiguous blocks of the corpus (sizes differ by at most one).
-
-    The same corpus and N always give the same split, and the shards cover every
-    utterance exactly once (as Kaldi's ``split_scp.pl``).
-
-    Example:
-        >>> [len(select_shard([Utterance(str(i), "x") for i in range(10)], (k, 3))) for k in (1, 2, 3)]
-        [4, 3, 3]
-    """
-    utts = list(utts)
-    if shard is None:
-        return utts
-    k, n = shard
-    base, extra = divmod(len(utts), n)
-    start = (k - 1) * base + min(k - 1, extra)
-    size = base + (1 if k <= extra else 0)
-    return utts[start : start + size]
-
-
-def utterance_length(utt: Utterance, sample_rate: int) -> int | None:
-    """Samples after resampling to ``sample_rate``, from the header; None for ``cmd |`` sources."""
-    from w2vtools.audio import audio_info, is_command, num_resampled
-
-    if is_command(utt.source):
-        return None
-    info = audio_info(utt.source)
-    sr = info.sample_rate
-    first = 0 if utt.start is None else int(round(utt.start * sr))
-    last = info.num_frames if utt.end is None or utt.end < 0 else min(info.num_frames, int(round(utt.end * sr)))
-    n = max(0, last - first)
-    return num_resampled(n, sr, sample_rate)
-
-
-@dataclass
-class Job:
-    """A unit of work: a batch of short utterances, or one utterance cut into windows."""
-
-    utts: list[Utterance]
-    lengths: list[int | None]
-    chunked: bool = False
-
-
-def plan_jobs(
-    utts: Sequence[Utterance],
-    lengths: Sequence[int | None],
-    *,
-    sample_rate: int,
-    batch_seconds: float,
-    chunk_seconds: float,
-    max_padding: float = 0.1,
-) -> list[Job]:
-    """Length-sorted batches for known lengths; long or unknown-length utterances as single jobs.
-
-    A batch holds at most ``max_padding`` padding (as a fraction of its padded samples):
-    computing on padding is wasted work, most of all on a CPU.
-    """
-    from w2vtools.batching import plan_batches
-
-    max_samples = int(batch_seconds * sample_rate)
-    chunk_limit = int(chunk_seconds * sample_rate)
-    short = [i for i, n in enumerate(lengths) if n is not None and n <= chunk_limit]
-    jobs = [
-        Job([utts[short[j]] for j in b], [lengths[short[j]] for j in b])
-        for b in plan_batches(
-            [lengths[i] for i in short], max_samples, max_padding=max_padding, keys=[utts[i].uid for i in short]
-        )
-    ]
-    rest = [i for i, n in enumerate(lengths) if n is None or n > chunk_limit]
-    rest.sort(key=lambda i: (-(lengths[i] or 0), utts[i].uid.encode("utf-8")))
-    jobs += [Job([utts[i]], [lengths[i]], chunked=True) for i in rest]
-    return jobs
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
 
 
@@ -325,9 +169,6 @@ class FeatureExtractor:
         chunk_overlap: float = 2.0,
         batch_seconds: float = 200.0,
     ):
-        import torch
-
-        self.torch = torch
         self.encoder = encoder
         self.module = encoder.module
         self.selection = selection
@@ -342,9 +183,6 @@ class FeatureExtractor:
             self.module.to(self.device)
 
     def _run(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from w2vtools.batching import collate
-
-        torch = self.torch
         source, mask = collate(waves)
         source = source.to(self.device, non_blocking=True)
         if mask is not None:
@@ -352,7 +190,7 @@ class FeatureExtractor:
         ctx = (
             torch.autocast(device_type=self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
             if self.amp
-            else _null()
+            else contextlib.nullcontext()
         )
         with torch.inference_mode(), ctx:
             out = self.module.extract_features(
@@ -379,8 +217,6 @@ class FeatureExtractor:
 
     def long(self, wave: np.ndarray) -> np.ndarray:
         """Features of one long recording, in overlapping windows (memory bounded by the window)."""
-        from w2vtools.batching import chunk_spans, plan_batches, stitch
-
         n = len(wave)
         total = self.module.num_frames(n)
         if n <= self.chunk_samples:
@@ -392,55 +228,6 @@ class FeatureExtractor:
             for i, x in zip(batch, outs):
                 pieces[i] = x
         return stitch(pieces, spans)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _load(utt: Utterance, sample_rate: int) -> np.ndarray:
-    return utt.load(sample_rate)
-
-
-def _prefetched(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) -> Iterator[tuple[Job, list]]:
-    """Yield (job, [wave or W2VError]) in order while the next ``depth`` jobs load in threads.
-
-    Decoding (libsndfile) and resampling (torch) release the GIL, so threads overlap
-    audio loading with the model's compute.
-    """
-    if workers <= 0:
-        for job in jobs:
-            yield job, [_try_load(u, sample_rate) for u in job.utts]
-        return
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w2v-audio") as pool:
-        pending: deque = deque()
-        it = iter(jobs)
-
-        def submit_next() -> bool:
-            job = next(it, None)
-            if job is None:
-                return False
-            pending.append((job, [pool.submit(_try_load, u, sample_rate) for u in job.utts]))
-            return True
-
-        for _ in range(depth):
-            if not submit_next():
-                break
-        while pending:
-            job, futures = pending.popleft()
-            submit_next()
-            yield job, [f.result() for f in futures]
-
-
-def _try_load(utt: Utterance, sample_rate: int):
-    try:
-        return _load(utt, sample_rate)
-    except W2VError as e:
-        return e
 
 
 def featurize(
@@ -493,9 +280,9 @@ def featurize(
         streams: batches computed at once, each in its own Python thread with
             ``threads // streams`` intra-op threads (None: ``threads`` on a CPU, 1 on a
             GPU). Torch ops release the GIL, so the streams run side by side. On an idle
-            2-core machine this is as fast as one 2-thread batch at a time (wav2vec 2.0
-            BASE, BENCHMARKS.md); on a shared one, single-threaded streams lose less to
-            other processes (1.4-1.7x there). The output is the same whatever the number of streams:
+            machine this is as fast as one many-threaded batch at a time; on a shared one,
+            single-threaded streams lose less to other processes (BENCHMARKS.md).
+            The output is the same whatever the number of streams:
             results are written in the plan's order. Memory: at most ``streams``
             batches computing plus ``streams`` finished ones waiting for their turn.
         workers: audio-loading threads (0: load in the main thread).
@@ -507,8 +294,6 @@ def featurize(
         W2VError: bad options or input; PartialFailure: some utterances could not be
             featurized (the rest are written; the summary names them).
     """
-    import torch
-
     if dtype not in ("float32", "float16"):
         raise W2VError(f"--dtype {dtype}: choose float32 or float16")
     try:
@@ -526,9 +311,7 @@ def featurize(
     threads = int(threads) if threads else _available_cpus()
     streams = int(streams) if streams else (threads if on_cpu else 1)
     if on_cpu:
-        from w2vtools.malloc import keep_freed_memory
-
-        keep_freed_memory(one_arena=True)
+        malloc.keep_freed_memory(one_arena=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // streams))
     try:
@@ -543,12 +326,9 @@ def featurize(
         torch.set_num_threads(previous_threads)
 
 
-#: Default padded audio seconds per batch on a CPU: there batching gains nothing
-#: (measured, BASE, 1 thread: six 5 s clips alone 4.2-4.4 s CPU, as one batch 4.5 s),
-#: and more, smaller batches balance the streams (the last batch runs alone) and
-#: keep the peak heap small (40 utterances of 2-15 s, BASE, 2 streams: 5 s batches
-#: 29.5 s and 1.9 GB peak RSS, 20 s batches 32.4 s and 3.1 GB). Short clips (digits)
-#: still share a batch.
+#: Default padded audio seconds per batch on a CPU: there batching gains nothing, and
+#: more, smaller batches balance the streams (the last batch runs alone) and keep the
+#: peak heap small (measurements in BENCHMARKS.md). Short clips (digits) still share a batch.
 CPU_BATCH_SECONDS = 5.0
 
 
@@ -562,132 +342,34 @@ def _available_cpus() -> int:
 def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
                chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume) -> Summary:
     """:func:`featurize` once the thread settings are in place."""
-    from w2vtools.formats.corpus import read_corpus
-    from w2vtools.formats.features import open_feature_writer
-
     shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
-
     utts = select_shard(read_corpus(corpus), shard_kn)
     if not utts:
         raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn else ""))
     encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
     selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
-    n_layers = getattr(getattr(encoder.module, "cfg", None), "encoder_layers", None)
-    if isinstance(selection.layer, int) and n_layers is not None and selection.layer > n_layers:
-        raise W2VError(f"--layer {selection.layer}: {encoder.name} has layers 0..{n_layers}")
-    fx = FeatureExtractor(
-        encoder,
-        selection,
-        device=device,
-        amp=amp,
-        chunk_seconds=chunk_seconds,
-        chunk_overlap=chunk_overlap,
-        batch_seconds=batch_seconds,
-    )
-    sr = fx.sample_rate
-    attrs = {
-        "frame_shift": float(encoder.module.frame_shift),
-        "sample_rate": sr,
-        "model": encoder.name,
-        "model_sha256": encoder.sha256,
-        "family": encoder.family,
-        "output": selection.output,
-        "layer": "" if selection.layer is None else str(selection.layer),
-    }
-    if selection.layer == "all" and n_layers is not None:
-        # (T, num_layers * D), layer 0 (the Transformer input) first
-        attrs["num_layers"] = int(n_layers) + 1
+    fx = FeatureExtractor(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
+                          chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
+    attrs = _feature_attrs(encoder, selection, fx.sample_rate)
     data_dir = _kaldi_data_dir(out, format)
     shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
-    spec = out
-    if data_dir is not None:
-        (data_dir / "data").mkdir(exist_ok=True)
-        ark = (data_dir / 'data' / f'raw_feats{shard_suffix}.ark').resolve()  # Kaldi's scps hold absolute ark paths
-        spec = f"ark,scp:{ark},{data_dir / f'feats{shard_suffix}.scp'}"
+    spec = out if data_dir is None else _data_dir_spec(data_dir, shard_suffix)
     writer = open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume)
-
-    stale = writer.done - {u.uid for u in utts}
-    if stale:
-        writer.abort()
-        raise W2VError(
-            f"{out}: the interrupted run being resumed holds {len(stale)} utterances that are not in "
-            f"{corpus}{' shard ' + str(shard_kn[0]) + '/' + str(shard_kn[1]) if shard_kn else ''} "
-            f"(e.g. {sorted(stale)[0]!r}); rerun with --no-resume to start over"
-        )
+    _check_resumable(writer, utts, out, corpus, shard_kn)
     summary = Summary(skipped=sum(u.uid in writer.done for u in utts))
     todo = [u for u in utts if u.uid not in writer.done]
     if summary.skipped:
         log.info("resuming %s: %d utterances already done, %d to go", out, summary.skipped, len(todo))
 
     t0 = time.monotonic()
-    with cf.ThreadPoolExecutor(max_workers=8) as pool:
-        lengths_or_err = list(pool.map(lambda u: _safe_length(u, sr), todo))
-    failed_early = [(u, r) for u, r in zip(todo, lengths_or_err) if isinstance(r, W2VError)]
-    for u, e in failed_early:
-        _fail(summary, u, e)
-    keep = [(u, r) for u, r in zip(todo, lengths_or_err) if not isinstance(r, W2VError)]
-    jobs = plan_jobs(
-        [u for u, _ in keep], [r for _, r in keep], sample_rate=sr, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds
-    )
-    total_seconds = sum((r or 0) for _, r in keep) / sr
+    jobs, total_seconds = _plan(todo, summary, sample_rate=fx.sample_rate, batch_seconds=batch_seconds,
+                                chunk_seconds=chunk_seconds)
+    log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams, torch.get_num_threads())
     bar = _progress_bar(total_seconds, progress)
-    log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams, fx.torch.get_num_threads())
-
-    def compute(chunked: bool, waves: list[np.ndarray]) -> list[np.ndarray]:
-        return [fx.long(waves[0])] if chunked else fx(waves)
-
-    # (good (utt, wave) pairs, future) in plan order; the writer takes them in that order only
-    inflight: deque = deque()
-    written_batches = 0
-
-    def write_done(block: bool) -> None:
-        nonlocal written_batches
-        while inflight and (block or inflight[0][1].done()):
-            good, future = inflight.popleft()
-            feats = future.result()  # a model error stops the run, as in one stream
-            block = False
-            for (u, w), x in zip(good, feats):
-                writer.write(u.uid, x)
-                summary.utterances += 1
-                summary.audio_seconds += len(w) / sr
-                if bar is not None:
-                    bar.update(len(w) / sr)
-            del good, feats
-            written_batches += 1
-            _release_freed_memory(written_batches)
-
-    pool = cf.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="w2v-stream")
     try:
         with writer:
-            for job, waves in _prefetched(jobs, sr, workers, depth=max(2, workers * 2, streams + 1)):
-                good = []
-                for u, w in zip(job.utts, waves):
-                    if isinstance(w, W2VError):
-                        _fail(summary, u, w)
-                    elif fx.module.num_frames(len(w)) < 1:
-                        _fail(summary, u, W2VError(f"{u.source}: {len(w)} samples at {sr} Hz is too short for the model"))
-                    else:
-                        good.append((u, w))
-                del waves
-                if not good:
-                    continue
-                # at most `streams` batches computing and `streams` finished ones awaiting their turn
-                while True:
-                    write_done(block=False)
-                    running = [f for _, f in inflight if not f.done()]
-                    if len(running) < streams and len(inflight) < 2 * streams:
-                        break
-                    # full: wait for the oldest if the reorder room is used up, else for any stream
-                    waiting_on = [inflight[0][1]] if len(inflight) >= 2 * streams else running
-                    cf.wait(waiting_on, return_when=cf.FIRST_COMPLETED)
-                inflight.append((good, pool.submit(compute, job.chunked, [w for _, w in good])))
-                write_done(block=False)
-            while inflight:
-                write_done(block=True)
+            _run_in_streams(jobs, fx, _OrderedWrites(writer, summary, fx.sample_rate, bar), streams, workers)
     finally:
-        for _, f in inflight:
-            f.cancel()
-        pool.shutdown(wait=True)
         if bar is not None:
             bar.close()
     summary.wall_seconds = time.monotonic() - t0
@@ -701,12 +383,155 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
     return summary
 
 
+def _feature_attrs(encoder: Encoder, selection: Selection, sample_rate: int) -> dict:
+    """The attributes a feature file records: what produced it and how to read its frames."""
+    n_layers = getattr(getattr(encoder.module, "cfg", None), "encoder_layers", None)
+    if isinstance(selection.layer, int) and n_layers is not None and selection.layer > n_layers:
+        raise W2VError(f"--layer {selection.layer}: {encoder.name} has layers 0..{n_layers}")
+    attrs = {
+        "frame_shift": float(encoder.module.frame_shift),
+        "sample_rate": sample_rate,
+        "model": encoder.name,
+        "model_sha256": encoder.sha256,
+        "family": encoder.family,
+        "output": selection.output,
+        "layer": "" if selection.layer is None else str(selection.layer),
+    }
+    if selection.layer == "all" and n_layers is not None:
+        # (T, num_layers * D), layer 0 (the Transformer input) first
+        attrs["num_layers"] = int(n_layers) + 1
+    return attrs
+
+
+def _check_resumable(writer, utts: Sequence[Utterance], out: str, corpus: str, shard: tuple[int, int] | None) -> None:
+    """An interrupted run may be resumed only on the corpus (and shard) it was started on."""
+    stale = writer.done - {u.uid for u in utts}
+    if stale:
+        writer.abort()
+        raise W2VError(
+            f"{out}: the interrupted run being resumed holds {len(stale)} utterances that are not in "
+            f"{corpus}{' shard ' + str(shard[0]) + '/' + str(shard[1]) if shard else ''} "
+            f"(e.g. {sorted(stale)[0]!r}); rerun with --no-resume to start over"
+        )
+
+
+def _plan(todo: Sequence[Utterance], summary: Summary, *, sample_rate: int, batch_seconds: float,
+          chunk_seconds: float) -> tuple[list[Job], float]:
+    """The jobs for ``todo`` and their audio seconds; unreadable utterances are counted as failed.
+
+    Lengths come from headers, read in threads; ``cmd |`` sources are not run here
+    (their length is unknown until loaded, so they go alone, in windows).
+    """
+    with cf.ThreadPoolExecutor(max_workers=8) as pool:
+        lengths = list(pool.map(lambda u: length_or_error(u, sample_rate), todo))
+    keep = []
+    for u, n in zip(todo, lengths):
+        if isinstance(n, W2VError):
+            _fail(summary, u, n)
+        else:
+            keep.append((u, n))
+    jobs = plan_jobs([u for u, _ in keep], [n for _, n in keep], sample_rate=sample_rate,
+                     batch_seconds=batch_seconds, chunk_seconds=chunk_seconds)
+    return jobs, sum((n or 0) for _, n in keep) / sample_rate
+
+
+class _OrderedWrites:
+    """Batches computing in streams, written in the plan's order whatever order they finish in.
+
+    Holds (good (utt, wave) pairs, future) in plan order; the writer takes them in
+    that order only, so the output is the same for any number of streams.
+    """
+
+    def __init__(self, writer, summary: Summary, sample_rate: int, bar):
+        self.writer = writer
+        self.summary = summary
+        self.sample_rate = sample_rate
+        self.bar = bar
+        self.inflight: deque = deque()
+        self.written_batches = 0
+
+    def add(self, good: list, future: cf.Future) -> None:
+        self.inflight.append((good, future))
+
+    def running(self) -> list[cf.Future]:
+        return [f for _, f in self.inflight if not f.done()]
+
+    def write_done(self, block: bool) -> None:
+        """Write the finished batches at the head of the queue (with ``block``, wait for the first)."""
+        while self.inflight and (block or self.inflight[0][1].done()):
+            good, future = self.inflight.popleft()
+            feats = future.result()  # a model error stops the run, as in one stream
+            block = False
+            for (u, w), x in zip(good, feats):
+                self.writer.write(u.uid, x)
+                self.summary.utterances += 1
+                self.summary.audio_seconds += len(w) / self.sample_rate
+                if self.bar is not None:
+                    self.bar.update(len(w) / self.sample_rate)
+            del good, feats
+            self.written_batches += 1
+            _release_freed_memory(self.written_batches)
+
+    def wait_for_room(self, streams: int) -> None:
+        """Block until fewer than ``streams`` batches compute and fewer than ``2 * streams`` are held."""
+        while True:
+            self.write_done(block=False)
+            running = self.running()
+            if len(running) < streams and len(self.inflight) < 2 * streams:
+                return
+            # full: wait for the oldest if the reorder room is used up, else for any stream
+            waiting_on = [self.inflight[0][1]] if len(self.inflight) >= 2 * streams else running
+            cf.wait(waiting_on, return_when=cf.FIRST_COMPLETED)
+
+    def cancel(self) -> None:
+        for _, f in self.inflight:
+            f.cancel()
+
+
+def _usable_waves(job: Job, waves: list, fx: FeatureExtractor, summary: Summary) -> list:
+    """The (utt, wave) pairs of a job that loaded and are long enough; the others are counted as failed."""
+    good = []
+    for u, w in zip(job.utts, waves):
+        if isinstance(w, W2VError):
+            _fail(summary, u, w)
+        elif fx.module.num_frames(len(w)) < 1:
+            _fail(summary, u, W2VError(f"{u.source}: {len(w)} samples at {fx.sample_rate} Hz is too short for the model"))
+        else:
+            good.append((u, w))
+    return good
+
+
+def _run_in_streams(jobs: Sequence[Job], fx: FeatureExtractor, writes: _OrderedWrites, streams: int,
+                    workers: int) -> None:
+    """Compute the jobs, ``streams`` batches at once, audio loading ahead in ``workers`` threads.
+
+    Memory: at most ``streams`` batches computing and ``streams`` finished ones awaiting their turn.
+    """
+
+    def compute(chunked: bool, waves: list[np.ndarray]) -> list[np.ndarray]:
+        return [fx.long(waves[0])] if chunked else fx(waves)
+
+    pool = cf.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="w2v-stream")
+    try:
+        for job, waves in load_ahead(jobs, fx.sample_rate, workers, depth=max(2, workers * 2, streams + 1)):
+            good = _usable_waves(job, waves, fx, writes.summary)
+            del waves
+            if not good:
+                continue
+            writes.wait_for_room(streams)
+            writes.add(good, pool.submit(compute, job.chunked, [w for _, w in good]))
+            writes.write_done(block=False)
+        while writes.inflight:
+            writes.write_done(block=True)
+    finally:
+        writes.cancel()
+        pool.shutdown(wait=True)
+
+
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None elsewhere."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         return libc.malloc_trim
     except (OSError, AttributeError):
@@ -722,26 +547,17 @@ def _release_freed_memory(batch_number: int) -> None:
     :data:`TRIM_EVERY_KEPT` batches while they are kept for reuse.
 
     Batches of different shapes fragment glibc's heap, so without trimming the resident
-    size creeps up with the number of batches (measured with glibc's defaults: +35% from
-    100 to 400 utterances). When :func:`w2vtools.malloc.keep_freed_memory` is in force,
-    freed pages are what the next batch reuses, and trimming them after every batch
-    would only make the kernel zero-fill them again (that was a third of featurize's
-    CPU time); trimming every few dozen batches still bounds the creep.
+    size creeps up with the number of batches. When :func:`w2vtools.malloc.keep_freed_memory`
+    is in force, freed pages are what the next batch reuses, and trimming them after every
+    batch would only make the kernel zero-fill them again (a large share of featurize's
+    CPU time); trimming every few dozen batches still bounds the creep. Measurements:
+    BENCHMARKS.md.
     """
-    from w2vtools import malloc
-
     if malloc.is_keeping_freed_memory() and batch_number % TRIM_EVERY_KEPT:
         return
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _safe_length(u: Utterance, sr: int):
-    try:
-        return utterance_length(u, sr)
-    except W2VError as e:
-        return e
 
 
 def _fail(summary: Summary, u: Utterance, e: Exception) -> None:
@@ -751,8 +567,6 @@ def _fail(summary: Summary, u: Utterance, e: Exception) -> None:
 
 
 def _progress_bar(total_seconds: float, progress: bool | None):
-    from tqdm import tqdm
-
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     if disable:
         return None
@@ -767,10 +581,14 @@ def _kaldi_data_dir(out: str, format: str | None) -> Path | None:
     return None
 
 
-def _write_data_dir_tables(data_dir: Path, num_frames: dict[str, int], frame_shift: float, suffix: str) -> None:
-    from w2vtools.fileio import atomic_write
-    from w2vtools.formats.kaldi import write_kaldi_table
+def _data_dir_spec(data_dir: Path, shard_suffix: str) -> str:
+    """The wspecifier that writes ``data/raw_feats.ark`` and ``feats.scp`` into a Kaldi data dir."""
+    (data_dir / "data").mkdir(exist_ok=True)
+    ark = (data_dir / "data" / f"raw_feats{shard_suffix}.ark").resolve()  # Kaldi's scps hold absolute ark paths
+    return f"ark,scp:{ark},{data_dir / f'feats{shard_suffix}.scp'}"
 
+
+def _write_data_dir_tables(data_dir: Path, num_frames: dict[str, int], frame_shift: float, suffix: str) -> None:
     write_kaldi_table(data_dir / f"utt2num_frames{suffix}", num_frames)
     with atomic_write(data_dir / "frame_shift") as f:
         f.write(f"{frame_shift:g}\n")
@@ -782,12 +600,9 @@ def merge(inputs: Sequence[str], out: str, *, format: str | None = None) -> int:
     For a Kaldi data dir ``out``, joins ``feats.K.scp`` and ``utt2num_frames.K`` given as
     inputs (or found in it when ``inputs`` is empty) into ``feats.scp`` and ``utt2num_frames``.
     """
-    from w2vtools.formats.features import merge_features
-
     data_dir = _kaldi_data_dir(out, format)
     if data_dir is None:
         return merge_features(list(inputs), out, format=format)
-    from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 
     scps = [Path(p) for p in inputs] or sorted(
         data_dir.glob("feats.*.scp"), key=lambda p: int(p.name.split(".")[1]) if p.name.split(".")[1].isdigit() else 0

@@ -8,7 +8,6 @@ leaves a half-written file that looks finished.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sys
 import tempfile
@@ -76,11 +75,6 @@ def _umask() -> int:
     return mask
 
 
-def atomic_replace(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file over ``path`` (same directory, so atomic)."""
-    os.replace(tmp, path)
-
-
 def read_table(path: str | os.PathLike, *, min_fields: int = 2, max_split: int = 1) -> Iterator[tuple[str, ...]]:
     """Read a Kaldi-style table (``key value ...``), skipping blank lines.
 
@@ -96,7 +90,3 @@ def read_table(path: str | os.PathLike, *, min_fields: int = 2, max_split: int =
             if len(fields) < min_fields:
                 raise W2VError(f"{path}:{lineno}: expected at least {min_fields} fields, got {line!r}")
             yield fields
-
-
-def text_stream(binary: IO[bytes]) -> io.TextIOWrapper:
-    return io.TextIOWrapper(binary, encoding="utf-8")

@@ -31,8 +31,15 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from w2vtools.batching import collate, length_or_error, load_ahead, plan_jobs
 from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.encoders import Encoder, load_encoder
+from w2vtools.fileio import atomic_write
+from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.features import open_features
+from w2vtools.malloc import keep_freed_memory
 
 log = logging.getLogger("w2v.quantize")
 
@@ -126,8 +133,6 @@ class OrderedLines:
         self._tmp.write(data)
 
     def finish(self, order: Sequence[str]) -> None:
-        from w2vtools.fileio import atomic_write
-
         self._tmp.flush()
         with atomic_write(self.out, "wb") as f:
             for key in order:
@@ -178,26 +183,18 @@ def quantize_audio(
     Args:
         corpus: TSV manifest, Kaldi data dir, ``wav.scp`` or ``-``.
         out: text file (``-`` = stdout): ``uid tok tok ...`` per line, corpus order.
-        model: checkpoint path, named model, or an :class:`~w2vtools.featurize.Encoder`.
+        model: checkpoint path, named model, or an :class:`~w2vtools.encoders.Encoder`.
         index: one integer per frame instead of ``g0-g1``.
         dedup: collapse repeated consecutive tokens.
 
     Returns:
         the :class:`CodeStats` (usage, perplexity), also logged.
     """
-    import torch
-
-    from w2vtools.batching import collate
-    from w2vtools.featurize import Encoder, _prefetched, _safe_length, load_encoder, plan_jobs
-    from w2vtools.formats.corpus import read_corpus
-
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise W2VError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if threads:
         torch.set_num_threads(int(threads))
     if str(device).split(":")[0] == "cpu":
-        from w2vtools.malloc import keep_freed_memory
-
         keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
     utts = read_corpus(corpus)
     if not utts:
@@ -211,7 +208,7 @@ def quantize_audio(
     sr = int(module.sample_rate)
     stats = CodeStats(groups, num_vars)
     lines = OrderedLines(out)
-    lengths = [_safe_length(u, sr) for u in utts]
+    lengths = [length_or_error(u, sr) for u in utts]
     failed = [u.uid for u, n in zip(utts, lengths) if isinstance(n, W2VError)]
     for u, n in zip(utts, lengths):
         if isinstance(n, W2VError):
@@ -222,7 +219,7 @@ def quantize_audio(
                      chunk_seconds=1e9)
     t0 = time.monotonic()
     audio = 0.0
-    for job, waves in _prefetched(jobs, sr, workers, depth=4):
+    for job, waves in load_ahead(jobs, sr, workers, depth=4):
         good = []
         for u, w in zip(job.utts, waves):
             if isinstance(w, W2VError) or module.num_frames(len(w)) < 1:
@@ -258,8 +255,6 @@ def sample_frames(spec: str, max_frames: int, *, seed: int = 0) -> np.ndarray:
     Reservoir sampling over utterances in file order, so memory is bounded by
     ``max_frames`` however large the file is.
     """
-    from w2vtools.formats.features import open_features
-
     rng = np.random.default_rng(seed)
     reservoir: np.ndarray | None = None
     seen = 0
@@ -294,8 +289,6 @@ def _sq_dist(x, c):
 
 
 def _nearest(x, c, block: int = 65536):
-    import torch
-
     idx = torch.empty(x.shape[0], dtype=torch.long)
     dmin = torch.empty(x.shape[0], dtype=x.dtype)
     for s in range(0, x.shape[0], block):
@@ -322,8 +315,6 @@ def fit_kmeans(
     Example:
         >>> cb = fit_kmeans("feats.h5", 100)    # doctest: +SKIP
     """
-    import torch
-
     if k < 1:
         raise W2VError(f"--kmeans {k}: need at least one unit")
     x_np = sample_frames(spec, max_frames, seed=seed)
@@ -365,8 +356,6 @@ def fit_kmeans(
 
 def save_codebook(path: str | os.PathLike, centroids: np.ndarray) -> None:
     """Save centroids as a ``.npy`` (K, D) float32 array, atomically."""
-    from w2vtools.fileio import atomic_write
-
     with atomic_write(path, "wb") as f:
         np.save(f, np.asarray(centroids, dtype=np.float32))
 
@@ -390,11 +379,6 @@ def assign_units(spec: str, centroids: np.ndarray, out: str, *, dedup: bool = Fa
     Example:
         >>> stats = assign_units("feats.h5", load_codebook("km100.npy"), "units.txt")   # doctest: +SKIP
     """
-    import torch
-
-    from w2vtools.fileio import atomic_write
-    from w2vtools.formats.features import open_features
-
     c = torch.from_numpy(np.asarray(centroids, np.float32))
     stats = CodeStats(1, c.shape[0])
     with open_features(spec) as r, atomic_write(out) as f:

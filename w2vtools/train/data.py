@@ -39,6 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from w2vtools.batching import utterance_length
 from w2vtools.errors import W2VError
 from w2vtools.formats.utterance import Utterance
 
@@ -54,27 +55,6 @@ def stable_seed(*parts: object) -> int:
     """
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
-def utterance_length(utt: Utterance, sample_rate: int) -> int:
-    """Length of ``utt`` in samples at ``sample_rate``, from headers where possible.
-
-    A manifest gives the length at the file's own rate: the file header gives the
-    rate. Segments and ``wav.scp`` entries without a length read their header (or,
-    for a command, run it once).
-    """
-    from w2vtools.audio import audio_info, is_command, num_resampled
-
-    if is_command(utt.source):
-        return int(len(utt.load(sample_rate)))
-    info = audio_info(utt.source)
-    if utt.start is not None or utt.end is not None:
-        start = utt.start or 0.0
-        end = info.duration if utt.end is None or utt.end < 0 else min(utt.end, info.duration)
-        n = int(round(end * info.sample_rate)) - int(round(start * info.sample_rate))
-    else:
-        n = utt.num_samples if utt.num_samples is not None else info.num_frames
-    return num_resampled(max(0, n), info.sample_rate, sample_rate)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,274 @@
+"""Emission sources: where a decoder's CTC log-probabilities come from.
+
+Three sources, one :class:`EmissionSource` shape (tokens, frame shift, an iterator
+of ``(uid, (T, V) tensor)``):
+
+* :func:`stored_emissions`: emissions stored earlier (``w2v decode --dump-emissions``):
+  a features file (flat HDF5 or Kaldi ark/scp through :mod:`w2vtools.formats.features`;
+  root attributes ``log_probs`` (true), ``tokens`` (JSON list, index 0 = blank),
+  ``frame_shift``), or NumPy ``.npy`` files of one ``(T, V)`` matrix each (a file,
+  or a folder of them; the utterance id is the file name without ``.npy`` and ``.logits``);
+* :func:`model_emissions`: a CTC checkpoint run over a corpus (TSV, Kaldi data dir,
+  wav.scp), in length-sorted batches;
+* :func:`downstream_emissions`: a downstream model (``w2v finetune --features``) run
+  over stored features (:func:`feature_log_probs`).
+
+Every source honours ``--shard K/N`` with :func:`w2vtools.batching.select_shard`,
+so all commands split a corpus the same way.
+
+Example:
+    >>> src = stored_emissions("em.h5")   # doctest: +SKIP
+    >>> src.tokens[:5], src.frame_shift   # doctest: +SKIP
+    (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from w2vtools.batching import collate, plan_batches, select_shard, utterance_length
+from w2vtools.errors import W2VError
+from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.features import open_features
+from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
+from w2vtools.malloc import keep_freed_memory
+from w2vtools.models.checkpoint import load_model
+from w2vtools.models.downstream import DownstreamModel
+
+DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz
+
+
+@dataclasses.dataclass
+class EmissionSource:
+    """Where log-probabilities come from: ``items`` yields (uid, (T, V) tensor).
+
+    Attributes:
+        tokens: the CTC vocabulary, index 0 = blank.
+        frame_shift: seconds per frame.
+        items: (uid, scores) pairs; scores are logits or log-probabilities.
+        total: the number of utterances, when known (for a progress bar).
+        order: when items come in another order (length-sorted batches): the order to write in.
+    """
+
+    tokens: list[str]
+    frame_shift: float
+    items: Iterator[tuple[str, torch.Tensor]]
+    total: int | None = None
+    order: list[str] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored
+
+
+def _npy_uid(path: Path) -> str:
+    name = path.name[: -len(".npy")]
+    return name[: -len(".logits")] if name.endswith(".logits") else name
+
+
+def _tokens_from_dict(dict_path: str | None) -> list[str] | None:
+    return None if dict_path is None else ctc_vocabulary(read_dictionary(dict_path))
+
+
+def stored_emissions(spec: str, *, dict_path: str | None = None, frame_shift: float | None = None,
+                     shard: tuple[int, int] | None = None) -> EmissionSource:
+    """Stored emissions: ``.npy`` file or folder, or a features spec (HDF5, ark, scp).
+
+    Args:
+        spec: a ``.npy`` file, a folder of them, or any features spec.
+        dict_path: the token list as a ``dict.ltr.txt``; by default the file's ``tokens``
+            attribute (``.npy``: ``dict.ltr.txt`` next to the files).
+        frame_shift: seconds per frame; by default the file's ``frame_shift`` attribute, else 0.02.
+        shard: ``(k, n)``: only the k-th (1-based) of n contiguous parts.
+
+    Example:
+        >>> src = stored_emissions("em.h5")   # doctest: +SKIP
+        >>> src.tokens[:5], src.frame_shift   # doctest: +SKIP
+        (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
+    """
+    p = Path(spec)
+    if not p.exists() and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
+        raise W2VError(f"{spec}: no such file or directory")
+    tokens = _tokens_from_dict(dict_path)
+    if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):
+        return _npy_emissions(p, spec, tokens, frame_shift, shard)
+    reader = open_features(spec)
+    attrs = reader.attrs
+    if tokens is None and attrs.get("tokens"):
+        stored = attrs["tokens"]
+        tokens = json.loads(stored) if isinstance(stored, str) else list(stored)
+    if tokens is None:
+        raise W2VError(f"{spec}: the file records no token list (attribute 'tokens'); pass --dict dict.ltr.txt")
+    shift = frame_shift or float(attrs.get("frame_shift") or DEFAULT_FRAME_SHIFT)
+    keys = select_shard(reader.keys(), shard)
+
+    def items():
+        try:
+            for uid in keys:
+                yield uid, torch.from_numpy(np.asarray(reader[uid], dtype=np.float32))
+        finally:
+            reader.close()
+
+    return EmissionSource(tokens, shift, items(), len(keys))
+
+
+def _npy_emissions(p: Path, spec: str, tokens: list[str] | None, frame_shift: float | None,
+                   shard: tuple[int, int] | None) -> EmissionSource:
+    """Emissions in ``.npy`` files: one file, or every ``*.npy`` of a folder in name order."""
+    files = [p] if p.suffix == ".npy" else sorted(p.glob("*.npy"))
+    if not files:
+        raise W2VError(f"{spec}: no .npy files in this folder")
+    if not p.exists():
+        raise W2VError(f"{spec}: no such file")
+    if tokens is None:
+        guess = (p if p.is_dir() else p.parent) / "dict.ltr.txt"
+        if not guess.is_file():
+            raise W2VError(f"{spec}: .npy emissions carry no token list; pass --dict dict.ltr.txt")
+        tokens = _tokens_from_dict(str(guess))
+    files = select_shard(files, shard)
+
+    def items():
+        for f in files:
+            try:
+                x = np.load(f)
+            except (OSError, ValueError) as e:
+                raise W2VError(f"{f}: not a NumPy array file ({e})") from None
+            yield _npy_uid(f), torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+    return EmissionSource(tokens, frame_shift or DEFAULT_FRAME_SHIFT, items(), len(files))
+
+
+# ---------------------------------------------------------------------------------------------
+# A CTC model over a corpus
+
+
+def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float = 200.0,
+                    shard: tuple[int, int] | None = None) -> EmissionSource:
+    """Run a CTC checkpoint over a corpus; yields (uid, log-probabilities) in length-sorted batches.
+
+    The source's ``order`` is the corpus order, for outputs written in it.
+
+    Example:
+        >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
+    """
+    if str(device).split(":")[0] == "cpu":
+        keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
+    loaded = load_model(model_spec, map_location=device)
+    if loaded.task == "downstream":
+        raise W2VError(f"{model_spec}: a model on stored features: give --features FEATS instead of a corpus")
+    if loaded.task != "ctc" or not loaded.dictionary:
+        raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
+    model = loaded.model.to(device).eval()
+    sample_rate = int(model.sample_rate)
+    utts = select_shard(read_corpus(corpus), shard)
+    if not utts:
+        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
+    lengths = []
+    for u in utts:
+        # a command's length is not worth running it twice: plan it as 30 s
+        n = utterance_length(u, sample_rate, run_commands=False)
+        lengths.append(n if n is not None else sample_rate * 30)
+    batches = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in utts])
+
+    def items():
+        for batch in batches:
+            waves = [utts[i].load(sample_rate) for i in batch]
+            source, mask = collate(waves)
+            with torch.inference_mode():
+                logits, frame_mask = model(source.to(device), mask.to(device) if mask is not None else None)
+                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for j, i in enumerate(batch):
+                n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
+                yield utts[i].uid, lp[j, :n]
+
+    shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
+    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts), order=[u.uid for u in utts])
+
+
+# ---------------------------------------------------------------------------------------------
+# A downstream model over stored features
+
+
+def _padded_log_probs(model: DownstreamModel, items: list[tuple[str, torch.Tensor]], device: str):
+    """One padded batch of (uid, (T, D) features) through the model; each result cut to its length."""
+    longest = max(x.shape[0] for _, x in items)
+    source = torch.zeros(len(items), longest, model.input_dim)
+    mask = torch.ones(len(items), longest, dtype=torch.bool)
+    for row, (_, x) in enumerate(items):
+        source[row, : x.shape[0]] = x
+        mask[row, : x.shape[0]] = False
+    with torch.inference_mode():
+        logits, _ = model(source.to(device), mask.to(device) if mask.any() else None)
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    for row, (uid, x) in enumerate(items):
+        yield uid, lp[row, : x.shape[0]]
+
+
+def feature_log_probs(model: DownstreamModel, features: str, *, device: str = "cpu", batch_frames: int = 20_000,
+                      shard: tuple[int, int] | None = None):
+    """Run a downstream model over a feature file: yields ``(uid, (T, V) log-probabilities)`` in file order.
+
+    Utterances are batched up to ``batch_frames`` padded frames; each result is
+    cut to its own length (the same as decoding it alone).
+
+    Args:
+        model: a :class:`~w2vtools.models.downstream.DownstreamModel` (e.g. ``load_model(path).model``).
+        features: any :func:`w2vtools.formats.features.open_features` spec.
+        device: where the model runs.
+        batch_frames: bound on items x longest item per batch.
+        shard: ``(k, n)``: only the k-th (1-based) of n contiguous parts of the ids.
+
+    Raises:
+        W2VError: unreadable features or a dimension the model does not take.
+
+    Example:
+        >>> for uid, lp in feature_log_probs(load_model("exp/blstm/checkpoint_best.pt").model,
+        ...                                  "feats/test.h5"):   # doctest: +SKIP
+        ...     print(uid, lp.shape)
+    """
+    model = model.to(device).eval()
+    reader = open_features(features)
+    try:
+        keys = select_shard(reader.keys(), shard)  # the same split as featurize and decode use
+        batch: list[tuple[str, torch.Tensor]] = []
+        for uid in keys:
+            x = torch.as_tensor(reader[uid], dtype=torch.float32)
+            if x.ndim != 2 or x.shape[1] != model.input_dim:
+                raise W2VError(f"{features}: {uid!r} has shape {tuple(x.shape)}; the model takes "
+                               f"(T, {model.input_dim}) features")
+            if batch and (len(batch) + 1) * max(x.shape[0], max(b.shape[0] for _, b in batch)) > batch_frames:
+                yield from _padded_log_probs(model, batch, device)
+                batch = []
+            batch.append((uid, x))
+        if batch:
+            yield from _padded_log_probs(model, batch, device)
+    finally:
+        reader.close()
+
+
+def downstream_emissions(features: str, model_spec: str, *, device: str = "cpu",
+                         shard: tuple[int, int] | None = None) -> EmissionSource:
+    """A downstream checkpoint over stored features: ``w2v decode --model M --features FEATS``.
+
+    Raises:
+        W2VError: ``model_spec`` is not a downstream model.
+
+    Example:
+        >>> src = downstream_emissions("feats/test.h5", "exp/blstm/checkpoint_best.pt")   # doctest: +SKIP
+        >>> src.tokens[0], src.frame_shift
+        ('<s>', 0.01)
+    """
+    loaded = load_model(model_spec, map_location=device)
+    if loaded.task != "downstream" or not loaded.dictionary:
+        raise W2VError(f"{model_spec}: a {loaded.task} model; --features needs a downstream model "
+                       "(w2v finetune --features); give a CTC model a corpus instead")
+    with open_features(features) as reader:
+        total = len(select_shard(reader.keys(), shard))
+    items = feature_log_probs(loaded.model, features, device=device, shard=shard)
+    return EmissionSource(list(loaded.dictionary), loaded.model.frame_shift, items, total)

@@ -1,0 +1,95 @@
+"""Encoders to run over audio: a checkpoint, a named model, or the fbank/MFCC baseline.
+
+:func:`load_encoder` turns what the user names (``--model``) into an :class:`Encoder`:
+the part of the model that offers ``extract_features`` (a CTC model wraps its
+encoder), with what identifies it (family, checksum of the weights) for the
+attributes of the files it produces. ``w2v featurize`` and ``w2v quantize`` use it.
+
+Example:
+    >>> enc = load_encoder("fbank")
+    >>> enc.family, enc.module.frame_shift
+    ('fbank', 0.01)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from w2vtools.errors import W2VError
+from w2vtools.models import baselines, hub
+from w2vtools.models.checkpoint import load_model
+
+
+@dataclass
+class Encoder:
+    """An encoder ready to featurize, with what identifies it.
+
+    Attributes:
+        module: has ``extract_features``, ``num_frames``, ``frame_shift``, ``sample_rate``.
+        name: what the user asked for (a named model, a path, ``fbank``).
+        family: wav2vec | vq-wav2vec | wav2vec2 | fbank | mfcc.
+        sha256: checksum of the weights file (of the configuration for fbank/mfcc).
+    """
+
+    module: object
+    name: str
+    family: str
+    sha256: str = ""
+    loaded: object = None  # the LoadedModel, when it came from a checkpoint
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of every file of a folder (Hugging Face model dir) in name order."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for q in files:
+        if p.is_dir():
+            h.update(str(q.relative_to(p)).encode())
+        with open(q, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _find_encoder(module):
+    """The part of a loaded model that offers ``extract_features`` (a CTC model wraps its encoder)."""
+    if hasattr(module, "extract_features") and hasattr(module, "num_frames"):
+        return module
+    for attr in ("encoder", "w2v_encoder", "wav2vec2", "model"):
+        inner = getattr(module, attr, None)
+        if inner is not None and hasattr(inner, "extract_features") and hasattr(inner, "num_frames"):
+            return inner
+    raise W2VError(f"{type(module).__name__}: this model has no feature encoder (extract_features)")
+
+
+def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
+    """Load ``spec`` as an encoder: ``fbank``/``mfcc``, a named model (downloaded once), or a checkpoint.
+
+    Example:
+        >>> load_encoder("fbank").module.frame_shift
+        0.01
+    """
+    spec = str(spec)
+    if spec in baselines.BASELINES:
+        enc = baselines.build_baseline(spec)
+        return Encoder(enc, spec, spec, enc.checksum)
+    path = hub.resolve(spec)
+    if not os.path.exists(path):
+        names = ", ".join(list(hub.MODELS) + list(baselines.BASELINES))
+        raise W2VError(f"{spec}: no such checkpoint file or folder, and not a model name ({names})")
+    loaded = load_model(path, map_location="cpu")
+    module = _find_encoder(loaded.model)
+    module.eval()
+    return Encoder(module, spec, getattr(loaded, "family", "") or "", file_sha256(path), loaded)
+
+
+def encoder_from_module(module, name: str = "module", family: str | None = None) -> Encoder:
+    """Wrap an in-memory model (tests, notebooks)."""
+    enc = _find_encoder(module)
+    enc.eval()
+    fam = family or getattr(enc, "family", None) or type(enc).__name__
+    return Encoder(enc, name, str(fam), "")
