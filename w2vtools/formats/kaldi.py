@@ -108,11 +108,6 @@ def read_data_dir(data_dir: str | os.PathLike) -> list[Utterance]:
     return sorted(utts, key=lambda u: u.uid.encode("utf-8"))
 
 
-def read_wav_scp(path: str | os.PathLike) -> list[Utterance]:
-    """The utterances of a bare ``wav.scp`` file."""
-    return [Utterance(uid, src) for uid, src in read_kaldi_table(path).items()]
-
-
 def kaldi_uid(uid: str, speaker: str | None) -> str:
     """The Kaldi utterance id: ``uid``, prefixed ``<speaker>-`` unless it already starts with the speaker.
 
@@ -190,6 +185,7 @@ def write_data_dir(
     utts: Iterable[Utterance],
     *,
     durations: Mapping[str, float] | None = None,
+    recording_seconds: Mapping[str, float] | None = None,
 ) -> None:
     """Write a Kaldi data dir for ``utts``: ``wav.scp``, ``utt2spk``, ``spk2utt``, and ``text``,
     ``segments``, ``utt2dur`` when known.
@@ -198,50 +194,19 @@ def write_data_dir(
     :func:`kaldi_uid`). An utterance without a speaker is its own speaker, as
     Kaldi's recipes do when speakers are unknown. Utterances with a time window
     get a ``segments`` line; a recording is named after the first utterance (in C
-    order) cut from it, so reruns give the same ids.
+    order) cut from it, so reruns give the same ids. A window without an end needs
+    the length of its recording, ``recording_seconds[source]`` (the caller reads
+    it, e.g. with :func:`w2vtools.audio.audio_info`: formats read no audio).
 
     Example:
         >>> write_data_dir("data/kaldi/train", read_corpus("data/train.tsv"))   # doctest: +SKIP
     """
     d = Path(data_dir)
     utts = list(utts)
-    seen: set[str] = set()
-    for u in utts:
-        if u.uid in seen:
-            raise W2VError(f"{d}: duplicate utterance id {u.uid!r}")
-        if not u.uid or any(c.isspace() for c in u.uid):
-            raise W2VError(f"{d}: utterance id {u.uid!r} is empty or contains whitespace")
-        if u.speaker is not None and (not u.speaker or any(c.isspace() for c in u.speaker)):
-            raise W2VError(f"{d}: {u.uid}: speaker id {u.speaker!r} is empty or contains whitespace")
-        if "\n" in u.source:
-            raise W2VError(f"{d}: {u.uid}: audio source contains a line break")
-        seen.add(u.uid)
+    _check_writable(d, utts)
     d.mkdir(parents=True, exist_ok=True)
-    windowed = any(u.start is not None or u.end is not None for u in utts)
-    if windowed:
-        # One recording id per distinct source, named after the first utterance (C order) using it.
-        rec_of_source: dict[str, str] = {}
-        for u in sorted(utts, key=lambda u: u.uid.encode("utf-8")):
-            rec_of_source.setdefault(u.source, u.uid)
-        write_kaldi_table(d / "wav.scp", {rec: src for src, rec in rec_of_source.items()})
-        # validate_data_dir.sh wants end > start, so an open end (-1) is written as the recording's length.
-        rec_duration: dict[str, float] = {}
-        for u in utts:
-            if u.end is None and u.source not in rec_duration:
-                from w2vtools.audio import audio_info
-
-                rec_duration[u.source] = audio_info(u.source).duration
-        write_kaldi_table(
-            d / "segments",
-            {
-                u.uid: (
-                    rec_of_source[u.source],
-                    format_seconds(u.start or 0.0),
-                    format_seconds(rec_duration[u.source] if u.end is None else u.end),
-                )
-                for u in utts
-            },
-        )
+    if any(u.start is not None or u.end is not None for u in utts):
+        _write_segments(d, utts, recording_seconds or {})
     else:
         write_kaldi_table(d / "wav.scp", {u.uid: u.source for u in utts})
         _remove_stale(d / "segments")
@@ -262,6 +227,45 @@ def write_data_dir(
     # Files derived from audio that we did not write would no longer match it.
     for name in ("feats.scp", "cmvn.scp", "utt2num_frames", "reco2dur", "frame_shift"):
         _remove_stale(d / name)
+
+
+def _check_writable(d: Path, utts: list[Utterance]) -> None:
+    """Ids unique and without whitespace, sources on one line: what a table line can hold."""
+    seen: set[str] = set()
+    for u in utts:
+        if u.uid in seen:
+            raise W2VError(f"{d}: duplicate utterance id {u.uid!r}")
+        if not u.uid or any(c.isspace() for c in u.uid):
+            raise W2VError(f"{d}: utterance id {u.uid!r} is empty or contains whitespace")
+        if u.speaker is not None and (not u.speaker or any(c.isspace() for c in u.speaker)):
+            raise W2VError(f"{d}: {u.uid}: speaker id {u.speaker!r} is empty or contains whitespace")
+        if "\n" in u.source:
+            raise W2VError(f"{d}: {u.uid}: audio source contains a line break")
+        seen.add(u.uid)
+
+
+def _write_segments(d: Path, utts: list[Utterance], recording_seconds: Mapping[str, float]) -> None:
+    """``wav.scp`` of the recordings and ``segments`` of the windows cut from them."""
+    # One recording id per distinct source, named after the first utterance (C order) using it.
+    rec_of_source: dict[str, str] = {}
+    for u in sorted(utts, key=lambda u: u.uid.encode("utf-8")):
+        rec_of_source.setdefault(u.source, u.uid)
+    # validate_data_dir.sh wants end > start, so an open end (-1) is written as the recording's length.
+    unknown = sorted({u.source for u in utts if u.end is None} - set(recording_seconds))
+    if unknown:
+        raise W2VError(f"{d}: {unknown[0]}: a window without an end needs the recording's length (recording_seconds)")
+    write_kaldi_table(d / "wav.scp", {rec: src for src, rec in rec_of_source.items()})
+    write_kaldi_table(
+        d / "segments",
+        {
+            u.uid: (
+                rec_of_source[u.source],
+                format_seconds(u.start or 0.0),
+                format_seconds(recording_seconds[u.source] if u.end is None else u.end),
+            )
+            for u in utts
+        },
+    )
 
 
 PER_UTTERANCE_TABLES = ("wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames")
