@@ -61,7 +61,9 @@ def test_segments_round_trip(tmp_path):
         Utterance("spk2-c", str(rec), start=2.5, end=None, speaker="spk2", text="C"),
     ]
     d = tmp_path / "data"
-    kaldi.write_data_dir(d, utts)
+    with pytest.raises(W2VError, match="needs the recording's length"):
+        kaldi.write_data_dir(d, utts)
+    kaldi.write_data_dir(d, utts, recording_seconds={str(rec): sf.info(rec).duration})
     # The open end is written as the recording's length: validate_data_dir.sh wants end > start.
     assert (d / "segments").read_text() == "spk1-a spk1-a 0 1\nspk1-b spk1-a 1 2.5\nspk2-c spk1-a 2.5 3\n"
     assert (d / "wav.scp").read_text() == f"spk1-a {rec}\n"

@@ -334,3 +334,23 @@ def test_rewriting_a_tsv_removes_its_stale_label_files(tmp_path, ljspeech):
     (root / sorted(os.listdir(root))[0]).unlink()
     lib.build_manifest(root, tmp_path / "o", valid_percent=0)
     assert not (tmp_path / "o" / "train.ltr").exists() and not (tmp_path / "o" / "train.wrd").exists()
+
+
+def test_scan_and_existing_tsv_write_labels_alike(tmp_path):
+    """One label writer: a scan with --labels and labelling its TSV afterwards write and report the same files."""
+    root = tmp_path / "c"
+    root.mkdir()
+    for uid in ("a", "b", "c"):
+        sf.write(root / f"{uid}.wav", np.zeros(800, np.float32), 8000)
+    text = tmp_path / "text"
+    text.write_text("a HELLO\nb WORLD\nc HI THERE\n", encoding="utf-8")
+    given = tmp_path / "dict.ltr.txt"
+    given.write_text("| 9\nE 8\nH 7\nL 6\nO 5\nW 4\nR 3\nD 2\nI 1\nT 1\n", encoding="utf-8")
+    scanned = lib.build_manifest(root, tmp_path / "s", exts=["wav"], valid_percent=0, transcripts=text, dictionary=given)
+    (tmp_path / "l").mkdir()
+    shutil.copy(tmp_path / "s" / "train.tsv", tmp_path / "l" / "train.tsv")
+    labelled = lib.label_manifests([tmp_path / "l" / "train.tsv"], transcripts=text, dictionary=given)
+    names = lambda report: sorted(os.path.basename(p) for p in report.written if not p.endswith(".tsv"))  # noqa: E731
+    assert names(scanned) == names(labelled) == ["dict.ltr.txt", "train.ltr", "train.wrd"]
+    for name in ("train.wrd", "train.ltr", "dict.ltr.txt"):
+        assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "l" / name).read_bytes()

@@ -35,14 +35,15 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable
 
+import kenlm
+
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write, open_input
+from w2vtools.formats.labels import SPECIAL_SYMBOLS, WORD_BOUNDARY, read_dictionary, words_to_letters
 
 log = logging.getLogger("w2v.lm")
 
 REPO = Path(__file__).resolve().parents[1]
-SPECIAL_TOKENS = {"<s>", "<pad>", "</s>", "<unk>"}
-WORD_BOUNDARY = "|"
 # characters that join words: they become spaces (self-imposed -> SELF IMPOSED)
 _JOINERS = set("-\u2010\u2011\u2012\u2013\u2014\u2015/")
 
@@ -81,7 +82,7 @@ def alphabet_of(tokens: Iterable[str]) -> set[str]:
         >>> sorted(alphabet_of(["<s>", "|", "A", "B", "'"]))
         ["'", 'A', 'B']
     """
-    return {t for t in tokens if t not in SPECIAL_TOKENS and t != WORD_BOUNDARY and len(t) == 1}
+    return {t for t in tokens if t not in SPECIAL_SYMBOLS and t != WORD_BOUNDARY and len(t) == 1}
 
 
 def _case_of(alphabet: set[str]) -> str | None:
@@ -165,28 +166,9 @@ def normalize_line(line: str, alphabet: set[str], report: NormalizeReport | None
     return " ".join(out_words)
 
 
-def to_letter_units(line: str) -> str:
-    """Words as the CTC tokens that spell them, ``|`` after each word (fairseq's ``.ltr`` form).
-
-    A KenLM over these units is what flashlight's lexicon-free decoder queries.
-
-    Example:
-        >>> to_letter_units("HI THERE")
-        'H I | T H E R E |'
-    """
-    return " ".join(" ".join(w) + " " + WORD_BOUNDARY for w in line.split())
-
-
 def spellable(word: str, alphabet: set[str]) -> bool:
     """True when every character of ``word`` is in ``alphabet``."""
     return bool(word) and all(c in alphabet for c in word)
-
-
-def word_counts(lines: Iterable[str]) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    for line in lines:
-        counts.update(line.split())
-    return counts
 
 
 def write_lexicon(path: str | os.PathLike, words: Iterable[str], alphabet: set[str]) -> int:
@@ -247,24 +229,10 @@ def build_lm(
     Example:
         >>> build_lm("lm_text.txt", "lm.bin", order=4, dict_path="dict.ltr.txt", lexicon="lexicon.txt")  # doctest: +SKIP
     """
-    from w2vtools.formats.labels import read_dictionary
-
-    if order < 1 or order > 6:
-        raise W2VError(f"--order {order}: KenLM here is built for orders 1 to 6")
-    if units not in ("word", "letter"):
-        raise W2VError(f"--units must be word or letter, got {units!r}")
-    if units == "letter" and lexicon:
-        raise W2VError("--units letter builds a token-level LM for lexicon-free decoding: it has no lexicon")
-    if lexicon and not dict_path:
-        raise W2VError("--lexicon needs --dict (the dictionary whose tokens spell the words)")
-    if binary_type not in ("probing", "trie"):
-        raise W2VError(f"--binary-type must be probing or trie, got {binary_type!r}")
-    prune = [int(p) for p in prune]
-    if prune and (len(prune) > order or any(p < 0 for p in prune) or prune != sorted(prune)):
-        raise W2VError(f"--prune {' '.join(map(str, prune))}: at most {order} non-decreasing counts")
+    prune = _check_build_options(order, units, lexicon, dict_path, binary_type, prune)
+    # The tools are looked up before the text is read, so a missing KenLM fails at once.
     lmplz = find_kenlm_tool("lmplz")
-    binary = not output.endswith(".arpa")
-    build_binary = find_kenlm_tool("build_binary") if binary else None
+    build_binary = None if output.endswith(".arpa") else find_kenlm_tool("build_binary")
     alphabet = alphabet_of(read_dictionary(dict_path)) if dict_path else None
     if normalize and alphabet is None:
         log.info("no --dict: text is only split on whitespace (no case or punctuation normalization)")
@@ -273,23 +241,7 @@ def build_lm(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".w2v-lm.", dir=out_path.parent) as tmp:
         norm_path = Path(tmp) / "text.txt"
-        counts: collections.Counter = collections.Counter()
-        with open_input(text) as fin, open(norm_path, "w", encoding="utf-8") as fout:
-            for line in fin:
-                if normalize and alphabet is not None:
-                    line = normalize_line(line, alphabet, report)
-                else:
-                    line = " ".join(line.split())
-                    report.lines += 1
-                    report.words += len(line.split()) if line else 0
-                if line:
-                    if units == "letter":
-                        line = to_letter_units(line)
-                    fout.write(line + "\n")
-                    counts.update(line.split())
-        report.log("<stdin>" if text == "-" else text)
-        if not counts:
-            raise W2VError(f"{text}: no words after normalization")
+        counts = _write_training_text(text, norm_path, alphabet if normalize else None, units, report)
         if normalized_output:
             with atomic_write(normalized_output) as f, open(norm_path, encoding="utf-8") as src:
                 shutil.copyfileobj(src, f)
@@ -303,7 +255,7 @@ def build_lm(
             cmd += ["--discount_fallback"]
         _run(cmd, "lmplz")
         final_tmp = Path(tmp) / "final"
-        if binary:
+        if build_binary:
             _run([build_binary, "-S", memory, "-T", str(Path(tmp) / "bb"), binary_type, str(arpa), str(final_tmp)],
                  "build_binary")
         else:
@@ -312,18 +264,73 @@ def build_lm(
         os.replace(str(out_path) + ".tmp", out_path)
     summary = {"lines": report.lines, "words": report.words, "vocabulary": len(counts), "output": output}
     if lexicon:
-        words = set(counts)
-        for extra in extra_words:
-            with open_input(extra) as f:
-                for line in f:
-                    words.update(normalize_line(line, alphabet).split())
-        n = write_lexicon(lexicon, words, alphabet)
         summary["lexicon"] = lexicon
-        summary["lexicon_words"] = n
-        log.info("%s: %d words (of %d in the text and extra word lists) spellable with %s",
-                 lexicon, n, len(words), dict_path)
+        summary["lexicon_words"] = _write_lexicon_of(lexicon, set(counts), extra_words, alphabet, dict_path)
     log.info("%s: %d-gram over %d words (vocabulary %d)", output, order, report.words, len(counts))
     return summary
+
+
+def _check_build_options(
+    order: int, units: str, lexicon: str | None, dict_path: str | None, binary_type: str, prune: Iterable[int]
+) -> list[int]:
+    """The options of :func:`build_lm` that cannot go together, as one-line errors; returns ``prune`` as ints."""
+    if order < 1 or order > 6:
+        raise W2VError(f"--order {order}: KenLM here is built for orders 1 to 6")
+    if units not in ("word", "letter"):
+        raise W2VError(f"--units must be word or letter, got {units!r}")
+    if units == "letter" and lexicon:
+        raise W2VError("--units letter builds a token-level LM for lexicon-free decoding: it has no lexicon")
+    if lexicon and not dict_path:
+        raise W2VError("--lexicon needs --dict (the dictionary whose tokens spell the words)")
+    if binary_type not in ("probing", "trie"):
+        raise W2VError(f"--binary-type must be probing or trie, got {binary_type!r}")
+    prune = [int(p) for p in prune]
+    if prune and (len(prune) > order or any(p < 0 for p in prune) or prune != sorted(prune)):
+        raise W2VError(f"--prune {' '.join(map(str, prune))}: at most {order} non-decreasing counts")
+    return prune
+
+
+def _write_training_text(
+    text: str, path: Path, alphabet: set[str] | None, units: str, report: NormalizeReport
+) -> collections.Counter:
+    """The text lmplz reads: normalized to ``alphabet`` (else whitespace-split), letter units for
+    ``units="letter"``, empty lines dropped. Returns the counts of its tokens.
+
+    Raises:
+        W2VError: when no words are left.
+    """
+    counts: collections.Counter = collections.Counter()
+    with open_input(text) as fin, open(path, "w", encoding="utf-8") as fout:
+        for line in fin:
+            if alphabet is not None:
+                line = normalize_line(line, alphabet, report)
+            else:
+                line = " ".join(line.split())
+                report.lines += 1
+                report.words += len(line.split()) if line else 0
+            if line:
+                if units == "letter":
+                    line = words_to_letters(line, upper=False)
+                fout.write(line + "\n")
+                counts.update(line.split())
+    report.log("<stdin>" if text == "-" else text)
+    if not counts:
+        raise W2VError(f"{text}: no words after normalization")
+    return counts
+
+
+def _write_lexicon_of(
+    lexicon: str, words: set[str], extra_words: Iterable[str], alphabet: set[str], dict_path: str
+) -> int:
+    """The lexicon of the LM's words and those of the ``extra_words`` files; returns how many were spellable."""
+    for extra in extra_words:
+        with open_input(extra) as f:
+            for line in f:
+                words.update(normalize_line(line, alphabet).split())
+    n = write_lexicon(lexicon, words, alphabet)
+    log.info("%s: %d words (of %d in the text and extra word lists) spellable with %s",
+             lexicon, n, len(words), dict_path)
+    return n
 
 
 @dataclasses.dataclass
@@ -358,17 +365,14 @@ class Evaluation:
 def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None, units: str = "word") -> Evaluation:
     """Perplexity and OOV rate of ``text`` (normalized with ``dict_path``'s alphabet when given).
 
-    With ``units="letter"`` the text is scored as letter units (see :func:`to_letter_units`),
+    With ``units="letter"`` the text is scored as letter units (``H I | T H E R E |``, see
+    :func:`w2vtools.formats.labels.words_to_letters`),
     and "words" in the counts are those units.
 
     Example:
         >>> print(evaluate_lm("test.txt", "lm.bin").format())   # doctest: +SKIP
         perplexity 312.55 (without OOVs 251.10), OOV rate 2.10% [ 120 / 5713 words ], 300 sentences
     """
-    import kenlm
-
-    from w2vtools.formats.labels import read_dictionary
-
     if not Path(lm).is_file():
         raise W2VError(f"{lm}: no such file")
     try:
@@ -381,10 +385,10 @@ def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None, units: str 
     with open_input(text) as f:
         for line in f:
             line = normalize_line(line, alphabet) if alphabet is not None else " ".join(line.split())
-            if units == "letter":
-                line = to_letter_units(line)
             if not line:
                 continue
+            if units == "letter":
+                line = words_to_letters(line, upper=False)
             sentences += 1
             words += len(line.split())
             for prob, _, oov in model.full_scores(line, bos=True, eos=True):

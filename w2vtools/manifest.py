@@ -28,9 +28,11 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, TypeVar
+
+import soundfile as sf
 
 from w2vtools.audio import AudioInfo, audio_info, is_command, load_audio
 from w2vtools.errors import PartialFailure, W2VError
@@ -209,69 +211,14 @@ def _assign_uids(rows: list[Row]) -> None:
         row.uid = uid
 
 
-# ----------------------------------------------------------------------------
-# Writing a TSV bundle: NAME.tsv, NAME.wrd, NAME.ltr, NAME.spk, dict.ltr.txt
-
-
-def write_bundle(
-    dest: Path,
-    root: str,
-    splits: Mapping[str, list[Row]],
-    report: Report,
-    *,
-    with_text: bool,
-    dictionary: str | os.PathLike | None = None,
-    upper: bool = True,
-) -> None:
-    """Write ``NAME.tsv`` per split, and the label files when text is known.
-
-    The dictionary is counted on the first split's letters (fairseq's recipe
-    counts ``train.ltr``) unless ``dictionary`` names an existing one; letters of
-    any split outside it are reported with counts.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    symbols: list[str] | None = None
-    if dictionary is not None:
-        symbols = labels.read_dictionary(dictionary)
-    for i, (name, rows) in enumerate(splits.items()):
-        tsv = dest / f"{name}.tsv"
-        write_manifest(tsv, Manifest(root, [ManifestItem(r.relpath, r.num_samples) for r in rows]))
-        # Line-aligned files of an earlier TSV of this name no longer line up: remove what we do not rewrite.
-        stale = ([] if with_text else ["wrd", "ltr"]) + ([] if any(r.speaker for r in rows) else ["spk"])
-        for ext in stale:
-            old = dest / f"{name}.{ext}"
-            if old.is_file():
-                log.info("%s: removed (left from an earlier %s.tsv)", old, name)
-                old.unlink()
-        report.rows[name] = len(rows)
-        report.written.append(str(tsv))
-        if with_text:
-            words = [labels.normalize_words(r.text or "", upper=upper) for r in rows]
-            letters = [labels.words_to_letters(w, upper=upper) for w in words]
-            labels.write_labels(dest / f"{name}.wrd", words)
-            labels.write_labels(dest / f"{name}.ltr", letters)
-            report.written += [str(dest / f"{name}.wrd"), str(dest / f"{name}.ltr")]
-            if symbols is None:
-                counts = labels.count_symbols(letters)
-                labels.write_dictionary(dest / "dict.ltr.txt", counts)
-                report.written.append(str(dest / "dict.ltr.txt"))
-                symbols = [s for s, _ in labels.dictionary_from_counts(counts)]
-            elif i == 0 and dictionary is not None:
-                target = dest / "dict.ltr.txt"
-                if not target.exists() or not os.path.samefile(dictionary, target):
-                    shutil.copyfile(dictionary, target)
-                    report.written.append(str(target))
-            oov = labels.out_of_dictionary(letters, symbols)
-            if oov:
-                log.warning(
-                    "%s: %d characters outside the dictionary (fairseq maps them to <unk>): %s",
-                    dest / f"{name}.ltr",
-                    sum(oov.values()),
-                    labels.format_symbol_counts(oov),
-                )
-        if any(r.speaker is not None for r in rows):
-            labels.write_labels(dest / f"{name}.spk", [r.speaker or r.uid for r in rows])
-            report.written.append(str(dest / f"{name}.spk"))
+def _split(rows: list[Row], name: str, valid_name: str, valid_percent: float, seed: int) -> dict[str, list[Row]]:
+    """``{name: rows, valid_name: rows}`` by :func:`is_valid_row` (no valid split when ``valid_percent`` is 0)."""
+    splits: dict[str, list[Row]] = {name: []}
+    if valid_percent > 0:
+        splits[valid_name] = []
+    for r in rows:
+        splits[valid_name if is_valid_row(r.relpath, valid_percent, seed) else name].append(r)
+    return splits
 
 
 def _attach_text(rows: list[Row], transcripts: Mapping[str, str], report: Report, where: str) -> list[Row]:
@@ -301,7 +248,117 @@ def _attach_speakers(rows: list[Row], rule: SpeakerRule) -> None:
 
 
 # ----------------------------------------------------------------------------
-# The three modes: scan a folder, convert from Kaldi, label an existing TSV
+# Writing labels and TSVs: NAME.tsv, NAME.wrd, NAME.ltr, NAME.spk, dict.ltr.txt
+
+
+class LabelWriter:
+    """The one writer of fairseq label files: ``NAME.wrd`` and ``NAME.ltr`` per split, one ``dict.ltr.txt``.
+
+    The dictionary is ``dictionary`` when given (copied beside the first split's
+    labels), else counted on the first split's letters (fairseq's recipe counts
+    ``train.ltr``). Letters of any split outside it are reported with counts.
+
+    Example:
+        >>> writer = LabelWriter(Report())
+        >>> writer.write(Path("data"), "train", rows)   # doctest: +SKIP
+    """
+
+    def __init__(self, report: Report, *, dictionary: str | os.PathLike | None = None, upper: bool = True):
+        self.report = report
+        self.dictionary = dictionary
+        self.upper = upper
+        self.symbols: list[str] | None = labels.read_dictionary(dictionary) if dictionary is not None else None
+        self.first = True
+
+    def write(self, out: Path, name: str, rows: Sequence[Row]) -> None:
+        """Write ``out/NAME.wrd`` and ``out/NAME.ltr`` (and the dictionary with the first split)."""
+        words = [labels.normalize_words(r.text or "", upper=self.upper) for r in rows]
+        letters = [labels.words_to_letters(w, upper=self.upper) for w in words]
+        for ext, lines in (("wrd", words), ("ltr", letters)):
+            labels.write_labels(out / f"{name}.{ext}", lines)
+            self.report.written.append(str(out / f"{name}.{ext}"))
+        if self.first:
+            self._write_dictionary(out / "dict.ltr.txt", letters)
+            self.first = False
+        oov = labels.out_of_dictionary(letters, self.symbols)
+        if oov:
+            log.warning(
+                "%s: %d characters outside the dictionary (fairseq maps them to <unk>): %s",
+                out / f"{name}.ltr",
+                sum(oov.values()),
+                labels.format_symbol_counts(oov),
+            )
+
+    def _write_dictionary(self, target: Path, letters: list[str]) -> None:
+        if self.dictionary is None:
+            counts = labels.count_symbols(letters)
+            labels.write_dictionary(target, counts)
+            self.symbols = [s for s, _ in labels.dictionary_from_counts(counts)]
+        elif not target.exists() or not os.path.samefile(self.dictionary, target):
+            shutil.copyfile(self.dictionary, target)
+        else:
+            return
+        self.report.written.append(str(target))
+
+
+def write_speakers(out: Path, name: str, rows: Sequence[Row], report: Report) -> None:
+    """``out/NAME.spk``: one speaker a line (an utterance without one is its own speaker)."""
+    labels.write_labels(out / f"{name}.spk", [r.speaker or r.uid for r in rows])
+    report.written.append(str(out / f"{name}.spk"))
+
+
+def _remove_stale_labels(dest: Path, name: str, exts: Sequence[str]) -> None:
+    """Line-aligned files of an earlier ``NAME.tsv`` no longer line up: remove those not rewritten."""
+    for ext in exts:
+        old = dest / f"{name}.{ext}"
+        if old.is_file():
+            log.info("%s: removed (left from an earlier %s.tsv)", old, name)
+            old.unlink()
+
+
+def write_bundle(
+    dest: Path,
+    root: str,
+    splits: Mapping[str, list[Row]],
+    report: Report,
+    *,
+    with_text: bool,
+    dictionary: str | os.PathLike | None = None,
+    upper: bool = True,
+) -> None:
+    """Write ``NAME.tsv`` per split, and the label files (see :class:`LabelWriter`) when text is known."""
+    dest.mkdir(parents=True, exist_ok=True)
+    writer = LabelWriter(report, dictionary=dictionary, upper=upper)
+    for name, rows in splits.items():
+        tsv = dest / f"{name}.tsv"
+        write_manifest(tsv, Manifest(root, [ManifestItem(r.relpath, r.num_samples) for r in rows]))
+        has_speakers = any(r.speaker is not None for r in rows)
+        _remove_stale_labels(dest, name, ([] if with_text else ["wrd", "ltr"]) + ([] if has_speakers else ["spk"]))
+        report.rows[name] = len(rows)
+        report.written.append(str(tsv))
+        if with_text:
+            writer.write(dest, name, rows)
+        if has_speakers:
+            write_speakers(dest, name, rows, report)
+    log.info("%s", ", ".join(f"{n}.tsv: {k} rows" for n, k in report.rows.items()))
+
+
+# ----------------------------------------------------------------------------
+# Scanning a folder
+
+
+def _scan(root: str, relpaths: Sequence[str], report: Report, *, jobs: int, verify: bool) -> list[Row]:
+    """A row for every readable file (each unreadable one is named in ``report``), with utterance ids."""
+    log.info("%s: reading %d headers (%d threads)", root, len(relpaths), jobs)
+    infos = probe_all([os.path.join(root, p) for p in relpaths], jobs=jobs, verify=verify)
+    rows: list[Row] = []
+    for relpath, info in zip(relpaths, infos):
+        if isinstance(info, str):
+            report.fail(info)
+        else:
+            rows.append(Row(relpath, info.num_frames, info.sample_rate))
+    _assign_uids(rows)
+    return rows
 
 
 def build_manifest(
@@ -341,42 +398,55 @@ def build_manifest(
     relpaths = find_audio(real_root, exts, path_must_contain)
     if not relpaths:
         raise W2VError(f"{real_root}: no files ending in {', '.join('.' + e for e in exts)}")
-    log.info("%s: reading %d headers (%d threads)", real_root, len(relpaths), jobs)
-    infos = probe_all([os.path.join(real_root, p) for p in relpaths], jobs=jobs, verify=verify)
-    rows: list[Row] = []
-    for relpath, info in zip(relpaths, infos):
-        if isinstance(info, str):
-            report.fail(info)
-        else:
-            rows.append(Row(relpath, info.num_frames, info.sample_rate))
-    _assign_uids(rows)
+    rows = _scan(real_root, relpaths, report, jobs=jobs, verify=verify)
     if transcripts is not None:
         rows = _attach_text(rows, labels.read_transcripts(transcripts), report, real_root)
     _attach_speakers(rows, speakers or SpeakerRule())
 
-    if dest is not None:
-        if str(dest) == "-":
-            if transcripts is not None:
-                raise W2VError("--labels writes .wrd/.ltr files beside the TSV: give --dest a folder, not -")
-            write_manifest("-", Manifest(real_root, [ManifestItem(r.relpath, r.num_samples) for r in rows]))
-            report.rows["-"] = len(rows)
-        else:
-            splits: dict[str, list[Row]] = {name: []}
-            if valid_percent > 0:
-                splits[valid_name] = []
-            elif (Path(dest) / f"{valid_name}.tsv").exists():
-                log.warning("%s: left from an earlier run (--valid-percent 0 writes none)", Path(dest) / f"{valid_name}.tsv")
-            for r in rows:
-                splits[valid_name if is_valid_row(r.relpath, valid_percent, seed) else name].append(r)
-            write_bundle(
-                Path(dest), real_root, splits, report,
-                with_text=transcripts is not None, dictionary=dictionary, upper=upper,
-            )
-            log.info("%s", ", ".join(f"{n}.tsv: {k} rows" for n, k in report.rows.items()))
+    if dest is not None and str(dest) == "-":
+        if transcripts is not None:
+            raise W2VError("--labels writes .wrd/.ltr files beside the TSV: give --dest a folder, not -")
+        write_manifest("-", Manifest(real_root, [ManifestItem(r.relpath, r.num_samples) for r in rows]))
+        report.rows["-"] = len(rows)
+    elif dest is not None:
+        if valid_percent == 0 and (Path(dest) / f"{valid_name}.tsv").exists():
+            log.warning("%s: left from an earlier run (--valid-percent 0 writes none)", Path(dest) / f"{valid_name}.tsv")
+        splits = _split(rows, name, valid_name, valid_percent, seed)
+        write_bundle(
+            Path(dest), real_root, splits, report,
+            with_text=transcripts is not None, dictionary=dictionary, upper=upper,
+        )
     if to_kaldi is not None:
         _write_kaldi(to_kaldi, real_root, rows, report, jobs)
     report.raise_if_partial(len(relpaths))
     return report
+
+
+# ----------------------------------------------------------------------------
+# Labelling existing TSVs
+
+
+def _text_from_table(rows: list[Row], table: Mapping[str, str], tsv: Path, transcripts: str | os.PathLike) -> None:
+    """Each row's transcript from ``table``; a missing one is an error (the TSV is not rewritten)."""
+    missing = [r.uid for r in rows if _lookup(table, r.uid, r.relpath) is None]
+    if missing:
+        raise W2VError(
+            f"{tsv}: {len(missing)} rows have no transcript in {transcripts} (e.g. {missing[0]!r}); "
+            "label files must be line-aligned, so nothing was written"
+        )
+    for r in rows:
+        r.text = _lookup(table, r.uid, r.relpath)
+
+
+def _speakers_of_tsv(rows: list[Row], tsv: Path, rule: SpeakerRule | None) -> None:
+    """Speakers from an explicit rule, else from ``NAME.spk`` beside the TSV, else LibriSpeech's default."""
+    if rule is not None and rule.explicit:
+        _attach_speakers(rows, rule)
+    elif labels.label_path(tsv, "spk").is_file():
+        for r, spk in zip(rows, labels.read_labels(tsv, "spk")):
+            r.speaker = spk
+    else:
+        _attach_speakers(rows, rule or SpeakerRule())
 
 
 def label_manifests(
@@ -400,68 +470,36 @@ def label_manifests(
     Example:
         >>> label_manifests(["data/train.tsv", "data/valid.tsv"], transcripts="LibriSpeech/train-clean-100")  # doctest: +SKIP
     """
-    report = Report()
-    table = labels.read_transcripts(transcripts) if transcripts is not None else None
     if to_kaldi is not None and len(tsvs) != 1:
         raise W2VError("--to-kaldi converts one TSV at a time")
-    symbols: list[str] | None = labels.read_dictionary(dictionary) if dictionary else None
-    for i, tsv in enumerate(tsvs):
-        tsv = Path(tsv)
+    report = Report()
+    table = labels.read_transcripts(transcripts) if transcripts is not None else None
+    writer = LabelWriter(report, dictionary=dictionary, upper=upper)
+    for tsv in map(Path, tsvs):
         man = read_manifest(tsv)
         rows = [Row(it.relpath, it.num_samples) for it in man.items]
         _assign_uids(rows)
         if table is not None:
-            missing = [r.uid for r in rows if _lookup(table, r.uid, r.relpath) is None]
-            if missing:
-                raise W2VError(
-                    f"{tsv}: {len(missing)} rows have no transcript in {transcripts} (e.g. {missing[0]!r}); "
-                    "label files must be line-aligned, so nothing was written"
-                )
-            for r in rows:
-                r.text = _lookup(table, r.uid, r.relpath)
+            _text_from_table(rows, table, tsv, transcripts)
         elif labels.label_path(tsv, "wrd").is_file():
             for r, line in zip(rows, labels.read_labels(tsv, "wrd")):
                 r.text = line
-        if speakers is not None and speakers.explicit:
-            _attach_speakers(rows, speakers)
-        elif labels.label_path(tsv, "spk").is_file():
-            for r, spk in zip(rows, labels.read_labels(tsv, "spk")):
-                r.speaker = spk
-        else:
-            _attach_speakers(rows, speakers or SpeakerRule())
-
+        _speakers_of_tsv(rows, tsv, speakers)
         if table is not None:
             out = Path(dest) if dest is not None else tsv.parent
             out.mkdir(parents=True, exist_ok=True)
-            words = [labels.normalize_words(r.text or "", upper=upper) for r in rows]
-            letters = [labels.words_to_letters(w, upper=upper) for w in words]
-            labels.write_labels(out / f"{tsv.stem}.wrd", words)
-            labels.write_labels(out / f"{tsv.stem}.ltr", letters)
-            report.written += [str(out / f"{tsv.stem}.wrd"), str(out / f"{tsv.stem}.ltr")]
+            writer.write(out, tsv.stem, rows)
             report.rows[tsv.stem] = len(rows)
-            if symbols is None:
-                counts = labels.count_symbols(letters)
-                labels.write_dictionary(out / "dict.ltr.txt", counts)
-                report.written.append(str(out / "dict.ltr.txt"))
-                symbols = [s for s, _ in labels.dictionary_from_counts(counts)]
-            elif i == 0 and dictionary is not None:
-                target = out / "dict.ltr.txt"
-                if not target.exists() or not os.path.samefile(dictionary, target):
-                    shutil.copyfile(dictionary, target)
-            oov = labels.out_of_dictionary(letters, symbols)
-            if oov:
-                log.warning(
-                    "%s: %d characters outside the dictionary (fairseq maps them to <unk>): %s",
-                    out / f"{tsv.stem}.ltr",
-                    sum(oov.values()),
-                    labels.format_symbol_counts(oov),
-                )
             if speakers is not None and speakers.explicit and any(r.speaker for r in rows):
-                labels.write_labels(out / f"{tsv.stem}.spk", [r.speaker or r.uid for r in rows])
+                write_speakers(out, tsv.stem, rows, report)
         if to_kaldi is not None:
             _write_kaldi(to_kaldi, man.root, rows, report, jobs or default_jobs())
     report.raise_if_partial()
     return report
+
+
+# ----------------------------------------------------------------------------
+# Kaldi data dirs, both ways
 
 
 def _write_kaldi(
@@ -494,7 +532,7 @@ def _write_kaldi(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise W2VError(f"{data_dir}: two utterances get the Kaldi id {dup!r}")
     if any(u.text is not None for u in utts):
-        utts = [u if u.text is not None else _with_text(u, "") for u in utts]
+        utts = [u if u.text is not None else replace(u, text="") for u in utts]
     kaldi.write_data_dir(data_dir, utts, durations=durations)
     report.written.append(str(data_dir))
     report.problems = kaldi.validate_data_dir(data_dir, no_text=not any(u.text is not None for u in utts))
@@ -503,10 +541,73 @@ def _write_kaldi(
     log.info("%s: %d utterances, %d speakers", data_dir, len(utts), len({u.speaker or u.uid for u in utts}))
 
 
-def _with_text(u: Utterance, text: str) -> Utterance:
-    from dataclasses import replace
+def _is_plain_file(u: Utterance) -> bool:
+    """True when fairseq can read the utterance as a whole file (no ``segments`` window, no ``cmd |``)."""
+    return u.start is None and u.end is None and not is_command(u.source)
 
-    return replace(u, text=text)
+
+def _write_wav(u: Utterance, folder: Path) -> str | tuple[str, int]:
+    """Cut/run ``u`` once into ``folder/<uid>.wav`` (16-bit): its absolute path and length, or the error."""
+    try:
+        wav, sr = load_audio(u.source, start=u.start, end=u.end, return_rate=True)
+    except W2VError as e:
+        return f"{u.uid}: {e}"
+    out = folder / f"{u.uid}.wav"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
+    os.replace(tmp, out)
+    return os.path.abspath(out), len(wav)
+
+
+def _audio_files(
+    data_dir: Path, utts: list[Utterance], audio_dir: Path, report: Report, *, jobs: int, verify: bool
+) -> dict[str, tuple[str, int]]:
+    """``{uid: (audio path, samples)}``: plain files as they are, the others written under ``audio_dir``.
+
+    Each utterance that cannot be read is named in ``report`` and left out.
+    """
+    plain = [u for u in utts if _is_plain_file(u)]
+    cut = [u for u in utts if not _is_plain_file(u)]
+    found: dict[str, tuple[str, int]] = {}
+    for u, info in zip(plain, probe_all([os.path.abspath(u.source) for u in plain], jobs=jobs, verify=verify)):
+        if isinstance(info, str):
+            report.fail(info)
+        else:
+            found[u.uid] = (os.path.abspath(u.source), info.num_frames)
+    if cut:
+        log.info("%s: writing %d segment/command utterances as WAV under %s", data_dir, len(cut), audio_dir)
+    for u, res in zip(cut, parallel_map(lambda u: _write_wav(u, audio_dir), cut, jobs)):
+        if isinstance(res, str):
+            report.fail(res)
+        else:
+            found[u.uid] = res
+    return found
+
+
+def _rows_of_kaldi(
+    utts: list[Utterance], audio: Mapping[str, tuple[str, int]], root: str | os.PathLike | None
+) -> tuple[str, list[Row], dict[str, str]]:
+    """The TSV root, C-sorted rows (with uids) and ``{relpath: Kaldi id}`` of the utterances with audio."""
+    kept = [u for u in utts if u.uid in audio]
+    # Paths stay as Kaldi gives them (absolute, symlinks not resolved) so relative paths keep their names.
+    root = os.path.abspath(root) if root is not None else os.path.commonpath(
+        [os.path.dirname(audio[u.uid][0]) for u in kept]
+    )
+    rows = []
+    kaldi_ids: dict[str, str] = {}
+    for u in kept:
+        path, num_samples = audio[u.uid]
+        rel = os.path.relpath(path, root)
+        kaldi_ids[rel] = u.uid
+        rows.append(Row(rel, num_samples, speaker=u.speaker, text=u.text))
+    rows.sort(key=lambda r: r.relpath.encode("utf-8", "surrogateescape"))
+    _assign_uids(rows)
+    # Kaldi's convention for unknown speakers is utt == spk: that is no speaker information.
+    if all(r.speaker is None or r.speaker == kaldi_ids[r.relpath] for r in rows):
+        for r in rows:
+            r.speaker = None
+    return root, rows, kaldi_ids
 
 
 def from_kaldi(
@@ -534,90 +635,22 @@ def from_kaldi(
     Example:
         >>> from_kaldi("data/kaldi/test", "data/")   # doctest: +SKIP   # writes data/test.tsv ...
     """
-    jobs = jobs or default_jobs()
     report = Report()
-    d = Path(data_dir)
+    d, dest = Path(data_dir), Path(dest)
     utts = kaldi.read_data_dir(d)
     if not utts:
         raise W2VError(f"{d}: no utterances")
-    name = name or d.resolve().name
-    dest = Path(dest)
-
-    def materialize(u: Utterance) -> str | tuple[str, int]:
-        try:
-            wav, sr = load_audio(u.source, start=u.start, end=u.end, return_rate=True)
-        except W2VError as e:
-            return f"{u.uid}: {e}"
-        import soundfile as sf
-
-        out = dest / "audio" / f"{u.uid}.wav"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        sf.write(tmp, wav, sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, out)
-        return os.path.abspath(out), len(wav)
-
-    def is_plain(u: Utterance) -> bool:
-        return u.start is None and u.end is None and not is_command(u.source)
-
-    plain = [u for u in utts if is_plain(u)]
-    cut = [u for u in utts if not is_plain(u)]
-    paths: dict[str, str] = {}
-    lengths: dict[str, int] = {}
-    for u, info in zip(plain, probe_all([os.path.abspath(u.source) for u in plain], jobs=jobs, verify=verify)):
-        if isinstance(info, str):
-            report.fail(info)
-        else:
-            paths[u.uid] = os.path.abspath(u.source)
-            lengths[u.uid] = info.num_frames
-    if cut:
-        log.info("%s: writing %d segment/command utterances as WAV under %s", d, len(cut), dest / "audio")
-    for u, res in zip(cut, parallel_map(materialize, cut, jobs)):
-        if isinstance(res, str):
-            report.fail(res)
-        else:
-            paths[u.uid], lengths[u.uid] = res
-    kept = [u for u in utts if u.uid in paths]
-    if not kept:
+    audio = _audio_files(d, utts, dest / "audio", report, jobs=jobs or default_jobs(), verify=verify)
+    if not audio:
         report.raise_if_partial(len(utts))
-    # Paths stay as Kaldi gives them (absolute, symlinks not resolved) so relative paths keep their names.
-    root = os.path.abspath(root) if root is not None else os.path.commonpath(
-        [os.path.dirname(paths[u.uid]) for u in kept]
-    )
-    rows = []
-    kaldi_ids: dict[str, str] = {}
-    for u in kept:
-        rel = os.path.relpath(paths[u.uid], root)
-        kaldi_ids[rel] = u.uid
-        rows.append(Row(rel, lengths[u.uid], speaker=u.speaker, text=u.text))
-    rows.sort(key=lambda r: r.relpath.encode("utf-8", "surrogateescape"))
-    _assign_uids(rows)
+    root, rows, kaldi_ids = _rows_of_kaldi(utts, audio, root)
     has_text = (d / "text").is_file()
     if has_text:
         for r in rows:
             if r.text is None:
                 report.fail(f"{os.path.join(root, r.relpath)}: no transcript for {kaldi_ids[r.relpath]!r} in {d / 'text'}")
         rows = [r for r in rows if r.text is not None]
-    # Kaldi's convention for unknown speakers is utt == spk: that is no speaker information.
-    if all(r.speaker is None or r.speaker == kaldi_ids[r.relpath] for r in rows):
-        for r in rows:
-            r.speaker = None
-    splits: dict[str, list[Row]] = {name: []}
-    if valid_percent > 0:
-        splits[valid_name] = []
-    for r in rows:
-        splits[valid_name if is_valid_row(r.relpath, valid_percent, seed) else name].append(r)
+    splits = _split(rows, name or d.resolve().name, valid_name, valid_percent, seed)
     write_bundle(dest, root, splits, report, with_text=has_text, dictionary=dictionary, upper=upper)
-    log.info("%s", ", ".join(f"{n}.tsv: {k} rows" for n, k in report.rows.items()))
     report.raise_if_partial(len(utts))
     return report
-
-
-def validate_kaldi(data_dir: str | os.PathLike, **switches: bool) -> list[str]:
-    """Problems with a Kaldi data dir, as ``utils/validate_data_dir.sh`` reports them (see :func:`kaldi.validate_data_dir`)."""
-    return kaldi.validate_data_dir(data_dir, **switches)
-
-
-def read_utt2spk(path: str | os.PathLike) -> dict[str, str]:
-    """A speaker map (Kaldi ``utt2spk``: ``uid speaker``)."""
-    return kaldi.read_kaldi_table(path)

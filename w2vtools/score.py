@@ -45,9 +45,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write
+from w2vtools.formats.kaldi import read_kaldi_table
+from w2vtools.formats.text import read_text_table, write_trn
 
 log = logging.getLogger("w2v.score")
 
@@ -70,12 +73,8 @@ class EditCounts:
     subs: np.ndarray
 
 
-def _distances(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]], idx: Sequence[int]) -> np.ndarray | None:
-    """Plain Levenshtein distances from rapidfuzz (C++, bit-parallel), or None without it."""
-    try:
-        from rapidfuzz.distance import Levenshtein
-    except ImportError:  # pragma: no cover - rapidfuzz is a dependency; the full programme still works
-        return None
+def _distances(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]], idx: Sequence[int]) -> np.ndarray:
+    """Plain Levenshtein distances from rapidfuzz (C++, bit-parallel)."""
     distance = Levenshtein.distance
     return np.fromiter((distance(refs[i], hyps[i]) for i in idx), dtype=np.int64, count=len(idx))
 
@@ -121,8 +120,6 @@ def edit_counts(refs: Sequence[Sequence[int] | str], hyps: Sequence[Sequence[int
             rl[i] -= p
             hl[i] -= p
     dist = _distances(refs, hyps, todo)
-    if dist is None:
-        dist = np.maximum(rl[todo], hl[todo])  # no bound: the full programme
     rest = []
     for i, t in zip(todo, dist.tolist()):
         if not rl[i] or not hl[i] or t == abs(int(hl[i]) - int(rl[i])):
@@ -474,13 +471,6 @@ def write_details(result: ScoreResult, out_dir: str | os.PathLike, utt2spk: Mapp
                 f.write(f"{kind} {a} {b} {n}\n")
 
 
-def read_utt2spk(path: str | os.PathLike) -> dict[str, str]:
-    """``utt spk`` lines into a dict."""
-    from w2vtools.formats.kaldi import read_kaldi_table
-
-    return read_kaldi_table(path)
-
-
 def score_files(
     ref_path: str,
     hyp_path: str,
@@ -501,8 +491,6 @@ def score_files(
         %SER 62.90 [ 1648 / 2620 ]
         Scored 2620 sentences, 0 not present in hyp.
     """
-    from w2vtools.formats.text import read_text_table, write_trn
-
     if ref_path == "-" and hyp_path == "-":
         raise W2VError("REF and HYP cannot both be '-' (stdin)")
     ref = read_text_table(ref_path)
@@ -515,7 +503,7 @@ def score_files(
         ref, hyp, mode=mode, cer=cer, fold_case=fold_case, remove_nonwords=remove_nonwords,
         ref_name=ref_name, hyp_name=hyp_name,
     )
-    spk = read_utt2spk(utt2spk) if utt2spk else None
+    spk = read_kaldi_table(utt2spk) if utt2spk else None
     if details_dir:
         write_details(result, details_dir, spk)
     if trn_dir:

@@ -20,7 +20,6 @@
 # cmd.sh (local by default, Slurm with W2V_CMD_BACKEND=slurm).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-start_dir=$PWD
 
 stage=0
 stop_stage=6
@@ -50,28 +49,10 @@ help_message="Usage: $0 [options]
   --lm-order N          n-gram order of the digit LM (default $lm_order)
   --pretrain-conf, --finetune-conf, --downstream-conf FILE  training configs (conf/*.yaml)"
 
-. "$here/utils/parse_options.sh"
-if [ $# -ne 0 ]; then
-  echo "$0: unexpected arguments: $*" >&2
-  printf '%s\n' "$help_message" >&2
-  exit 1
-fi
-
 # Paths on the command line are relative to where the script was started;
 # configs may also be named relative to the recipe folder.
-. "$here/utils/resolve_path.sh"
-corpus=$(resolve_path "$corpus")
-workdir=$(resolve_path "${workdir:-$here}")
-pretrain_conf=$(resolve_path "$pretrain_conf")
-finetune_conf=$(resolve_path "$finetune_conf")
-downstream_conf=$(resolve_path "$downstream_conf")
-
-cd "$here"
-. ./path.sh
-. ./cmd.sh
-mkdir -p "$workdir"
-cd "$workdir"
-. "$here/utils/stages.sh"
+path_options="corpus pretrain_conf finetune_conf downstream_conf"
+. "$here/utils/recipe_common.sh" "$@"
 
 # --quick: the same pipeline with far fewer updates.
 pretrain_sets=()
@@ -82,16 +63,6 @@ if [ "$quick" = true ]; then
   finetune_sets=(--max-update 40 --freeze-updates 10 --set run.log_interval=10)
   downstream_sets=(--max-update 60 --set run.log_interval=20)
 fi
-
-require_w2v() {
-  local c
-  for c in "$@"; do
-    if ! w2v "$c" --help >/dev/null 2>&1; then
-      log "ERROR: 'w2v $c' is not available in this checkout (see 'w2v --help'); cannot run this stage"
-      return 1
-    fi
-  done
-}
 
 if stage_begin 0 "get the Free Spoken Digit Dataset"; then
   if [ -n "$corpus" ]; then
@@ -114,7 +85,6 @@ fi
 
 if stage_begin 1 "data dirs, label budgets, manifests, lexicon and LM"; then
   [ -f data/recordings_dir ] || { log "ERROR: data/recordings_dir missing: run stage 0 first"; exit 1; }
-  require_w2v manifest lm
   recordings=$(cat data/recordings_dir)
   "$W2V_PYTHON" "$here/local/prepare_fsdd.py" "$recordings" data
   for b in $budgets; do
@@ -159,7 +129,6 @@ train_once() {
 }
 
 if stage_begin 2 "pretrain a tiny wav2vec 2.0 on the training audio (no labels)"; then
-  require_w2v pretrain
   # Validation on the test audio only reports the contrastive loss; nothing is
   # selected on it: later stages take checkpoint_last.pt.
   train_once exp/pretrain \
@@ -187,7 +156,6 @@ wait_parallel() {
 }
 
 if stage_begin 3 "fine-tune with $budgets % of the labels"; then
-  require_w2v finetune
   for b in $budgets; do
     in_parallel train_once "exp/w2v2_ft_${b}pct" \
       w2v finetune "data/train_${b}pct" --init exp/pretrain/checkpoint_last.pt --preset tiny \
@@ -209,7 +177,6 @@ featurize_set() {
 }
 
 if stage_begin 4 "baselines: fbank and wav2vec 2.0 features into the downstream model"; then
-  require_w2v featurize finetune
   for set in train test; do
     featurize_set fbank fbank "$set"
     featurize_set w2v2feat exp/pretrain/checkpoint_last.pt "$set"
@@ -269,7 +236,6 @@ systems() {
 }
 
 if stage_begin 5 "decode the test set: viterbi and KenLM"; then
-  require_w2v decode
   for sys in $(systems); do
     decode_test "$sys"
   done
@@ -278,7 +244,6 @@ fi
 
 __stage_ran_6=false
 if stage_begin 6 "score and print the WER table"; then
-  require_w2v score
   for sys in $(systems); do
     for dec in viterbi kenlm; do
       d=$sys/decode_test_$dec

@@ -21,7 +21,6 @@
 #      hypotheses, fine-tune on labeled + pseudo-labeled data, decode and score again
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-start_dir=$PWD
 
 stage=0
 stop_stage=7
@@ -68,37 +67,10 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --finetune-presets \"10m 1h 10h 100h\"  --eval-sets \"...\"  --nj N
   --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)"
 
-. "$here/utils/parse_options.sh"
-if [ $# -ne 0 ]; then
-  echo "$0: unexpected arguments: $*" >&2
-  exit 1
-fi
-# paths on the command line: from where the script was started (or the recipe folder)
-. "$here/utils/resolve_path.sh"
-workdir=$(resolve_path "${workdir:-$here}")
-corpus=$(resolve_path "$corpus")
-lm_dir=$(resolve_path "$lm_dir")
-librilight=$(resolve_path "$librilight")
-pretrain_conf=$(resolve_path "$pretrain_conf")
-finetune_conf=$(resolve_path "$finetune_conf")
-pretrained=$(resolve_path "$pretrained")
-
-cd "$here"
-. ./path.sh
-. ./cmd.sh
-mkdir -p "$workdir"
-cd "$workdir"
-. "$here/utils/stages.sh"
-
-require_w2v() {
-  local c
-  for c in "$@"; do
-    if ! w2v "$c" --help >/dev/null 2>&1; then
-      log "ERROR: 'w2v $c' is not available in this checkout (see 'w2v --help'); cannot run this stage"
-      return 1
-    fi
-  done
-}
+# Paths on the command line are relative to where the script was started
+# (or to the recipe folder).
+path_options="corpus lm_dir librilight pretrain_conf finetune_conf pretrained"
+. "$here/utils/recipe_common.sh" "$@"
 
 # Where things are once stage 0 ran (or was given).
 libri_root() {
@@ -129,7 +101,6 @@ if stage_begin 0 "download from openslr: $parts"; then
 fi
 
 if stage_begin 1 "data dirs, manifests, labels, dictionary, fine-tuning subsets, lexicon and LM"; then
-  require_w2v manifest lm
   root=$(libri_root)
   # the labeled training part first: its letters make the dictionary
   all_parts=$(printf '%s\n' "$finetune_train_part" "$finetune_valid" "$pretrain_valid" $eval_sets $feat_sets \
@@ -251,7 +222,6 @@ finetune_model() {
 }
 
 if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($nproc x $(train_device))"; then
-  require_w2v pretrain
   if [ -n "$pretrained" ]; then
     log "--pretrained $pretrained given: nothing to pretrain"
   else
@@ -281,7 +251,6 @@ if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($npr
 fi
 
 if stage_begin 3 "fine-tune presets: $finetune_presets"; then
-  require_w2v finetune
   for preset in $finetune_presets; do
     finetune_model "$preset" "data/train_$preset" "exp/finetune_$preset"
   done
@@ -289,7 +258,6 @@ if stage_begin 3 "fine-tune presets: $finetune_presets"; then
 fi
 
 if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acoustic models"; then
-  require_w2v featurize
   model=$(pretrained_model)
   [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; exit 1; }
   layer_opt=()
@@ -383,7 +351,6 @@ summarize() {
 }
 
 if stage_begin 5 "decode $eval_sets ($decoders), $nj shards"; then
-  require_w2v decode
   for preset in $finetune_presets; do
     decode_sets "exp/finetune_$preset/checkpoint_best.pt" "exp/finetune_$preset" $eval_sets
   done
@@ -391,14 +358,12 @@ if stage_begin 5 "decode $eval_sets ($decoders), $nj shards"; then
 fi
 
 if stage_begin 6 "score, best_wer summary"; then
-  require_w2v score
   score_dirs exp/finetune_*
   summarize
   stage_end
 fi
 
 if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $unlabeled_part"; then
-  require_w2v decode finetune score
   seed=exp/finetune_$st_from
   st=exp/selftrain_$st_from
   unlab=data/$(kaldi_name "$unlabeled_part")

@@ -1,15 +1,14 @@
 """The ``w2v`` command: a click group whose subcommands load lazily.
 
-Each subcommand lives in ``w2vtools/cli/<name>.py`` and defines a click command
-named ``command``. Only click is imported here, and subcommand modules import
-torch & co. inside their functions, so ``w2v --help`` stays instant. A subcommand
-whose module does not exist is simply absent: nothing is listed that does not work.
+Each subcommand lives in ``w2vtools/cli/<name>.py``, defines a click command
+named ``command`` and has a line in :data:`COMMANDS`. Only click is imported here,
+and subcommand modules import torch & co. inside their functions, so ``w2v --help``
+stays instant.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -36,20 +35,14 @@ COMMANDS: dict[str, str] = {
 log = logging.getLogger("w2v")
 
 
-def _module_exists(name: str) -> bool:
-    return importlib.util.find_spec(f"w2vtools.cli.{name}") is not None
-
-
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if _module_exists(name)]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS or not _module_exists(name):
+        if name not in COMMANDS:
             return None
-        module = importlib.import_module(f"w2vtools.cli.{name}")
-        return module.command
-
+        return importlib.import_module(f"w2vtools.cli.{name}").command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Summaries come from COMMANDS so `w2v --help` imports no subcommand module.

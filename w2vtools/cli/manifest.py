@@ -76,19 +76,19 @@ def command(
     are prefixed '<speaker>-' when they do not start with their speaker.
     """
     import logging
+    import os
 
     from w2vtools import manifest as lib
     from w2vtools.errors import W2VError
+    from w2vtools.formats import kaldi
 
     log = logging.getLogger("w2v.manifest")
 
     if validate_kaldi:
         if sources or from_kaldi or to_kaldi:
             raise click.UsageError("--validate-kaldi takes only the data dir")
-        problems = lib.validate_kaldi(validate_kaldi, no_text=no_text, no_spk_sort=no_spk_sort)
-        from w2vtools.formats.kaldi import data_dir_warnings
-
-        for w in data_dir_warnings(validate_kaldi):
+        problems = kaldi.validate_data_dir(validate_kaldi, no_text=no_text, no_spk_sort=no_spk_sort)
+        for w in kaldi.data_dir_warnings(validate_kaldi):
             click.echo(f"{validate_kaldi}: warning: {w}", err=True)
         for p in problems:
             click.echo(f"{validate_kaldi}: {p}", err=True)
@@ -102,7 +102,7 @@ def command(
         if utt2spk_path and speaker_pattern:
             raise click.UsageError("give --utt2spk or --speaker-pattern, not both")
         speakers = lib.SpeakerRule(
-            utt2spk=lib.read_utt2spk(utt2spk_path) if utt2spk_path else None, pattern=speaker_pattern
+            utt2spk=kaldi.read_kaldi_table(utt2spk_path) if utt2spk_path else None, pattern=speaker_pattern
         )
     upper = not keep_case
 
@@ -119,8 +119,6 @@ def command(
 
     if not sources:
         raise click.UsageError("give a ROOT folder to scan, TSV files, --from-kaldi or --validate-kaldi")
-    import os
-
     if len(sources) == 1 and os.path.isdir(sources[0]):
         if dest is None and to_kaldi is None:
             raise click.UsageError("give --dest DIR (or '-') and/or --to-kaldi DATA_DIR")

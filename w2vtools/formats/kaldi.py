@@ -108,11 +108,6 @@ def read_data_dir(data_dir: str | os.PathLike) -> list[Utterance]:
     return sorted(utts, key=lambda u: u.uid.encode("utf-8"))
 
 
-def read_wav_scp(path: str | os.PathLike) -> list[Utterance]:
-    """The utterances of a bare ``wav.scp`` file."""
-    return [Utterance(uid, src) for uid, src in read_kaldi_table(path).items()]
-
-
 def kaldi_uid(uid: str, speaker: str | None) -> str:
     """The Kaldi utterance id: ``uid``, prefixed ``<speaker>-`` unless it already starts with the speaker.
 
@@ -190,6 +185,7 @@ def write_data_dir(
     utts: Iterable[Utterance],
     *,
     durations: Mapping[str, float] | None = None,
+    recording_seconds: Mapping[str, float] | None = None,
 ) -> None:
     """Write a Kaldi data dir for ``utts``: ``wav.scp``, ``utt2spk``, ``spk2utt``, and ``text``,
     ``segments``, ``utt2dur`` when known.
@@ -198,50 +194,19 @@ def write_data_dir(
     :func:`kaldi_uid`). An utterance without a speaker is its own speaker, as
     Kaldi's recipes do when speakers are unknown. Utterances with a time window
     get a ``segments`` line; a recording is named after the first utterance (in C
-    order) cut from it, so reruns give the same ids.
+    order) cut from it, so reruns give the same ids. A window without an end needs
+    the length of its recording, ``recording_seconds[source]`` (the caller reads
+    it, e.g. with :func:`w2vtools.audio.audio_info`: formats read no audio).
 
     Example:
         >>> write_data_dir("data/kaldi/train", read_corpus("data/train.tsv"))   # doctest: +SKIP
     """
     d = Path(data_dir)
     utts = list(utts)
-    seen: set[str] = set()
-    for u in utts:
-        if u.uid in seen:
-            raise W2VError(f"{d}: duplicate utterance id {u.uid!r}")
-        if not u.uid or any(c.isspace() for c in u.uid):
-            raise W2VError(f"{d}: utterance id {u.uid!r} is empty or contains whitespace")
-        if u.speaker is not None and (not u.speaker or any(c.isspace() for c in u.speaker)):
-            raise W2VError(f"{d}: {u.uid}: speaker id {u.speaker!r} is empty or contains whitespace")
-        if "\n" in u.source:
-            raise W2VError(f"{d}: {u.uid}: audio source contains a line break")
-        seen.add(u.uid)
+    _check_writable(d, utts)
     d.mkdir(parents=True, exist_ok=True)
-    windowed = any(u.start is not None or u.end is not None for u in utts)
-    if windowed:
-        # One recording id per distinct source, named after the first utterance (C order) using it.
-        rec_of_source: dict[str, str] = {}
-        for u in sorted(utts, key=lambda u: u.uid.encode("utf-8")):
-            rec_of_source.setdefault(u.source, u.uid)
-        write_kaldi_table(d / "wav.scp", {rec: src for src, rec in rec_of_source.items()})
-        # validate_data_dir.sh wants end > start, so an open end (-1) is written as the recording's length.
-        rec_duration: dict[str, float] = {}
-        for u in utts:
-            if u.end is None and u.source not in rec_duration:
-                from w2vtools.audio import audio_info
-
-                rec_duration[u.source] = audio_info(u.source).duration
-        write_kaldi_table(
-            d / "segments",
-            {
-                u.uid: (
-                    rec_of_source[u.source],
-                    format_seconds(u.start or 0.0),
-                    format_seconds(rec_duration[u.source] if u.end is None else u.end),
-                )
-                for u in utts
-            },
-        )
+    if any(u.start is not None or u.end is not None for u in utts):
+        _write_segments(d, utts, recording_seconds or {})
     else:
         write_kaldi_table(d / "wav.scp", {u.uid: u.source for u in utts})
         _remove_stale(d / "segments")
@@ -262,6 +227,45 @@ def write_data_dir(
     # Files derived from audio that we did not write would no longer match it.
     for name in ("feats.scp", "cmvn.scp", "utt2num_frames", "reco2dur", "frame_shift"):
         _remove_stale(d / name)
+
+
+def _check_writable(d: Path, utts: list[Utterance]) -> None:
+    """Ids unique and without whitespace, sources on one line: what a table line can hold."""
+    seen: set[str] = set()
+    for u in utts:
+        if u.uid in seen:
+            raise W2VError(f"{d}: duplicate utterance id {u.uid!r}")
+        if not u.uid or any(c.isspace() for c in u.uid):
+            raise W2VError(f"{d}: utterance id {u.uid!r} is empty or contains whitespace")
+        if u.speaker is not None and (not u.speaker or any(c.isspace() for c in u.speaker)):
+            raise W2VError(f"{d}: {u.uid}: speaker id {u.speaker!r} is empty or contains whitespace")
+        if "\n" in u.source:
+            raise W2VError(f"{d}: {u.uid}: audio source contains a line break")
+        seen.add(u.uid)
+
+
+def _write_segments(d: Path, utts: list[Utterance], recording_seconds: Mapping[str, float]) -> None:
+    """``wav.scp`` of the recordings and ``segments`` of the windows cut from them."""
+    # One recording id per distinct source, named after the first utterance (C order) using it.
+    rec_of_source: dict[str, str] = {}
+    for u in sorted(utts, key=lambda u: u.uid.encode("utf-8")):
+        rec_of_source.setdefault(u.source, u.uid)
+    # validate_data_dir.sh wants end > start, so an open end (-1) is written as the recording's length.
+    unknown = sorted({u.source for u in utts if u.end is None} - set(recording_seconds))
+    if unknown:
+        raise W2VError(f"{d}: {unknown[0]}: a window without an end needs the recording's length (recording_seconds)")
+    write_kaldi_table(d / "wav.scp", {rec: src for src, rec in rec_of_source.items()})
+    write_kaldi_table(
+        d / "segments",
+        {
+            u.uid: (
+                rec_of_source[u.source],
+                format_seconds(u.start or 0.0),
+                format_seconds(recording_seconds[u.source] if u.end is None else u.end),
+            )
+            for u in utts
+        },
+    )
 
 
 PER_UTTERANCE_TABLES = ("wav.scp", "text", "utt2spk", "utt2dur", "segments", "feats.scp", "utt2num_frames")
@@ -379,96 +383,129 @@ def validate_data_dir(
     d = Path(data_dir)
     if not d.is_dir():
         return [f"{d}: no such directory"]
-    problems: list[str] = []
-    for name in ("utt2spk", "spk2utt"):
-        if not (d / name).is_file():
-            problems.append(f"no such file {name}")
-        elif (d / name).stat().st_size == 0:
-            problems.append(f"empty file {name}")
+    problems = [
+        f"no such file {name}" if not (d / name).is_file() else f"empty file {name}"
+        for name in ("utt2spk", "spk2utt")
+        if not (d / name).is_file() or (d / name).stat().st_size == 0
+    ]
     if problems:
         return problems
+    checked = _check_utt2spk(d, problems, no_spk_sort)
+    if checked is None:
+        return problems
+    utts, pairs = checked
+    _check_spk2utt(d, pairs, problems)
+    _check_text(d, utts, problems, no_text)
+    recs = _check_recordings(d, utts, problems, no_wav)
+    _check_feats(d, utts, problems, no_feats)
+    _check_numeric_tables(d, utts, recs, problems)
+    _check_frame_shift(d, problems)
+    return problems
 
-    utt2spk_lines = _table_lines(d / "utt2spk", problems)
-    pairs = [line.split() for line in utt2spk_lines if line.strip()]
+
+def _check_utt2spk(
+    d: Path, problems: list[str], no_spk_sort: bool
+) -> tuple[list[str], list[tuple[str, str]]] | None:
+    """The utterance ids and ``(utt, spk)`` pairs in file order; None when a line is not ``utt spk``."""
+    lines = _table_lines(d / "utt2spk", problems)
+    pairs = [line.split() for line in lines if line.strip()]
     bad = [i for i, p in enumerate(pairs, 1) if len(p) != 2]
     if bad:
         problems.append(f"utt2spk: wrong format at line {bad[0]} (expected 'utt spk')")
-        return problems
-    utts = _check_sorted_unique(d / "utt2spk", utt2spk_lines, problems)
+        return None
+    utts = _check_sorted_unique(d / "utt2spk", lines, problems)
     if not no_spk_sort:
-        by_spk = sorted(utt2spk_lines, key=lambda line: (line.split()[1].encode("utf-8"), line.encode("utf-8")))
-        if by_spk != utt2spk_lines:
-            first = next(a for a, b in zip(utt2spk_lines, by_spk) if a != b)
+        by_spk = sorted(lines, key=lambda line: (line.split()[1].encode("utf-8"), line.encode("utf-8")))
+        if by_spk != lines:
+            first = next(a for a, b in zip(lines, by_spk) if a != b)
             problems.append(
                 "utt2spk is not in sorted order when sorted first on speaker-id "
                 f"(make speaker-ids prefixes of utt-ids), first out of order: {first!r}"
             )
-    spk2utt_lines = _table_lines(d / "spk2utt", problems)
-    _check_sorted_unique(d / "spk2utt", spk2utt_lines, problems)
+    return utts, [(utt, spk) for utt, spk in pairs]
+
+
+def _check_spk2utt(d: Path, pairs: list[tuple[str, str]], problems: list[str]) -> None:
+    lines = _table_lines(d / "spk2utt", problems)
+    _check_sorted_unique(d / "spk2utt", lines, problems)
     from_spk2utt = []
-    for line in spk2utt_lines:
+    for line in lines:
         fields = line.split()
         from_spk2utt += [(utt, fields[0]) for utt in fields[1:]]
     from_spk2utt.sort(key=lambda p: p[0].encode("utf-8"))
-    if from_spk2utt != sorted((tuple(p) for p in pairs), key=lambda p: p[0].encode("utf-8")):
+    if from_spk2utt != sorted(pairs, key=lambda p: p[0].encode("utf-8")):
         problems.append("spk2utt and utt2spk do not match")
 
-    text = d / "text"
-    if text.is_file():
-        lines = _table_lines(text, problems)
-        for i, line in enumerate(lines, 1):
-            if "\r" in line:
-                problems.append(f"text:{i}: contains CR (0x0D)")
-                break
-            if _OTHER_WHITESPACE.search(line):
-                problems.append(f"text:{i}: contains Unicode whitespace other than space and tab")
-                break
-        for i, line in enumerate(lines, 1):
-            illegal = {"<s>", "</s>", "#0"} & set(line.split()[1:])
-            if illegal:
-                problems.append(f"text:{i}: contains illegal symbol {sorted(illegal)[0]}")
-                break
-        keys = _check_sorted_unique(text, lines, problems)
-        _compare_keys("utt2spk", utts, "text", keys, problems, "utterance lists")
-    elif not no_text:
-        problems.append("no such file text (if this is by design, use no_text)")
 
+def _check_text(d: Path, utts: list[str], problems: list[str], no_text: bool) -> None:
+    """``text``: UTF-8, no CR or other Unicode whitespace, no ``<s> </s> #0`` (validate_text.pl)."""
+    text = d / "text"
+    if not text.is_file():
+        if not no_text:
+            problems.append("no such file text (if this is by design, use no_text)")
+        return
+    lines = _table_lines(text, problems)
+    for i, line in enumerate(lines, 1):
+        if "\r" in line:
+            problems.append(f"text:{i}: contains CR (0x0D)")
+            break
+        if _OTHER_WHITESPACE.search(line):
+            problems.append(f"text:{i}: contains Unicode whitespace other than space and tab")
+            break
+    for i, line in enumerate(lines, 1):
+        illegal = {"<s>", "</s>", "#0"} & set(line.split()[1:])
+        if illegal:
+            problems.append(f"text:{i}: contains illegal symbol {sorted(illegal)[0]}")
+            break
+    keys = _check_sorted_unique(text, lines, problems)
+    _compare_keys("utt2spk", utts, "text", keys, problems, "utterance lists")
+
+
+def _check_recordings(d: Path, utts: list[str], problems: list[str], no_wav: bool) -> list[str] | None:
+    """``wav.scp`` (and ``segments``): their ids against ``utt2spk``; returns the recording ids, None without wav.scp."""
     wav = d / "wav.scp"
     segments = d / "segments"
     if segments.is_file() and not wav.is_file():
         problems.append("segments file exists but no wav.scp")
-    if not wav.is_file() and not no_wav:
-        problems.append("no such file wav.scp (if this is by design, use no_wav)")
-    if wav.is_file():
-        wav_lines = _table_lines(wav, problems)
-        recs = _check_sorted_unique(wav, wav_lines, problems)
-        for i, line in enumerate(wav_lines, 1):
-            fields = line.split(None, 1)
-            if len(fields) < 2:
-                problems.append(f"wav.scp:{i}: no path or command for {fields[0] if fields else ''!r}")
-            elif fields[1].startswith("~"):
-                problems.append(f"wav.scp:{i}: do not use tilde (~) in wav.scp")
-        if segments.is_file():
-            seg_lines = _table_lines(segments, problems)
-            seg_utts = _check_sorted_unique(segments, seg_lines, problems)
-            seg_recs = set()
-            for i, line in enumerate(seg_lines, 1):
-                f = line.split()
-                try:
-                    ok = len(f) == 4 and float(f[3]) > float(f[2])
-                except ValueError:
-                    ok = False
-                if not ok:
-                    problems.append(f"segments:{i}: bad line {line!r} (expected 'utt rec start end', end > start)")
-                if len(f) >= 2:
-                    seg_recs.add(f[1])
-            _compare_keys("utt2spk", utts, "segments", seg_utts, problems, "utterance lists")
-            _compare_keys(
-                "segments", c_sorted(seg_recs), "wav.scp", recs, problems, "recording ids"
-            )
-        else:
-            _compare_keys("utt2spk", utts, "wav.scp", recs, problems, "utterance lists")
+    if not wav.is_file():
+        if not no_wav:
+            problems.append("no such file wav.scp (if this is by design, use no_wav)")
+        return None
+    wav_lines = _table_lines(wav, problems)
+    recs = _check_sorted_unique(wav, wav_lines, problems)
+    for i, line in enumerate(wav_lines, 1):
+        fields = line.split(None, 1)
+        if len(fields) < 2:
+            problems.append(f"wav.scp:{i}: no path or command for {fields[0] if fields else ''!r}")
+        elif fields[1].startswith("~"):
+            problems.append(f"wav.scp:{i}: do not use tilde (~) in wav.scp")
+    if segments.is_file():
+        _check_segments(segments, utts, recs, problems)
+    else:
+        _compare_keys("utt2spk", utts, "wav.scp", recs, problems, "utterance lists")
+    return recs
 
+
+def _check_segments(segments: Path, utts: list[str], recs: list[str], problems: list[str]) -> None:
+    """``utt rec start end`` lines with end > start; utterances those of utt2spk, recordings those of wav.scp."""
+    lines = _table_lines(segments, problems)
+    seg_utts = _check_sorted_unique(segments, lines, problems)
+    seg_recs = set()
+    for i, line in enumerate(lines, 1):
+        f = line.split()
+        try:
+            ok = len(f) == 4 and float(f[3]) > float(f[2])
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"segments:{i}: bad line {line!r} (expected 'utt rec start end', end > start)")
+        if len(f) >= 2:
+            seg_recs.add(f[1])
+    _compare_keys("utt2spk", utts, "segments", seg_utts, problems, "utterance lists")
+    _compare_keys("segments", c_sorted(seg_recs), "wav.scp", recs, problems, "recording ids")
+
+
+def _check_feats(d: Path, utts: list[str], problems: list[str], no_feats: bool) -> None:
     feats = d / "feats.scp"
     if feats.is_file():
         keys = _check_sorted_unique(feats, _table_lines(feats, problems), problems)
@@ -476,6 +513,9 @@ def validate_data_dir(
     elif not no_feats:
         problems.append("no such file feats.scp (if this is by design, use no_feats)")
 
+
+def _check_numeric_tables(d: Path, utts: list[str], recs: list[str] | None, problems: list[str]) -> None:
+    """``utt2dur``, ``utt2num_frames``, ``reco2dur``: their keys, and one positive number a line."""
     for name, check in (("utt2dur", _positive), ("utt2num_frames", _positive_int), ("reco2dur", _positive)):
         path = d / name
         if not path.is_file():
@@ -483,8 +523,8 @@ def validate_data_dir(
         lines = _table_lines(path, problems)
         keys = _check_sorted_unique(path, lines, problems)
         if name == "reco2dur":
-            reference = recs if wav.is_file() else utts
-            _compare_keys("wav.scp" if wav.is_file() else "utt2spk", reference, name, keys, problems, "recording ids")
+            reference = recs if recs is not None else utts
+            _compare_keys("wav.scp" if recs is not None else "utt2spk", reference, name, keys, problems, "recording ids")
         else:
             _compare_keys("utt2spk", utts, name, keys, problems, "utterance lists")
         for i, line in enumerate(lines, 1):
@@ -492,12 +532,14 @@ def validate_data_dir(
             if len(f) != 2 or not check(f[1]):
                 problems.append(f"{name}:{i}: bad line {line!r}")
                 break
+
+
+def _check_frame_shift(d: Path, problems: list[str]) -> None:
     if (d / "frame_shift").is_file():
         try:
             read_frame_shift(d / "frame_shift")
         except W2VError as e:
             problems.append(f"frame_shift: {str(e).split(': ', 1)[-1]}")
-    return problems
 
 
 def _positive(value: str) -> bool:

@@ -33,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write, open_input
+from w2vtools.formats.text import read_text_table
 
 WORD_BOUNDARY = "|"
 # fairseq's Dictionary always starts with these four, in this order; index 0 (<s>)
@@ -212,29 +213,16 @@ def read_transcripts(source: str | os.PathLike) -> dict[str, str]:
     out: dict[str, str] = {}
     origin: dict[str, Path] = {}
     for path in files:
-        table = _read_ljspeech(path) if path.name.endswith(".csv") else _read_text_table(path)
+        if path.name.endswith(".csv"):
+            table = _read_ljspeech(path)
+        else:  # a Kaldi text or LibriSpeech *.trans.txt: the same `uid words...` lines
+            table = {uid: " ".join(words) for uid, words in read_text_table(path).items()}
         for uid, text in table.items():
             if uid in out and out[uid] != text:
                 raise W2VError(f"{path}: {uid!r} already has a different transcript in {origin[uid]}")
             out[uid] = text
             origin[uid] = path
     return out
-
-
-def _read_text_table(path: Path) -> dict[str, str]:
-    table: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = line.strip().split(None, 1)
-                if not fields:
-                    continue
-                if fields[0] in table:
-                    raise W2VError(f"{path}:{lineno}: duplicate utterance id {fields[0]!r}")
-                table[fields[0]] = fields[1] if len(fields) > 1 else ""
-    except UnicodeDecodeError as e:
-        raise W2VError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return table
 
 
 def _read_ljspeech(path: Path) -> dict[str, str]:
