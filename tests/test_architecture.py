@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "w2vtools.errors": 0,
     "w2vtools.fileio": 0,
     "w2vtools.formats.*": 0,
+    "w2vtools.stack": 0,  # what is installed (w2v doctor); asked by the CLI's error handler
     # audio: reading and batching waveforms
     "w2vtools.audio": 1,
     "w2vtools.batching": 1,
@@ -41,6 +42,7 @@ LAYERS: dict[str, int] = {
     # train / running: the update loop, emissions, process-wide tuning
     "w2vtools.train.*": 3,
     "w2vtools.emissions": 3,
+    "w2vtools.encoders": 3,
     "w2vtools.malloc": 3,
     # commands: one module per `w2v` subcommand
     "w2vtools.manifest": 4,

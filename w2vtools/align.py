@@ -1,0 +1,282 @@
+"""``w2v align``: CTC forced alignment of known transcripts to a model's emissions.
+
+The path is the Viterbi path through the CTC trellis of the transcript's letters (blanks
+between letters optional, a blank required between two equal letters), computed by
+``torchaudio.functional.forced_align``. Between words the transcript has the word boundary
+token ``|`` as fairseq's letter dictionaries do; it is aligned like a letter, optional
+silence around it going to blank frames. From the path come:
+
+* letter segments: the frames where the path is on that letter (repeats merged);
+* word segments: from the first frame of a word's first letter to the end of its last;
+* confidences: the mean posterior ``exp(log p)`` of the path's frames within the segment.
+
+Outputs: Kaldi CTM with a confidence column (words, ``--letter-ctm`` letters), a Kaldi data dir
+of word segments (``segments`` + ``text`` + ``utt2spk``), and Praat TextGrids.
+
+Example:
+    >>> alignment = align_utterance("u1", log_probs, ["HELLO", "WORLD"], tokens, 0.02)   # doctest: +SKIP
+    >>> [(w.label, w.start, w.end) for w in alignment.words]                          # doctest: +SKIP
+    [('HELLO', 0.32, 0.6), ('WORLD', 0.66, 1.02)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torchaudio.functional as taf
+
+from w2vtools.emissions import EmissionSource
+from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.fileio import atomic_write
+from w2vtools.formats.labels import WORD_BOUNDARY
+from w2vtools.formats.text import ctm_line
+from w2vtools.formats.textgrid import write_textgrid
+
+log = logging.getLogger("w2v.align")
+
+#: The wildcard token for letters outside the model's alphabet (``--star``), as in MMS: it
+#: matches any frame with log-probability 0, so a word it stands for absorbs whatever is said.
+STAR = "<star>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One aligned unit: a letter or a word, with its times in seconds and its confidence."""
+
+    label: str
+    start: float
+    end: float
+    confidence: float
+
+
+@dataclasses.dataclass
+class Alignment:
+    """One utterance's alignment.
+
+    Attributes:
+        uid: the utterance id.
+        path: the token id of each frame (0 = blank): the Viterbi path.
+        letters, words: the segments, in transcript order.
+        duration: frames x frame shift, the length of the emission in seconds.
+    """
+
+    uid: str
+    path: list[int]
+    letters: list[Segment]
+    words: list[Segment]
+    duration: float
+
+
+class AlignError(W2VError):
+    """An utterance that cannot be aligned (named and skipped; the run exits 3)."""
+
+
+def transcript_targets(words: Sequence[str], tokens: Sequence[str], *, star: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of a transcript with ``|`` between words, and the word index of each.
+
+    Letters outside ``tokens`` are an :class:`AlignError` naming the word, or with ``star``
+    each such word becomes one :data:`STAR` token (which must then be the last token).
+
+    Example:
+        >>> transcript_targets(["AB", "A"], ["<s>", "<pad>", "</s>", "<unk>", "|", "A", "B"])
+        ([5, 6, 4, 5], [0, 0, -1, 1])
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    targets: list[int] = []
+    owner: list[int] = []
+    for w, word in enumerate(words):
+        if w and WORD_BOUNDARY in index:
+            targets.append(index[WORD_BOUNDARY])
+            owner.append(-1)
+        missing = [c for c in word if c not in index]
+        if missing and not star:
+            raise AlignError(f"word {word!r} has letters outside the model's alphabet: "
+                             f"{''.join(sorted(set(missing)))!r} (--star aligns such words to a wildcard)")
+        ids = [index[STAR]] if missing else [index[c] for c in word]
+        targets += ids
+        owner += [w] * len(ids)
+    return targets, owner
+
+
+def frames_needed(targets: Sequence[int]) -> int:
+    """The fewest frames a CTC path through ``targets`` takes: one per token, plus a blank
+    between each pair of equal neighbours."""
+    return len(targets) + sum(1 for a, b in zip(targets, targets[1:]) if a == b)
+
+
+def _spans(path: torch.Tensor, num_targets: int) -> list[tuple[int, int]]:
+    """``(first frame, end frame)`` of each target along the path (a new span starts where the
+    path leaves blank or changes token; ``forced_align`` never skips a target)."""
+    spans: list[tuple[int, int]] = []
+    prev = 0
+    for t, tok in enumerate(path.tolist()):
+        if tok != 0 and (tok != prev or not spans or spans[-1][1] != t):
+            spans.append((t, t + 1))
+        elif tok != 0:
+            spans[-1] = (spans[-1][0], t + 1)
+        prev = tok
+    if len(spans) != num_targets:
+        raise AssertionError(f"path has {len(spans)} token spans for {num_targets} targets")
+    return spans
+
+
+def align_utterance(uid: str, log_probs: torch.Tensor, words: Sequence[str], tokens: Sequence[str],
+                    frame_shift: float, *, star: bool = False) -> Alignment:
+    """Force-align one transcript to one ``(T, V)`` matrix of CTC log-probabilities.
+
+    Raises:
+        AlignError: letters outside the alphabet, an empty transcript, or a transcript that
+            needs more frames than the emission has.
+    """
+    if not words:
+        raise AlignError("empty transcript")
+    targets, owner = transcript_targets(words, tokens, star=star)
+    num_frames = log_probs.shape[0]
+    if frames_needed(targets) > num_frames:
+        raise AlignError(f"transcript needs at least {frames_needed(targets)} frames, the emission has {num_frames} "
+                         f"({num_frames * frame_shift:.2f} s): wrong transcript, or audio cut short?")
+    lp = log_probs.float()
+    if star:
+        lp = torch.cat([lp, torch.zeros(num_frames, 1)], dim=1)  # STAR's column: log 1 on every frame
+    path, scores = taf.forced_align(lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
+    path, probs = path[0], scores[0].exp()
+    spans = _spans(path, len(targets))
+    token_names = list(tokens) + ([STAR] if star else [])
+    letters = [Segment(token_names[tok], a * frame_shift, b * frame_shift, float(probs[a:b].mean()))
+               for tok, (a, b) in zip(targets, spans)]
+    word_segments = []
+    for w, word in enumerate(words):
+        mine = [s for s, o in zip(spans, owner) if o == w]
+        first, last = mine[0][0], mine[-1][1]
+        frames = torch.cat([probs[a:b] for a, b in mine])
+        word_segments.append(Segment(word, first * frame_shift, last * frame_shift, float(frames.mean())))
+    return Alignment(uid, path.tolist(), letters, word_segments, num_frames * frame_shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclasses.dataclass
+class AlignOutputs:
+    """Where ``w2v align`` writes: any of them may be None (not written)."""
+
+    ctm: str | None = "-"
+    letter_ctm: str | None = None
+    data_dir: str | None = None
+    textgrid_dir: str | None = None
+    recording_of: dict[str, str] = dataclasses.field(default_factory=dict)  # uid -> wav.scp entry, for data_dir
+
+
+def _ctm_lines(alignment: Alignment, segments: Iterable[Segment]) -> Iterable[str]:
+    for s in segments:
+        yield ctm_line(alignment.uid, s.start, s.end - s.start, s.label, s.confidence) + "\n"
+
+
+def word_segment_id(uid: str, index: int) -> str:
+    """``uid-0003``: the id of an utterance's 4th word in the word-segments data dir."""
+    return f"{uid}-{index:04d}"
+
+
+def write_outputs(alignments: Sequence[Alignment], out: AlignOutputs) -> list[str]:
+    """Write every requested output (each atomically); returns what was written."""
+    written = []
+    if out.ctm:
+        with atomic_write(out.ctm) as f:
+            f.writelines(line for a in alignments for line in _ctm_lines(a, a.words))
+        written.append(out.ctm)
+    if out.letter_ctm:
+        with atomic_write(out.letter_ctm) as f:
+            f.writelines(line for a in alignments for line in _ctm_lines(a, a.letters))
+        written.append(out.letter_ctm)
+    if out.data_dir:
+        written.append(_write_word_data_dir(alignments, Path(out.data_dir), out.recording_of))
+    if out.textgrid_dir:
+        folder = Path(out.textgrid_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for a in alignments:
+            tiers = {"words": [(s.start, s.end, s.label) for s in a.words],
+                     "letters": [(s.start, s.end, s.label) for s in a.letters]}
+            write_textgrid(folder / f"{a.uid.replace('/', '%2F')}.TextGrid", a.duration, tiers)
+        written.append(str(folder))
+    return written
+
+
+def _write_word_data_dir(alignments: Sequence[Alignment], folder: Path, recording_of: dict[str, str]) -> str:
+    """A Kaldi data dir of word segments: ``segments`` (word id, utterance id, start, end),
+    ``text``, ``utt2spk`` (the utterance is the speaker, so per-utterance CMVN stays valid), and
+    ``wav.scp`` when the recordings are known."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(word_segment_id(a.uid, i), a.uid, s) for a in alignments for i, s in enumerate(a.words)]
+    with atomic_write(folder / "segments") as f:
+        f.writelines(f"{sid} {uid} {s.start:.2f} {s.end:.2f}\n" for sid, uid, s in rows)
+    with atomic_write(folder / "text") as f:
+        f.writelines(f"{sid} {s.label}\n" for sid, _, s in rows)
+    with atomic_write(folder / "utt2spk") as f:
+        f.writelines(f"{sid} {uid}\n" for sid, uid, _ in rows)
+    if recording_of:
+        with atomic_write(folder / "wav.scp") as f:
+            f.writelines(f"{a.uid} {recording_of[a.uid]}\n" for a in alignments if a.uid in recording_of)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclasses.dataclass
+class AlignSummary:
+    """What a run did: aligned utterances, and the ones left out with the reason."""
+
+    aligned: int = 0
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    written: list[str] = dataclasses.field(default_factory=list)
+    mean_confidence: float = math.nan
+
+    def line(self) -> str:
+        return (f"aligned {self.aligned} utterances (mean word confidence {self.mean_confidence:.3f}), "
+                f"{len(self.skipped)} left out; wrote {', '.join(self.written)}")
+
+
+def align(source: EmissionSource, transcripts: dict[str, list[str]], outputs: AlignOutputs, *,
+          star: bool = False) -> AlignSummary:
+    """Align every utterance that has both an emission and a transcript; write the outputs.
+
+    Utterances that cannot be aligned are named on stderr and left out (:class:`PartialFailure`,
+    exit 3, after the outputs are written); when none can be, nothing is written (exit 1).
+    """
+    if star and STAR in source.tokens:
+        raise W2VError(f"the model's vocabulary already has a {STAR!r} token")
+    summary = AlignSummary()
+    done: dict[str, Alignment] = {}
+    for uid, scores in source.items:
+        if uid not in transcripts:
+            summary.skipped[uid] = "no transcript"
+            continue
+        try:
+            log_probs = torch.log_softmax(scores.float(), dim=-1)
+            done[uid] = align_utterance(uid, log_probs, transcripts[uid], source.tokens, source.frame_shift, star=star)
+        except AlignError as e:
+            summary.skipped[uid] = str(e)
+    for uid in transcripts:
+        if uid not in done and uid not in summary.skipped:
+            summary.skipped[uid] = "no emission (not in the corpus or emissions)"
+    for uid, reason in summary.skipped.items():
+        log.warning("%s: %s: left out", uid, reason)
+    if not done:
+        raise W2VError(f"no utterance could be aligned ({len(summary.skipped)} left out, reasons above)")
+    order = [u for u in (source.order or list(done)) if u in done]
+    alignments = [done[u] for u in order]
+    summary.aligned = len(alignments)
+    summary.mean_confidence = float(sum(w.confidence for a in alignments for w in a.words)
+                                    / max(1, sum(len(a.words) for a in alignments)))
+    summary.written = write_outputs(alignments, outputs)
+    if summary.skipped:
+        raise PartialFailure(f"{len(summary.skipped)} of {len(summary.skipped) + summary.aligned} utterances "
+                             f"left out (named above); the rest are in {', '.join(summary.written)}")
+    return summary
