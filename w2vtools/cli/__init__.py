@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "Self-supervised pretraining of wav2vec, vq-wav2vec and wav2vec 2.0.",
     "finetune": "CTC fine-tuning, or a CTC acoustic model on stored features.",
     "decode": "CTC decoding: viterbi, lexicon + KenLM beam search, lexicon-free.",
+    "align": "CTC forced alignment of transcripts: word/letter CTM, segments, TextGrid.",
     "score": "WER/CER exactly as Kaldi's compute-wer prints it, with details.",
     "lm": "Build and evaluate KenLM n-gram LMs and lexicons.",
     "checkpoint": "Inspect and convert model checkpoints (ours, fairseq, Hugging Face).",
