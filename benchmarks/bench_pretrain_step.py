@@ -100,19 +100,24 @@ def worker_ours(x, args, amp: str) -> dict:
     from w2vtools.train.config import resolve_config
     from w2vtools.train.data import AudioDataset
     from w2vtools.train.objectives import PretrainObjective
-    from w2vtools.train.trainer import DistInfo, Trainer
+    from w2vtools.train.distributed import DistInfo
+    from w2vtools.train.launch import set_process_state
+    from w2vtools.train.trainer import Trainer
 
     cfg = resolve_config("wav2vec2", "base", sets=[
         f"run.amp={amp}", f"run.threads={args.threads}", "run.tensorboard=false", "data.num_workers=0",
         "optim.clip_norm=0", "run.log_interval=1000000",
     ])
+    set_process_state(cfg.run.threads, torch.device("cpu"))  # as `w2v pretrain` does, before the model
     torch.manual_seed(0)
     model, _, _ = build_model(cfg)
     # the dataset is only needed to build the trainer: lengths given, no audio is read
     ds = AudioDataset([Utterance(f"u{i}", "/dev/null") for i in range(8)], lengths=[x.shape[1]] * 8,
                       min_sample_size=0, max_sample_size=x.shape[1])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, PretrainObjective(), cfg, train_set=ds, save_dir=tmp, dist_info=DistInfo())
+        # only updates are timed: nothing is saved or resumed
+        trainer = Trainer(model, PretrainObjective(), cfg, train_set=ds, save_dir=tmp, save_fn=None, load_fn=None,
+                          dist_info=DistInfo())
         source = torch.from_numpy(x)
         counter = {"i": 0}
 

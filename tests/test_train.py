@@ -20,12 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.manifest import Manifest, ManifestItem, write_manifest
 from w2vtools.train.config import PRESETS, TrainConfig, config_from_dict, resolve_config
 from w2vtools.train.data import AudioDataset, BatchKey, BatchSampler
 from w2vtools.train.objectives import CTCObjective, PretrainObjective
-from w2vtools.train.trainer import DistInfo, Trainer
+from w2vtools.train.checkpoints import find_trainer_state
+from w2vtools.train.distributed import DistInfo
+from w2vtools.train.trainer import Trainer
 
 
 class ToyContrastive(nn.Module):
@@ -109,6 +112,17 @@ def small_config(**run) -> TrainConfig:
     return cfg
 
 
+def save_toy(path: str, model: nn.Module, extra: dict) -> None:
+    """The toys have no checkpoint format of their own: ``{"model": state_dict, **extra}``."""
+    with atomic_write(path, "wb") as f:
+        torch.save({"model": model.state_dict(), **extra}, f)
+
+
+def load_toy(path: str) -> tuple[dict, dict]:
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return raw["model"], find_trainer_state(raw, path)
+
+
 def make_trainer(manifest, save_dir, cfg, model=None, valid=False, objective=None) -> Trainer:
     torch.manual_seed(0)
     model = model or ToyContrastive()
@@ -121,7 +135,7 @@ def make_trainer(manifest, save_dir, cfg, model=None, valid=False, objective=Non
         valid_set = AudioDataset(utts[:12], sample_rate=16000, min_sample_size=d.min_sample_size,
                                  max_sample_size=d.max_sample_size, seed=cfg.run.seed, name="valid")
     return Trainer(model, objective or PretrainObjective(), cfg, train_set=train_set, valid_set=valid_set,
-                   save_dir=save_dir, dist_info=DistInfo())
+                   save_dir=save_dir, save_fn=save_toy, load_fn=load_toy, dist_info=DistInfo())
 
 
 def train_losses(trainer: Trainer) -> dict[int, float]:
@@ -383,7 +397,7 @@ def test_collapse_guard_warns_at_chance(fsdd_manifest, tmp_path, caplog):
     cfg.optim.lr = 1e-9  # nothing is learnt: the loss stays at chance
     cfg.optim.max_update = 6
     t = make_trainer(fsdd_manifest, tmp_path / "g", cfg, model=ToyContrastive(num_negatives=5))
-    t.guard_info = type(t.guard_info)(chance_bits=math.log2(6), num_codes=None)
+    t.collapse.info = type(t.collapse.info)(chance_bits=math.log2(6), num_codes=None)
     with caplog.at_level("WARNING", logger="w2v.train"):
         t.train()
     assert "sits near chance log2(K+1)" in caplog.text

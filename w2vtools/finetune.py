@@ -50,10 +50,25 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from torchaudio.functional import edit_distance
 
 from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write
+from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.labels import (
+    SPECIAL_SYMBOLS, count_symbols, ctc_vocabulary, dictionary_from_counts, label_path, read_dictionary, read_labels,
+    read_transcripts, words_to_letters,
+)
+from w2vtools.models.checkpoint import load_model, read_checkpoint
+from w2vtools.models.ctc import CTCConfig, CTCModel
+from w2vtools.models.downstream import ARCHES, PRESETS, DownstreamConfig, DownstreamModel, downstream_config
+from w2vtools.train.checkpoints import find_trainer_state
 from w2vtools.train.config import TrainConfig, apply_dict, resolve_config
+from w2vtools.train.data import AudioDataset, stable_seed
+from w2vtools.train.features_data import FeatureDataset
+from w2vtools.train.launch import check_model_overrides, start_run
 from w2vtools.train.objectives import CTCObjective
+from w2vtools.train.rng import seed_everything
 
 log = logging.getLogger("w2v.finetune")
 
@@ -195,27 +210,20 @@ def resolve_finetune_config(
 
 
 def _check_model_fields(route: str, cfg: TrainConfig) -> None:
-    from w2vtools.models.ctc import CTCConfig
-    from w2vtools.models.downstream import ARCHES, PRESETS, DownstreamConfig
-
     if route == "audio":
-        cls, reserved = CTCConfig, {"vocab_size", "encoder", "encoder_family", "freeze_finetune_updates"}
         if cfg.model.arch != "ctc":
             raise W2VError(f"model.arch {cfg.model.arch!r}: the audio route trains a 'ctc' model "
                            "(--arch conv|blstm goes with --features)")
-    else:
-        cls, reserved = DownstreamConfig, {"vocab_size", "input_dim", "frame_shift", "features", "arch"}
-        if cfg.model.arch not in ARCHES:
-            raise W2VError(f"--arch {cfg.model.arch!r}: choose {' or '.join(ARCHES)}")
-        if cfg.model.model_preset not in PRESETS[cfg.model.arch]:
-            raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(PRESETS[cfg.model.arch])}")
-    names = {f.name for f in dataclasses.fields(cls)} - reserved
-    for key in cfg.model.overrides:
-        if key in reserved:
-            raise W2VError(f"model.{key} is set by finetune itself"
-                           + (" (use run.freeze_updates)" if key == "freeze_finetune_updates" else ""))
-        if key not in names:
-            raise W2VError(f"model.{key}: not a {cls.__name__} field (known: {', '.join(sorted(names))})")
+        check_model_overrides(CTCConfig, cfg.model.overrides,
+                              reserved={"vocab_size", "encoder", "encoder_family", "freeze_finetune_updates"},
+                              hints={"freeze_finetune_updates": "run.freeze_updates"})
+        return
+    if cfg.model.arch not in ARCHES:
+        raise W2VError(f"--arch {cfg.model.arch!r}: choose {' or '.join(ARCHES)}")
+    if cfg.model.model_preset not in PRESETS[cfg.model.arch]:
+        raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(PRESETS[cfg.model.arch])}")
+    check_model_overrides(DownstreamConfig, cfg.model.overrides,
+                          reserved={"vocab_size", "input_dim", "frame_shift", "features", "arch"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +259,6 @@ def label_lines(corpus: str | None, utts, labels: str | None, *, upper: bool = T
         >>> label_lines("data/train.tsv", read_corpus("data/train.tsv"), "ltr")["0_george_5"]  # doctest: +SKIP
         'Z E R O |'
     """
-    from w2vtools.formats.labels import read_labels, read_transcripts, words_to_letters
-
     def aligned(lines: list[str], what: str, derive: bool) -> dict[str, str]:
         if utts is None or len(lines) != len(utts):
             n = "no" if utts is None else len(utts)
@@ -272,8 +278,6 @@ def label_lines(corpus: str | None, utts, labels: str | None, *, upper: bool = T
         if not _is_tsv(corpus):
             raise W2VError(f"--labels {labels}: an extension names a file beside a TSV manifest "
                            f"({corpus or 'no audio list given'} is not one); pass a transcript file instead")
-        from w2vtools.formats.labels import label_path
-
         if not label_path(corpus, labels).is_file():
             raise W2VError(f"{label_path(corpus, labels)}: no such file (--labels {labels} reads it beside {corpus})")
         return aligned(read_labels(corpus, labels), str(label_path(corpus, labels)), derive=labels == "wrd")
@@ -294,8 +298,6 @@ def build_symbols(lines: Mapping[str, str]) -> list[str]:
         >>> build_symbols({"a": "A B |", "b": "B |"})
         ['B', '|', 'A']
     """
-    from w2vtools.formats.labels import count_symbols, dictionary_from_counts
-
     return [s for s, _ in dictionary_from_counts(count_symbols(lines.values()))]
 
 
@@ -359,8 +361,6 @@ class FinetuneObjective(CTCObjective):
     """
 
     def _errors(self, lprobs, input_lengths, targets, target_lengths) -> dict[str, float]:
-        from torchaudio.functional import edit_distance
-
         stats = super()._errors(lprobs, input_lengths, targets, target_lengths)
         if self.dictionary is None:
             return stats
@@ -404,9 +404,6 @@ def build_ctc_model(init, tokens: list[str] | None, cfg: TrainConfig):
     Raises:
         W2VError: ``init`` is unreadable or a downstream (feature) model.
     """
-    from w2vtools.models.checkpoint import load_model
-    from w2vtools.models.ctc import CTCConfig, CTCModel
-
     loaded = load_model(init) if isinstance(init, (str, os.PathLike)) else init
     if not isinstance(init, (str, os.PathLike)):
         init = "--init"
@@ -467,9 +464,6 @@ def feature_family(attrs: Mapping[str, Any]) -> str:
 
 
 def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, int]) -> None:
-    from w2vtools.formats.labels import SPECIAL_SYMBOLS
-    from w2vtools.fileio import atomic_write
-
     symbols = list(tokens[4:]) if tuple(tokens[:4]) == SPECIAL_SYMBOLS else [t for t in tokens if t not in SPECIAL_SYMBOLS]
     with atomic_write(path) as f:
         for s in symbols:  # the model's order, which is what matters for the output layer
@@ -481,9 +475,6 @@ _RUN_ONLY = ("stop_at_update", "threads", "sample_rate", "num_workers", "tensorb
 
 
 def _check_resume_config(cfg: TrainConfig, last: Path) -> None:
-    from w2vtools.models.checkpoint import read_checkpoint
-    from w2vtools.train.trainer import find_trainer_state
-
     data = read_checkpoint(last)
     if data is None:
         raise W2VError(f"{last}: not a w2v checkpoint")
@@ -516,6 +507,10 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune a CTC model; returns the trainer's summary (updates, last validation metrics, best WER).
 
+    The shared core: labels and dictionary, the run (:mod:`w2vtools.train.launch`),
+    the CTC objective. The route's own part, its model and datasets, comes from
+    :func:`_audio_route` or :func:`_feature_route`.
+
     Args:
         train: the training audio list (TSV, Kaldi data dir, wav.scp); on the
             feature route optional (it then only names utterances for ``--labels ltr``).
@@ -539,15 +534,41 @@ def finetune(
         W2VError: bad arguments or configuration, unreadable inputs, labels that do
             not match, nothing to train on, or nothing to resume.
     """
-    from w2vtools.formats.corpus import read_corpus
-    from w2vtools.formats.labels import count_symbols, ctc_vocabulary, label_path, read_dictionary
-    from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
-    from w2vtools.train.data import AudioDataset, stable_seed
-    from w2vtools.train.trainer import (
-        Trainer, check_save_dir, init_distributed, load_training_checkpoint, seed_everything, write_run_config,
-    )
-
     route = "features" if features is not None else "audio"
+    _check_route_arguments(route, train=train, valid=valid, init=init, resume=resume,
+                           valid_features=valid_features, arch=arch)
+    train = None if train is None else str(train)
+    valid = None if valid is None else str(valid)
+    cfg = resolve_finetune_config(route, preset, arch=arch, config_file=config_file, sets=list(sets))
+    run = start_run(cfg, save_dir, resume=resume, device=device)
+    if resume:
+        _check_resume_config(cfg, run.last)
+
+    data = _labelled_data(train, valid, labels, valid_labels, want_valid=valid is not None or valid_features is not None)
+    resumed = load_model(str(run.last)) if resume else None
+    init_loaded = load_model(init) if init is not None and resumed is None else None
+    tokens = _dictionary(data.train_lines, resumed=resumed, init_loaded=init_loaded, dict_path=dict_path,
+                         labels=labels, train=train)
+    counts = data.encode(tokens)
+    run.write_config(print_config=print_config)
+    if run.dist_info.is_main:
+        _write_dictionary(run.save_dir / "dict.ltr.txt", tokens, counts)
+
+    seed_everything(stable_seed(cfg.run.seed, "init"))
+    if route == "audio":
+        setup = _audio_route(cfg, data, tokens, resumed=resumed, init_loaded=init_loaded, last=run.last)
+    else:
+        setup = _feature_route(cfg, data, tokens, resumed=resumed, init_loaded=init_loaded, init=init,
+                               features=features, valid_features=valid_features)
+    objective = FinetuneObjective(sentence_avg=True, dictionary=tokens, word_separator="|",
+                                  ignore_tokens=_ignored(tokens))
+    return run.train(setup.model, objective, train_set=setup.train_set, valid_set=setup.valid_set,
+                     family=setup.family, task=setup.task, dictionary=tokens,
+                     feature_encoder_prefix=setup.encoder_prefix)
+
+
+def _check_route_arguments(route: str, *, train, valid, init, resume: bool, valid_features, arch) -> None:
+    """Refuse arguments that do not go with the route."""
     if route == "audio":
         if train is None:
             raise W2VError("give the training audio list (TSV, Kaldi data dir or wav.scp), or --features")
@@ -555,22 +576,39 @@ def finetune(
             raise W2VError("--init is needed: the pretrained (or CTC) checkpoint to fine-tune")
         if valid_features is not None or arch is not None:
             raise W2VError("--valid-features and --arch go with --features (the stored-feature route)")
-    else:
-        if valid is not None and valid_features is None:
-            raise W2VError("--valid names audio; on the feature route give --valid-features (and --valid for "
-                           "its labels, if they sit beside a TSV)")
-    train = None if train is None else str(train)
-    valid = None if valid is None else str(valid)
-    cfg = resolve_finetune_config(route, preset, arch=arch, config_file=config_file, sets=list(sets))
-    save_dir = Path(save_dir)
-    last = check_save_dir(save_dir, resume)
-    if resume:
-        _check_resume_config(cfg, last)
-    dist_info = init_distributed(device)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    elif valid is not None and valid_features is None:
+        raise W2VError("--valid names audio; on the feature route give --valid-features (and --valid for "
+                       "its labels, if they sit beside a TSV)")
 
-    # ---- labels
+
+@dataclasses.dataclass
+class _LabelledData:
+    """The utterances and label lines of both sets; :meth:`encode` adds their token ids."""
+
+    train_utts: list | None
+    valid_utts: list | None
+    train_lines: dict[str, str]
+    valid_lines: dict[str, str] | None
+    train_targets: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    valid_targets: dict[str, list[int]] | None = None
+
+    def encode(self, tokens: list[str]) -> collections.Counter:
+        """Token ids of both sets over ``tokens`` (lower-cased labels for a lower-case dictionary);
+        the training symbol counts."""
+        if not _dictionary_case(tokens):
+            # a lower-case dictionary (some Hugging Face vocabularies): derive lower-case letters
+            self.train_lines = {u: s.lower() for u, s in self.train_lines.items()}
+            if self.valid_lines is not None:
+                self.valid_lines = {u: s.lower() for u, s in self.valid_lines.items()}
+        self.train_targets = encode_labels(self.train_lines, tokens, name="train")
+        if self.valid_lines is not None:
+            self.valid_targets = encode_labels(self.valid_lines, tokens, name="valid")
+        return count_symbols(self.train_lines.values())
+
+
+def _labelled_data(train: str | None, valid: str | None, labels: str | None, valid_labels: str | None, *,
+                   want_valid: bool) -> _LabelledData:
+    """Read both audio lists and their labels (the valid labels default to the training ones' kind)."""
     train_utts = read_corpus(train) if train is not None else None
     train_lines = label_lines(train, train_utts, labels)
     if valid_labels is None and labels is not None and not _is_extension(labels):
@@ -579,131 +617,115 @@ def finetune(
     if valid_labels is None and labels is not None and _is_extension(labels):
         valid_labels = labels
     valid_utts = read_corpus(valid) if valid is not None else None
-    want_valid = valid is not None or valid_features is not None
     if want_valid and valid_labels is None and valid_utts is None:
         raise W2VError("--valid-labels is needed for --valid-features (a transcript file keyed by utterance id)")
     valid_lines = label_lines(valid, valid_utts, valid_labels) if want_valid else None
+    return _LabelledData(train_utts, valid_utts, train_lines, valid_lines)
 
-    # ---- dictionary
-    resumed = load_model(str(last)) if resume else None
-    init_loaded = load_model(init) if init is not None and resumed is None else None
-    tokens: list[str] | None = None
+
+def _dictionary(train_lines: Mapping[str, str], *, resumed, init_loaded, dict_path, labels: str | None,
+                train: str | None) -> list[str]:
+    """The output tokens: the resumed model's, ``--dict``, the initial CTC model's, ``dict.*.txt``
+    beside the training TSV, else counted over the training labels."""
     if resumed is not None:
-        tokens = list(resumed.dictionary or [])
-    elif dict_path is not None:
-        tokens = ctc_vocabulary(read_dictionary(dict_path))
-    elif init_loaded is not None and init_loaded.task in ("ctc", "downstream") and init_loaded.dictionary:
-        tokens = list(init_loaded.dictionary)
-    if tokens is None and labels is not None and _is_extension(labels) and _is_tsv(train):
+        return list(resumed.dictionary or [])
+    if dict_path is not None:
+        return ctc_vocabulary(read_dictionary(dict_path))
+    if init_loaded is not None and init_loaded.task in ("ctc", "downstream") and init_loaded.dictionary:
+        return list(init_loaded.dictionary)
+    if labels is not None and _is_extension(labels) and _is_tsv(train):
         beside = label_path(train, labels).with_name(f"dict.{'ltr' if labels == 'wrd' else labels}.txt")
         if beside.is_file():
             tokens = ctc_vocabulary(read_dictionary(beside))
             log.info("dictionary: %s (%d tokens)", beside, len(tokens))
-    counts = count_symbols(train_lines.values())
-    if tokens is None:
-        tokens = ctc_vocabulary(build_symbols(train_lines))
-        log.info("dictionary: %d symbols counted over the training labels", len(tokens) - 4)
-    if not _dictionary_case(tokens):
-        # a lower-case dictionary (some Hugging Face vocabularies): derive lower-case letters
-        train_lines = {u: s.lower() for u, s in train_lines.items()}
-        valid_lines = None if valid_lines is None else {u: s.lower() for u, s in valid_lines.items()}
-        counts = count_symbols(train_lines.values())
-    train_targets = encode_labels(train_lines, tokens, name="train")
-    valid_targets = encode_labels(valid_lines, tokens, name="valid") if valid_lines is not None else None
+            return tokens
+    tokens = ctc_vocabulary(build_symbols(train_lines))
+    log.info("dictionary: %d symbols counted over the training labels", len(tokens) - 4)
+    return tokens
 
-    yaml_text = cfg.to_yaml()
-    if dist_info.is_main:
-        write_run_config(yaml_text, save_dir, print_config=print_config)
-        _write_dictionary(save_dir / "dict.ltr.txt", tokens, counts)
 
-    seed_everything(stable_seed(cfg.run.seed, "init"))
-    d = cfg.data
-    if route == "audio":
-        if resumed is not None:
-            if resumed.task != "ctc":
-                raise W2VError(f"{last}: not a CTC model (task {resumed.task})")
-            model, family = resumed.model, resumed.family
-            _freeze_pretraining_parts(model)  # the same parameter groups as the interrupted run
-            model.train()
-        else:
-            model, family, tokens_used, _ = build_ctc_model(init_loaded, tokens, cfg)
-            if tokens_used != tokens:
-                raise W2VError("internal: dictionary changed while building the model")
-        rate = int(model.sample_rate)
-        if rate != d.sample_rate:
-            log.info("data.sample_rate: %d Hz (the model's rate)", rate)
-            d.sample_rate = rate
-        train_set = AudioDataset(train_utts, sample_rate=rate, min_sample_size=d.min_sample_size,
-                                 max_sample_size=d.max_sample_size, pad=True, labels=train_targets,
-                                 seed=cfg.run.seed, name="train")
-        valid_set = None
-        if valid_utts is not None:
-            valid_set = AudioDataset(valid_utts, sample_rate=rate, min_sample_size=d.min_sample_size,
-                                     max_sample_size=d.max_sample_size, pad=True, labels=valid_targets,
-                                     seed=cfg.run.seed, name="valid")
-        task = "ctc"
-        config_of = lambda core: core.cfg  # noqa: E731
-        encoder_prefix = "encoder.feature_extractor."
-    else:
-        from w2vtools.models.downstream import DownstreamModel, downstream_config
-        from w2vtools.train.features_data import FeatureDataset
+@dataclasses.dataclass
+class _RouteSetup:
+    """What a route contributes to the shared core: the model and its data."""
 
-        train_set = FeatureDataset(features, train_targets, min_frames=d.min_sample_size,
-                                   max_frames=d.max_sample_size, name="train")
-        valid_set = None
-        if valid_features is not None:
-            valid_set = FeatureDataset(valid_features, valid_targets, min_frames=d.min_sample_size,
-                                       max_frames=d.max_sample_size, name="valid")
-            if valid_set.dim != train_set.dim:
-                raise W2VError(f"{valid_features}: {valid_set.dim}-dimensional features, training ones are "
-                               f"{train_set.dim}-dimensional")
-        d.sample_rate = max(1, int(round(train_set.frame_rate)))  # "samples" are frames here
-        family = feature_family(train_set.attrs)
-        if resumed is not None:
-            model = resumed.model
-        elif init_loaded is not None:
-            loaded = init_loaded
-            if loaded.task != "downstream":
-                raise W2VError(f"{init}: a {loaded.task} model; the feature route continues downstream models only")
-            model = loaded.model
-            if model.cfg.input_dim != train_set.dim:
-                raise W2VError(f"{init}: takes {model.cfg.input_dim}-dimensional features, {features} has "
-                               f"{train_set.dim}")
-            if list(loaded.dictionary or []) != tokens:
-                raise W2VError(f"{init}: its dictionary differs from this run's")
-        else:
-            try:
-                mcfg = downstream_config(cfg.model.arch, cfg.model.model_preset, input_dim=train_set.dim,
-                                         vocab_size=len(tokens), frame_shift=train_set.frame_shift,
-                                         features=_plain_attrs(train_set.attrs), **cfg.model.overrides)
-            except (TypeError, ValueError) as e:
-                raise W2VError(f"model settings: {e}") from None
-            model = DownstreamModel(mcfg)
-            model.set_normalization(train_set.mean, train_set.std)
+    model: torch.nn.Module
+    family: str
+    task: str
+    train_set: Any
+    valid_set: Any
+    encoder_prefix: str  # parameter-name prefix of the feature encoder (run.freeze_feature_encoder)
+
+
+def _audio_route(cfg: TrainConfig, data: _LabelledData, tokens: list[str], *, resumed, init_loaded,
+                 last: Path) -> _RouteSetup:
+    """A CTC model over a pretrained encoder (or the resumed one), on audio."""
+    if resumed is not None:
+        if resumed.task != "ctc":
+            raise W2VError(f"{last}: not a CTC model (task {resumed.task})")
+        model, family = resumed.model, resumed.family
+        _freeze_pretraining_parts(model)  # the same parameters trained as in the interrupted run
         model.train()
-        task = "downstream"
-        config_of = lambda core: core.cfg  # noqa: E731
-        encoder_prefix = "\0"  # nothing frozen
+    else:
+        model, family, tokens_used, _ = build_ctc_model(init_loaded, tokens, cfg)
+        if tokens_used != tokens:
+            raise W2VError("internal: dictionary changed while building the model")
+    d = cfg.data
+    rate = int(model.sample_rate)
+    if rate != d.sample_rate:
+        log.info("data.sample_rate: %d Hz (the model's rate)", rate)
+        d.sample_rate = rate
 
-    def save_fn(path: str, core: torch.nn.Module, extra: dict) -> None:
-        save_model(path, LoadedModel(family=family, task=task, model=core, config=config_of(core),
-                                     dictionary=list(tokens)), extra=extra)
+    def dataset(utts, targets, name: str) -> AudioDataset:
+        return AudioDataset(utts, sample_rate=rate, min_sample_size=d.min_sample_size,
+                            max_sample_size=d.max_sample_size, pad=True, labels=targets, seed=cfg.run.seed, name=name)
 
-    objective = FinetuneObjective(sentence_avg=True, dictionary=tokens, word_separator="|",
-                                  ignore_tokens=_ignored(tokens))
-    trainer = Trainer(
-        model, objective, cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
-        save_fn=save_fn, load_fn=load_training_checkpoint, dist_info=dist_info, feature_encoder_prefix=encoder_prefix,
-    )
-    try:
-        summary = trainer.train(resume=str(last) if resume else None)
-    finally:
-        if dist_info.distributed:
-            import torch.distributed as dist
+    valid_set = None if data.valid_utts is None else dataset(data.valid_utts, data.valid_targets, "valid")
+    return _RouteSetup(model, family, "ctc", dataset(data.train_utts, data.train_targets, "train"), valid_set,
+                       encoder_prefix="encoder.feature_extractor.")
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    return summary
+
+def _feature_route(cfg: TrainConfig, data: _LabelledData, tokens: list[str], *, resumed, init_loaded, init,
+                   features: str, valid_features: str | None) -> _RouteSetup:
+    """A downstream CTC model (new, continued or resumed) on stored features."""
+    d = cfg.data
+    train_set = FeatureDataset(features, data.train_targets, min_frames=d.min_sample_size,
+                               max_frames=d.max_sample_size, name="train")
+    valid_set = None
+    if valid_features is not None:
+        valid_set = FeatureDataset(valid_features, data.valid_targets, min_frames=d.min_sample_size,
+                                   max_frames=d.max_sample_size, name="valid")
+        if valid_set.dim != train_set.dim:
+            raise W2VError(f"{valid_features}: {valid_set.dim}-dimensional features, training ones are "
+                           f"{train_set.dim}-dimensional")
+    d.sample_rate = max(1, int(round(train_set.frame_rate)))  # "samples" are frames here
+    if resumed is not None:
+        model = resumed.model
+    elif init_loaded is not None:
+        model = _continued_downstream(init_loaded, init, tokens, train_set.dim, features)
+    else:
+        try:
+            mcfg = downstream_config(cfg.model.arch, cfg.model.model_preset, input_dim=train_set.dim,
+                                     vocab_size=len(tokens), frame_shift=train_set.frame_shift,
+                                     features=_plain_attrs(train_set.attrs), **cfg.model.overrides)
+        except (TypeError, ValueError) as e:
+            raise W2VError(f"model settings: {e}") from None
+        model = DownstreamModel(mcfg)
+        model.set_normalization(train_set.mean, train_set.std)
+    model.train()
+    return _RouteSetup(model, feature_family(train_set.attrs), "downstream", train_set, valid_set,
+                       encoder_prefix="\0")  # nothing to freeze
+
+
+def _continued_downstream(loaded, init: str, tokens: list[str], dim: int, features: str) -> torch.nn.Module:
+    """The ``--init`` downstream model, once it fits these features and this dictionary."""
+    if loaded.task != "downstream":
+        raise W2VError(f"{init}: a {loaded.task} model; the feature route continues downstream models only")
+    model = loaded.model
+    if model.cfg.input_dim != dim:
+        raise W2VError(f"{init}: takes {model.cfg.input_dim}-dimensional features, {features} has {dim}")
+    if list(loaded.dictionary or []) != tokens:
+        raise W2VError(f"{init}: its dictionary differs from this run's")
+    return model
 
 
 def _ignored(tokens: Sequence[str]) -> tuple[int, ...]:

@@ -4,11 +4,10 @@ Why: glibc's malloc serves every block over 32 MB (the most ``M_MMAP_THRESHOLD``
 with a fresh ``mmap`` and returns it with ``munmap`` when freed. A CPU training step of
 wav2vec 2.0 BASE allocates and frees hundreds of such activations (the first conv
 layers' outputs are 100 MB each), so every step pays for zero-filling and faulting in
-gigabytes of new pages: on 2 cores a third of the step went to the kernel (sys time 20 s
-of 87 s CPU for 7 steps). Telling glibc to grow the heap instead of mapping, and never to
-trim it, makes freed blocks reusable: after a few steps a step faults in no new pages
-(tests/test_malloc.py), and the BASE step got 1.3x faster (benchmarks/
-bench_pretrain_step.py, BENCHMARKS.md). This is what jemalloc or tcmalloc through
+gigabytes of new pages: on 2 cores a third of the step went to the kernel. Telling glibc
+to grow the heap instead of mapping, and never to trim it, makes freed blocks reusable:
+after a few steps a step faults in no new pages (tests/test_malloc.py), and the BASE step
+got faster (benchmarks/bench_pretrain_step.py; the numbers are in BENCHMARKS.md). This is what jemalloc or tcmalloc through
 ``LD_PRELOAD`` (as Intel's PyTorch CPU tuning guide advises) achieve, without a
 dependency.
 
@@ -16,8 +15,7 @@ dependency.
 (Python stream threads and torch's intra-op threads) then allocate from glibc's main
 heap too, instead of per-thread arenas whose large blocks would still be mapped and
 unmapped (``M_ARENA_MAX`` = 1; the arena lock costs nothing next to a BASE forward).
-There this took a 40-utterance run from 35.2 s to 29.9 s (sys time 12 s to 2.5 s), with a
-peak RSS below the peers' (BENCHMARKS.md).
+There this cut the system time and kept the peak RSS below the peers' (BENCHMARKS.md).
 
 The cost: the process keeps its peak heap until it exits, which is what a training or
 featurizing process wants anyway. Nothing changes when
@@ -62,15 +60,16 @@ def keep_freed_memory(one_arena: bool = False) -> bool:
     """Make glibc reuse freed heap memory instead of mapping and unmapping large blocks.
 
     Idempotent, process-wide, and inherited by forked DataLoader workers. Call it before
-    the heavy CPU work starts (the trainer does, when it runs on CPU; featurize too).
+    the heavy CPU work starts (:func:`w2vtools.train.launch.set_process_state` does for a
+    training process on CPU; featurize too).
 
     Args:
         one_arena: also make threads that have not allocated yet share the main heap
             (for work spread over threads, as featurize's streams are). Call it before
             the process starts threads that allocate (torch's intra-op pool starts with
             the first parallel op): glibc hands new threads the arenas existing threads
-            made, and those map and unmap their large blocks. Measured, 40 utterances:
-            30.9 s when called first, 34.9 s when called after a model's warm-up forward.
+            made, and those map and unmap their large blocks (BENCHMARKS.md measures
+            a call made first against one made after a model's warm-up forward).
 
     Returns:
         True when the settings were applied (now or by an earlier call), False when

@@ -21,13 +21,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from w2vtools.errors import W2VError
-from w2vtools.train.config import TrainConfig, resolve_config
+from w2vtools.formats.corpus import read_corpus
+from w2vtools.models.checkpoint import build_model as build, model_class_for
+from w2vtools.models.presets import get_preset
+from w2vtools.train.config import DataConfig, TrainConfig, resolve_config
+from w2vtools.train.data import AudioDataset, stable_seed
+from w2vtools.train.launch import check_model_overrides, start_run
+from w2vtools.train.objectives import PretrainObjective
+from w2vtools.train.rng import seed_everything
 
 log = logging.getLogger("w2v.pretrain")
 
@@ -48,9 +54,6 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
         >>> family
         'wav2vec2'
     """
-    from w2vtools.models.checkpoint import build_model as build, model_class_for
-    from w2vtools.models.presets import get_preset
-
     arch = cfg.model.arch
     if arch not in ARCHES:
         raise W2VError(f"unknown arch {arch!r} (choose {', '.join(ARCHES)})")
@@ -58,10 +61,7 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
         mcfg = get_preset(arch, cfg.model.model_preset)
     except KeyError as e:
         raise W2VError(str(e).strip("'\"")) from None
-    names = {f.name for f in dataclasses.fields(mcfg)}
-    unknown = sorted(set(cfg.model.overrides) - names)
-    if unknown:
-        raise W2VError(f"model.{unknown[0]}: not a {type(mcfg).__name__} field (known: {', '.join(sorted(names))})")
+    check_model_overrides(type(mcfg), cfg.model.overrides)
     try:
         mcfg = dataclasses.replace(mcfg, **cfg.model.overrides)
     except (TypeError, ValueError, W2VError) as e:
@@ -104,55 +104,21 @@ def pretrain(
         W2VError: bad configuration, unreadable corpus, nothing to train on, or
             no checkpoint to resume.
     """
-    from w2vtools.formats.corpus import read_corpus
-    from w2vtools.models.checkpoint import LoadedModel, save_model
-    from w2vtools.train.data import AudioDataset, stable_seed
-    from w2vtools.train.objectives import PretrainObjective
-    from w2vtools.train.trainer import (
-        Trainer, check_save_dir, init_distributed, load_training_checkpoint, seed_everything, write_run_config,
-    )
-
     cfg = resolve_config(arch, preset, config_file=config_file, sets=list(sets))
-    save_dir = Path(save_dir)
-    last = check_save_dir(save_dir, resume)
-    dist_info = init_distributed(device)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    yaml_text = cfg.to_yaml()
-    if dist_info.is_main:
-        write_run_config(yaml_text, save_dir, print_config=print_config)
+    run = start_run(cfg, save_dir, resume=resume, device=device)
+    run.write_config(print_config=print_config)
 
     seed_everything(stable_seed(cfg.run.seed, "init"))
-    model, mcfg, family = build_model(cfg)
+    model, _, family = build_model(cfg)
     rate = int(getattr(model, "sample_rate", cfg.data.sample_rate))
     if rate != cfg.data.sample_rate:
         raise W2VError(f"data.sample_rate is {cfg.data.sample_rate} but the {family} model expects {rate} Hz")
+    train_set = _audio_dataset(train, cfg.data, cfg.run.seed, "train")
+    valid_set = None if valid is None else _audio_dataset(valid, cfg.data, cfg.run.seed, "valid")
+    return run.train(model, PretrainObjective(), train_set=train_set, valid_set=valid_set, family=family,
+                     task="pretrain")
 
-    d = cfg.data
-    train_set = AudioDataset(
-        read_corpus(train), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
-        max_sample_size=d.max_sample_size, pad=d.pad, seed=cfg.run.seed, name="train",
-    )
-    valid_set = None
-    if valid is not None:
-        valid_set = AudioDataset(
-            read_corpus(valid), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
-            max_sample_size=d.max_sample_size, pad=d.pad, seed=cfg.run.seed, name="valid",
-        )
 
-    def save_fn(path: str, core: torch.nn.Module, extra: dict) -> None:
-        save_model(path, LoadedModel(family=family, task="pretrain", model=core, config=mcfg), extra=extra)
-
-    trainer = Trainer(
-        model, PretrainObjective(), cfg, train_set=train_set, valid_set=valid_set, save_dir=save_dir,
-        save_fn=save_fn, load_fn=load_training_checkpoint, dist_info=dist_info,
-    )
-    try:
-        summary = trainer.train(resume=str(last) if resume else None)
-    finally:
-        if dist_info.distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    return summary
+def _audio_dataset(corpus: str | os.PathLike, d: DataConfig, seed: int, name: str) -> AudioDataset:
+    return AudioDataset(read_corpus(corpus), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
+                        max_sample_size=d.max_sample_size, pad=d.pad, seed=seed, name=name)

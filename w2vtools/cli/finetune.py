@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from w2vtools.cli.training_options import training_options
+
 
 def _list_presets(ctx: click.Context) -> None:
     from w2vtools.finetune import CTC_PRESETS, DOWNSTREAM_PRESETS
@@ -42,28 +44,13 @@ def _list_presets(ctx: click.Context) -> None:
 @click.option("--valid-features", default=None, help="Validation features (feature route).")
 @click.option("--arch", type=click.Choice(["blstm", "conv"]), default=None,
               help="Feature route: BiLSTM (default) or wav2letter-style convolutions.")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="YAML with sections model/data/optim/run, applied over the preset.")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one setting (repeatable): --set optim.lr=3e-5 --set model.mask_prob=0.5.")
-@click.option("--save-dir", required=True, help="Checkpoints, config.yaml, dict.ltr.txt, log.jsonl, tensorboard/.")
-@click.option("--update-freq", type=int, default=None, help="Accumulate this many batches per update.")
-@click.option("--max-update", type=int, default=None, help="Length of the run (and of the lr schedule).")
-@click.option("--stop-at-update", type=int, default=None,
-              help="Stop after this update without shortening the schedule (resume later).")
 @click.option("--freeze-updates", type=int, default=None,
               help="Train only the output layer for this many updates (run.freeze_updates).")
-@click.option("--valid-interval", type=int, default=None, help="Validate every N updates.")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (optim.lr).")
-@click.option("--seed", type=int, default=None, help="Seed of batches, masks, dropout.")
-@click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--threads", type=int, default=None, help="torch threads per process.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_presets(ctx) if v else None, help="List the recipes and exit.")
+@training_options
 def command(train, labels, valid, valid_labels, dict_path, init, preset, features, valid_features, arch,
-            config_file, sets, save_dir, update_freq, max_update, stop_at_update, freeze_updates, valid_interval,
-            lr, seed, resume, device, threads):
+            freeze_updates, config_file, sets, save_dir, resume, device):
     """Fine-tune a CTC model on the labelled audio of TRAIN, or train one on stored features.
 
     Audio route (--init): the pretrained model (ours, fairseq, Hugging Face) gets a
@@ -106,13 +93,8 @@ def command(train, labels, valid, valid_labels, dict_path, init, preset, feature
             raise W2VError("--preset is needed: 10m, 1h, 10h, 100h, 960h or tiny (see --list-presets)")
     if labels is None and train is not None and features is None and train.endswith(".tsv"):
         labels = "ltr"
-    extra = list(sets)
-    for value, key in ((update_freq, "optim.update_freq"), (max_update, "optim.max_update"),
-                       (stop_at_update, "run.stop_at_update"), (freeze_updates, "run.freeze_updates"),
-                       (valid_interval, "run.valid_interval"), (lr, "optim.lr"), (seed, "run.seed"),
-                       (threads, "run.threads")):
-        if value is not None:
-            extra.append(f"{key}={value}")
+    if freeze_updates is not None:
+        sets = [*sets, f"run.freeze_updates={freeze_updates}"]
     finetune(train, save_dir=save_dir, preset=preset, valid=valid, labels=labels, valid_labels=valid_labels,
              dict_path=dict_path, init=init, features=features, valid_features=valid_features, arch=arch,
-             config_file=config_file, sets=extra, resume=resume, device=device)
+             config_file=config_file, sets=sets, resume=resume, device=device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from w2vtools.cli.training_options import training_options
+
 
 def _list_presets(ctx: click.Context) -> None:
     from w2vtools.train.config import PRESETS
@@ -28,24 +30,10 @@ def _list_presets(ctx: click.Context) -> None:
 @click.option("--preset", required=True,
               help="Training recipe: wav2vec2 base|large|tiny, wav2vec large|tiny, "
                    "vq-wav2vec gumbel|kmeans|tiny|kmeans-tiny (see --list-presets).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="YAML with sections model/data/optim/run, applied over the preset.")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one setting (repeatable), e.g. --set optim.lr=1e-4 --set model.encoder_layers=4.")
-@click.option("--save-dir", required=True, help="Checkpoints, config.yaml, log.jsonl and tensorboard/ go here.")
-@click.option("--update-freq", type=int, default=None,
-              help="Accumulate this many batches per update (emulates more GPUs).")
-@click.option("--max-update", type=int, default=None, help="Length of the run (and of the lr schedule).")
-@click.option("--stop-at-update", type=int, default=None,
-              help="Stop after this update without shortening the schedule (resume later).")
-@click.option("--seed", type=int, default=None, help="Seed of batches, crops, masks, negatives, dropout.")
-@click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--threads", type=int, default=None, help="torch threads per process.")
 @click.option("--list-presets", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_presets(ctx) if v else None, help="List the recipes and exit.")
-def command(train, valid, arch, preset, config_file, sets, save_dir, update_freq, max_update, stop_at_update,
-            seed, resume, device, threads):
+@training_options
+def command(train, valid, arch, preset, config_file, sets, save_dir, resume, device):
     """Pretrain a model on the audio of TRAIN (TSV manifest, Kaldi data dir or wav.scp).
 
     The resolved configuration is printed (YAML, stdout) and saved as
@@ -69,16 +57,5 @@ def command(train, valid, arch, preset, config_file, sets, save_dir, update_freq
     """
     from w2vtools.pretrain import pretrain
 
-    extra = list(sets)
-    if update_freq is not None:
-        extra.append(f"optim.update_freq={update_freq}")
-    if max_update is not None:
-        extra.append(f"optim.max_update={max_update}")
-    if stop_at_update is not None:
-        extra.append(f"run.stop_at_update={stop_at_update}")
-    if seed is not None:
-        extra.append(f"run.seed={seed}")
-    if threads is not None:
-        extra.append(f"run.threads={threads}")
-    pretrain(train, valid, arch=arch, preset=preset, save_dir=save_dir, config_file=config_file, sets=extra,
+    pretrain(train, valid, arch=arch, preset=preset, save_dir=save_dir, config_file=config_file, sets=sets,
              resume=resume, device=device)

@@ -6,8 +6,9 @@ The output dictionary follows fairseq's order: ``<s>`` (the CTC blank, index 0),
 In train mode the wav2vec 2.0 encoder is regularized as in fairseq's
 ``wav2vec2_asr`` fine-tuning: time masking (``mask_prob``, ``mask_length``),
 channel masking (``mask_channel_prob``, ``mask_channel_length`` 64), layer drop,
-the feature encoder frozen (``feature_grad_mult`` 0) or its gradients scaled, and
-the whole encoder frozen for the first ``freeze_finetune_updates`` updates.
+and the feature encoder frozen (``feature_grad_mult`` 0) or its gradients scaled.
+Freezing the whole encoder for the first updates is the trainer's job
+(``run.freeze_updates``, :meth:`w2vtools.train.trainer.Trainer._freeze`).
 
 Example:
     >>> from w2vtools.models.presets import get_preset
@@ -20,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -63,7 +63,7 @@ class CTCConfig:
     activation_dropout: float = 0.1
     dropout_input: float = 0.0
     feature_grad_mult: float = 0.0
-    freeze_finetune_updates: int = 0
+    freeze_finetune_updates: int = 0  # recorded (fairseq's name); run.freeze_updates does the freezing
 
 
 def _set_dropout(module: nn.Module, p: float) -> None:
@@ -164,19 +164,17 @@ class CTCModel(nn.Module):
         return self.encoder.num_frames(num_samples)
 
     def set_num_updates(self, num_updates: int) -> None:
-        """Track updates (for ``freeze_finetune_updates``)."""
+        """Track updates (the encoder's schedules, such as the Gumbel temperature, follow them)."""
         self.num_updates = num_updates
         if hasattr(self.encoder, "set_num_updates"):
             self.encoder.set_num_updates(num_updates)
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None):
         """(B, S) audio -> ((B, T, V) logits, (B, T) frame padding mask or None)."""
-        frozen = self.training and self.num_updates < self.cfg.freeze_finetune_updates
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            kwargs = {}
-            if getattr(self.encoder, "family", None) == "wav2vec2":
-                kwargs["mask"] = self.training and self.cfg.apply_mask
-            out = self.encoder.extract_features(source, padding_mask, **kwargs)
+        kwargs = {}
+        if getattr(self.encoder, "family", None) == "wav2vec2":
+            kwargs["mask"] = self.training and self.cfg.apply_mask
+        out = self.encoder.extract_features(source, padding_mask, **kwargs)
         x = self.final_dropout(out.features)
         return self.proj(x), out.padding_mask
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from w2vtools.errors import W2VError
+from w2vtools.formats.features import open_features
 from w2vtools.train.data import BatchKey
 
 log = logging.getLogger("w2v.train")
@@ -70,8 +71,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         name: str = "train",
         cache_bytes: int = 2 << 30,
     ) -> None:
-        from w2vtools.formats.features import open_features
-
         self.spec = str(spec)
         self.name = name
         reader = open_features(self.spec)
@@ -79,81 +78,94 @@ class FeatureDataset(torch.utils.data.Dataset):
         shift = self.attrs.get("frame_shift")
         self.frame_shift = float(shift) if shift else 0.01
         self.frame_rate = 1.0 / self.frame_shift
-        uids: list[str] = []
-        sizes: list[int] = []
-        cache: dict[str, np.ndarray] = {}
-        cached_bytes = 0
-        total = 0.0
-        sum_x: np.ndarray | None = None
-        sum_x2: np.ndarray | None = None
         self.dim = 0
         self.num_unlabelled = self.num_too_short = self.num_too_long = 0
-        seen: set[str] = set()
         try:
-            for uid, x in reader:
-                x = np.asarray(x)
-                if x.ndim != 2:
-                    raise W2VError(f"{self.spec}: {uid!r} is not a (T, D) matrix (shape {x.shape})")
-                if not self.dim:
-                    self.dim = int(x.shape[1])
-                elif x.shape[1] != self.dim:
-                    raise W2VError(f"{self.spec}: {uid!r} has {x.shape[1]} dimensions, earlier ones {self.dim}")
-                seen.add(uid)
-                if uid not in labels:
-                    self.num_unlabelled += 1
-                    continue
-                n = int(x.shape[0])
-                if n < max(1, min_frames):
-                    self.num_too_short += 1
-                    continue
-                if max_frames and n > max_frames:
-                    self.num_too_long += 1
-                    continue
-                x64 = x.astype(np.float64)
-                if not np.isfinite(x64).all():
-                    raise W2VError(f"{self.spec}: {uid!r} has NaN or infinite values")
-                if sum_x is None:
-                    sum_x, sum_x2 = np.zeros(self.dim), np.zeros(self.dim)
-                sum_x += x64.sum(axis=0)
-                sum_x2 += (x64 * x64).sum(axis=0)
-                total += n
-                uids.append(uid)
-                sizes.append(n)
-                if cache is not None:
-                    arr = np.ascontiguousarray(x, dtype=np.float32)
-                    cached_bytes += arr.nbytes
-                    if cached_bytes > cache_bytes:
-                        cache = None  # too large: read batches from the file instead
-                    else:
-                        cache[uid] = arr
+            seen, stats = self._scan(reader, labels, min_frames, max_frames, cache_bytes)
         finally:
             reader.close()
         self.num_missing = sum(1 for uid in labels if uid not in seen)
-        self.uids = uids
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.labels = [list(labels[u]) for u in uids]
-        self._cache = cache
+        self.sizes = np.asarray(self.sizes, dtype=np.int64)
+        self.labels = [list(labels[u]) for u in self.uids]
         self._reader = None
         self._reader_pid = -1
-        count = len(seen)
-        for what, n in (("without labels", self.num_unlabelled),
-                        (f"shorter than {min_frames} frames", self.num_too_short),
-                        (f"longer than {max_frames} frames", self.num_too_long)):
-            if n:
-                log.warning("%s: left out %d of %d utterances %s", name, n, count, what)
-        if self.num_missing:
-            # a transcript table often covers several sets: not a problem in itself
-            log.info("%s: %d labelled utterances have no features in %s", name, self.num_missing, self.spec)
-        if not uids:
-            raise W2VError(f"{name}: no utterances left to train on in {self.spec} "
-                           f"({count} with features, {len(labels)} with labels; do their ids match?)")
+        self._report(len(seen), len(labels), min_frames, max_frames)
+        total, sum_x, sum_x2 = stats
         mean = sum_x / total
         var = np.maximum(sum_x2 / total - mean * mean, 0.0)
         self.mean = torch.from_numpy(mean.astype(np.float32))
         self.std = torch.from_numpy(np.sqrt(var).astype(np.float32))
-        log.info("%s: %d utterances, %d frames of %d dims (%.2f h at %.0f frames/s)%s", name, len(uids), int(total),
-                 self.dim, total / self.frame_rate / 3600, self.frame_rate,
-                 "" if cache is not None else "; read from the file per batch")
+        log.info("%s: %d utterances, %d frames of %d dims (%.2f h at %.0f frames/s)%s", name, len(self.uids),
+                 int(total), self.dim, total / self.frame_rate / 3600, self.frame_rate,
+                 "" if self._cache is not None else "; read from the file per batch")
+
+    def _scan(self, reader, labels: Mapping[str, Sequence[int]], min_frames: int, max_frames: int,
+              cache_bytes: int) -> tuple[set[str], tuple[float, np.ndarray, np.ndarray]]:
+        """Read the file once: keep the labelled utterances of a fitting length (cached when they fit
+        in ``cache_bytes``); the ids seen and (frames, sum, sum of squares) of the kept ones."""
+        self.uids: list[str] = []
+        self.sizes: list[int] = []
+        cache: dict[str, np.ndarray] | None = {}
+        cached_bytes = 0
+        total = 0.0
+        sum_x = sum_x2 = None
+        seen: set[str] = set()
+        for uid, x in reader:
+            x = np.asarray(x)
+            self._check_shape(uid, x)
+            seen.add(uid)
+            if uid not in labels:
+                self.num_unlabelled += 1
+                continue
+            n = int(x.shape[0])
+            if n < max(1, min_frames):
+                self.num_too_short += 1
+                continue
+            if max_frames and n > max_frames:
+                self.num_too_long += 1
+                continue
+            x64 = x.astype(np.float64)
+            if not np.isfinite(x64).all():
+                raise W2VError(f"{self.spec}: {uid!r} has NaN or infinite values")
+            if sum_x is None:
+                sum_x, sum_x2 = np.zeros(self.dim), np.zeros(self.dim)
+            sum_x += x64.sum(axis=0)
+            sum_x2 += (x64 * x64).sum(axis=0)
+            total += n
+            self.uids.append(uid)
+            self.sizes.append(n)
+            if cache is not None:
+                arr = np.ascontiguousarray(x, dtype=np.float32)
+                cached_bytes += arr.nbytes
+                if cached_bytes > cache_bytes:
+                    cache = None  # too large: read batches from the file instead
+                else:
+                    cache[uid] = arr
+        self._cache = cache
+        return seen, (total, sum_x, sum_x2)
+
+    def _check_shape(self, uid: str, x: np.ndarray) -> None:
+        """Every matrix is (T, D) with the first one's D."""
+        if x.ndim != 2:
+            raise W2VError(f"{self.spec}: {uid!r} is not a (T, D) matrix (shape {x.shape})")
+        if not self.dim:
+            self.dim = int(x.shape[1])
+        elif x.shape[1] != self.dim:
+            raise W2VError(f"{self.spec}: {uid!r} has {x.shape[1]} dimensions, earlier ones {self.dim}")
+
+    def _report(self, count: int, num_labels: int, min_frames: int, max_frames: int) -> None:
+        """Log what was left out; raise when nothing is left."""
+        for what, n in (("without labels", self.num_unlabelled),
+                        (f"shorter than {min_frames} frames", self.num_too_short),
+                        (f"longer than {max_frames} frames", self.num_too_long)):
+            if n:
+                log.warning("%s: left out %d of %d utterances %s", self.name, n, count, what)
+        if self.num_missing:
+            # a transcript table often covers several sets: not a problem in itself
+            log.info("%s: %d labelled utterances have no features in %s", self.name, self.num_missing, self.spec)
+        if not self.uids:
+            raise W2VError(f"{self.name}: no utterances left to train on in {self.spec} "
+                           f"({count} with features, {num_labels} with labels; do their ids match?)")
 
     # The trainer logs throughput as num_samples / sample_rate: frames per second here.
     @property
@@ -178,8 +190,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         if self._cache is not None:
             return self._cache[uid]
         if self._reader is None or self._reader_pid != os.getpid():
-            from w2vtools.formats.features import open_features
-
             self._reader = open_features(self.spec)
             self._reader_pid = os.getpid()
         return np.asarray(self._reader[uid], dtype=np.float32)

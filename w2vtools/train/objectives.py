@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchaudio.functional import edit_distance
 
 LN2 = math.log(2.0)
 
@@ -231,8 +232,6 @@ class CTCObjective(Objective):
         return loss_sum, sample_size, stats
 
     def _errors(self, lprobs, input_lengths, targets, target_lengths) -> dict[str, float]:
-        from torchaudio.functional import edit_distance
-
         best = lprobs.argmax(dim=-1).cpu()
         token_errors = token_total = word_errors = word_total = 0
         for i in range(best.shape[0]):

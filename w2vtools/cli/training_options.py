@@ -1,0 +1,74 @@
+"""The options ``w2v pretrain`` and ``w2v finetune`` share, and how they become ``--set`` items.
+
+:func:`training_options` adds them to a command and hands the command ``config_file``,
+``sets`` (the ``--set`` items, then one item per option given), ``save_dir``,
+``resume`` and ``device``. An option given on the command line wins over the same
+setting in ``--set`` or ``--config``.
+
+Example:
+    >>> @click.command()
+    ... @training_options
+    ... def command(config_file, sets, save_dir, resume, device):
+    ...     ...
+"""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+# (option, type, the config setting it sets, help), in the order they are applied
+SETTINGS: tuple[tuple[str, type, str, str], ...] = (
+    ("--update-freq", int, "optim.update_freq", "Accumulate this many batches per update (emulates more GPUs)."),
+    ("--max-update", int, "optim.max_update", "Length of the run (and of the lr schedule)."),
+    ("--stop-at-update", int, "run.stop_at_update",
+     "Stop after this update without shortening the schedule (resume later)."),
+    ("--valid-interval", int, "run.valid_interval", "Validate every N updates."),
+    ("--lr", float, "optim.lr", "Peak learning rate (optim.lr)."),
+    ("--seed", int, "run.seed", "Seed of batches, crops, masks, negatives, dropout."),
+    ("--threads", int, "run.threads", "torch threads per process."),
+)
+
+
+def _parameter(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def settings_as_sets(sets: tuple[str, ...] | list[str], values: dict) -> list[str]:
+    """``sets`` followed by ``SECTION.KEY=VALUE`` for each option of :data:`SETTINGS` given in ``values``.
+
+    Example:
+        >>> settings_as_sets(["optim.lr=1e-4"], {"max_update": 300, "seed": None})
+        ['optim.lr=1e-4', 'optim.max_update=300']
+    """
+    extra = list(sets)
+    for option, _, key, _ in SETTINGS:
+        value = values.get(_parameter(option))
+        if value is not None:
+            extra.append(f"{key}={value}")
+    return extra
+
+
+def training_options(command):
+    """Add the shared training options to a click command function (see the module docstring)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, sets, **kwargs):
+        values = {_parameter(option): kwargs.pop(_parameter(option)) for option, _, _, _ in SETTINGS}
+        return command(*args, sets=settings_as_sets(sets, values), **kwargs)
+
+    options = [
+        click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+                     help="YAML with sections model/data/optim/run, applied over the preset."),
+        click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one setting (repeatable), e.g. --set optim.lr=1e-4 --set model.mask_prob=0.5."),
+        click.option("--save-dir", required=True,
+                     help="Checkpoints, config.yaml, log.jsonl and tensorboard/ go here (finetune: also dict.ltr.txt)."),
+        *[click.option(option, type=kind, default=None, help=text) for option, kind, _, text in SETTINGS],
+        click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt."),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
