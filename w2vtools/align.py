@@ -135,7 +135,8 @@ def align_utterance(uid: str, log_probs: torch.Tensor, words: Sequence[str], tok
     """
     if not words:
         raise AlignError("empty transcript")
-    targets, owner = transcript_targets(words, tokens, star=star)
+    token_names = list(tokens) + ([STAR] if star else [])
+    targets, owner = transcript_targets(words, token_names, star=star)
     num_frames = log_probs.shape[0]
     if frames_needed(targets) > num_frames:
         raise AlignError(f"transcript needs at least {frames_needed(targets)} frames, the emission has {num_frames} "
@@ -146,7 +147,6 @@ def align_utterance(uid: str, log_probs: torch.Tensor, words: Sequence[str], tok
     path, scores = taf.forced_align(lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
     path, probs = path[0], scores[0].exp()
     spans = _spans(path, len(targets))
-    token_names = list(tokens) + ([STAR] if star else [])
     letters = [Segment(token_names[tok], a * frame_shift, b * frame_shift, float(probs[a:b].mean()))
                for tok, (a, b) in zip(targets, spans)]
     word_segments = []
