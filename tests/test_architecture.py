@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "w2vtools.score": 4,
     "w2vtools.plot": 4,
     "w2vtools.align": 4,
+    "w2vtools.tune": 4,
     # cli: the click layer (the only place with lazy imports)
     "w2vtools.cli.*": 5,
     "w2vtools.__main__": 5,

@@ -13,6 +13,10 @@ Examples:
   w2v decode --emissions exp/em.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \\
       --lm-weight 2 --word-score -1 -o exp/hyp_lm.txt --ctm exp/hyp_lm.ctm
   w2v score data/test/text exp/hyp_lm.txt
+  # LM weight and word score tuned on dev emissions, then used on test
+  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \
+      --tune lm_weight=0:4:0.5,word_score=-3:1:1 --ref data/dev/text -o exp/best.yaml
+  w2v decode --emissions exp/em_test.h5 --config exp/best.yaml -o exp/hyp_test.txt
 """
 
 
@@ -61,9 +65,19 @@ Examples:
 @click.option("--batch-seconds", type=float, default=200.0, show_default=True,
               help="Padded audio per model batch (with --model).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
-def command(corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score, sil_score,
-            unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk, frame_shift,
-            dump_emissions, shard, device, batch_seconds, progress):
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Decoder settings from YAML (what --tune writes); options given on the command line win.")
+@click.option("--tune", "tune_space", metavar="NAME=A:B:STEP,...",
+              help="With --emissions and --ref: decode a grid of settings (e.g. lm_weight=0:4:0.25,word_score=-3:1:0.5; "
+              "or a|b|c lists), print setting -> WER (stderr) and write the best as YAML to -o.")
+@click.option("--ref", type=click.Path(dir_okay=False), help="Kaldi text references for --tune (a dev set, never test).")
+@click.option("--trials", type=int, help="With --tune: a random search of this many grid points instead of the grid.")
+@click.option("--jobs", type=int, default=2, show_default=True, help="With --tune: trials decoded in parallel processes.")
+@click.pass_context
+def command(ctx, corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score,
+            sil_score, unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk,
+            frame_shift, dump_emissions, shard, device, batch_seconds, progress, config_path, tune_space, ref, trials,
+            jobs):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
     or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
 
@@ -73,13 +87,24 @@ def command(corpus, model, features, emissions, dict_path, output, decoder, lexi
     tokens before decoding. A summary (utterances, audio seconds, search speed
     and real-time factor) goes to stderr.
     """
+    import dataclasses
+
     from w2vtools.decode import DecoderOptions, decode
+    from w2vtools.tune import read_config, tune_decoder
 
     opts = DecoderOptions(
         decoder=decoder, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
         unk_score=unk_score, beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token, nbest=nbest,
         blank_skip=blank_skip,
     )
+    if config_path:  # the file's settings, except where the command line names the option itself
+        given = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        opts = dataclasses.replace(opts, **{k: v for k, v in read_config(config_path).items() if k not in given})
+    if tune_space:
+        if not emissions or not ref or corpus or model or features:
+            raise click.UsageError("--tune needs --emissions (stored: no model reruns) and --ref, and no CORPUS/--model")
+        tune_decoder(emissions, ref, opts, tune_space, output=output, dict_path=dict_path, trials=trials, jobs=jobs)
+        return
     decode(
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
         nbest_output=nbest_out, trn=trn, ctm=ctm, dump_emissions=dump_emissions, shard=shard,
