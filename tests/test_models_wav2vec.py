@@ -132,22 +132,6 @@ def test_same_features_alone_or_padded_in_a_batch(name):
         assert (codes[1, nb:] == -1).all()
 
 
-def test_no_padding_mask_means_fairseq_group_norm():
-    """Without padding the masked group norm is exactly torch's GroupNorm."""
-    from w2vtools.models.wav2vec import Fp32GroupNorm
-
-    norm = Fp32GroupNorm(1, 8)
-    torch.nn.init.normal_(norm.weight)
-    x = torch.randn(3, 8, 20)
-    ref = F.group_norm(x, 1, norm.weight, norm.bias)
-    torch.testing.assert_close(norm(x), ref)
-    torch.testing.assert_close(norm(x, torch.zeros(3, 20, dtype=torch.bool)), ref)
-    mask = torch.zeros(3, 20, dtype=torch.bool)
-    mask[0, 12:] = True
-    out = norm(x, mask)
-    torch.testing.assert_close(out[0, :, :12], F.group_norm(x[:1, :, :12], 1, norm.weight, norm.bias)[0])
-
-
 # --------------------------------------------------------------------------- negatives and the loss
 
 

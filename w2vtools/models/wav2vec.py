@@ -42,6 +42,8 @@ import torch.nn.functional as F
 
 from w2vtools.errors import W2VError
 from w2vtools.models import FeatureOutput
+from w2vtools.models.layers import Fp32GroupNorm
+from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 
 ConvSpec = tuple[int, int, int]  # (channels, kernel, stride)
 
@@ -258,36 +260,6 @@ def _conv_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tens
 
 def _pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
-
-
-class Fp32GroupNorm(nn.GroupNorm):
-    """Group norm computed in float32 (fairseq's Fp32GroupNorm), optionally over valid frames only.
-
-    Statistics are taken over each group's channels and time; with ``padding_mask``
-    (B, T, True = pad) padded frames are left out of the mean and variance, so a padded
-    utterance is normalized exactly as it would be alone.
-
-    Example:
-        >>> norm = Fp32GroupNorm(1, 4)
-        >>> norm(torch.randn(2, 4, 7), torch.zeros(2, 7, dtype=torch.bool)).shape
-        torch.Size([2, 4, 7])
-    """
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if padding_mask is None or not bool(padding_mask.any()):
-            w = self.weight.float() if self.weight is not None else None
-            b = self.bias.float() if self.bias is not None else None
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type_as(x)
-        bsz, channels, tsz = x.shape
-        xf = x.float().view(bsz, self.num_groups, channels // self.num_groups, tsz)
-        valid = (~padding_mask).to(xf.dtype)[:, None, None, :]
-        count = (valid.sum(dim=-1, keepdim=True) * (channels // self.num_groups)).clamp(min=1)
-        mean = (xf * valid).sum(dim=(2, 3), keepdim=True) / count
-        var = (((xf - mean) ** 2) * valid).sum(dim=(2, 3), keepdim=True) / count
-        y = ((xf - mean) / torch.sqrt(var + self.eps)).view(bsz, channels, tsz)
-        if self.affine:
-            y = y * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
-        return y.type_as(x)
 
 
 class _MaskedSequential(nn.Sequential):
@@ -561,8 +533,6 @@ class Wav2VecModel(nn.Module):
         self.vector_quantizer = None
         vq_dim = cfg.vq_dim if cfg.vq_dim > 0 else embed
         if cfg.vq_type == "gumbel":
-            from w2vtools.models.quantizers import GumbelVectorQuantizer
-
             self.vector_quantizer = GumbelVectorQuantizer(
                 dim=embed,
                 num_vars=cfg.vq_vars,
@@ -578,8 +548,6 @@ class Wav2VecModel(nn.Module):
             for block in list(self.vector_quantizer.weight_proj)[:-1] if cfg.vq_depth > 1 else []:
                 block[1] = _activation(cfg.activation)
         elif cfg.vq_type == "kmeans":
-            from w2vtools.models.quantizers import KmeansVectorQuantizer
-
             self.vector_quantizer = KmeansVectorQuantizer(
                 dim=embed,
                 num_vars=cfg.vq_vars,
