@@ -395,7 +395,7 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     from w2vtools.batching import collate, plan_batches
     from w2vtools.featurize import select_shard, utterance_length
     from w2vtools.formats.corpus import read_corpus
-    from w2vtools.models.checkpoint import load_model
+    from w2vtools.models.loading import load_model
 
     if str(device).split(":")[0] == "cpu":
         from w2vtools.malloc import keep_freed_memory

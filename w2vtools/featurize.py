@@ -109,9 +109,9 @@ def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
         names = ", ".join(list(hub.MODELS) + list(baselines.BASELINES))
         raise W2VError(f"{spec}: no such checkpoint file or folder, and not a model name ({names})")
     try:
-        from w2vtools.models.checkpoint import load_model
+        from w2vtools.models.loading import load_model
     except ImportError as e:  # pragma: no cover - only while the checkpoint module is missing
-        raise W2VError(f"{spec}: loading checkpoints needs w2vtools.models.checkpoint ({e})") from None
+        raise W2VError(f"{spec}: loading checkpoints needs w2vtools.models.loading ({e})") from None
     loaded = load_model(path, map_location="cpu")
     module = _find_encoder(loaded.model)
     module.eval()

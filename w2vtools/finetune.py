@@ -404,8 +404,8 @@ def build_ctc_model(init, tokens: list[str] | None, cfg: TrainConfig):
     Raises:
         W2VError: ``init`` is unreadable or a downstream (feature) model.
     """
-    from w2vtools.models.checkpoint import load_model
     from w2vtools.models.ctc import CTCConfig, CTCModel
+    from w2vtools.models.loading import load_model
 
     loaded = load_model(init) if isinstance(init, (str, os.PathLike)) else init
     if not isinstance(init, (str, os.PathLike)):
@@ -541,7 +541,8 @@ def finetune(
     """
     from w2vtools.formats.corpus import read_corpus
     from w2vtools.formats.labels import count_symbols, ctc_vocabulary, label_path, read_dictionary
-    from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
+    from w2vtools.models.checkpoint import LoadedModel, save_model
+    from w2vtools.models.loading import load_model
     from w2vtools.train.data import AudioDataset, stable_seed
     from w2vtools.train.trainer import (
         Trainer, check_save_dir, init_distributed, load_training_checkpoint, seed_everything, write_run_config,

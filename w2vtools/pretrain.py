@@ -48,8 +48,8 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, Any, str]:
         >>> family
         'wav2vec2'
     """
-    from w2vtools.models.checkpoint import build_model as build, model_class_for
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import build_model as build, model_class_for
 
     arch = cfg.model.arch
     if arch not in ARCHES:

@@ -349,7 +349,7 @@ def downstream_emissions(features: str, model_spec: str, *, device: str = "cpu",
     from w2vtools.decode import EmissionSource
     from w2vtools.errors import W2VError
     from w2vtools.formats.features import open_features
-    from w2vtools.models.checkpoint import load_model
+    from w2vtools.models.loading import load_model
 
     loaded = load_model(model_spec, map_location=device)
     if loaded.task != "downstream" or not loaded.dictionary:

@@ -206,7 +206,7 @@ def count_preset_parameters(family: str, name: str) -> int:
     """
     import torch
 
-    from w2vtools.models.checkpoint import model_class_for
+    from w2vtools.models.registry import model_class_for
 
     cfg = get_preset(family, name)
     cls = model_class_for(family)
