@@ -13,8 +13,9 @@ import torch
 from w2vtools.errors import W2VError
 from w2vtools.formats.features import open_feature_writer
 from w2vtools.models.checkpoint import LoadedModel, save_model
-from w2vtools.models.downstream import DownstreamConfig, DownstreamModel, downstream_config, feature_log_probs
+from w2vtools.models.downstream import DownstreamConfig, DownstreamModel, feature_log_probs
 from w2vtools.models.loading import load_model
+from w2vtools.models.presets import downstream_config
 from w2vtools.train.data import BatchKey, BatchSampler
 from w2vtools.train.features_data import FeatureDataset
 

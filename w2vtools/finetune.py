@@ -196,7 +196,8 @@ def resolve_finetune_config(
 
 def _check_model_fields(route: str, cfg: TrainConfig) -> None:
     from w2vtools.models.ctc import CTCConfig
-    from w2vtools.models.downstream import ARCHES, PRESETS, DownstreamConfig
+    from w2vtools.models.downstream import ARCHES, DownstreamConfig
+    from w2vtools.models.presets import DOWNSTREAM_PRESETS
 
     if route == "audio":
         cls, reserved = CTCConfig, {"vocab_size", "encoder", "encoder_family", "freeze_finetune_updates"}
@@ -207,8 +208,8 @@ def _check_model_fields(route: str, cfg: TrainConfig) -> None:
         cls, reserved = DownstreamConfig, {"vocab_size", "input_dim", "frame_shift", "features", "arch"}
         if cfg.model.arch not in ARCHES:
             raise W2VError(f"--arch {cfg.model.arch!r}: choose {' or '.join(ARCHES)}")
-        if cfg.model.model_preset not in PRESETS[cfg.model.arch]:
-            raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(PRESETS[cfg.model.arch])}")
+        if cfg.model.model_preset not in DOWNSTREAM_PRESETS[cfg.model.arch]:
+            raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(DOWNSTREAM_PRESETS[cfg.model.arch])}")
     names = {f.name for f in dataclasses.fields(cls)} - reserved
     for key in cfg.model.overrides:
         if key in reserved:
@@ -646,7 +647,8 @@ def finetune(
         config_of = lambda core: core.cfg  # noqa: E731
         encoder_prefix = "encoder.feature_extractor."
     else:
-        from w2vtools.models.downstream import DownstreamModel, downstream_config
+        from w2vtools.models.downstream import DownstreamModel
+        from w2vtools.models.presets import downstream_config
         from w2vtools.train.features_data import FeatureDataset
 
         train_set = FeatureDataset(features, train_targets, min_frames=d.min_sample_size,
