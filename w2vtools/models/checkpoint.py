@@ -139,7 +139,7 @@ def from_checkpoint_dict(data: dict, *, path: str = "<checkpoint>", strict: bool
     if strict and (missing or unexpected):
         raise W2VError(
             f"{path}: weights do not match the {model_path.split(':')[-1]} architecture "
-            f"(missing: {_few(missing)}; unexpected: {_few(unexpected)})"
+            f"(missing: {few_names(missing)}; unexpected: {few_names(unexpected)})"
         )
     model.eval()
     return LoadedModel(
@@ -153,7 +153,8 @@ def from_checkpoint_dict(data: dict, *, path: str = "<checkpoint>", strict: bool
     )
 
 
-def _few(keys, n: int = 4) -> str:
+def few_names(keys, n: int = 4) -> str:
+    """The first ``n`` of ``keys`` for a message: ``"a, b, c, d and 3 more"`` (or ``"none"``)."""
     keys = list(keys)
     if not keys:
         return "none"

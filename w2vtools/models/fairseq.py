@@ -47,7 +47,7 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
-from w2vtools.models.checkpoint import LoadedModel
+from w2vtools.models.checkpoint import LoadedModel, few_names
 from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel
 from w2vtools.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
@@ -591,10 +591,10 @@ def _load_weights(model: torch.nn.Module, sd: dict, path: str, what: str) -> Non
     if missing or shape:
         raise W2VError(
             f"{path}: the {what} weights do not match the architecture its config describes "
-            f"(missing: {_few(missing)}; wrong shape: {_few(shape)})"
+            f"(missing: {few_names(missing)}; wrong shape: {few_names(shape)})"
         )
     if unexpected:
-        log.info("%s: ignoring %d fairseq weights we do not use: %s", path, len(unexpected), _few(unexpected))
+        log.info("%s: ignoring %d fairseq weights we do not use: %s", path, len(unexpected), few_names(unexpected))
     model.load_state_dict({k: sd[k] for k in ours}, strict=True)
 
 
@@ -613,13 +613,6 @@ def _upgrade_weight_norm(sd: dict, ours: dict) -> dict:
                 if cand in ours:
                     out[cand] = out.pop(k)
     return out
-
-
-def _few(keys, n: int = 4) -> str:
-    keys = list(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _ctc_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from w2vtools.errors import W2VError
+from w2vtools.models.registry import plain
 
 
 @dataclass
@@ -159,18 +160,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists/numbers/strings (YAML- and ``weights_only``-safe)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
