@@ -2,7 +2,7 @@
 
 Inputs are CTC log-probabilities per utterance, from one of two routes:
 
-* live: a CTC checkpoint (:func:`w2vtools.models.checkpoint.load_model`) run over
+* live: a CTC checkpoint (:func:`w2vtools.models.loading.load_model`) run over
   a corpus (TSV, Kaldi data dir, wav.scp), optionally storing what it computed with
   ``dump_emissions`` so that LM-weight sweeps do not rerun the network;
 * stored: ``--emissions``: a features file written by ``--dump-emissions`` (flat

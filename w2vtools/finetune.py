@@ -1,7 +1,7 @@
 """CTC fine-tuning (the library side of ``w2v finetune``), two routes through one training loop.
 
 * **Audio route** (``--init``): any pretrained or CTC checkpoint
-  :func:`~w2vtools.models.checkpoint.load_model` reads (ours, fairseq, Hugging Face,
+  :func:`~w2vtools.models.loading.load_model` reads (ours, fairseq, Hugging Face,
   a named model) becomes a :class:`~w2vtools.models.ctc.CTCModel`: the encoder,
   dropout and a linear layer over the letter dictionary. As in fairseq's
   ``wav2vec2_asr``: the feature encoder (CNN) stays frozen, the Transformer is frozen

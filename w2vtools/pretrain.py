@@ -6,7 +6,7 @@ and runs :class:`w2vtools.train.trainer.Trainer` with the model's own contrastiv
 loss. Under ``torchrun`` every process calls it; ranks train on disjoint batches
 and only rank 0 writes.
 
-Checkpoints are our model format (:func:`w2vtools.models.checkpoint.load_model`
+Checkpoints are our model format (:func:`w2vtools.models.loading.load_model`
 reads them: ``w2v featurize --model SAVE_DIR/checkpoint_best.pt`` works) with the
 trainer state under ``extra["trainer"]``.
 
