@@ -89,9 +89,11 @@ def build_models(tmp: Path) -> None:
     """
     import torch
 
-    from w2vtools.models.checkpoint import LoadedModel, model_class_for
+    from w2vtools.models.checkpoint import LoadedModel
+
     from w2vtools.models.huggingface import export_huggingface
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(0)
     cfg = get_preset("wav2vec2", "base")
@@ -151,8 +153,8 @@ def speed_child(args) -> None:
         from w2vtools.encoders import encoder_from_module
         from w2vtools.featurize import featurize
         from w2vtools.malloc import keep_freed_memory
-        from w2vtools.models.checkpoint import model_class_for
         from w2vtools.models.presets import get_preset
+        from w2vtools.models.registry import model_class_for
 
         keep_freed_memory(one_arena=True)  # what featurize does before it loads a model (see memory_child)
         model = model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval()
@@ -184,8 +186,8 @@ def memory_child(args) -> None:
 
     from w2vtools.encoders import encoder_from_module
     from w2vtools.featurize import featurize
-    from w2vtools.models.checkpoint import model_class_for
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.set_num_threads(args.threads)
     # `w2v featurize` tunes malloc before it loads its model; here the model is built

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from w2vtools.errors import W2VError
-from w2vtools.models.checkpoint import FAMILIES, LoadedModel, load_model, save_model
-from w2vtools.models.ctc import CTCModel, fairseq_dictionary
+from w2vtools.formats.labels import ctc_vocabulary
+from w2vtools.models.checkpoint import LoadedModel, save_model
+from w2vtools.models.ctc import CTCModel
+from w2vtools.models.loading import load_model
 from w2vtools.models.presets import get_preset, list_presets
+from w2vtools.models.registry import FAMILIES
 from w2vtools.models.wav2vec2 import Wav2Vec2Model
 
 torch.set_num_threads(2)
@@ -21,7 +24,7 @@ def tiny_ctc():
     torch.manual_seed(0)
     enc = Wav2Vec2Model(get_preset("wav2vec2", "tiny"))
     model = CTCModel(enc, 9)
-    return LoadedModel("wav2vec2", "ctc", model, model.cfg, fairseq_dictionary(list("|ABCD")))
+    return LoadedModel("wav2vec2", "ctc", model, model.cfg, ctc_vocabulary(list("|ABCD")))
 
 
 def test_round_trip_pretrain_and_ctc_weights_only(tmp_path, tiny_ctc):
@@ -49,7 +52,7 @@ def test_other_families_round_trip(tmp_path):
         if (family, name) not in list_presets():
             pytest.skip(f"{family} presets not available")
         cfg = get_preset(family, name)
-        from w2vtools.models.checkpoint import model_class_for
+        from w2vtools.models.registry import model_class_for
 
         model = model_class_for(family)(cfg).eval()
         save_model(tmp_path / f"{family}.pt", LoadedModel(family, "pretrain", model, cfg))

@@ -12,8 +12,10 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.formats.features import open_feature_writer
-from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
-from w2vtools.models.downstream import DownstreamConfig, DownstreamModel, downstream_config
+from w2vtools.models.checkpoint import LoadedModel, save_model
+from w2vtools.models.downstream import DownstreamConfig, DownstreamModel
+from w2vtools.models.loading import load_model
+from w2vtools.models.presets import downstream_config
 from w2vtools.train.data import BatchKey, BatchSampler
 from w2vtools.train.features_data import FeatureDataset
 

@@ -11,7 +11,8 @@ import torch
 from w2vtools.emissions import feature_log_probs, stored_emissions
 from w2vtools.errors import W2VError
 from w2vtools.formats.features import open_feature_writer
-from w2vtools.models.downstream import DownstreamModel, downstream_config
+from w2vtools.models.downstream import DownstreamModel
+from w2vtools.models.presets import downstream_config
 
 
 def _write_h5(path: Path, mats: dict[str, np.ndarray], frame_shift=0.01):

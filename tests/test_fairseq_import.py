@@ -21,7 +21,6 @@ from w2vtools.errors import W2VError
 from w2vtools.models.fairseq import (
     load_fairseq,
     parse_layers,
-    read_dictionary,
     read_fairseq_checkpoint,
     resolve_interpolations,
     wav2vec_config,
@@ -235,7 +234,8 @@ def test_ctc_dictionary_from_the_task_data_folder(tmp_path):
 
 def test_load_model_dispatches_fairseq_files(clip, tmp_path):
     """checkpoint.load_model reads fairseq files; saving them in our format keeps the outputs."""
-    from w2vtools.models.checkpoint import load_model, save_model
+    from w2vtools.models.checkpoint import save_model
+    from w2vtools.models.loading import load_model
 
     loaded = load_model(FIX / "vq_wav2vec_kmeans_cfg.pt")
     assert loaded.source == "fairseq" and loaded.family == "vq-wav2vec"
@@ -251,7 +251,8 @@ def test_load_model_dispatches_fairseq_files(clip, tmp_path):
 
 
 def test_ctc_round_trip_in_our_format(clip, tmp_path):
-    from w2vtools.models.checkpoint import load_model, save_model
+    from w2vtools.models.checkpoint import save_model
+    from w2vtools.models.loading import load_model
 
     loaded = load_fairseq(FIX / "wav2vec2_ctc_args.pt", dictionary=FIX / "dict.ltr.txt")
     save_model(tmp_path / "ctc.pt", loaded)
@@ -277,12 +278,6 @@ def test_resolve_interpolations_nested():
                                                                 "missing": "${nope.nothing}", "lit": "a${b}"}}
     out = resolve_interpolations(cfg)
     assert out["model"] == {"n": True, "x": ["/d"], "missing": None, "lit": "a${b}"}
-
-
-def test_read_dictionary(tmp_path):
-    d = tmp_path / "dict.ltr.txt"
-    d.write_text("| 10\nE 5\n' 2\n<unk> 1 #fairseq:overwrite\n")
-    assert read_dictionary(d) == ["<s>", "<pad>", "</s>", "<unk>", "|", "E", "'"]
 
 
 def test_unsupported_architectures_are_named(tmp_path):

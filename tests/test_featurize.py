@@ -41,8 +41,9 @@ def _conv_frames(n: int, layers) -> int:
 @pytest.fixture(scope="module")
 def tiny_ckpts(tmp_path_factory):
     """Small random models of each family saved in our checkpoint format."""
-    from w2vtools.models.checkpoint import LoadedModel, model_class_for, save_model
+    from w2vtools.models.checkpoint import LoadedModel, save_model
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("ckpt")
@@ -104,8 +105,8 @@ def test_wav2vec2_fsdd_and_ljspeech_into_h5_and_ark_scp(tmp_path, w2v, fsdd, ljs
 
 def test_base_config_frame_counts_and_batching(tmp_path, fsdd, ljspeech):
     """A wav2vec 2.0 BASE-architecture model (random weights): formula, HDF5 and ark,scp, batched == alone."""
-    from w2vtools.models.checkpoint import model_class_for
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

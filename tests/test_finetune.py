@@ -20,7 +20,8 @@ from w2vtools.finetune import (
     resolve_finetune_config,
 )
 from w2vtools.formats.corpus import read_corpus
-from w2vtools.models.checkpoint import LoadedModel, load_model, save_model
+from w2vtools.models.checkpoint import LoadedModel, save_model
+from w2vtools.models.loading import load_model
 from w2vtools.train.schedules import make_schedule
 
 REPO = Path(__file__).resolve().parents[1]

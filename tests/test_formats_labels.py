@@ -50,6 +50,12 @@ def test_read_real_fairseq_dictionary(shared_data):
     assert len(vocab) == 4 + len(symbols) == 32  # the stored logits have 32 classes
 
 
+def test_read_fairseq_dictionary_with_overwrite_flag(tmp_path):
+    d = tmp_path / "dict.ltr.txt"
+    d.write_text("| 10\nE 5\n' 2\n<unk> 1 #fairseq:overwrite\n")
+    assert labels.ctc_vocabulary(labels.read_dictionary(d)) == ["<s>", "<pad>", "</s>", "<unk>", "|", "E", "'"]
+
+
 def test_read_dictionary_errors(tmp_path):
     p = tmp_path / "d.txt"
     p.write_text("A 3\nA 2\n")

@@ -7,9 +7,12 @@ import json
 import pytest
 import torch
 
-from w2vtools.models.checkpoint import LoadedModel, load_model
-from w2vtools.models.ctc import CTCModel, fairseq_dictionary
+from w2vtools.formats.labels import ctc_vocabulary
+from w2vtools.models.checkpoint import LoadedModel
+
+from w2vtools.models.ctc import CTCModel
 from w2vtools.models.huggingface import export_huggingface
+from w2vtools.models.loading import load_model
 from w2vtools.models.presets import get_preset
 from w2vtools.models.wav2vec2 import Wav2Vec2Model
 
@@ -57,7 +60,7 @@ def test_export_pretrain_loads_in_transformers(tmp_path, layer_norm):
 def test_ctc_export_and_import_with_hf_vocab_order(tmp_path):
     enc = _tiny()
     ctc = CTCModel(enc, 9).eval()
-    loaded = LoadedModel("wav2vec2", "ctc", ctc, ctc.cfg, fairseq_dictionary(list("|ABCD")))
+    loaded = LoadedModel("wav2vec2", "ctc", ctc, ctc.cfg, ctc_vocabulary(list("|ABCD")))
     export_huggingface(loaded, tmp_path)
     vocab = json.loads((tmp_path / "vocab.json").read_text())
     assert vocab["<pad>"] == 0 and vocab["<s>"] == 1 and vocab["|"] == 4  # HF's names for fairseq's order
@@ -77,7 +80,7 @@ def test_import_pytorch_model_bin_and_blank_not_first(tmp_path):
     """A .bin folder whose CTC blank (pad_token_id) is not index 0: moved to index 0."""
     enc = _tiny()
     ctc = CTCModel(enc, 6).eval()
-    export_huggingface(LoadedModel("wav2vec2", "ctc", ctc, ctc.cfg, fairseq_dictionary(["|", "A"])), tmp_path)
+    export_huggingface(LoadedModel("wav2vec2", "ctc", ctc, ctc.cfg, ctc_vocabulary(["|", "A"])), tmp_path)
     from safetensors.torch import load_file
 
     state = load_file(tmp_path / "model.safetensors")

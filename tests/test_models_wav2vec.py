@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from w2vtools.errors import W2VError
-from w2vtools.models.wav2vec import PRESETS, Wav2VecConfig, Wav2VecModel, Wav2VecPredictionsModel, _receptive_field
+from w2vtools.models.presets import PRESETS, get_preset
+from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel, Wav2VecPredictionsModel, _receptive_field
 
 TINY = ["wav2vec-tiny", "vq-wav2vec-gumbel-tiny", "vq-wav2vec-kmeans-tiny"]
 
 
 def tiny(name: str, seed: int = 0, **overrides) -> Wav2VecModel:
     torch.manual_seed(seed)
-    cfg = PRESETS[name]
+    cfg = get_preset(name)
     if overrides:
         cfg = Wav2VecConfig.from_dict({**cfg.to_dict(), **overrides})
     return Wav2VecModel(cfg)
@@ -27,7 +28,7 @@ def tiny(name: str, seed: int = 0, **overrides) -> Wav2VecModel:
 
 
 def test_published_geometry():
-    base = PRESETS["wav2vec-base"]
+    base = get_preset("wav2vec-base")
     # encoder: kernels (10, 8, 4, 4, 4), strides (5, 4, 2, 2, 2): 10 ms hop, ~30 ms receptive field
     assert [(k, s) for _, k, s in base.conv_feature_layers] == [(10, 5), (8, 4), (4, 2), (4, 2), (4, 2)]
     rf = _receptive_field(base.conv_feature_layers)
@@ -40,20 +41,20 @@ def test_published_geometry():
     assert context_rf == pytest.approx(0.21, abs=0.005)
     assert base.prediction_steps == 12 and base.num_negatives == 10 and base.log_compression
 
-    large = PRESETS["wav2vec-large"]
+    large = get_preset("wav2vec-large")
     assert large.conv_feature_layers[5:] == [(512, 1, 1)] * 3  # the extra 1x1 layers
     assert [k for _, k, _ in large.conv_aggregator_layers] == list(range(2, 14))
     assert large.skip_connections_agg and large.residual_scale == 0.5
 
     for name, vq in (("vq-wav2vec-gumbel", "gumbel"), ("vq-wav2vec-kmeans", "kmeans")):
-        cfg = PRESETS[name]
+        cfg = get_preset(name)
         assert (cfg.vq_type, cfg.vq_groups, cfg.vq_vars) == (vq, 2, 320)
         assert cfg.family == "vq-wav2vec"
-    assert PRESETS["vq-wav2vec-kmeans"].vq_gamma == 0.25 and PRESETS["vq-wav2vec-kmeans"].loss_weights == [1.0]
+    assert get_preset("vq-wav2vec-kmeans").vq_gamma == 0.25 and get_preset("vq-wav2vec-kmeans").loss_weights == [1.0]
 
 
 def test_large_model_shapes_and_names():
-    model = Wav2VecModel(PRESETS["wav2vec-large"])
+    model = Wav2VecModel(get_preset("wav2vec-large"))
     sd = model.state_dict()
     # fairseq's names: Sequential(conv, dropout, norm, act) / (pad, conv, dropout, norm, act)
     assert sd["feature_extractor.conv_layers.0.0.weight"].shape == (512, 1, 10)
@@ -64,7 +65,7 @@ def test_large_model_shapes_and_names():
 
 
 def test_presets_reachable_through_presets_module():
-    from w2vtools.models.presets import get_preset, list_presets
+    from w2vtools.models.presets import list_presets
 
     assert get_preset("vq-wav2vec", "gumbel").vq_type == "gumbel"
     assert get_preset("wav2vec-large").conv_aggregator_layers[-1] == (512, 13, 1)
@@ -99,8 +100,10 @@ def test_bad_requests():
 
 
 def test_config_round_trip():
-    for cfg in PRESETS.values():
-        assert Wav2VecConfig.from_dict(cfg.to_dict()) == cfg
+    for family in ("wav2vec", "vq-wav2vec"):
+        for make in PRESETS[family].values():
+            cfg = make()
+            assert Wav2VecConfig.from_dict(cfg.to_dict()) == cfg
 
 
 # --------------------------------------------------------------------------- padding
@@ -130,22 +133,6 @@ def test_same_features_alone_or_padded_in_a_batch(name):
         assert torch.equal(codes[0], model.quantize(a[None])[0])
         assert torch.equal(codes[1, :nb], model.quantize(b[None])[0])
         assert (codes[1, nb:] == -1).all()
-
-
-def test_no_padding_mask_means_fairseq_group_norm():
-    """Without padding the masked group norm is exactly torch's GroupNorm."""
-    from w2vtools.models.wav2vec import Fp32GroupNorm
-
-    norm = Fp32GroupNorm(1, 8)
-    torch.nn.init.normal_(norm.weight)
-    x = torch.randn(3, 8, 20)
-    ref = F.group_norm(x, 1, norm.weight, norm.bias)
-    torch.testing.assert_close(norm(x), ref)
-    torch.testing.assert_close(norm(x, torch.zeros(3, 20, dtype=torch.bool)), ref)
-    mask = torch.zeros(3, 20, dtype=torch.bool)
-    mask[0, 12:] = True
-    out = norm(x, mask)
-    torch.testing.assert_close(out[0, :, :12], F.group_norm(x[:1, :, :12], 1, norm.weight, norm.bias)[0])
 
 
 # --------------------------------------------------------------------------- negatives and the loss

@@ -121,7 +121,7 @@ def test_two_gloo_processes_equal_update_freq_and_resume_exactly(corpus, one_pro
 def test_outputs_config_checkpoints_and_errors(corpus, one_proc_uf2, tmp_path, w2v):
     import torch
 
-    from w2vtools.models.checkpoint import load_model
+    from w2vtools.models.loading import load_model
 
     saved = yaml.safe_load((one_proc_uf2 / "config.yaml").read_text())
     assert saved["optim"]["update_freq"] == 2 and saved["model"]["arch"] == "wav2vec2"

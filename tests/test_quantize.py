@@ -34,8 +34,9 @@ def test_format_codes_and_stats():
 
 @pytest.fixture(scope="module")
 def vq_ckpt(tmp_path_factory):
-    from w2vtools.models.checkpoint import LoadedModel, model_class_for, save_model
+    from w2vtools.models.checkpoint import LoadedModel, save_model
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(1)
     cfg = get_preset("vq-wav2vec", "gumbel-tiny")

@@ -8,6 +8,7 @@ so freezing can be checked. It runs a few updates in well under a second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.manifest import Manifest, ManifestItem, write_manifest
+from w2vtools.models.presets import get_preset
 from w2vtools.train.config import PRESETS, TrainConfig, config_from_dict, resolve_config
 from w2vtools.train.data import AudioDataset, BatchKey, BatchSampler
 from w2vtools.train.objectives import CTCObjective, PretrainObjective
@@ -214,17 +216,33 @@ def test_batch_sampler_bounds_buckets_and_shards():
 # ------------------------------------------------------------------------------------------ config
 
 
+def _model_config(cfg):
+    return dataclasses.replace(get_preset(cfg.model.arch, cfg.model.model_preset), **cfg.model.overrides)
+
+
+def _plain_value(value):
+    return [_plain_value(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def test_presets_reproduce_published_recipes():
     base = resolve_config("wav2vec2", "base")
     assert (base.optim.lr, tuple(base.optim.betas), base.optim.eps, base.optim.weight_decay) == (5e-4, (0.9, 0.98), 1e-6, 0.01)
     assert (base.optim.schedule, base.optim.warmup_updates, base.optim.max_update) == ("polynomial", 32_000, 400_000)
     assert (base.data.max_samples_per_batch, base.data.max_sample_size) == (1_400_000, 250_000)
-    o = base.model.overrides
-    assert (o["diversity_weight"], o["feature_pen_weight"], o["feature_grad_mult"]) == (0.1, 10.0, 0.1)
-    assert o["extractor_mode"] == "default" and o["normalize"] is False
+    m = _model_config(base)
+    assert (m.diversity_weight, m.feature_pen_weight, m.feature_grad_mult) == (0.1, 10.0, 0.1)
+    assert m.extractor_mode == "default" and m.normalize is False
     large = resolve_config("wav2vec2", "large")
-    assert large.model.overrides["extractor_mode"] == "layer_norm" and large.model.overrides["normalize"] is True
-    assert large.optim.lr != base.optim.lr and large.model.overrides["latent_temp"][1] == 0.1
+    m = _model_config(large)
+    assert m.extractor_mode == "layer_norm" and m.normalize is True and m.feature_pen_weight == 0.0
+    assert large.optim.lr != base.optim.lr and m.latent_temp[1] == 0.1
+    # a recipe states only what differs from its model preset
+    for arch, table in PRESETS.items():
+        for name in table:
+            cfg = resolve_config(arch, name)
+            preset = get_preset(arch, cfg.model.model_preset)
+            for key, value in cfg.model.overrides.items():
+                assert _plain_value(getattr(preset, key)) != _plain_value(value), (arch, name, key)
     assert set(PRESETS) == {"wav2vec", "vq-wav2vec", "wav2vec2"}
     assert all("tiny" in table for table in PRESETS.values())
 

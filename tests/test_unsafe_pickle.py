@@ -102,7 +102,7 @@ def test_raw_pickle_with_getattr_gadget_is_refused(tmp_path):
 
 def test_load_model_refuses_too(tmp_path):
     """The generic entry point (our format first, then fairseq) refuses the same file."""
-    from w2vtools.models.checkpoint import load_model
+    from w2vtools.models.loading import load_model
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

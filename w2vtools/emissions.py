@@ -38,7 +38,7 @@ from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 from w2vtools.malloc import keep_freed_memory
-from w2vtools.models.checkpoint import load_model
+from w2vtools.models.loading import load_model
 from w2vtools.models.downstream import DownstreamModel
 
 DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz

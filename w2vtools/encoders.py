@@ -20,7 +20,7 @@ from pathlib import Path
 
 from w2vtools.errors import W2VError
 from w2vtools.models import baselines, hub
-from w2vtools.models.checkpoint import load_model
+from w2vtools.models.loading import load_model
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """CTC fine-tuning (the library side of ``w2v finetune``), two routes through one training loop.
 
 * **Audio route** (``--init``): any pretrained or CTC checkpoint
-  :func:`~w2vtools.models.checkpoint.load_model` reads (ours, fairseq, Hugging Face,
+  :func:`~w2vtools.models.loading.load_model` reads (ours, fairseq, Hugging Face,
   a named model) becomes a :class:`~w2vtools.models.ctc.CTCModel`: the encoder,
   dropout and a linear layer over the letter dictionary. As in fairseq's
   ``wav2vec2_asr``: the feature encoder (CNN) stays frozen, the Transformer is frozen
@@ -59,11 +59,13 @@ from w2vtools.formats.labels import (
     SPECIAL_SYMBOLS, count_symbols, ctc_vocabulary, dictionary_from_counts, label_path, read_dictionary, read_labels,
     read_transcripts, words_to_letters,
 )
-from w2vtools.models.checkpoint import load_model, read_checkpoint
+from w2vtools.models.checkpoint import read_checkpoint
 from w2vtools.models.ctc import CTCConfig, CTCModel
-from w2vtools.models.downstream import ARCHES, PRESETS, DownstreamConfig, DownstreamModel, downstream_config
+from w2vtools.models.downstream import ARCHES, DownstreamConfig, DownstreamModel
+from w2vtools.models.loading import load_model
+from w2vtools.models.presets import DOWNSTREAM_PRESETS, downstream_config
 from w2vtools.train.checkpoints import find_trainer_state
-from w2vtools.train.config import TrainConfig, apply_dict, resolve_config
+from w2vtools.train.config import FINETUNE_PRESETS, TrainConfig, apply_dict, resolve_config
 from w2vtools.train.data import AudioDataset, stable_seed
 from w2vtools.train.features_data import FeatureDataset
 from w2vtools.train.launch import check_model_overrides, start_run
@@ -71,114 +73,6 @@ from w2vtools.train.objectives import CTCObjective
 from w2vtools.train.rng import seed_everything
 
 log = logging.getLogger("w2v.finetune")
-
-# ---------------------------------------------------------------------------------------------
-# Presets
-
-_FT_OPTIM = {
-    # fairseq fine-tuning: Adam (0.9, 0.98), eps 1e-8, no weight decay, no clipping, tri-stage.
-    "optimizer": "adam",
-    "betas": [0.9, 0.98],
-    "eps": 1e-8,
-    "weight_decay": 0.0,
-    "clip_norm": 0.0,
-    "schedule": "tri_stage",
-    "phase_ratio": [0.1, 0.4, 0.5],
-    "init_lr_scale": 0.01,
-    "final_lr_scale": 0.05,
-    "warmup_updates": 0,
-}
-
-
-def _published(*, lr: float, max_update: int, mask_prob: float, mask_channel_prob: float, layerdrop: float,
-               freeze: int, update_freq: int, valid_interval: int, save_interval: int) -> dict:
-    return {
-        "model": {
-            "arch": "ctc",
-            "model_preset": "",
-            "overrides": {
-                "apply_mask": True,
-                "mask_prob": mask_prob,
-                "mask_length": 10,
-                "mask_channel_prob": mask_channel_prob,
-                "mask_channel_length": 64,
-                "layerdrop": layerdrop,
-                "dropout": 0.0,
-                "attention_dropout": 0.0,
-                "activation_dropout": 0.1,
-                "final_dropout": 0.0,
-                "feature_grad_mult": 0.0,
-            },
-        },
-        # max_tokens 3.2 M samples (200 s) per GPU; sentence-level padding, no cropping
-        "data": {"max_samples_per_batch": 3_200_000, "max_sample_size": 3_200_000, "min_sample_size": 0,
-                 "pad": True, "num_workers": 4},
-        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "update_freq": update_freq},
-        "run": {"amp": "fp16", "log_interval": 200, "valid_interval": valid_interval, "save_interval": save_interval,
-                "keep_last": 1, "best_metric": "wer", "maximize_best": False, "freeze_feature_encoder": True,
-                "freeze_updates": freeze, "train_during_freeze": ["proj."]},
-    }
-
-
-#: Audio-route presets. The published five are fairseq's base_{10m,1h,10h,100h,960h}.yaml
-#: (Baevski et al. 2020, Table 9 / appendix B): 2 GPUs x update_freq 4 (960h: 8 GPUs x 1);
-#: run on fewer GPUs with a larger --update-freq to keep the batch.
-CTC_PRESETS: dict[str, dict] = {
-    "10m": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
-                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
-    "1h": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
-                     freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
-    "10h": _published(lr=5e-5, max_update=20_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.05,
-                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
-    "100h": _published(lr=3e-5, max_update=80_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.1,
-                       freeze=0, update_freq=4, valid_interval=5000, save_interval=5000),
-    "960h": _published(lr=1e-5, max_update=320_000, mask_prob=0.5, mask_channel_prob=0.1, layerdrop=0.1,
-                       freeze=0, update_freq=1, valid_interval=10_000, save_interval=10_000),
-}
-# A few minutes on 2 CPU cores with a tiny encoder (w2v pretrain --preset tiny) on short
-# utterances (FSDD digits: 20-50 frames). Channel spans of 8 fit its 64 dimensions. No time
-# masks: fairseq masks at least 2 spans per utterance whatever mask_prob is, which on 20-50
-# frames masks every training utterance heavily, and a weak encoder then learns to emit
-# letters only at the mask embedding's frames (low training loss, all-blank output in eval).
-CTC_PRESETS["tiny"] = copy.deepcopy(CTC_PRESETS["10h"])
-CTC_PRESETS["tiny"]["model"]["overrides"].update(
-    {"mask_prob": 0.0, "mask_length": 4, "mask_channel_prob": 0.1, "mask_channel_length": 8, "layerdrop": 0.0}
-)
-CTC_PRESETS["tiny"]["data"].update({"max_samples_per_batch": 160_000, "max_sample_size": 160_000, "num_workers": 1})
-CTC_PRESETS["tiny"]["optim"].update({"lr": 2e-3, "max_update": 600, "update_freq": 1})
-CTC_PRESETS["tiny"]["run"].update({"amp": "none", "log_interval": 10, "valid_interval": 100, "save_interval": 200,
-                                    "freeze_updates": 100})
-
-
-def _downstream(*, model_preset: str, lr: float, max_update: int, frames: int, log_interval: int,
-                valid_interval: int, save_interval: int, workers: int) -> dict:
-    return {
-        "model": {"arch": "blstm", "model_preset": model_preset, "overrides": {}},
-        # frames, not samples: items x longest item <= max_samples_per_batch frames
-        "data": {"max_samples_per_batch": frames, "max_sample_size": frames, "min_sample_size": 1, "pad": True,
-                 "num_workers": workers},
-        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "clip_norm": 5.0, "update_freq": 1},
-        "run": {"amp": "none", "log_interval": log_interval, "valid_interval": valid_interval,
-                "save_interval": save_interval, "keep_last": 1, "best_metric": "wer", "maximize_best": False},
-    }
-
-
-#: Feature-route presets (our own recipes; the architecture comes from --arch).
-DOWNSTREAM_PRESETS: dict[str, dict] = {
-    # 400 s of frames per batch (40k frames at 10 ms), 3 x 512 BiLSTM or 8 GLU convolutions.
-    "base": _downstream(model_preset="base", lr=1e-3, max_update=40_000, frames=40_000, log_interval=100,
-                        valid_interval=2000, save_interval=2000, workers=2),
-    # FSDD-sized: 20 s of frames per batch (~45 digits), ~9 epochs of the 2700 FSDD training
-    # utterances; small batches because CTC leaves its all-blank start sooner with more updates.
-    "tiny": _downstream(model_preset="tiny", lr=3e-3, max_update=1200, frames=2_000, log_interval=20,
-                        valid_interval=200, save_interval=200, workers=0),
-}
-
-
-def preset_table(route: str) -> dict[str, dict]:
-    """The presets of ``route`` ("audio" or "features")."""
-    return CTC_PRESETS if route == "audio" else DOWNSTREAM_PRESETS
-
 
 def resolve_finetune_config(
     route: str,
@@ -198,7 +92,7 @@ def resolve_finetune_config(
         >>> cfg.optim.lr, cfg.optim.max_update, cfg.model.overrides["mask_channel_prob"], cfg.run.freeze_updates
         (5e-05, 20000, 0.5, 10000)
     """
-    table = preset_table(route)
+    table = FINETUNE_PRESETS[route]
     if preset not in table:
         raise W2VError(f"unknown {route}-route preset {preset!r} (known: {', '.join(table)})")
     base = apply_dict(TrainConfig(), copy.deepcopy(table[preset]), f"preset {preset}")
@@ -220,8 +114,8 @@ def _check_model_fields(route: str, cfg: TrainConfig) -> None:
         return
     if cfg.model.arch not in ARCHES:
         raise W2VError(f"--arch {cfg.model.arch!r}: choose {' or '.join(ARCHES)}")
-    if cfg.model.model_preset not in PRESETS[cfg.model.arch]:
-        raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(PRESETS[cfg.model.arch])}")
+    if cfg.model.model_preset not in DOWNSTREAM_PRESETS[cfg.model.arch]:
+        raise W2VError(f"model.model_preset {cfg.model.model_preset!r}: known {', '.join(DOWNSTREAM_PRESETS[cfg.model.arch])}")
     check_model_overrides(DownstreamConfig, cfg.model.overrides,
                           reserved={"vocab_size", "input_dim", "frame_shift", "features", "arch"})
 
@@ -515,7 +409,7 @@ def finetune(
         train: the training audio list (TSV, Kaldi data dir, wav.scp); on the
             feature route optional (it then only names utterances for ``--labels ltr``).
         save_dir: checkpoints, ``config.yaml``, ``dict.ltr.txt``, ``log.jsonl``, ``tensorboard/``.
-        preset: :data:`CTC_PRESETS` (audio) or :data:`DOWNSTREAM_PRESETS` (features).
+        preset: a recipe of :data:`w2vtools.train.config.FINETUNE_PRESETS` for the route.
         valid: the validation audio list (same kinds); optional.
         labels: see :func:`label_lines` (default ``ltr``: ``TRAIN.ltr``).
         valid_labels: labels of ``valid``; default: the same extension beside the

@@ -6,7 +6,7 @@ and runs :class:`w2vtools.train.trainer.Trainer` with the model's own contrastiv
 loss. Under ``torchrun`` every process calls it; ranks train on disjoint batches
 and only rank 0 writes.
 
-Checkpoints are our model format (:func:`w2vtools.models.checkpoint.load_model`
+Checkpoints are our model format (:func:`w2vtools.models.loading.load_model`
 reads them: ``w2v featurize --model SAVE_DIR/checkpoint_best.pt`` works) with the
 trainer state under ``extra["trainer"]``.
 
@@ -27,7 +27,7 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.formats.corpus import read_corpus
-from w2vtools.models.checkpoint import build_model as build, model_class_for
+from w2vtools.models.registry import build_model as build, model_class_for
 from w2vtools.models.presets import get_preset
 from w2vtools.train.config import DataConfig, TrainConfig, resolve_config
 from w2vtools.train.data import AudioDataset, stable_seed

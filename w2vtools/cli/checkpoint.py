@@ -54,7 +54,7 @@ def inspect_cmd(model, preset, list_presets, as_json):
         return
     if model is None and preset is None:
         raise W2VError("give a MODEL or --preset NAME (see --list-presets)")
-    from w2vtools.models.checkpoint import format_description, inspect_model
+    from w2vtools.models.describe import format_description, inspect_model
 
     info = inspect_model(model, preset=preset)
     click.echo(json.dumps(info) if as_json else format_description(info))
@@ -83,7 +83,7 @@ def convert_cmd(src, dst, to, architecture):
     """
     import logging
 
-    from w2vtools.models.checkpoint import convert_model
+    from w2vtools.models.describe import convert_model
 
     loaded = convert_model(src, dst, to=to, architecture=architecture)
     logging.getLogger("w2v.checkpoint").info(

@@ -8,9 +8,9 @@ from w2vtools.cli.training_options import training_options
 
 
 def _list_presets(ctx: click.Context) -> None:
-    from w2vtools.finetune import CTC_PRESETS, DOWNSTREAM_PRESETS
+    from w2vtools.train.config import FINETUNE_PRESETS
 
-    for route, table in (("audio", CTC_PRESETS), ("features", DOWNSTREAM_PRESETS)):
+    for route, table in FINETUNE_PRESETS.items():
         for name, body in table.items():
             o, r, m = body["optim"], body["run"], body["model"]["overrides"]
             masks = (f"mask_prob={m['mask_prob']} mask_channel_prob={m['mask_channel_prob']} "

@@ -4,12 +4,20 @@ Layout (one file per family, whisper-style):
 
 * ``wav2vec.py``   wav2vec (2019) and vq-wav2vec (encoder, aggregator, quantizer)
 * ``wav2vec2.py``  wav2vec 2.0 / XLS-R (feature encoder, masking, Transformer, quantizer)
+* ``layers.py``    blocks the families share (the masked float32 group norm)
 * ``quantizers.py`` Gumbel-softmax and online k-means vector quantizers
 * ``ctc.py``       a pretrained encoder plus a linear CTC head
 * ``downstream.py`` CTC acoustic models on stored features (conv, BiLSTM)
-* ``presets.py``   named architectures (BASE, LARGE, XLS-R, tiny, ...)
-* ``checkpoint.py`` our checkpoint format and :func:`load_model` for every source
+* ``presets.py``   every named architecture (BASE, LARGE, XLS-R, tiny, downstream, ...)
+* ``registry.py``  families and tasks -> classes, configs <-> plain dicts (imports none of ours)
+* ``checkpoint.py`` our checkpoint format (:class:`~w2vtools.models.checkpoint.LoadedModel`, save, read)
 * ``fairseq.py``, ``huggingface.py``: import/export, one key mapping per source
+* ``hub.py``       named pretrained models, fetched once
+* ``loading.py``   :func:`~w2vtools.models.loading.load_model` for every source
+* ``describe.py``  what a model is (``w2v checkpoint inspect``) and format conversion
+
+Imports point one way: registry, layers -> the models -> checkpoint -> the importers
+-> loading -> describe.
 
 Parameter names follow fairseq's, so importing fairseq weights is a near-identity map.
 

@@ -1,7 +1,8 @@
 """CTC fine-tuning model: a pretrained encoder plus a linear projection to letters.
 
 The output dictionary follows fairseq's order: ``<s>`` (the CTC blank, index 0),
-``<pad>``, ``</s>``, ``<unk>``, then the lines of ``dict.ltr.txt``.
+``<pad>``, ``</s>``, ``<unk>``, then the lines of ``dict.ltr.txt``
+(:func:`w2vtools.formats.labels.ctc_vocabulary`).
 
 In train mode the wav2vec 2.0 encoder is regularized as in fairseq's
 ``wav2vec2_asr`` fine-tuning: time masking (``mask_prob``, ``mask_length``),
@@ -27,17 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-FAIRSEQ_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
-
-
-def fairseq_dictionary(letters: list[str]) -> list[str]:
-    """The CTC output list for the given ``dict.ltr.txt`` symbols (specials first).
-
-    Example:
-        >>> fairseq_dictionary(["|", "E", "T"])
-        ['<s>', '<pad>', '</s>', '<unk>', '|', 'E', 'T']
-    """
-    return FAIRSEQ_SPECIAL_TOKENS + [s for s in letters if s not in FAIRSEQ_SPECIAL_TOKENS]
+from w2vtools.models.registry import build_model, config_class_for, config_from_dict, config_to_dict, model_class_for
 
 
 @dataclass
@@ -64,11 +55,6 @@ class CTCConfig:
     dropout_input: float = 0.0
     feature_grad_mult: float = 0.0
     freeze_finetune_updates: int = 0  # recorded (fairseq's name); run.freeze_updates does the freezing
-
-
-def _set_dropout(module: nn.Module, p: float) -> None:
-    if isinstance(module, nn.Dropout):
-        module.p = p
 
 
 def apply_finetune_settings(encoder: nn.Module, cfg: CTCConfig) -> None:
@@ -120,8 +106,6 @@ class CTCModel(nn.Module):
             cfg = CTCConfig(vocab_size=vocab_size)
         cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
         if not cfg.encoder and getattr(encoder, "cfg", None) is not None:
-            from w2vtools.models.checkpoint import config_to_dict
-
             cfg.encoder = config_to_dict(encoder.cfg)
             cfg.encoder_family = getattr(encoder, "family", cfg.encoder_family)
         self.cfg = cfg
@@ -137,8 +121,6 @@ class CTCModel(nn.Module):
     @classmethod
     def from_config(cls, cfg: CTCConfig) -> "CTCModel":
         """Build the encoder from ``cfg.encoder_family``/``cfg.encoder`` and wrap it."""
-        from w2vtools.models.checkpoint import build_model, config_class_for, config_from_dict, model_class_for
-
         enc_cfg = config_from_dict(config_class_for(cfg.encoder_family), cfg.encoder)
         encoder = build_model(model_class_for(cfg.encoder_family), enc_cfg)
         return cls(encoder, cfg.vocab_size, cfg)

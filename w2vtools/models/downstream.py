@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,41 +95,6 @@ class DownstreamConfig:
             raise ValueError(f"input_dim {self.input_dim} / vocab_size {self.vocab_size} too small")
 
 
-# Architecture presets: field values on top of the dataclass defaults.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "blstm": {
-        # 3 x 512 BiLSTM behind one 5-wide GLU convolution: a classic CTC acoustic model size.
-        "base": {"conv_channels": [512], "conv_kernels": [5], "lstm_hidden": 512, "lstm_layers": 3, "dropout": 0.3},
-        # minutes on 2 CPU cores (FSDD digits)
-        "tiny": {"conv_channels": [64], "conv_kernels": [3], "lstm_hidden": 64, "lstm_layers": 2, "dropout": 0.1},
-    },
-    "conv": {
-        # wav2letter-like widening GLU stack at stride 1 (receptive field 0.4 s at 10 ms frames)
-        "base": {"conv_channels": [256, 256, 384, 384, 512, 512, 768, 768],
-                 "conv_kernels": [11, 11, 13, 13, 15, 15, 17, 1], "dropout": 0.25},
-        "tiny": {"conv_channels": [64, 64, 64, 96], "conv_kernels": [5, 5, 7, 1], "dropout": 0.1},
-    },
-}
-
-
-def downstream_config(arch: str, preset: str = "tiny", **overrides: Any) -> DownstreamConfig:
-    """A :class:`DownstreamConfig` from an architecture preset and field overrides.
-
-    Example:
-        >>> downstream_config("conv", "tiny", input_dim=13, vocab_size=20).conv_kernels
-        [5, 5, 7, 1]
-    """
-    if arch not in PRESETS:
-        raise ValueError(f"arch {arch!r}: choose {' or '.join(ARCHES)}")
-    if preset not in PRESETS[arch]:
-        raise ValueError(f"no {arch} preset {preset!r} (known: {', '.join(PRESETS[arch])})")
-    names = {f.name for f in dataclasses.fields(DownstreamConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: not a DownstreamConfig field (known: {', '.join(sorted(names))})")
-    return DownstreamConfig(arch=arch, **{**PRESETS[arch][preset], **overrides})
-
-
 class _GLUConv(nn.Module):
     """Conv1d (stride 1, same length) -> GLU -> dropout, on (B, C, T)."""
 
@@ -166,6 +130,7 @@ class DownstreamModel(nn.Module):
         cfg: the architecture.
 
     Example:
+        >>> from w2vtools.models.presets import downstream_config
         >>> m = DownstreamModel(downstream_config("conv", "tiny", input_dim=80, vocab_size=16))
         >>> m(torch.zeros(1, 30, 80))[0].shape
         torch.Size([1, 30, 16])

@@ -46,6 +46,11 @@ from typing import Any
 import torch
 
 from w2vtools.errors import W2VError
+from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
+from w2vtools.models.checkpoint import LoadedModel, few_names
+from w2vtools.models.ctc import CTCConfig, CTCModel
+from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel
+from w2vtools.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 log = logging.getLogger("w2v.fairseq")
 
@@ -426,8 +431,6 @@ _WAV2VEC_ARGPARSE_DEFAULTS = dict(
 
 def wav2vec_config(model: dict, criterion: dict | None, *, old_args: bool):
     """Our :class:`~w2vtools.models.wav2vec.Wav2VecConfig` from fairseq's model (and criterion) config."""
-    from w2vtools.models.wav2vec import Wav2VecConfig
-
     src = dict(_WAV2VEC_ARGPARSE_DEFAULTS) if old_args else {}
     src.update({k: v for k, v in model.items() if v is not None or k == "sample_distance"})
     names = {f.name for f in dataclasses.fields(Wav2VecConfig)}
@@ -472,8 +475,6 @@ _W2V2_RENAMES = {"quantizer_depth": "weight_proj_depth", "quantizer_factor": "we
 
 def wav2vec2_config(model: dict, task: dict | None, criterion: dict | None, path: str):
     """Our Wav2Vec2Config from fairseq's model/task/criterion config (args or cfg style)."""
-    from w2vtools.models.wav2vec2 import Wav2Vec2Config
-
     for key, default in _W2V2_UNSUPPORTED.items():
         value = model.get(key, default)
         if value is not None and value != default and not (key == "attn_type" and not value):
@@ -590,10 +591,10 @@ def _load_weights(model: torch.nn.Module, sd: dict, path: str, what: str) -> Non
     if missing or shape:
         raise W2VError(
             f"{path}: the {what} weights do not match the architecture its config describes "
-            f"(missing: {_few(missing)}; wrong shape: {_few(shape)})"
+            f"(missing: {few_names(missing)}; wrong shape: {few_names(shape)})"
         )
     if unexpected:
-        log.info("%s: ignoring %d fairseq weights we do not use: %s", path, len(unexpected), _few(unexpected))
+        log.info("%s: ignoring %d fairseq weights we do not use: %s", path, len(unexpected), few_names(unexpected))
     model.load_state_dict({k: sd[k] for k in ours}, strict=True)
 
 
@@ -614,41 +615,6 @@ def _upgrade_weight_norm(sd: dict, ours: dict) -> dict:
     return out
 
 
-def _few(keys, n: int = 4) -> str:
-    keys = list(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def read_dictionary(path: str | os.PathLike) -> list[str]:
-    """fairseq ``dict.ltr.txt`` (``symbol count`` lines) -> the CTC output list, specials first.
-
-    Example:
-        >>> read_dictionary("dict.ltr.txt")[:6]  # doctest: +SKIP
-        ['<s>', '<pad>', '</s>', '<unk>', '|', 'E']
-    """
-    from w2vtools.models.ctc import fairseq_dictionary
-
-    symbols = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                parts = line.rsplit(" ", 1)
-                sym = parts[0]
-                if parts[-1] == "#fairseq:overwrite" or (len(parts) == 2 and parts[1] == "#fairseq:overwrite"):
-                    sym = parts[0].rsplit(" ", 1)[0]
-                if not sym:
-                    raise W2VError(f"{path}:{lineno}: empty symbol")
-                symbols.append(sym)
-    except OSError as e:
-        raise W2VError(f"{path}: cannot read the dictionary ({e.strerror})") from None
-    return fairseq_dictionary(symbols)
-
-
 def _ctc_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list[str]:
     if dictionary is None:
         # where fairseq itself looks (the task's data folder), and next to the checkpoint
@@ -667,7 +633,7 @@ def _ctc_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list
         dictionary = found[0]
         log.info("%s: using the dictionary %s", path, dictionary)
     if isinstance(dictionary, (str, os.PathLike)):
-        tokens = read_dictionary(dictionary)
+        tokens = ctc_vocabulary(read_dictionary(dictionary))
         where = str(dictionary)
     else:
         tokens = list(dictionary)
@@ -682,13 +648,9 @@ def _ctc_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list
 
 def _build_encoder(arch: str, model_cfg: dict, task: dict, crit: dict, path: str, old_args: bool):
     if arch == "wav2vec":
-        from w2vtools.models.wav2vec import Wav2VecModel
-
         cfg = wav2vec_config(model_cfg, crit, old_args=old_args)
         return Wav2VecModel(cfg), cfg, cfg.family
     if arch in ("wav2vec2", "wav2vec2_base", "wav2vec2_large"):
-        from w2vtools.models.wav2vec2 import Wav2Vec2Model
-
         cfg = wav2vec2_config(model_cfg, task, crit, path)
         return Wav2Vec2Model(cfg), cfg, "wav2vec2"
     raise W2VError(
@@ -720,8 +682,6 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
         >>> m.family, m.task  # doctest: +SKIP
         ('wav2vec', 'pretrain')
     """
-    from w2vtools.models.checkpoint import LoadedModel
-
     path = Path(path)
     ck = read_fairseq_checkpoint(path, map_location=map_location)
     sd = _float_state(ck.state_dict)
@@ -748,8 +708,6 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
             raise W2VError(f"{path}: CTC checkpoint without an output layer (w2v_encoder.proj.weight)")
         vocab = int(proj_w.shape[0])
         tokens = _ctc_dictionary(path, vocab, dictionary, ck.task)
-        from w2vtools.models.ctc import CTCConfig, CTCModel
-
         ctc_kw = {f.name: ck.model[f.name] for f in dataclasses.fields(CTCConfig)
                   if f.name in ck.model and f.name not in ("vocab_size", "encoder", "encoder_family")
                   and ck.model[f.name] is not None}
@@ -794,7 +752,6 @@ __all__ = [
     "load_fairseq",
     "parse_layers",
     "plain",
-    "read_dictionary",
     "read_fairseq_checkpoint",
     "resolve_interpolations",
     "safe_torch_load",

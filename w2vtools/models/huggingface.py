@@ -26,6 +26,10 @@ from pathlib import Path
 import torch
 
 from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write
+from w2vtools.formats.labels import SPECIAL_SYMBOLS
+from w2vtools.models.checkpoint import LoadedModel
+from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
 log = logging.getLogger("w2v.huggingface")
@@ -50,7 +54,6 @@ _LAYER_MAP = {
 
 # HF fairseq-converted CTC vocabularies name index 0 "<pad>" (their blank) and 1 "<s>".
 _HF_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-_FAIRSEQ_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 # --------------------------------------------------------------------------- configs
@@ -375,7 +378,7 @@ def _read_dictionary(folder: Path, hf: dict, vocab_size: int) -> tuple[list[str]
     order = [blank] + [i for i in range(vocab_size) if i != blank]
     tokens = [tokens[i] for i in order]
     if tokens[:4] == _HF_SPECIALS:
-        tokens[:4] = _FAIRSEQ_SPECIALS
+        tokens[:4] = list(SPECIAL_SYMBOLS)
     return tokens, order
 
 
@@ -395,9 +398,6 @@ def load_huggingface(folder: str | os.PathLike, map_location="cpu"):
         >>> loaded.task, loaded.dictionary[:5]                # doctest: +SKIP
         ('ctc', ['<s>', '<pad>', '</s>', '<unk>', '|'])
     """
-    from w2vtools.models.checkpoint import LoadedModel
-    from w2vtools.models.ctc import CTCConfig, CTCModel
-
     folder = Path(folder)
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -470,8 +470,6 @@ def export_huggingface(loaded, folder: str | os.PathLike, *, architecture: str |
     """
     from safetensors.torch import save_file
 
-    from w2vtools.fileio import atomic_write
-
     if loaded.family != "wav2vec2":
         raise W2VError(f"Hugging Face has no {loaded.family} model class; only wav2vec2 can be exported")
     task = loaded.task
@@ -526,7 +524,7 @@ def export_huggingface(loaded, folder: str | os.PathLike, *, architecture: str |
         f.write("\n")
     if hf_task == "ctc" and loaded.dictionary:
         tokens = list(loaded.dictionary)
-        if tokens[:4] == _FAIRSEQ_SPECIALS:
+        if tuple(tokens[:4]) == SPECIAL_SYMBOLS:
             tokens[:4] = _HF_SPECIALS
         with atomic_write(folder / "vocab.json") as f:
             json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False, indent=1)

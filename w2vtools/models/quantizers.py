@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2vtools.models.layers import Fp32GroupNorm
+
 
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of each group's distribution, summed over groups. probs: (G, V)."""
@@ -138,20 +140,6 @@ class GumbelVectorQuantizer(nn.Module):
         return result
 
 
-class _Fp32GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in float32 (fairseq's Fp32GroupNorm), safe under fp16 autocast."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.group_norm(
-            x.float(),
-            self.num_groups,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
-            self.eps,
-        )
-        return out.type_as(x)
-
-
 class KmeansVectorQuantizer(nn.Module):
     """Online k-means product quantizer (vq-wav2vec, Baevski et al., 2019).
 
@@ -207,7 +195,7 @@ class KmeansVectorQuantizer(nn.Module):
         self.embedding = nn.Parameter(torch.randn(num_vars, num_groups, self.var_dim))
         self.projection = nn.Sequential(
             nn.Conv1d(dim, dim, kernel_size=1, groups=groups, bias=False),
-            _Fp32GroupNorm(groups, dim),
+            Fp32GroupNorm(groups, dim),
         )
         self.gamma = gamma
 

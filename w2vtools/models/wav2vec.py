@@ -25,7 +25,8 @@ negative sampling only use an utterance's own frames, so an utterance gives the 
 features alone or padded in a batch.
 
 Example:
-    >>> model = Wav2VecModel(PRESETS["wav2vec-tiny"]).eval()
+    >>> from w2vtools.models.presets import get_preset
+    >>> model = Wav2VecModel(get_preset("wav2vec-tiny")).eval()
     >>> out = model.extract_features(torch.randn(2, 16000))
     >>> out.features.shape
     torch.Size([2, 98, 64])
@@ -42,12 +43,14 @@ import torch.nn.functional as F
 
 from w2vtools.errors import W2VError
 from w2vtools.models import FeatureOutput
+from w2vtools.models.layers import Fp32GroupNorm
+from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 
 ConvSpec = tuple[int, int, int]  # (channels, kernel, stride)
 
-_WAV2VEC_ENCODER: list[ConvSpec] = [(512, 10, 5), (512, 8, 4), (512, 4, 2), (512, 4, 2), (512, 4, 2)]
-_LARGE_ENCODER: list[ConvSpec] = _WAV2VEC_ENCODER + [(512, 1, 1)] * 3
-_LARGE_AGGREGATOR: list[ConvSpec] = [(512, k, 1) for k in range(2, 14)]
+WAV2VEC_ENCODER: list[ConvSpec] = [(512, 10, 5), (512, 8, 4), (512, 4, 2), (512, 4, 2), (512, 4, 2)]
+LARGE_ENCODER: list[ConvSpec] = WAV2VEC_ENCODER + [(512, 1, 1)] * 3
+LARGE_AGGREGATOR: list[ConvSpec] = [(512, k, 1) for k in range(2, 14)]
 
 
 @dataclass
@@ -92,8 +95,8 @@ class Wav2VecConfig:
         sample_rate: input sample rate in Hz.
     """
 
-    conv_feature_layers: list[ConvSpec] = field(default_factory=lambda: list(_LARGE_ENCODER))
-    conv_aggregator_layers: list[ConvSpec] = field(default_factory=lambda: list(_LARGE_AGGREGATOR))
+    conv_feature_layers: list[ConvSpec] = field(default_factory=lambda: list(LARGE_ENCODER))
+    conv_aggregator_layers: list[ConvSpec] = field(default_factory=lambda: list(LARGE_AGGREGATOR))
     prediction_steps: int = 12
     num_negatives: int = 10
     cross_sample_negatives: int = 0
@@ -149,7 +152,8 @@ class Wav2VecConfig:
         """Plain-Python form (lists, not tuples) for checkpoints.
 
         Example:
-            >>> Wav2VecConfig.from_dict(PRESETS["wav2vec-large"].to_dict()) == PRESETS["wav2vec-large"]
+            >>> from w2vtools.models.presets import get_preset
+            >>> Wav2VecConfig.from_dict(get_preset("wav2vec-large").to_dict()) == get_preset("wav2vec-large")
             True
         """
         d = asdict(self)
@@ -170,84 +174,6 @@ class Wav2VecConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _wav2vec_base() -> Wav2VecConfig:
-    # Schneider et al. 2019, section 2: 5-layer encoder, 9-layer kernel-3 context network.
-    return Wav2VecConfig(
-        conv_feature_layers=list(_WAV2VEC_ENCODER),
-        conv_aggregator_layers=[(512, 3, 1)] * 9,
-        skip_connections_agg=False,
-        log_compression=True,
-    )
-
-
-def _wav2vec_large() -> Wav2VecConfig:
-    # fairseq examples/wav2vec/README.md "Train a wav2vec model" (the released wav2vec_large.pt).
-    return Wav2VecConfig(
-        conv_feature_layers=list(_LARGE_ENCODER),
-        conv_aggregator_layers=list(_LARGE_AGGREGATOR),
-        skip_connections_agg=True,
-        residual_scale=0.5,
-        log_compression=True,
-    )
-
-
-def _vq_wav2vec(vq_type: str) -> Wav2VecConfig:
-    # fairseq examples/wav2vec/README.md "Train a gumbel vq-wav2vec model"; k-means: same
-    # with --vq-type kmeans --loss-weights [1]. No --log-compression there (argparse default off).
-    return Wav2VecConfig(
-        conv_feature_layers=list(_LARGE_ENCODER),
-        conv_aggregator_layers=list(_LARGE_AGGREGATOR),
-        activation="gelu",
-        skip_connections_agg=True,
-        residual_scale=0.5,
-        log_compression=False,
-        vq_type=vq_type,
-        vq_groups=2,
-        vq_depth=2,
-        combine_groups=True,
-        vq_vars=320,
-        vq_temp=(2.0, 0.5, 0.999995),
-        vq_gamma=0.25,
-        loss_weights=[1.0] if vq_type == "kmeans" else None,
-    )
-
-
-def _tiny(vq_type: str = "none") -> Wav2VecConfig:
-    # Same strides (10 ms frames), 64 channels, 3-layer aggregator: trains in minutes on 2 cores.
-    # Three steps ahead (30-50 ms): with K = 6 a model this small spends its first hundred
-    # updates on the far steps it cannot yet predict (FSDD, 80 updates: 12% of frames
-    # ranked above all 10 negatives with K = 6, 25% with K = 3).
-    return Wav2VecConfig(
-        conv_feature_layers=[(64, 10, 5), (64, 8, 4), (64, 4, 2), (64, 4, 2), (64, 4, 2)],
-        conv_aggregator_layers=[(64, 3, 1)] * 3,
-        prediction_steps=3,
-        num_negatives=10,
-        skip_connections_agg=True,
-        log_compression=vq_type == "none",
-        activation="relu" if vq_type == "none" else "gelu",
-        vq_type=vq_type,
-        vq_vars=32,
-        vq_groups=2,
-        vq_depth=2 if vq_type == "gumbel" else 1,
-        combine_groups=vq_type != "none",
-        vq_temp=(2.0, 0.5, 0.999),
-        loss_weights=[1.0] if vq_type == "kmeans" else None,
-    )
-
-
-PRESETS: dict[str, Wav2VecConfig] = {
-    "wav2vec-base": _wav2vec_base(),
-    "wav2vec-large": _wav2vec_large(),
-    "vq-wav2vec-gumbel": _vq_wav2vec("gumbel"),
-    "vq-wav2vec-kmeans": _vq_wav2vec("kmeans"),
-    "wav2vec-tiny": _tiny("none"),
-    "vq-wav2vec-tiny": _tiny("gumbel"),  # "vq-wav2vec" alone means the Gumbel variant (as fairseq's release)
-    "vq-wav2vec-gumbel-tiny": _tiny("gumbel"),
-    "vq-wav2vec-kmeans-tiny": _tiny("kmeans"),
-}
-"""Named architectures: the published ones and tiny ones for tests and quick recipes."""
-
-
 # ---------------------------------------------------------------------------
 # building blocks
 
@@ -258,36 +184,6 @@ def _conv_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tens
 
 def _pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
-
-
-class Fp32GroupNorm(nn.GroupNorm):
-    """Group norm computed in float32 (fairseq's Fp32GroupNorm), optionally over valid frames only.
-
-    Statistics are taken over each group's channels and time; with ``padding_mask``
-    (B, T, True = pad) padded frames are left out of the mean and variance, so a padded
-    utterance is normalized exactly as it would be alone.
-
-    Example:
-        >>> norm = Fp32GroupNorm(1, 4)
-        >>> norm(torch.randn(2, 4, 7), torch.zeros(2, 7, dtype=torch.bool)).shape
-        torch.Size([2, 4, 7])
-    """
-
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if padding_mask is None or not bool(padding_mask.any()):
-            w = self.weight.float() if self.weight is not None else None
-            b = self.bias.float() if self.bias is not None else None
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type_as(x)
-        bsz, channels, tsz = x.shape
-        xf = x.float().view(bsz, self.num_groups, channels // self.num_groups, tsz)
-        valid = (~padding_mask).to(xf.dtype)[:, None, None, :]
-        count = (valid.sum(dim=-1, keepdim=True) * (channels // self.num_groups)).clamp(min=1)
-        mean = (xf * valid).sum(dim=(2, 3), keepdim=True) / count
-        var = (((xf - mean) ** 2) * valid).sum(dim=(2, 3), keepdim=True) / count
-        y = ((xf - mean) / torch.sqrt(var + self.eps)).view(bsz, channels, tsz)
-        if self.affine:
-            y = y * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
-        return y.type_as(x)
 
 
 class _MaskedSequential(nn.Sequential):
@@ -537,7 +433,8 @@ class Wav2VecModel(nn.Module):
     ``model(source, padding_mask)`` and :meth:`pretraining_loss` on its output.
 
     Example:
-        >>> model = Wav2VecModel(PRESETS["vq-wav2vec-gumbel-tiny"]).train()
+        >>> from w2vtools.models.presets import get_preset
+        >>> model = Wav2VecModel(get_preset("vq-wav2vec-gumbel-tiny")).train()
         >>> out = model(torch.randn(2, 8000))
         >>> loss, sample_size, stats = model.pretraining_loss(out)
         >>> loss.dim(), sample_size > 0
@@ -561,8 +458,6 @@ class Wav2VecModel(nn.Module):
         self.vector_quantizer = None
         vq_dim = cfg.vq_dim if cfg.vq_dim > 0 else embed
         if cfg.vq_type == "gumbel":
-            from w2vtools.models.quantizers import GumbelVectorQuantizer
-
             self.vector_quantizer = GumbelVectorQuantizer(
                 dim=embed,
                 num_vars=cfg.vq_vars,
@@ -578,8 +473,6 @@ class Wav2VecModel(nn.Module):
             for block in list(self.vector_quantizer.weight_proj)[:-1] if cfg.vq_depth > 1 else []:
                 block[1] = _activation(cfg.activation)
         elif cfg.vq_type == "kmeans":
-            from w2vtools.models.quantizers import KmeansVectorQuantizer
-
             self.vector_quantizer = KmeansVectorQuantizer(
                 dim=embed,
                 num_vars=cfg.vq_vars,
@@ -646,7 +539,8 @@ class Wav2VecModel(nn.Module):
         """Number of output frames for ``num_samples`` input samples.
 
         Example:
-            >>> Wav2VecModel(PRESETS["wav2vec-tiny"]).num_frames(16000)
+            >>> from w2vtools.models.presets import get_preset
+            >>> Wav2VecModel(get_preset("wav2vec-tiny")).num_frames(16000)
             98
         """
         n = int(num_samples)
@@ -738,7 +632,8 @@ class Wav2VecModel(nn.Module):
             frame padding mask (None without padding).
 
         Example:
-            >>> m = Wav2VecModel(PRESETS["wav2vec-tiny"]).eval()
+            >>> from w2vtools.models.presets import get_preset
+            >>> m = Wav2VecModel(get_preset("wav2vec-tiny")).eval()
             >>> m.extract_features(torch.randn(1, 4000), output="z").features.shape
             torch.Size([1, 23, 64])
         """
@@ -773,7 +668,8 @@ class Wav2VecModel(nn.Module):
         Equals fairseq's ``model.vector_quantizer.forward_idx(z)`` (vq-wav2vec_featurize.py).
 
         Example:
-            >>> m = Wav2VecModel(PRESETS["vq-wav2vec-kmeans-tiny"]).eval()
+            >>> from w2vtools.models.presets import get_preset
+            >>> m = Wav2VecModel(get_preset("vq-wav2vec-kmeans-tiny")).eval()
             >>> m.quantize(torch.randn(1, 4000)).shape
             torch.Size([1, 23, 2])
         """

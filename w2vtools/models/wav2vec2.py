@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2vtools.models import FeatureOutput
+from w2vtools.models.layers import masked_group_norm
 from w2vtools.models.quantizers import GumbelVectorQuantizer
 
 BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -305,7 +306,7 @@ class ConvFeatureExtractionModel(nn.Module):
             if len(block) == 4:
                 norm = block[2]
                 if isinstance(norm, nn.GroupNorm):
-                    x = _masked_group_norm(x, norm, self._frames_after(lengths, i + 1))
+                    x = masked_group_norm(x, norm, self._padding_after(lengths, i + 1, x.size(2)))
                 else:
                     ln = norm[1]
                     x = F.layer_norm(x.transpose(1, 2).float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
@@ -313,37 +314,13 @@ class ConvFeatureExtractionModel(nn.Module):
             x = F.gelu(x)
         return x.transpose(1, 2)
 
-    def _frames_after(self, lengths: torch.Tensor | None, num_layers: int) -> torch.Tensor | None:
+    def _padding_after(self, lengths: torch.Tensor | None, num_layers: int, num_frames: int) -> torch.Tensor | None:
+        """(B, T) padding mask after the first ``num_layers`` convolutions (None without lengths)."""
         if lengths is None:
             return None
         for _, k, s in self.layer_specs[:num_layers]:
             lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-        return lengths.clamp(min=1)
-
-
-def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None) -> torch.Tensor:
-    """GroupNorm of (B, C, T), statistics over each row's first ``lengths`` frames.
-
-    Without lengths this is exactly ``F.group_norm`` (computed in float32, as fairseq's
-    Fp32GroupNorm). With lengths, padded frames do not shift the statistics, so a
-    row's output equals that of the row alone.
-    """
-    if lengths is None:
-        w = norm.weight.float() if norm.weight is not None else None
-        b = norm.bias.float() if norm.bias is not None else None
-        return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).type_as(x)
-    bsz, c, t = x.shape
-    g = norm.num_groups
-    xf = x.float().view(bsz, g, c // g, t)
-    valid = (torch.arange(t, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).to(xf.dtype).view(bsz, 1, 1, t)
-    n = lengths.to(xf.dtype).view(bsz, 1, 1, 1) * (c // g)
-    mean = (xf * valid).sum(dim=(2, 3), keepdim=True) / n
-    centered = xf - mean
-    var = (centered.pow(2) * valid).sum(dim=(2, 3), keepdim=True) / n
-    y = (centered * torch.rsqrt(var + norm.eps)).view(bsz, c, t)
-    if norm.affine:
-        y = torch.addcmul(norm.bias.float().view(1, c, 1), y, norm.weight.float().view(1, c, 1))
-    return y.type_as(x)
+        return torch.arange(num_frames, device=lengths.device).unsqueeze(0) >= lengths.clamp(min=1).unsqueeze(1)
 
 
 class WeightNormConv1d(nn.Module):
@@ -941,16 +918,3 @@ class Wav2Vec2Model(nn.Module):
             if key in net_output:
                 stats[key] = float(torch.as_tensor(net_output[key]).detach())
         return loss, sample_size, stats
-
-
-def count_parameters(cfg: Wav2Vec2Config) -> int:
-    """Parameters of a model built from ``cfg``, counted on the meta device (no memory).
-
-    Example:
-        >>> from w2vtools.models.presets import get_preset
-        >>> round(count_parameters(get_preset("wav2vec2", "base")) / 1e6)
-        95
-    """
-    with torch.device("meta"):
-        model = Wav2Vec2Model(cfg)
-    return sum(p.numel() for p in model.parameters())

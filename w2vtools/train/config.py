@@ -10,6 +10,10 @@ A run is described by one :class:`TrainConfig`; its sections are
 * ``run``: seed, logging/validation/checkpoint intervals, mixed precision,
   guards, best-checkpoint metric, freezing (for fine-tuning).
 
+The recipes: :data:`PRESETS` (pretraining, by arch) and :data:`FINETUNE_PRESETS`
+(fine-tuning, by route). A recipe names a model preset and overrides only the
+model fields that differ from it.
+
 Resolution order: the dataclass defaults, then the preset, then a YAML file,
 then ``--set section.key=value`` overrides (values parsed as YAML, so
 ``--set optim.betas=[0.9,0.98]`` and ``--set run.amp=bf16`` work).
@@ -31,6 +35,7 @@ from typing import Any
 import yaml
 
 from w2vtools.errors import W2VError
+from w2vtools.models.registry import plain
 
 
 @dataclass
@@ -155,18 +160,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists/numbers/strings (YAML- and ``weights_only``-safe)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,19 +175,8 @@ _W2V2_BASE = {
     # (Baevski et al. 2020): 64 GPUs x 1.4 M samples, crops <= 250k, 400k updates.
     "model": {
         "arch": "wav2vec2",
-        "model_preset": "base",
-        "overrides": {
-            "extractor_mode": "default",  # group norm in the first conv layer
-            "normalize": False,
-            "final_dim": 256,
-            "feature_grad_mult": 0.1,
-            "encoder_layerdrop": 0.05,
-            "dropout_input": 0.1,
-            "dropout_features": 0.1,
-            "diversity_weight": 0.1,  # fairseq criterion loss_weights [0.1, 10]
-            "feature_pen_weight": 10.0,
-            "latent_temp": [2.0, 0.5, 0.999995],
-        },
+        "model_preset": "base",  # its published values (loss weights [0.1, 10]) are the BASE preset's
+        "overrides": {},
     },
     "data": {"max_samples_per_batch": 1_400_000, "max_sample_size": 250_000, "min_sample_size": 32_000},
     "optim": {
@@ -211,23 +197,8 @@ _W2V2_LARGE = {
     # released (the paper's LS-960 LARGE used 3e-4: --set optim.lr=3e-4), temperature 2 -> 0.1.
     "model": {
         "arch": "wav2vec2",
-        "model_preset": "large",
-        "overrides": {
-            "extractor_mode": "layer_norm",
-            "layer_norm_first": True,
-            "normalize": True,
-            "conv_bias": True,
-            "final_dim": 768,
-            "feature_grad_mult": 1.0,
-            "encoder_layerdrop": 0.0,
-            "dropout_input": 0.0,
-            "dropout_features": 0.0,
-            "dropout": 0.0,
-            "attention_dropout": 0.0,
-            "diversity_weight": 0.1,  # fairseq criterion loss_weights [0.1, 0]
-            "feature_pen_weight": 0.0,
-            "latent_temp": [2.0, 0.1, 0.999995],
-        },
+        "model_preset": "large",  # its published values (loss weights [0.1, 0]) are the LARGE preset's
+        "overrides": {},
     },
     "data": {"max_samples_per_batch": 1_200_000, "max_sample_size": 320_000, "min_sample_size": 32_000},
     "optim": {
@@ -249,7 +220,7 @@ _W2V2_TINY = {
         "model_preset": "tiny",
         # A high peak lr and a light diversity weight let the tiny model leave the
         # log2(K+1) plateau within ~100 updates on FSDD (0.1 keeps it there for hundreds).
-        "overrides": {"diversity_weight": 0.05, "feature_pen_weight": 10.0, "latent_temp": [2.0, 0.5, 0.995]},
+        "overrides": {"diversity_weight": 0.05, "latent_temp": [2.0, 0.5, 0.995]},
     },
     "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
     "optim": {
@@ -341,13 +312,113 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset_names(arch: str) -> list[str]:
-    """Training presets available for ``arch``."""
-    return sorted(PRESETS.get(arch, {}))
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning recipes (``w2v finetune``), by route. The model section names the task's model:
+# ``ctc`` (overrides are CTCConfig fields) or ``blstm``/``conv`` with a downstream model preset.
 
 
-def _section_types() -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_FT_OPTIM = {
+    # fairseq fine-tuning: Adam (0.9, 0.98), eps 1e-8, no weight decay, no clipping, tri-stage.
+    "optimizer": "adam",
+    "betas": [0.9, 0.98],
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "clip_norm": 0.0,
+    "schedule": "tri_stage",
+    "phase_ratio": [0.1, 0.4, 0.5],
+    "init_lr_scale": 0.01,
+    "final_lr_scale": 0.05,
+    "warmup_updates": 0,
+}
+
+
+def _published(*, lr: float, max_update: int, mask_prob: float, mask_channel_prob: float, layerdrop: float,
+               freeze: int, update_freq: int, valid_interval: int, save_interval: int) -> dict:
+    return {
+        "model": {
+            "arch": "ctc",
+            "model_preset": "",
+            "overrides": {
+                "apply_mask": True,
+                "mask_prob": mask_prob,
+                "mask_length": 10,
+                "mask_channel_prob": mask_channel_prob,
+                "mask_channel_length": 64,
+                "layerdrop": layerdrop,
+                "dropout": 0.0,
+                "attention_dropout": 0.0,
+                "activation_dropout": 0.1,
+                "final_dropout": 0.0,
+                "feature_grad_mult": 0.0,
+            },
+        },
+        # max_tokens 3.2 M samples (200 s) per GPU; sentence-level padding, no cropping
+        "data": {"max_samples_per_batch": 3_200_000, "max_sample_size": 3_200_000, "min_sample_size": 0,
+                 "pad": True, "num_workers": 4},
+        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "update_freq": update_freq},
+        "run": {"amp": "fp16", "log_interval": 200, "valid_interval": valid_interval, "save_interval": save_interval,
+                "keep_last": 1, "best_metric": "wer", "maximize_best": False, "freeze_feature_encoder": True,
+                "freeze_updates": freeze, "train_during_freeze": ["proj."]},
+    }
+
+
+# Audio route (a CTC head on a pretrained encoder). The published five are fairseq's
+# base_{10m,1h,10h,100h,960h}.yaml (Baevski et al. 2020, Table 9 / appendix B): 2 GPUs x
+# update_freq 4 (960h: 8 GPUs x 1); run on fewer GPUs with a larger --update-freq to keep the batch.
+_CTC: dict[str, dict] = {
+    "10m": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
+                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "1h": _published(lr=5e-5, max_update=13_000, mask_prob=0.65, mask_channel_prob=0.25, layerdrop=0.1,
+                     freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "10h": _published(lr=5e-5, max_update=20_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.05,
+                      freeze=10_000, update_freq=4, valid_interval=1000, save_interval=1000),
+    "100h": _published(lr=3e-5, max_update=80_000, mask_prob=0.65, mask_channel_prob=0.5, layerdrop=0.1,
+                       freeze=0, update_freq=4, valid_interval=5000, save_interval=5000),
+    "960h": _published(lr=1e-5, max_update=320_000, mask_prob=0.5, mask_channel_prob=0.1, layerdrop=0.1,
+                       freeze=0, update_freq=1, valid_interval=10_000, save_interval=10_000),
+}
+# A few minutes on 2 CPU cores with a tiny encoder (w2v pretrain --preset tiny) on short
+# utterances (FSDD digits: 20-50 frames). Channel spans of 8 fit its 64 dimensions. No time
+# masks: fairseq masks at least 2 spans per utterance whatever mask_prob is, which on 20-50
+# frames masks every training utterance heavily, and a weak encoder then learns to emit
+# letters only at the mask embedding's frames (low training loss, all-blank output in eval).
+_CTC["tiny"] = copy.deepcopy(_CTC["10h"])
+_CTC["tiny"]["model"]["overrides"].update(
+    {"mask_prob": 0.0, "mask_length": 4, "mask_channel_prob": 0.1, "mask_channel_length": 8, "layerdrop": 0.0}
+)
+_CTC["tiny"]["data"].update({"max_samples_per_batch": 160_000, "max_sample_size": 160_000, "num_workers": 1})
+_CTC["tiny"]["optim"].update({"lr": 2e-3, "max_update": 600, "update_freq": 1})
+_CTC["tiny"]["run"].update({"amp": "none", "log_interval": 10, "valid_interval": 100, "save_interval": 200,
+                            "freeze_updates": 100})
+
+
+def _downstream(*, model_preset: str, lr: float, max_update: int, frames: int, log_interval: int,
+                valid_interval: int, save_interval: int, workers: int) -> dict:
+    return {
+        "model": {"arch": "blstm", "model_preset": model_preset, "overrides": {}},
+        # frames, not samples: items x longest item <= max_samples_per_batch frames
+        "data": {"max_samples_per_batch": frames, "max_sample_size": frames, "min_sample_size": 1, "pad": True,
+                 "num_workers": workers},
+        "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "clip_norm": 5.0, "update_freq": 1},
+        "run": {"amp": "none", "log_interval": log_interval, "valid_interval": valid_interval,
+                "save_interval": save_interval, "keep_last": 1, "best_metric": "wer", "maximize_best": False},
+    }
+
+
+# Feature route (a downstream model on stored features): our own recipes; --arch picks the architecture.
+_DOWNSTREAM: dict[str, dict] = {
+    # 400 s of frames per batch (40k frames at 10 ms), 3 x 512 BiLSTM or 8 GLU convolutions.
+    "base": _downstream(model_preset="base", lr=1e-3, max_update=40_000, frames=40_000, log_interval=100,
+                        valid_interval=2000, save_interval=2000, workers=2),
+    # FSDD-sized: 20 s of frames per batch (~45 digits), ~9 epochs of the 2700 FSDD training
+    # utterances; small batches because CTC leaves its all-blank start sooner with more updates.
+    "tiny": _downstream(model_preset="tiny", lr=3e-3, max_update=1200, frames=2_000, log_interval=20,
+                        valid_interval=200, save_interval=200, workers=0),
+}
+
+
+#: Fine-tuning recipes: route ("audio" or "features") -> name -> nested dict, as :data:`PRESETS`.
+FINETUNE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"audio": _CTC, "features": _DOWNSTREAM}
 
 
 _SECTIONS = {"model": ModelSection, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
