@@ -170,135 +170,76 @@ class TrainConfig:
 # Published recipes. Each preset is a nested dict applied on top of the defaults above.
 # Batch sizes are per process; `--update-freq` (optim.update_freq) emulates more GPUs.
 
+# What the published recipes of one family share; each recipe below states only what differs.
+_W2V2_OPTIM = {"betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01, "schedule": "polynomial"}
+_W2V1_OPTIM = {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "cosine", "warmup_init_lr": 1e-7}
+_PUBLISHED_RUN = {"log_interval": 200, "save_interval": 25_000, "amp": "fp16"}
+# The few-minute CPU recipes on a small corpus (FSDD digits).
+_TINY_DATA = {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1}
+_TINY_RUN = {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"}
+
+
+def _model(arch: str, preset: str, **overrides) -> dict:
+    return {"arch": arch, "model_preset": preset, "overrides": overrides}
+
+
 _W2V2_BASE = {
     # fairseq examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml
     # (Baevski et al. 2020): 64 GPUs x 1.4 M samples, crops <= 250k, 400k updates.
-    "model": {
-        "arch": "wav2vec2",
-        "model_preset": "base",  # its published values (loss weights [0.1, 10]) are the BASE preset's
-        "overrides": {},
-    },
+    # Its published model values (loss weights [0.1, 10]) are the BASE model preset's.
+    "model": _model("wav2vec2", "base"),
     "data": {"max_samples_per_batch": 1_400_000, "max_sample_size": 250_000, "min_sample_size": 32_000},
-    "optim": {
-        "lr": 5e-4,
-        "betas": [0.9, 0.98],
-        "eps": 1e-6,
-        "weight_decay": 0.01,
-        "max_update": 400_000,
-        "schedule": "polynomial",
-        "warmup_updates": 32_000,
-    },
-    "run": {"log_interval": 200, "save_interval": 25_000, "keep_last": 1, "amp": "fp16"},
+    "optim": {**_W2V2_OPTIM, "lr": 5e-4, "max_update": 400_000, "warmup_updates": 32_000},
+    "run": {**_PUBLISHED_RUN, "keep_last": 1},
 }
 
 _W2V2_LARGE = {
     # fairseq examples/wav2vec/config/pretraining/wav2vec2_large_librivox.yaml (LV-60k):
     # 128 GPUs x 1.2 M samples, crops <= 320k, layer norm, normalized input, lr 5e-3 as
     # released (the paper's LS-960 LARGE used 3e-4: --set optim.lr=3e-4), temperature 2 -> 0.1.
-    "model": {
-        "arch": "wav2vec2",
-        "model_preset": "large",  # its published values (loss weights [0.1, 0]) are the LARGE preset's
-        "overrides": {},
-    },
+    # Its published model values (loss weights [0.1, 0]) are the LARGE model preset's.
+    "model": _model("wav2vec2", "large"),
     "data": {"max_samples_per_batch": 1_200_000, "max_sample_size": 320_000, "min_sample_size": 32_000},
-    "optim": {
-        "lr": 5e-3,
-        "betas": [0.9, 0.98],
-        "eps": 1e-6,
-        "weight_decay": 0.01,
-        "max_update": 1_000_000,
-        "schedule": "polynomial",
-        "warmup_updates": 32_000,
-    },
-    "run": {"log_interval": 200, "save_interval": 25_000, "keep_last": 1, "amp": "fp16"},
+    "optim": {**_W2V2_OPTIM, "lr": 5e-3, "max_update": 1_000_000, "warmup_updates": 32_000},
+    "run": {**_PUBLISHED_RUN, "keep_last": 1},
 }
 
 _W2V2_TINY = {
-    # A few-minute CPU run on a small corpus (FSDD digits): 2 small Transformer layers.
-    "model": {
-        "arch": "wav2vec2",
-        "model_preset": "tiny",
-        # A high peak lr and a light diversity weight let the tiny model leave the
-        # log2(K+1) plateau within ~100 updates on FSDD (0.1 keeps it there for hundreds).
-        "overrides": {"diversity_weight": 0.05, "latent_temp": [2.0, 0.5, 0.995]},
-    },
-    "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
-    "optim": {
-        "lr": 5e-3,
-        "betas": [0.9, 0.98],
-        "eps": 1e-6,
-        "weight_decay": 0.01,
-        "max_update": 300,
-        "schedule": "polynomial",
-        "warmup_updates": 15,
-        "clip_norm": 10.0,
-    },
-    "run": {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"},
+    # 2 small Transformer layers. A high peak lr and a light diversity weight let the tiny model
+    # leave the log2(K+1) plateau within ~100 updates on FSDD (0.1 keeps it there for hundreds).
+    "model": _model("wav2vec2", "tiny", diversity_weight=0.05, latent_temp=[2.0, 0.5, 0.995]),
+    "data": _TINY_DATA,
+    "optim": {**_W2V2_OPTIM, "lr": 5e-3, "max_update": 300, "warmup_updates": 15, "clip_norm": 10.0},
+    "run": _TINY_RUN,
 }
 
 _WAV2VEC_LARGE = {
     # fairseq examples/wav2vec/README.md "Train a wav2vec model" (Schneider et al. 2019):
     # cosine 1e-7 -> 5e-3 over 500 warm-up updates, down to 1e-6; 1.5 M samples, crops 150k.
-    "model": {"arch": "wav2vec", "model_preset": "large", "overrides": {}},
+    "model": _model("wav2vec", "large"),
     "data": {"max_samples_per_batch": 1_500_000, "max_sample_size": 150_000, "min_sample_size": 0},
-    "optim": {
-        "lr": 5e-3,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "max_update": 400_000,
-        "schedule": "cosine",
-        "warmup_updates": 500,
-        "warmup_init_lr": 1e-7,
-        "end_lr": 1e-6,
-    },
-    "run": {"log_interval": 200, "save_interval": 25_000, "amp": "fp16"},
+    "optim": {**_W2V1_OPTIM, "lr": 5e-3, "max_update": 400_000, "warmup_updates": 500, "end_lr": 1e-6},
+    "run": _PUBLISHED_RUN,
 }
 
 _VQ_WAV2VEC_GUMBEL = {
     # fairseq examples/wav2vec/README.md "Train a gumbel vq-wav2vec model" (Baevski et al. 2019):
     # cosine 1e-7 -> 1e-5 over 1000 warm-up updates, down to 1e-6; 300k samples, crops 150k.
-    "model": {"arch": "vq-wav2vec", "model_preset": "gumbel", "overrides": {}},
+    "model": _model("vq-wav2vec", "gumbel"),
     "data": {"max_samples_per_batch": 300_000, "max_sample_size": 150_000, "min_sample_size": 0},
-    "optim": {
-        "lr": 1e-5,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "max_update": 400_000,
-        "schedule": "cosine",
-        "warmup_updates": 1000,
-        "warmup_init_lr": 1e-7,
-        "end_lr": 1e-6,
-    },
-    "run": {"log_interval": 200, "save_interval": 25_000, "amp": "fp16", "seed": 2},
+    "optim": {**_W2V1_OPTIM, "lr": 1e-5, "max_update": 400_000, "warmup_updates": 1000, "end_lr": 1e-6},
+    "run": {**_PUBLISHED_RUN, "seed": 2},
 }
-
-_VQ_WAV2VEC_KMEANS = copy.deepcopy(_VQ_WAV2VEC_GUMBEL)
-_VQ_WAV2VEC_KMEANS["model"]["model_preset"] = "kmeans"
+_VQ_WAV2VEC_KMEANS = {**_VQ_WAV2VEC_GUMBEL, "model": _model("vq-wav2vec", "kmeans")}
 
 _WAV2VEC_TINY = {
-    "model": {"arch": "wav2vec", "model_preset": "tiny", "overrides": {}},
-    "data": {"max_samples_per_batch": 96_000, "max_sample_size": 16_000, "min_sample_size": 4_000, "num_workers": 1},
-    "optim": {
-        "lr": 2e-3,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "max_update": 300,
-        "schedule": "cosine",
-        "warmup_updates": 30,
-        "warmup_init_lr": 1e-7,
-        "end_lr": 1e-5,
-        "clip_norm": 10.0,
-    },
-    "run": {"log_interval": 10, "valid_interval": 50, "save_interval": 100, "keep_last": 2, "amp": "none"},
+    "model": _model("wav2vec", "tiny"),
+    "data": _TINY_DATA,
+    "optim": {**_W2V1_OPTIM, "lr": 2e-3, "max_update": 300, "warmup_updates": 30, "end_lr": 1e-5, "clip_norm": 10.0},
+    "run": _TINY_RUN,
 }
-
-_VQ_WAV2VEC_TINY = copy.deepcopy(_WAV2VEC_TINY)
-_VQ_WAV2VEC_TINY["model"] = {"arch": "vq-wav2vec", "model_preset": "gumbel-tiny", "overrides": {"vq_temp": [2.0, 0.5, 0.995]}}
-_VQ_WAV2VEC_KMEANS_TINY = copy.deepcopy(_WAV2VEC_TINY)
-_VQ_WAV2VEC_KMEANS_TINY["model"] = {"arch": "vq-wav2vec", "model_preset": "kmeans-tiny", "overrides": {}}
+_VQ_WAV2VEC_TINY = {**_WAV2VEC_TINY, "model": _model("vq-wav2vec", "gumbel-tiny", vq_temp=[2.0, 0.5, 0.995])}
+_VQ_WAV2VEC_KMEANS_TINY = {**_WAV2VEC_TINY, "model": _model("vq-wav2vec", "kmeans-tiny")}
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "wav2vec2": {"base": _W2V2_BASE, "large": _W2V2_LARGE, "tiny": _W2V2_TINY},
