@@ -80,7 +80,7 @@ def make_corpus(lj_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
     return scp
 
 
-def build_models(tmp: Path) -> None:
+def build_models(tmp: Path, preset: str = "base") -> None:
     """One set of seeded random BASE weights, saved for the child processes.
 
     ``tmp/ours.pt``: our model's state dict (read back with ``weights_only=True``);
@@ -90,13 +90,12 @@ def build_models(tmp: Path) -> None:
     import torch
 
     from w2vtools.models.checkpoint import LoadedModel
-
     from w2vtools.models.huggingface import export_huggingface
     from w2vtools.models.presets import get_preset
     from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(0)
-    cfg = get_preset("wav2vec2", "base")
+    cfg = get_preset("wav2vec2", preset)
     ours = model_class_for("wav2vec2")(cfg).eval()
     torch.save(ours.state_dict(), tmp / "ours.pt")
     export_huggingface(LoadedModel(family="wav2vec2", task="pretrain", model=ours, config=cfg), tmp / "hf",
@@ -157,7 +156,7 @@ def speed_child(args) -> None:
         from w2vtools.models.registry import model_class_for
 
         keep_freed_memory(one_arena=True)  # what featurize does before it loads a model (see memory_child)
-        model = model_class_for("wav2vec2")(get_preset("wav2vec2", "base")).eval()
+        model = model_class_for("wav2vec2")(get_preset("wav2vec2", args.preset)).eval()
         model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
         enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
         with torch.inference_mode():
@@ -222,6 +221,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--num-utts", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--preset", default="base", choices=["base", "large", "tiny"],
+                    help="the wav2vec 2.0 architecture timed (tiny: a quick check that everything runs)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where every system runs (the floor line is CPU-only)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
@@ -272,7 +273,7 @@ def main() -> None:
 
 def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
     """Ours vs the peers, interleaved rounds of fresh processes, with a numerical agreement check."""
-    build_models(tmp)
+    build_models(tmp, args.preset)
     names = ["w2v featurize"]
     if args.compare_streams:
         names.append("w2v featurize --streams 1")
@@ -293,7 +294,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         for k, name in enumerate(names):
             out = tmp / f"sys{k}-round{r}{'.npz' if SYSTEMS[name][0] else '.h5'}"
             cmd = [sys.executable, __file__, "--child-system", name, "--scp", str(sub), "--out", str(out),
-                   "--threads", str(args.threads), "--device", args.device]
+                   "--threads", str(args.threads), "--device", args.device, "--preset", args.preset]
             cmd += ["--batch-seconds", str(args.batch_seconds)] if args.batch_seconds else []
             cmd += ["--streams", str(args.streams)] if args.streams else []
             p = subprocess.run(cmd, capture_output=True, text=True)
@@ -327,7 +328,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         print(f"--amp vs float32 features: relative error {np.median(rel):.2e} median, {max(rel):.2e} max")
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
     rate, floor_fraction = args.matmul_gflops, {}
-    if args.device == "cpu":
+    if args.device == "cpu" and args.preset == "base":  # the floor's GFLOP per audio-s are BASE's
         if rate is None:  # the best of the Transformer's GEMM shapes, same threads, in its own process
             p = subprocess.run([sys.executable, "-c", "import sys, argparse, json; sys.path.insert(0, sys.argv[1]); "
                                 "from bench_pretrain_step import worker_gemm; "

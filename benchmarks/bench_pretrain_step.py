@@ -79,13 +79,18 @@ def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
 def _time_steps(step, warmup: int, steps: int) -> list[float]:
     import resource
 
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     for _ in range(warmup):
         step()
     times = []
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     FAULTS_PER_STEP.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(steps, 1))
     return times
@@ -104,11 +109,12 @@ def worker_ours(x, args, amp: str) -> dict:
     from w2vtools.train.launch import set_process_state
     from w2vtools.train.trainer import Trainer
 
-    cfg = resolve_config("wav2vec2", "base", sets=[
+    cfg = resolve_config("wav2vec2", args.preset, sets=[
         f"run.amp={amp}", f"run.threads={args.threads}", "run.tensorboard=false", "data.num_workers=0",
         "optim.clip_norm=0", "run.log_interval=1000000",
     ])
-    set_process_state(cfg.run.threads, torch.device("cpu"))  # as `w2v pretrain` does, before the model
+    device = torch.device(args.device)
+    set_process_state(cfg.run.threads, device)  # as `w2v pretrain` does, before the model
     torch.manual_seed(0)
     model, _, _ = build_model(cfg)
     # the dataset is only needed to build the trainer: lengths given, no audio is read
@@ -117,7 +123,7 @@ def worker_ours(x, args, amp: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         # only updates are timed: nothing is saved or resumed
         trainer = Trainer(model, PretrainObjective(), cfg, train_set=ds, save_dir=tmp, save_fn=None, load_fn=None,
-                          dist_info=DistInfo())
+                          dist_info=DistInfo(device=device))
         source = torch.from_numpy(x)
         counter = {"i": 0}
 
@@ -131,7 +137,8 @@ def worker_ours(x, args, amp: str) -> dict:
     return {"times": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def worker_fairseq(x, args) -> dict:
+def worker_fairseq(x, args, fp16: bool = False) -> dict:
+    """fairseq's model, criterion and Adam; ``fp16``: autocast with a GradScaler (on CUDA)."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -143,22 +150,27 @@ def worker_fairseq(x, args) -> dict:
     # wav2vec2_base_librispeech.yaml: the dataclass defaults plus these
     cfg = Wav2Vec2Config(quantize_targets=True, final_dim=256, encoder_layerdrop=0.05, dropout_input=0.1,
                          dropout_features=0.1, feature_grad_mult=0.1)
-    model = Wav2Vec2Model(cfg).train()
+    device = torch.device(args.device)
+    model = Wav2Vec2Model(cfg).train().to(device)
     crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=[0.1, 10],
                             log_keys=["prob_perplexity", "code_perplexity", "temp"])
     opt = Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    source = torch.from_numpy(x)
+    source = torch.from_numpy(x).to(device)
     sample = {"id": torch.arange(source.size(0)), "net_input": {"source": source, "padding_mask": None}}
     state = {"n": 0}
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
 
     def step():
-        loss, sample_size, _ = crit(model, sample)
-        loss.backward()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+            loss, sample_size, _ = crit(model, sample)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt._optimizer if hasattr(opt, "_optimizer") else opt)
         for p in model.parameters():  # the fairseq trainer's multiply_grads(1 / sample_size)
             if p.grad is not None:
                 p.grad.mul_(1.0 / sample_size)
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        opt.step()
+        scaler.step(opt._optimizer if hasattr(opt, "_optimizer") else opt)
+        scaler.update()
         opt.zero_grad()
         state["n"] += 1
         model.set_num_updates(state["n"])
@@ -185,17 +197,18 @@ def worker_hf(x, args) -> dict:
         num_codevectors_per_group=320, diversity_loss_weight=0.1, layerdrop=0.05, feat_proj_dropout=0.1,
         feat_quantizer_dropout=0.1, hidden_dropout=0.1, attention_dropout=0.1,
     )
-    model = Wav2Vec2ForPreTraining(cfg).train()
+    device = torch.device(args.device)
+    model = Wav2Vec2ForPreTraining(cfg).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    source = torch.from_numpy(x)
+    source = torch.from_numpy(x).to(device)
     b, s = source.shape
     frames = int(model._get_feat_extract_output_lengths(s))
 
     def step():
         mask = _compute_mask_indices((b, frames), mask_prob=0.65, mask_length=10, min_masks=2)
         negatives = _sample_negative_indices((b, frames), 100, mask_time_indices=mask)
-        out = model(source, mask_time_indices=torch.from_numpy(mask),
-                    sampled_negative_indices=torch.from_numpy(negatives))
+        out = model(source, mask_time_indices=torch.from_numpy(mask).to(device),
+                    sampled_negative_indices=torch.from_numpy(negatives).to(device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         opt.step()
@@ -234,8 +247,12 @@ def run_worker(name: str, args) -> None:
         res = worker_ours(x, args, "none")
     elif name == "ours-bf16":
         res = worker_ours(x, args, "bf16")
+    elif name == "ours-fp16":
+        res = worker_ours(x, args, "fp16")
     elif name == "fairseq":
         res = worker_fairseq(x, args)
+    elif name == "fairseq-fp16":
+        res = worker_fairseq(x, args, fp16=True)
     elif name == "huggingface":
         res = worker_hf(x, args)
     else:
@@ -249,7 +266,8 @@ def run_worker(name: str, args) -> None:
 
 def spawn(name: str, python: str, args, batch_file: Path) -> dict | None:
     cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--input", str(batch_file),
-           "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+           "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
+           "--device", args.device, "--preset", args.preset]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "") if "ours" in name else env.get("PYTHONPATH", "")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -270,7 +288,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved")
     ap.add_argument("--gflops-per-audio-s", type=float, default=42.6)
-    ap.add_argument("--only", default=None, help="comma-separated subset: ours-fp32,ours-bf16,fairseq,huggingface")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset: ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,huggingface "
+                    "(default: all but the fp16 ones, which need CUDA)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where every system runs")
+    ap.add_argument("--preset", default="base", choices=["base", "tiny"],
+                    help="our architecture (tiny: a quick check that the step runs; the peers are BASE only)")
     ap.add_argument("--fairseq-python", default=None,
                     help="the fairseq venv's interpreter (default: $W2V_FAIRSEQ_PYTHON, then .peers/fairseq/bin/python, "
                          "which benchmarks/setup_peers.sh builds)")
@@ -285,7 +308,7 @@ def main() -> None:
     audio_s = args.batch * args.seconds
     print(f"wav2vec 2.0 BASE pretraining step on CPU: {args.batch} x {args.seconds:g} s, {args.threads} threads, "
           f"median of {args.rounds} x {args.steps} steps, each round after {args.warmup} warm-up")
-    peers = [("ours-fp32", sys.executable), ("ours-bf16", sys.executable)]
+    peers = [("ours-fp32", sys.executable), ("ours-bf16", sys.executable), ("ours-fp16", sys.executable)]
     fs = fairseq_python(args.fairseq_python)
     try:
         import fairseq  # noqa: F401  (importable here: use this interpreter)
@@ -293,11 +316,9 @@ def main() -> None:
         fs = sys.executable
     except ImportError:
         pass
-    peers.append(("fairseq", fs))
-    peers.append(("huggingface", sys.executable))
-    if args.only:
-        keep = set(args.only.split(","))
-        peers = [p for p in peers if p[0] in keep]
+    peers += [("fairseq", fs), ("fairseq-fp16", fs), ("huggingface", sys.executable)]
+    keep = set(args.only.split(",")) if args.only else {"ours-fp32", "ours-bf16", "fairseq", "huggingface"}
+    peers = [p for p in peers if p[0] in keep]
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         batch_file = make_batch(Path(tmp) / "batch.npy", args.batch, args.seconds)
@@ -322,7 +343,8 @@ def main() -> None:
                       f"steps {', '.join(f'{v:.2f}' for v in res['times'])}; {versions})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         dummy = Path(tmp) / "none.npy"
-        gemm = spawn("gemm", sys.executable, args, dummy)
+        # the floor is BASE's FLOPs at this CPU's GEMM rate
+        gemm = spawn("gemm", sys.executable, args, dummy) if args.device == "cpu" and args.preset == "base" else None
     floors = {}
     if gemm:
         for dtype, ours in (("float32", "ours-fp32"), ("bfloat16", "ours-bf16")):
@@ -332,14 +354,15 @@ def main() -> None:
                 floors[ours] = results[ours] / floor
             print(f"{'floor ' + ('fp32' if dtype == 'float32' else 'bf16'):<12} {floor:6.2f} audio-s/s   ({args.gflops_per_audio_s:g} GFLOP per audio-s at "
                   f"{gemm[dtype]:.0f} GFLOP/s, the best {dtype} GEMM here{reached})")
-    for ours in ("ours-fp32", "ours-bf16"):
-        for peer in ("fairseq", "huggingface"):
+    for ours in ("ours-fp32", "ours-bf16", "ours-fp16"):
+        for peer in ("fairseq", "fairseq-fp16", "huggingface"):
             if ours in results and peer in results:
                 print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
     per_step = {name: float(np.median([f for f in fs_ if f is not None] or [float("nan")])) for name, fs_ in faults.items()}
     print("minor page faults per step: " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
     Result("pretrain step", "audio-s/s", results,
-           ratios=[(o, p) for o in ("ours-fp32", "ours-bf16") for p in ("fairseq", "huggingface")],
+           ratios=[(o, p) for o in ("ours-fp32", "ours-bf16", "ours-fp16") for p in ("fairseq", "fairseq-fp16", "huggingface")
+                   if o in results and p in results],
            floor=floors,
            drivers={"gemm_gflops_fp32": gemm and gemm["float32"], "gemm_gflops_bf16": gemm and gemm["bfloat16"],
                     "threads": args.threads, "page_faults_per_step": per_step}).write(args.json, args.threads)

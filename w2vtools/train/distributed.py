@@ -64,7 +64,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # W2V_DIST_BACKEND=gloo runs CUDA ranks over gloo: NCCL refuses two ranks on one GPU,
+        # which is the only way to exercise multi-process training on a one-GPU machine.
+        dist.init_process_group(backend=os.environ.get("W2V_DIST_BACKEND") or ("nccl" if use_cuda else "gloo"))
     return DistInfo(world_size=world_size, rank=rank, local_rank=local_rank, device=dev)
 
 
