@@ -419,3 +419,22 @@ def test_collapse_guard_warns_at_chance(fsdd_manifest, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="w2v.train"):
         t.train()
     assert "sits near chance log2(K+1)" in caplog.text
+
+
+def test_patience_stops_when_validation_stops_improving(fsdd_manifest, tmp_path):
+    """With lr 0 the model never changes, so validation (seeded per batch) repeats its first
+    value: no new best after update 2, and patience 2 ends the run at the third validation."""
+    cfg = small_config(valid_interval=2, patience=2)
+    cfg.optim.lr = 0.0
+    t = make_trainer(fsdd_manifest, tmp_path / "ck", cfg, valid=True)
+    summary = t.train()
+    assert summary["num_updates"] == 6
+    valid = [r for r in t.history if r["kind"] == "valid"]
+    assert [r["update"] for r in valid] == [2, 4, 6]
+    assert [r["valid_since_best"] for r in valid] == [0, 1, 2]
+    assert valid[0]["loss"] == valid[2]["loss"] == valid[0]["best_loss"]
+    state = torch.load(tmp_path / "ck" / "checkpoint_last.pt", weights_only=True)["trainer"]
+    assert state["num_updates"] == 6 and state["best"]["valid_since_best"] == 2
+    # a resumed run knows its patience is spent: it does not train on
+    resumed = make_trainer(fsdd_manifest, tmp_path / "ck", cfg, valid=True)
+    assert resumed.train(resume=tmp_path / "ck" / "checkpoint_last.pt")["num_updates"] == 6

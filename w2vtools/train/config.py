@@ -119,6 +119,8 @@ class RunConfig:
         max_nonfinite: stop after this many non-finite updates in a row.
         best_metric: validation metric that selects ``checkpoint_best.pt``.
         maximize_best: whether larger ``best_metric`` is better (accuracy) or not (loss, wer).
+        patience: stop after this many validations in a row without a new best ``best_metric``
+            (0 = never): with ``valid_interval``, train to the best on the validation set.
         stop_at_update: end the run after this update without changing the schedule
             (a time-boxed job; resume later with ``--resume``).
         threads: torch intra-op threads per process (0 = leave torch's default).
@@ -140,6 +142,7 @@ class RunConfig:
     max_nonfinite: int = 20
     best_metric: str = "loss"
     maximize_best: bool = False
+    patience: int = 0
     stop_at_update: int = 0
     threads: int = 0
     freeze_feature_encoder: bool = False

@@ -56,7 +56,7 @@ from w2vtools.train.distributed import (
 from w2vtools.train.guards import CollapseGuard, NonfiniteGuard
 from w2vtools.train.objectives import Objective
 from w2vtools.train.rng import rng_state, seed_everything, set_rng_state
-from w2vtools.train.run_log import Meter, RunLog, memory_mb
+from w2vtools.train.run_log import Meter, RunLog, format_number, memory_mb
 from w2vtools.train.schedules import make_schedule
 
 log = logging.getLogger("w2v.train")
@@ -123,6 +123,7 @@ class Trainer:
         self.epoch = 0
         self.batch_position = 0  # next global batch of self.epoch
         self.best_value: float | None = None
+        self.valid_since_best = 0  # validations since the last new best (run.patience)
         self.nonfinite = NonfiniteGuard(run.max_nonfinite)
 
         self.collapse = CollapseGuard(objective.guard(self.core),
@@ -158,7 +159,7 @@ class Trainer:
         end = min(self.cfg.run.stop_at_update or optim.max_update, optim.max_update)
         try:
             self.meter.reset()
-            while self.num_updates < end and not self._stop_signal:
+            while self.num_updates < end and not self._stop_signal and not self._patience_ran_out():
                 if optim.max_epoch and self.epoch >= optim.max_epoch:
                     break
                 if self._train_epoch(end):
@@ -202,7 +203,7 @@ class Trainer:
                     return False
             if self._last_step_updated and _every(self.num_updates, run.save_interval):
                 self.save_checkpoint(periodic=True)
-            if self.num_updates >= end or self._stop_signal:
+            if self.num_updates >= end or self._stop_signal or self._patience_ran_out():
                 return self.batch_position >= self.sampler.num_batches(self.epoch)
         return True
 
@@ -348,16 +349,28 @@ class Trainer:
         )
         if is_best:
             self.best_value = value
-        elif value is None:
+            self.valid_since_best = 0
+        else:
+            self.valid_since_best += 1
+        if value is None:
             log.warning("valid: metric %r (run.best_metric) not among %s", name, ", ".join(sorted(metrics)))
         self.run_log.write({"kind": "valid", "update": self.num_updates, "epoch": self.epoch, **metrics,
-                            f"best_{name}": self.best_value, "seconds": time.perf_counter() - start})
+                            f"best_{name}": self.best_value, "valid_since_best": self.valid_since_best,
+                            "seconds": time.perf_counter() - start})
+        if self._patience_ran_out():
+            log.info("valid: no better %s in %d validations (run.patience): stopping at update %d; "
+                     "checkpoint_best.pt has %s %s", name, self.valid_since_best, self.num_updates, name,
+                     format_number(self.best_value) if self.best_value is not None else None)
         self.last_valid = metrics
         self._validated_at = self.num_updates
         self.meter.pause(start)  # throughput counts training time only
         if is_best:
             self.save_checkpoint(periodic=False, best=True)
         return metrics
+
+    def _patience_ran_out(self) -> bool:
+        """Early stopping: ``run.patience`` validations in a row without a new best."""
+        return 0 < self.cfg.run.patience <= self.valid_since_best
 
     def _valid_stats(self) -> dict[str, float]:
         """The objective's stats summed over the validation batches of every rank."""
@@ -422,7 +435,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": all_gather(rng_state(), self.dist),
             "best": {"metric": self.cfg.run.best_metric, "value": self.best_value,
-                     "maximize": self.cfg.run.maximize_best},
+                     "maximize": self.cfg.run.maximize_best, "valid_since_best": self.valid_since_best},
             "nonfinite": self.nonfinite.state_dict(),
             "config": self.cfg.to_dict(),
         }
@@ -455,7 +468,9 @@ class Trainer:
             self.epoch += 1
             self.batch_position = 0
         best = st.get("best") or {}
-        self.best_value = best.get("value") if best.get("metric") == self.cfg.run.best_metric else None
+        same_metric = best.get("metric") == self.cfg.run.best_metric
+        self.best_value = best.get("value") if same_metric else None
+        self.valid_since_best = int(best.get("valid_since_best", 0)) if same_metric else 0
         self.nonfinite.load_state_dict(st.get("nonfinite") or {})
         rngs = st.get("rng") or []
         if st["world_size"] == self.dist.world_size and len(rngs) > self.dist.rank:
