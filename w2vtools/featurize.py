@@ -59,6 +59,7 @@ from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.errors import PartialFailure, W2VError
 from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.durations import format_duration
 from w2vtools.formats.features import merge_features, open_feature_writer
 from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 from w2vtools.formats.utterance import Utterance
@@ -144,7 +145,7 @@ class Summary:
 
     def line(self, out: str) -> str:
         return (
-            f"featurize: {self.utterances} utterances ({self.audio_seconds / 3600:.3f} h) in {self.wall_seconds:.1f} s, "
+            f"featurize: {self.utterances} utterances ({format_duration(self.audio_seconds)}) in {self.wall_seconds:.1f} s, "
             f"{self.speed:.1f} audio-s/s, {self.skipped} already done, {self.failures} failed -> {out}"
         )
 

@@ -1,0 +1,35 @@
+"""Messages a new user follows: resume hints that run as written, durations in a readable unit."""
+
+from __future__ import annotations
+
+import shlex
+
+from w2vtools.formats.durations import format_duration
+from w2vtools.train.checkpoints import resume_hint
+
+
+def test_resume_hint_is_the_command_line_plus_resume():
+    argv = ["-v", "finetune", "--features", "fbank train.h5", "--labels", "text", "--arch", "blstm",
+            "--save-dir", "exp/blstm"]
+    hint = resume_hint("exp/blstm", argv)
+    assert hint == "run: w2v -v finetune --features 'fbank train.h5' --labels text --arch blstm " \
+                   "--save-dir exp/blstm --resume"
+    # --resume is a flag: the hinted command line parses, with the run's options and resume on
+    from w2vtools.cli import cli
+
+    words = shlex.split(hint.removeprefix("run: "))[1:]
+    ctx = cli.make_context("w2v", words, resilient_parsing=True)
+    sub = cli.get_command(ctx, "finetune")
+    sub_ctx = sub.make_context("finetune", words[2:])
+    assert sub_ctx.params["resume"] is True and sub_ctx.params["save_dir"] == "exp/blstm"
+    # already resumed once: --resume is not repeated
+    assert resume_hint("exp", ["pretrain", "a.tsv", "--resume"]) == "run: w2v pretrain a.tsv --resume"
+    # a library call has no command line to repeat
+    assert "exp/x/checkpoint_last.pt" in resume_hint("exp/x", ["some", "script"])
+
+
+def test_durations_in_a_human_unit():
+    assert format_duration(3.2) == "3.2 s"
+    assert format_duration(0.0) == "0 s"
+    assert format_duration(90 * 60) == "90.0 min"
+    assert format_duration(360000) == "100 h"
