@@ -33,3 +33,17 @@ def test_durations_in_a_human_unit():
     assert format_duration(0.0) == "0 s"
     assert format_duration(90 * 60) == "90.0 min"
     assert format_duration(360000) == "100 h"
+
+
+def test_labels_outside_the_dictionary_warn_with_counts_and_matching_ones_do_not(caplog):
+    import logging
+
+    from w2vtools.finetune import encode_labels
+
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "|", "O", "N", "E"]
+    with caplog.at_level(logging.WARNING, logger="w2v.finetune"):
+        encode_labels({"a": "O N E |", "b": "N O N E |"}, tokens, name="train")
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="w2v.finetune"):
+        encode_labels({"a": "O N E |", "b": "T W O |"}, tokens, name="valid")
+    assert "valid: 3 symbol occurrences outside the dictionary, mapped to <unk>" in caplog.text
