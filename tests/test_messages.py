@@ -46,4 +46,4 @@ def test_labels_outside_the_dictionary_warn_with_counts_and_matching_ones_do_not
     assert caplog.records == []
     with caplog.at_level(logging.WARNING, logger="w2v.finetune"):
         encode_labels({"a": "O N E |", "b": "T W O |"}, tokens, name="valid")
-    assert "valid: 3 symbol occurrences outside the dictionary, mapped to <unk>" in caplog.text
+    assert "valid: 2 symbol occurrences outside the dictionary, mapped to <unk>: 'T' x1 (e.g. b)" in caplog.text
