@@ -12,7 +12,7 @@ entries of ``wav.scp`` are left alone: running them would be reading audio).
 
 Example:
     >>> report = fix_data_dir("data/train")   # doctest: +SKIP
-    >>> report.kept, dict(report.dropped)
+    >>> report.kept, dict(report.dropped)   # doctest: +SKIP
     (29, {'audio file missing': 1})
 """
 
