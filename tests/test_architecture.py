@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "w2vtools.emissions": 3,
     "w2vtools.encoders": 3,
     "w2vtools.malloc": 3,
+    "w2vtools.threads": 3,  # default thread count of a command
     # commands: one module per `w2v` subcommand
     "w2vtools.manifest": 4,
     "w2vtools.featurize": 4,

@@ -115,8 +115,12 @@ def test_feature_dataset_joins_labels_and_measures_statistics(tmp_path, caplog):
     lazy = FeatureDataset(str(tmp_path / "f.h5"), labels, min_frames=11, cache_bytes=0)
     assert lazy._cache is None
     assert torch.equal(lazy[BatchKey(0, 0, (0, 2))]["source"], batch["source"])
-    with pytest.raises(W2VError, match="do their ids match"):
+    with pytest.raises(W2VError, match="train: no utterances left to train on .* with --labels"):
         FeatureDataset(str(tmp_path / "f.h5"), {"x": [4]})
+    # the validation set says so, and names its own option
+    with pytest.raises(W2VError, match=r"valid: no utterances left to validate on .*\(6 with features, 1 with "
+                                       r"labels; no id is in both: .* with --valid-labels\)"):
+        FeatureDataset(str(tmp_path / "f.h5"), {"x": [4]}, name="valid")
     sampler = BatchSampler(ds.sizes_for_batching, max_samples=30, seed=1)
     assert sorted(i for b in sampler.plan(0) for i in b) == [0, 1, 2, 3]
 

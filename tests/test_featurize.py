@@ -370,3 +370,37 @@ def test_sigkill_with_streams_then_rerun_gives_the_single_stream_file(tmp_path, 
     for (_, x), (_, y) in zip(got, ref):
         # the resumed run batches the rest anew: same features up to batching's rounding
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
+
+
+def test_fbank_and_mfcc_at_8khz_with_their_options(tmp_path, w2v, fsdd):
+    """--sample-rate 8000 keeps FSDD's 8 kHz audio as it is: Kaldi's frame count at 8 kHz, options recorded."""
+    files = _fsdd_files(fsdd, 3)
+    scp = _wav_scp(tmp_path / "wav.scp", files)
+    w2v("featurize", scp, tmp_path / "fb.h5", "--model", "fbank", "--sample-rate", "8000", "--num-mel-bins", "40")
+    w2v("featurize", scp, tmp_path / "mfcc.h5", "--model", "mfcc", "--sample-rate", "8000", "--num-ceps", "20")
+    import torchaudio.compliance.kaldi as K
+
+    with h5py.File(tmp_path / "fb.h5") as f, h5py.File(tmp_path / "mfcc.h5") as m:
+        assert f.attrs["sample_rate"] == 8000 and f.attrs["num_mel_bins"] == 40
+        assert f.attrs["model"] == "fbank:sample_rate=8000,num_mel_bins=40" and f.attrs["family"] == "fbank"
+        assert m.attrs["sample_rate"] == 8000 and m.attrs["num_ceps"] == 20 and m.attrs["num_mel_bins"] == 23
+        for path in files:
+            wav, sr = sf.read(path, dtype="float32")
+            assert sr == 8000
+            frames = 1 + (len(wav) - 200) // 80  # 25 ms window, 10 ms shift at 8 kHz
+            assert f[path.stem].shape == (frames, 40) and m[path.stem].shape == (frames, 20)
+            ref = K.fbank(torch.from_numpy(wav)[None] * 32768, num_mel_bins=40, dither=0.0, sample_frequency=8000)
+            np.testing.assert_allclose(f[path.stem][()], ref.numpy(), rtol=1e-5, atol=1e-4)
+    proc = w2v("featurize", scp, tmp_path / "x.h5", "--model", "fbank", "--num-ceps", "20", check=False)
+    assert proc.returncode == 1 and "MFCC option" in proc.stderr
+    proc = w2v("featurize", scp, tmp_path / "x.h5", "--model", "wav2vec2-base", "--sample-rate", "8000", check=False)
+    assert proc.returncode == 1 and "--sample-rate: only for --model fbank or mfcc" in proc.stderr
+
+
+def test_default_threads_leave_busy_cpus_to_other_jobs():
+    from w2vtools.threads import available_cpus, default_threads
+
+    cpus = available_cpus()
+    assert default_threads({}, load=0.0) == cpus
+    assert default_threads({}, load=cpus + 5.0) == 1
+    assert default_threads({"OMP_NUM_THREADS": "3"}, load=0.0) == 3

@@ -64,6 +64,7 @@ from w2vtools.formats.features import open_feature_writer
 from w2vtools.formats.kaldi import read_kaldi_table
 from w2vtools.formats.labels import SPECIAL_SYMBOLS, WORD_BOUNDARY, ctc_vocabulary, read_dictionary
 from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
+from w2vtools.lm import call_quietly, warn_lexicon_lm_mismatch
 
 log = logging.getLogger("w2v.decode")
 
@@ -259,11 +260,13 @@ class BeamSearch:
         if opts.lm and not Path(opts.lm).is_file():
             raise W2VError(f"{opts.lm}: no such file")
         lexicon = opts.lexicon if opts.decoder == "kenlm" else None
+        warn_lexicon_lm_mismatch(lexicon, opts.lm)  # nothing to compare unless both are given
         if opts.decoder == "beam" and opts.lexicon:
             raise W2VError("--decoder beam is lexicon-free: drop --lexicon, or use --decoder kenlm")
         self.opts = opts
         try:
-            self.decoder = ctc_decoder(
+            self.decoder = call_quietly(  # KenLM's loading notes and progress bar: only with -v
+                ctc_decoder,
                 lexicon=lexicon,
                 tokens=self.tokens,
                 lm=opts.lm,

@@ -74,9 +74,9 @@ def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
         0.01
     """
     spec = str(spec)
-    if spec in baselines.BASELINES:
+    if baselines.is_baseline(spec):
         enc = baselines.build_baseline(spec)
-        return Encoder(enc, spec, spec, enc.checksum)
+        return Encoder(enc, spec, enc.config.kind, enc.checksum)
     path = hub.resolve(spec)
     if not os.path.exists(path):
         names = ", ".join(list(hub.MODELS) + list(baselines.BASELINES))

@@ -30,7 +30,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import os
 import sys
 import time
 from collections import deque
@@ -57,8 +56,10 @@ from w2vtools.batching import (
 )
 from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.threads import default_threads
 from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
+from w2vtools.formats.durations import format_duration
 from w2vtools.formats.features import merge_features, open_feature_writer
 from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 from w2vtools.formats.utterance import Utterance
@@ -144,7 +145,7 @@ class Summary:
 
     def line(self, out: str) -> str:
         return (
-            f"featurize: {self.utterances} utterances ({self.audio_seconds / 3600:.3f} h) in {self.wall_seconds:.1f} s, "
+            f"featurize: {self.utterances} utterances ({format_duration(self.audio_seconds)}) in {self.wall_seconds:.1f} s, "
             f"{self.speed:.1f} audio-s/s, {self.skipped} already done, {self.failures} failed -> {out}"
         )
 
@@ -275,8 +276,7 @@ def featurize(
             windows of that length with ``chunk_overlap`` seconds of context each side.
         shard: ``"K/N"`` or (K, N), 1-based.
         dtype: ``float32`` or ``float16`` (HDF5 only).
-        threads: CPU threads in all (None: the CPUs this process may use,
-            ``os.sched_getaffinity``, as torch's default).
+        threads: CPU threads in all (None: :func:`w2vtools.threads.default_threads`).
         streams: batches computed at once, each in its own Python thread with
             ``threads // streams`` intra-op threads (None: ``threads`` on a CPU, 1 on a
             GPU). Torch ops release the GIL, so the streams run side by side. On an idle
@@ -308,7 +308,7 @@ def featurize(
         raise W2VError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
     if threads is not None and threads < 1 or streams is not None and streams < 1:
         raise W2VError("--threads and --streams must be at least 1")
-    threads = int(threads) if threads else _available_cpus()
+    threads = int(threads) if threads else default_threads()
     streams = int(streams) if streams else (threads if on_cpu else 1)
     if on_cpu:
         malloc.keep_freed_memory(one_arena=True)
@@ -330,13 +330,6 @@ def featurize(
 #: more, smaller batches balance the streams (the last batch runs alone) and keep the
 #: peak heap small (measurements in BENCHMARKS.md). Short clips (digits) still share a batch.
 CPU_BATCH_SECONDS = 5.0
-
-
-def _available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
@@ -400,6 +393,7 @@ def _feature_attrs(encoder: Encoder, selection: Selection, sample_rate: int) -> 
     if selection.layer == "all" and n_layers is not None:
         # (T, num_layers * D), layer 0 (the Transformer input) first
         attrs["num_layers"] = int(n_layers) + 1
+    attrs.update(getattr(encoder.module, "feature_attrs", {}))  # fbank/MFCC: num_mel_bins, num_ceps
     return attrs
 
 

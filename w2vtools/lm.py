@@ -15,6 +15,12 @@
   lexicon-free beam search (``w2v decode --decoder beam --lm``); orders up to 6.
 * :func:`evaluate_lm`: perplexity and OOV rate of a text under a model (KenLM's
   Python module), counted as KenLM's ``query`` counts them (``</s>`` included).
+* :func:`warn_lexicon_lm_mismatch`: where a lexicon and an LM meet (``w2v lm
+  --lexicon``, ``w2v decode --decoder kenlm``), one warning with counts and examples
+  for the words in one but not the other.
+* :func:`quiet_native_stderr`: KenLM's C++ loader writes "Loading the LM will be
+  faster if you build a binary file" and a progress bar to stderr; they are
+  silenced unless ``-v``.
 
 Example:
     >>> normalize_line("Mrs. Fry's self-imposed task, in 1817!", set("ABCDEFGHIJKLMNOPQRSTUVWXYZ'"))
@@ -24,16 +30,18 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import kenlm
 
@@ -266,6 +274,7 @@ def build_lm(
     if lexicon:
         summary["lexicon"] = lexicon
         summary["lexicon_words"] = _write_lexicon_of(lexicon, set(counts), extra_words, alphabet, dict_path)
+        warn_lexicon_lm_mismatch(lexicon, output, lm_words=set(counts) - LM_SPECIAL_WORDS)
     log.info("%s: %d-gram over %d words (vocabulary %d)", output, order, report.words, len(counts))
     return summary
 
@@ -376,7 +385,7 @@ def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None, units: str 
     if not Path(lm).is_file():
         raise W2VError(f"{lm}: no such file")
     try:
-        model = kenlm.Model(lm)
+        model = call_quietly(kenlm.Model, lm)
     except (OSError, RuntimeError) as e:
         raise W2VError(f"{lm}: not a KenLM ARPA or binary model ({e})") from None
     alphabet = alphabet_of(read_dictionary(dict_path)) if dict_path else None
@@ -400,3 +409,180 @@ def evaluate_lm(text: str, lm: str, *, dict_path: str | None = None, units: str 
     if sentences == 0:
         raise W2VError(f"{text}: no sentences")
     return Evaluation(sentences, words, oovs, total, in_vocab)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where an LM and a lexicon meet
+
+
+#: KenLM's own vocabulary entries, never in a lexicon.
+LM_SPECIAL_WORDS = frozenset({"<s>", "</s>", "<unk>"})
+_KENLM_BINARY_MAGIC = b"mmap lm "
+_warned_pairs: set[tuple[str, str]] = set()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(what: str = "KenLM") -> Iterator[None]:
+    """Silence what C/C++ code writes to stderr (file descriptor 2) inside the block, unless ``-v``.
+
+    KenLM's loader prints a hint and a progress bar there, below Python's logging.
+    With ``-v`` (debug logging) nothing is silenced; when the block fails, what was
+    silenced is written out after all, so no error message is lost.
+
+    Example:
+        >>> with quiet_native_stderr():   # doctest: +SKIP
+        ...     model = kenlm.Model("lm.arpa")
+    """
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.debug("silenced %d bytes of %s output on stderr (-v shows them)", captured.tell(), what)
+
+
+def call_quietly(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` inside :func:`quiet_native_stderr`: a KenLM load, silent unless ``-v``.
+
+    Example:
+        >>> decoder = call_quietly(ctc_decoder, lexicon="lexicon.txt", tokens=tokens, lm="lm.arpa")  # doctest: +SKIP
+    """
+    with quiet_native_stderr():
+        return fn(*args, **kwargs)
+
+
+def lexicon_words(path: str | os.PathLike) -> set[str]:
+    """The words of a lexicon (``WORD t1 t2 ... |`` lines, :func:`write_lexicon`'s format).
+
+    Example:
+        >>> lexicon_words("lexicon.txt")   # doctest: +SKIP
+        {'HELLO', 'WORLD'}
+    """
+    with open_input(path) as f:
+        return {fields[0] for fields in (line.split(None, 1) for line in f) if fields}
+
+
+def arpa_vocabulary(path: str | os.PathLike) -> set[str]:
+    """The words of an ARPA model's ``\\1-grams:`` section (``<s> </s> <unk>`` left out); reads no further.
+
+    Example:
+        >>> sorted(arpa_vocabulary("lm.arpa"))[:3]   # doctest: +SKIP
+        ['A', 'ABOUT', 'ACROSS']
+    """
+    words: set[str] = set()
+    in_unigrams = False
+    with open_input(path) as f:
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                in_unigrams = True
+            elif in_unigrams and (not line or line.startswith("\\")):
+                break
+            elif in_unigrams:
+                fields = line.split()
+                if len(fields) >= 2:
+                    words.add(fields[1])
+    if not in_unigrams:
+        raise W2VError(f"{path}: not an ARPA model (no \\1-grams: section)")
+    return words - LM_SPECIAL_WORDS
+
+
+def lm_vocabulary(path: str | os.PathLike) -> set[str] | None:
+    """An LM's words: an ARPA's 1-grams, or a KenLM binary's through the kenlm module's ``vocab``.
+
+    Returns None when the vocabulary cannot be read (a binary, and a kenlm module
+    without ``vocab``, as the released one is).
+
+    Example:
+        >>> "THE" in lm_vocabulary("lm.arpa")   # doctest: +SKIP
+        True
+    """
+    with open(path, "rb") as f:
+        binary = f.read(len(_KENLM_BINARY_MAGIC)) == _KENLM_BINARY_MAGIC
+    if not binary:
+        return arpa_vocabulary(path)
+    with quiet_native_stderr():
+        model = kenlm.Model(str(path))
+    vocab = getattr(model, "vocab", None)
+    if vocab is None:
+        log.debug("%s: a KenLM binary, and this kenlm module cannot list its vocabulary: "
+                  "lexicon words are checked one by one, LM words missing from the lexicon are not", path)
+        return None
+    return set(vocab() if callable(vocab) else vocab) - LM_SPECIAL_WORDS
+
+
+def _binary_lacks(path: str | os.PathLike, words: Iterable[str]) -> set[str]:
+    """The ``words`` a KenLM binary does not know (asked one by one: ``word in model``)."""
+    with quiet_native_stderr():
+        model = kenlm.Model(str(path))
+    return {w for w in words if w not in model}
+
+
+def _examples(words: set[str], n: int = 5) -> str:
+    shown = sorted(words, key=lambda w: w.encode("utf-8"))[:n]
+    return ", ".join(shown) + (", ..." if len(words) > n else "")
+
+
+def vocabulary_mismatch(lexicon: set[str], lm_words: set[str] | None, *, lm_lacks: set[str] | None = None,
+                        lexicon_name: str = "lexicon", lm_name: str = "LM") -> list[str]:
+    """The warnings for words in the lexicon but not the LM, and in the LM but not the lexicon.
+
+    Args:
+        lexicon: the lexicon's words.
+        lm_words: the LM's words (None: unknown, only ``lm_lacks`` is reported).
+        lm_lacks: the lexicon words the LM lacks, when found another way (a binary LM).
+
+    Example:
+        >>> vocabulary_mismatch({"A", "B"}, {"A", "C"})
+        ['1 of 2 lexicon words are not in LM (they get its <unk> score), e.g. B', '1 of 2 LM words are not in lexicon (the decoder can never output them), e.g. C']
+    """
+    if lm_lacks is None:
+        lm_lacks = lexicon - lm_words if lm_words is not None else set()
+    out = []
+    if lm_lacks:
+        out.append(f"{len(lm_lacks)} of {len(lexicon)} {lexicon_name} words are not in {lm_name} "
+                   f"(they get its <unk> score), e.g. {_examples(lm_lacks)}")
+    if lm_words is not None and lm_words - lexicon:
+        missing = lm_words - lexicon
+        out.append(f"{len(missing)} of {len(lm_words)} {lm_name} words are not in {lexicon_name} "
+                   f"(the decoder can never output them), e.g. {_examples(missing)}")
+    return out
+
+
+def warn_lexicon_lm_mismatch(lexicon: str | os.PathLike | None, lm: str | os.PathLike | None,
+                             lm_words: set[str] | None = None) -> list[str]:
+    """Warn (once per lexicon and LM in a process) about words in one but not the other; returns the warnings.
+
+    Args:
+        lexicon: the lexicon file (None: nothing to compare).
+        lm: the ARPA or KenLM binary model (None: nothing to compare).
+        lm_words: the LM's vocabulary when the caller has it (``w2v lm`` counted it).
+
+    Example:
+        >>> warn_lexicon_lm_mismatch("exp/lexicon.txt", "exp/lm.bin")   # doctest: +SKIP
+        ['3 of 1200 exp/lexicon.txt words are not in exp/lm.bin (they get its <unk> score), e.g. ...']
+    """
+    key = (str(lexicon), str(lm))
+    if not lexicon or not lm or key in _warned_pairs:
+        return []
+    _warned_pairs.add(key)
+    words = lexicon_words(lexicon)
+    if lm_words is None:
+        lm_words = lm_vocabulary(lm)
+    lm_lacks = _binary_lacks(lm, words) if lm_words is None else None
+    warnings = vocabulary_mismatch(words, lm_words, lm_lacks=lm_lacks, lexicon_name=str(lexicon), lm_name=str(lm))
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings

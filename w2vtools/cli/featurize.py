@@ -29,7 +29,13 @@ import click
               help="Stored precision (float16: HDF5 only).")
 @click.option("--format", "fmt", type=click.Choice(["h5context"]), default=None,
               help="h5context: fairseq/wav2letter's one file per utterance in the folder OUT.")
-@click.option("--threads", type=int, default=None, help="CPU threads in all (default: the CPUs this process may use).")
+@click.option("--sample-rate", type=int, default=None,
+              help="fbank/mfcc: resample the audio to this rate (default 16000; 8000 keeps 8 kHz audio as it is).")
+@click.option("--num-mel-bins", type=int, default=None, help="fbank/mfcc: mel bins (default: fbank 80, mfcc 23).")
+@click.option("--num-ceps", type=int, default=None, help="mfcc: cepstra kept (default 13).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads in all (default: the CPUs this process may use that other processes are not "
+                   "keeping busy, by the 1-minute load average, at least 1; $OMP_NUM_THREADS wins if set).")
 @click.option("--streams", type=int, default=None,
               help="Batches computed at once, each with --threads/--streams op threads "
                    "(default: --threads on a CPU, 1 on a GPU). Same output whatever the number.")
@@ -42,7 +48,8 @@ import click
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_models(ctx) if v else None, help="List the named models and exit.")
 def command(args, model, layer, layers, output, device, amp, batch_seconds, chunk_seconds, chunk_overlap, shard,
-            dtype, fmt, threads, streams, workers, flush_every, no_resume, progress, merge):
+            dtype, fmt, sample_rate, num_mel_bins, num_ceps, threads, streams, workers, flush_every, no_resume,
+            progress, merge):
     """Featurize MANIFEST (TSV, Kaldi data dir, wav.scp or -) into OUT.
 
     OUT decides the format: NAME.h5 (one (T, D) dataset per utterance, ids with
@@ -59,6 +66,7 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
     Examples:
       w2v featurize data/train.tsv feats.h5 --model wav2vec2-base --layer 6
       w2v featurize data/train ark:- --model mfcc | copy-feats ark:- ark,scp:m.ark,m.scp
+      w2v featurize fsdd/wav.scp fbank8k.h5 --model fbank --sample-rate 8000 --num-mel-bins 40
       w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8
       w2v featurize --merge feats.1.h5 feats.2.h5 feats.h5
     """
@@ -76,7 +84,9 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
     if len(args) != 2:
         raise W2VError(f"expected MANIFEST OUT, got {len(args)} arguments")
     from w2vtools.featurize import featurize
+    from w2vtools.models.baselines import baseline_options
 
+    model = baseline_options(model, sample_rate=sample_rate, num_mel_bins=num_mel_bins, num_ceps=num_ceps)
     featurize(
         args[0], args[1], model=model, output=output, layer=layer, all_layers=layers == "all", device=device,
         amp=amp, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,

@@ -63,11 +63,13 @@ def command(train, labels, valid, valid_labels, dict_path, init, preset, feature
     frozen stored features (w2v featurize output: wav2vec c/z, a wav2vec 2.0 layer,
     fbank/MFCC), input normalized with the training features' mean and variance.
 
-    Validation every --valid-interval updates on --valid: loss, greedy WER, CER;
+    Validation every --valid-interval updates on --valid (--valid-features with
+    --valid-labels): loss, greedy WER and UER (letter error rate);
     checkpoint_best.pt has the lowest WER. Checkpoints hold the weights, dictionary and
     configuration: w2v decode --model SAVE_DIR/checkpoint_best.pt decodes with them.
     The resolved configuration is printed (YAML, stdout) and saved as config.yaml;
-    every log interval one line on stderr, the same in log.jsonl and TensorBoard.
+    every log interval one line on stderr, the same in log.jsonl and TensorBoard
+    (every name, uer = unit/letter error rate included: docs/training_logs.md).
     Multi-GPU: launch with torchrun. --resume repeats what an uninterrupted run does.
 
     \b

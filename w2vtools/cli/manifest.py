@@ -16,6 +16,7 @@ Examples:
   w2v manifest data/train.tsv data/valid.tsv --labels LibriSpeech/train-clean-100
   w2v manifest data/train.tsv --to-kaldi data/kaldi/train
   w2v manifest --validate-kaldi data/kaldi/train
+  w2v manifest --fix-kaldi data/kaldi/train     # then --validate-kaldi again
 """
 
 
@@ -53,12 +54,16 @@ Examples:
 @click.option("--root", "tsv_root", metavar="DIR", help="With --from-kaldi: the TSV root. [default: the files' common folder]")
 @click.option("--validate-kaldi", metavar="DATA_DIR",
               help="Only check a Kaldi data dir as utils/validate_data_dir.sh does; exit 1 on problems.")
+@click.option("--fix-kaldi", metavar="DATA_DIR",
+              help="Only repair a Kaldi data dir as utils/fix_data_dir.sh does: make spk2utt, sort every table "
+                   "(LC_ALL=C), keep the utterances every table has and whose audio exists; originals go to "
+                   "DATA_DIR/.backup, counts of what was dropped and why to stderr.")
 @click.option("--no-text", is_flag=True, help="With --validate-kaldi: a missing text file is fine.")
 @click.option("--no-spk-sort", is_flag=True, help="With --validate-kaldi: do not require utt2spk sorted by speaker.")
 def command(
     sources, dest, exts, valid_percent, seed, path_must_contain, jobs, name, valid_name, verify,
     transcripts, dictionary, keep_case, utt2spk_path, speaker_pattern, to_kaldi, from_kaldi, tsv_root,
-    validate_kaldi, no_text, no_spk_sort,
+    validate_kaldi, fix_kaldi, no_text, no_spk_sort,
 ):
     """Index audio into fairseq TSV manifests (train.tsv, valid.tsv), write the
     fairseq label files (.wrd, .ltr, dict.ltr.txt) and convert to and from Kaldi
@@ -80,10 +85,16 @@ def command(
 
     from w2vtools import manifest as lib
     from w2vtools.errors import W2VError
-    from w2vtools.formats import kaldi
+    from w2vtools.formats import kaldi, kaldi_fix
 
     log = logging.getLogger("w2v.manifest")
 
+    if fix_kaldi:
+        if sources or from_kaldi or to_kaldi or validate_kaldi:
+            raise click.UsageError("--fix-kaldi takes only the data dir")
+        for line in kaldi_fix.fix_data_dir(fix_kaldi).lines():
+            click.echo(f"{fix_kaldi}: {line}", err=True)
+        return
     if validate_kaldi:
         if sources or from_kaldi or to_kaldi:
             raise click.UsageError("--validate-kaldi takes only the data dir")
@@ -91,7 +102,8 @@ def command(
         for w in kaldi.data_dir_warnings(validate_kaldi):
             click.echo(f"{validate_kaldi}: warning: {w}", err=True)
         for p in problems:
-            click.echo(f"{validate_kaldi}: {p}", err=True)
+            hint = kaldi_fix.fix_hint(p, validate_kaldi)
+            click.echo(f"{validate_kaldi}: {p}" + (f"; {hint}" if hint else ""), err=True)
         if problems:
             raise W2VError(f"{validate_kaldi}: {len(problems)} problems (listed above)")
         log.info("%s: valid Kaldi data dir", validate_kaldi)
@@ -118,7 +130,7 @@ def command(
         return
 
     if not sources:
-        raise click.UsageError("give a ROOT folder to scan, TSV files, --from-kaldi or --validate-kaldi")
+        raise click.UsageError("give a ROOT folder to scan, TSV files, --from-kaldi, --validate-kaldi or --fix-kaldi")
     if len(sources) == 1 and os.path.isdir(sources[0]):
         if dest is None and to_kaldi is None:
             raise click.UsageError("give --dest DIR (or '-') and/or --to-kaldi DATA_DIR")

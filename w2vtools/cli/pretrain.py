@@ -42,6 +42,8 @@ def command(train, valid, arch, preset, config_file, sets, save_dir, resume, dev
     audio-seconds/s, memory), the same in SAVE_DIR/log.jsonl and TensorBoard;
     validation at an interval. Checkpoints checkpoint_last.pt, checkpoint_best.pt
     and checkpoint_<update>.pt load anywhere a model is taken (--model PATH).
+    Every logged name (and the time and elapsed of each log.jsonl record) is
+    explained in docs/training_logs.md.
 
     Multi-GPU / multi-node: launch with torchrun; NCCL on GPUs, gloo on CPU. Ranks
     read disjoint batches; N processes with --update-freq 1 train like one with

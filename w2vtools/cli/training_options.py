@@ -27,7 +27,9 @@ SETTINGS: tuple[tuple[str, type, str, str], ...] = (
     ("--valid-interval", int, "run.valid_interval", "Validate every N updates."),
     ("--lr", float, "optim.lr", "Peak learning rate (optim.lr)."),
     ("--seed", int, "run.seed", "Seed of batches, crops, masks, negatives, dropout."),
-    ("--threads", int, "run.threads", "torch threads per process."),
+    ("--threads", int, "run.threads",
+     "torch threads per process (default: $OMP_NUM_THREADS, else torch's: one per physical core; give a "
+     "number beside other jobs. Fixed, not load-dependent: --resume must repeat the same arithmetic)."),
 )
 
 

@@ -9,10 +9,19 @@ default; we do not, so the features are reproducible).
 * ``fbank``: 80 log mel filterbank energies (ESPnet's and lhotse's choice).
 * ``mfcc``: 13 cepstra from 23 mel bins (Kaldi's defaults).
 
+Options follow the name after a colon, ``fbank:sample_rate=8000,num_mel_bins=40``
+(``w2v featurize --sample-rate/--num-mel-bins/--num-ceps`` write them so): the
+audio is resampled to ``sample_rate`` (default 16000, the wav2vec models' rate; give
+8000 for telephone or FSDD audio instead of upsampling it), and the spec is the
+``model`` attribute of the output, so it says how the features were made.
+
 Example:
     >>> enc = build_baseline("fbank")
     >>> enc.num_frames(16000), enc.frame_shift, enc.dim
     (98, 0.01, 80)
+    >>> enc = build_baseline("fbank:sample_rate=8000,num_mel_bins=40")
+    >>> enc.num_frames(8000), enc.dim, enc.feature_attrs["num_mel_bins"]
+    (98, 40, 40)
 """
 
 from __future__ import annotations
@@ -24,9 +33,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from w2vtools.errors import W2VError
 from w2vtools.models import FeatureOutput
 
 BASELINES = ("fbank", "mfcc")
+#: the options a spec may set (``fbank:sample_rate=8000``), with their types
+OPTIONS = {"sample_rate": int, "num_mel_bins": int, "num_ceps": int}
 
 
 @dataclass
@@ -52,6 +64,15 @@ class KaldiFeatures(nn.Module):
         self._window = int(config.sample_rate * config.frame_length_ms / 1000)
         self._hop = int(config.sample_rate * config.frame_shift_ms / 1000)
         self.dim = config.num_ceps if config.kind == "mfcc" else config.num_mel_bins
+
+    @property
+    def feature_attrs(self) -> dict:
+        """What the output's attributes record about these features (``num_mel_bins``, and ``num_ceps`` for MFCC)."""
+        c = self.config
+        attrs = {"num_mel_bins": c.num_mel_bins, "frame_length_ms": c.frame_length_ms}
+        if c.kind == "mfcc":
+            attrs["num_ceps"] = c.num_ceps
+        return attrs
 
     @property
     def checksum(self) -> str:
@@ -106,10 +127,87 @@ class KaldiFeatures(nn.Module):
         return self.extract_features(source, padding_mask)
 
 
-def build_baseline(name: str) -> KaldiFeatures:
-    """``fbank`` (80 bins) or ``mfcc`` (13 cepstra)."""
-    if name == "fbank":
-        return KaldiFeatures(BaselineConfig(kind="fbank"))
-    if name == "mfcc":
-        return KaldiFeatures(BaselineConfig(kind="mfcc", num_mel_bins=23))
-    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+def is_baseline(spec: str) -> bool:
+    """Whether ``spec`` names a baseline: ``fbank``, ``mfcc``, or either with options (``fbank:...``).
+
+    Example:
+        >>> is_baseline("mfcc:num_ceps=20"), is_baseline("wav2vec2-base")
+        (True, False)
+    """
+    return str(spec).split(":", 1)[0] in BASELINES
+
+
+def baseline_spec(name: str, **options: int | None) -> str:
+    """``name`` with the options that are set, as :func:`build_baseline` reads it back.
+
+    Example:
+        >>> baseline_spec("fbank", sample_rate=8000, num_mel_bins=None)
+        'fbank:sample_rate=8000'
+        >>> baseline_spec("mfcc")
+        'mfcc'
+    """
+    given = [f"{k}={v}" for k, v in options.items() if v is not None]
+    return name + (":" + ",".join(given) if given else "")
+
+
+def baseline_options(model: str, **options: int | None) -> str:
+    """``model`` with the command line's baseline options added (``w2v featurize --sample-rate ...``).
+
+    Raises:
+        W2VError: options given for a model that is not fbank or MFCC.
+
+    Example:
+        >>> baseline_options("fbank", sample_rate=8000, num_mel_bins=40, num_ceps=None)
+        'fbank:sample_rate=8000,num_mel_bins=40'
+        >>> baseline_options("wav2vec2-base", sample_rate=None)
+        'wav2vec2-base'
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return model
+    if not is_baseline(model):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise W2VError(f"{flags}: only for --model fbank or mfcc ({model} has its own rate and features)")
+    name, earlier = _parse_options(model)
+    return baseline_spec(name, **{**earlier, **given})
+
+
+def _parse_options(spec: str) -> tuple[str, dict[str, int]]:
+    name, _, rest = spec.partition(":")
+    options: dict[str, int] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in OPTIONS or not eq:
+            raise W2VError(f"{spec}: unknown option {item!r}; options are {', '.join(OPTIONS)} (KEY=VALUE)")
+        try:
+            options[key] = OPTIONS[key](value)
+        except ValueError:
+            raise W2VError(f"{spec}: {key} must be a whole number, got {value!r}") from None
+        if options[key] < 1:
+            raise W2VError(f"{spec}: {key} must be positive, got {value}")
+    return name, options
+
+
+def build_baseline(spec: str) -> KaldiFeatures:
+    """``fbank`` (80 bins) or ``mfcc`` (13 cepstra from 23 bins), at 16 kHz unless the spec says otherwise.
+
+    Raises:
+        W2VError: an unknown name or option, a bad value, MFCC with more cepstra
+            than mel bins, or ``num_ceps`` for fbank.
+
+    Example:
+        >>> build_baseline("mfcc:sample_rate=8000,num_ceps=20").config.num_ceps
+        20
+    """
+    name, options = _parse_options(str(spec))
+    if name not in BASELINES:
+        raise W2VError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if name == "fbank" and "num_ceps" in options:
+        raise W2VError(f"{spec}: num_ceps (--num-ceps) is an MFCC option; fbank has num_mel_bins")
+    defaults = {"num_mel_bins": 23} if name == "mfcc" else {}
+    config = BaselineConfig(kind=name, **{**defaults, **options})
+    if name == "mfcc" and config.num_ceps > config.num_mel_bins:
+        raise W2VError(f"{spec}: num_ceps {config.num_ceps} is more than num_mel_bins {config.num_mel_bins}")
+    if config.sample_rate * config.frame_length_ms / 1000 < 2:
+        raise W2VError(f"{spec}: sample_rate {config.sample_rate} leaves no samples in a window")
+    return KaldiFeatures(config)

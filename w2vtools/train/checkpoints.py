@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +39,30 @@ BEST = "checkpoint_best.pt"
 SaveFn = Callable[[str, torch.nn.Module, dict], None]
 #: ``path -> (model state_dict, trainer state)``.
 LoadFn = Callable[[str], "tuple[dict, dict]"]
+
+
+TRAINING_COMMANDS = ("pretrain", "finetune")
+
+
+def resume_hint(save_dir: str | os.PathLike, argv: list[str] | None = None) -> str:
+    """How to continue a stopped run, ready to paste: the command line that started it plus ``--resume``.
+
+    ``--resume`` is a flag (it continues from ``SAVE_DIR/checkpoint_last.pt``), so the
+    hint repeats the run's own options; outside the ``w2v`` command line (a library
+    call) it says so in words.
+
+    Args:
+        save_dir: the run directory.
+        argv: the process's arguments after the program name (default: ``sys.argv[1:]``).
+
+    Example:
+        >>> resume_hint("exp/blstm", ["finetune", "--features", "f.h5", "--save-dir", "exp/blstm"])
+        'run: w2v finetune --features f.h5 --save-dir exp/blstm --resume'
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in TRAINING_COMMANDS for a in args):
+        return "run: " + shlex.join(["w2v"] + [a for a in args if a != "--resume"] + ["--resume"])
+    return f"rerun the same training with resume (--resume on the command line); it continues from {Path(save_dir) / LAST}"
 
 
 def check_save_dir(save_dir: Path, resume: bool) -> Path:

@@ -41,9 +41,30 @@ import torch
 
 from w2vtools.batching import utterance_length
 from w2vtools.errors import W2VError
+from w2vtools.formats.durations import format_duration
 from w2vtools.formats.utterance import Utterance
 
 log = logging.getLogger("w2v.train")
+
+
+def purpose(name: str) -> str:
+    """What a data set named ``name`` is for, in messages: "validate on" for ``valid``, else "train on".
+
+    Example:
+        >>> purpose("valid"), purpose("train")
+        ('validate on', 'train on')
+    """
+    return "validate on" if name == "valid" else "train on"
+
+
+def label_option(name: str) -> str:
+    """The ``w2v finetune`` option that gives the labels of the set named ``name``.
+
+    Example:
+        >>> label_option("valid")
+        '--valid-labels'
+    """
+    return "--valid-labels" if name == "valid" else "--labels"
 
 
 def stable_seed(*parts: object) -> int:
@@ -142,10 +163,10 @@ class AudioDataset(torch.utils.data.Dataset):
         if self.num_unlabelled:
             log.warning("%s: left out %d of %d utterances without labels", name, self.num_unlabelled, total)
         if not self.utterances:
-            raise W2VError(f"{name}: no utterances left to train on (all {total} filtered out)")
+            raise W2VError(f"{name}: no utterances left to {purpose(name)} (all {total} filtered out)")
         log.info(
-            "%s: %d utterances, %.2f h of audio at %d Hz",
-            name, len(self.utterances), self.sizes.sum() / self.sample_rate / 3600, self.sample_rate,
+            "%s: %d utterances, %s of audio at %d Hz",
+            name, len(self.utterances), format_duration(self.sizes.sum() / self.sample_rate), self.sample_rate,
         )
 
     @property

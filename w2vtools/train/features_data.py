@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from w2vtools.errors import W2VError
+from w2vtools.formats.durations import format_duration
 from w2vtools.formats.features import open_features
-from w2vtools.train.data import BatchKey
+from w2vtools.train.data import BatchKey, label_option, purpose
 
 log = logging.getLogger("w2v.train")
 
@@ -95,8 +96,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         var = np.maximum(sum_x2 / total - mean * mean, 0.0)
         self.mean = torch.from_numpy(mean.astype(np.float32))
         self.std = torch.from_numpy(np.sqrt(var).astype(np.float32))
-        log.info("%s: %d utterances, %d frames of %d dims (%.2f h at %.0f frames/s)%s", name, len(self.uids),
-                 int(total), self.dim, total / self.frame_rate / 3600, self.frame_rate,
+        log.info("%s: %d utterances, %d frames of %d dims (%s at %.0f frames/s)%s", name, len(self.uids),
+                 int(total), self.dim, format_duration(total / self.frame_rate), self.frame_rate,
                  "" if self._cache is not None else "; read from the file per batch")
 
     def _scan(self, reader, labels: Mapping[str, Sequence[int]], min_frames: int, max_frames: int,
@@ -164,8 +165,9 @@ class FeatureDataset(torch.utils.data.Dataset):
             # a transcript table often covers several sets: not a problem in itself
             log.info("%s: %d labelled utterances have no features in %s", self.name, self.num_missing, self.spec)
         if not self.uids:
-            raise W2VError(f"{self.name}: no utterances left to train on in {self.spec} "
-                           f"({count} with features, {num_labels} with labels; do their ids match?)")
+            raise W2VError(f"{self.name}: no utterances left to {purpose(self.name)} in {self.spec} "
+                           f"({count} with features, {num_labels} with labels; no id is in both: give the "
+                           f"transcripts of these utterances with {label_option(self.name)})")
 
     # The trainer logs throughput as num_samples / sample_rate: frames per second here.
     @property

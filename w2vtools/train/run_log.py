@@ -1,8 +1,12 @@
 """The run's log: one line on stderr, the same record in ``log.jsonl`` and TensorBoard.
 
 Every record is a flat dict with ``kind`` (``train`` or ``valid``), ``update`` and
-``epoch`` plus numbers. Every process keeps its records in :attr:`RunLog.history`
-(tests read it); only the main process writes.
+``epoch`` plus numbers, and when it was written: ``time`` (wall clock, ISO 8601 UTC,
+``2026-12-01T07:46:06.123Z``) and ``elapsed`` (seconds of running since the run
+started; a resumed run continues from the last record it kept, so time spent stopped
+is not counted). Every process keeps its records in :attr:`RunLog.history` (tests
+read it); only the main process writes. Every key is explained in
+``docs/training_logs.md``.
 
 Example:
     >>> run_log = RunLog(Path("exp/tiny"), is_main=True, tensorboard=False)      # doctest: +SKIP
@@ -11,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -31,7 +36,7 @@ _ORDER = ("loss", "accuracy", "code_perplexity", "prob_perplexity", "temp", "wer
           "audio_s_per_s", "mem_mb")
 _SHORT = {"accuracy": "acc", "code_perplexity": "code_ppl", "prob_perplexity": "prob_ppl",
           "audio_s_per_s": "audio_s/s", "mem_mb": "mem_MB"}
-_NOT_ON_THE_LINE = {"kind", "update", "epoch", "nsentences", "seconds"}
+_NOT_ON_THE_LINE = {"kind", "update", "epoch", "nsentences", "seconds", "time", "elapsed"}
 
 
 class Meter:
@@ -74,6 +79,17 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def timestamp() -> dict[str, str]:
+    """``{"time": now}``, wall-clock UTC in ISO 8601 with milliseconds and ``Z``.
+
+    Example:
+        >>> timestamp()   # doctest: +SKIP
+        {'time': '2026-12-01T07:46:06.123Z'}
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {"time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
 def format_number(value: float) -> str:
     """A number for the stderr line: 4 significant digits, or exponent notation when tiny or huge.
 
@@ -103,9 +119,13 @@ class RunLog:
         self.tensorboard = tensorboard
         self.history: list[dict[str, Any]] = []
         self._writer: SummaryWriter | None = None
+        self._start = time.monotonic()
+        self._elapsed_before = 0.0  # a resumed run's elapsed time when it stopped
 
     def write(self, record: dict[str, Any]) -> None:
-        """Keep ``record`` and, on the main process, write it to all three outputs."""
+        """Stamp ``record`` with ``time`` and ``elapsed``, keep it and, on the main process, write it to all
+        three outputs."""
+        record.update(timestamp(), elapsed=round(self._elapsed_before + time.monotonic() - self._start, 3))
         self.history.append(record)
         if not self.is_main:
             return
@@ -117,7 +137,7 @@ class RunLog:
             if self._writer is None:
                 self._writer = SummaryWriter(str(self.save_dir / "tensorboard"))
             for k, v in record.items():
-                if k not in ("kind", "update", "epoch") and isinstance(v, (int, float)):
+                if k not in ("kind", "update", "epoch", "elapsed") and isinstance(v, (int, float)):
                     self._writer.add_scalar(f"{record['kind']}/{k}", float(v), record["update"])
             self._writer.flush()
 
@@ -140,10 +160,12 @@ class RunLog:
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line).get("update", 0) <= update:
-                    kept.append(line)
+                rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the interruption
+            if rec.get("update", 0) <= update:
+                kept.append(line)
+                self._elapsed_before = float(rec.get("elapsed", self._elapsed_before))
         with atomic_write(path) as f:
             f.write("".join(line + "\n" for line in kept))
 

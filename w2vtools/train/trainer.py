@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from w2vtools.train.checkpoints import (
-    LAST, TRAINER_STATE_VERSION, LoadFn, SaveFn, read_resume_state, write_checkpoints,
+    TRAINER_STATE_VERSION, LoadFn, SaveFn, read_resume_state, resume_hint, write_checkpoints,
 )
 from w2vtools.train.config import DataConfig, OptimConfig, TrainConfig
 from w2vtools.train.data import AudioDataset, BatchSampler, make_loader, stable_seed
@@ -177,8 +177,8 @@ class Trainer:
             self.run_log.close()
             self._unfreeze()
         if self._stop_signal:
-            log.warning("stopped by SIGTERM after update %d; resume with --resume %s", self.num_updates,
-                        self.save_dir / LAST)
+            log.warning("stopped by SIGTERM after update %d; to continue, %s", self.num_updates,
+                        resume_hint(self.save_dir))
         return {"num_updates": self.num_updates, "epoch": self.epoch, "valid": self.last_valid,
                 "best": self.best_value, "nonfinite": self.nonfinite.total}
 
