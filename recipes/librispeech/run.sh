@@ -49,9 +49,11 @@ feat_layer=              # Transformer layer for stage 4 (default: the last)
 eval_sets="dev-clean dev-other test-clean test-other"
 decoders="viterbi kenlm"
 nj=4
-lm_weight=2.0            # fairseq's LibriSpeech 4-gram settings
+lm_weight=2.0            # fairseq's LibriSpeech 4-gram settings, used when nothing is tuned
 word_score=-1.0
 beam=500
+tune_set=dev-other       # LM weight and word score are chosen on this set's emissions (never on test)
+tune_grid="lm_weight=0:4:0.5,word_score=-3:1:1"   # w2v decode --tune; "" keeps --lm-weight/--word-score
 st_from=10h              # self-training starts from this preset's labels
 unlabeled_part=train-other-500
 st_nbest=5
@@ -65,6 +67,7 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --nproc N                 training processes (default: --ngpu; with --ngpu 0, N CPU processes over gloo)
   --pretrained MODEL        skip stage 2 and use this model
   --finetune-presets \"10m 1h 10h 100h\"  --eval-sets \"...\"  --nj N
+  --tune-set dev-other --tune-grid \"lm_weight=0:4:0.5,word_score=-3:1:1\"   KenLM settings chosen on dev
   --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)"
 
 # Paths on the command line are relative to where the script was started
@@ -296,7 +299,6 @@ decode_sets() {
   for set in "$@"; do
     d=data/$(kaldi_name "$set")
     vdir=$dir/decode_$(kaldi_name "$set")_viterbi
-    kdir=$dir/decode_$(kaldi_name "$set")_kenlm
     n=$(wc -l <"$d/utt2spk")
     j=$((nj < n ? nj : n))
     if ! unit_done "$vdir"; then
@@ -306,16 +308,42 @@ decode_sets() {
           -o "$vdir/hyp.JOB.txt" --no-progress
       mark_done "$vdir"
     fi
-    case " $decoders " in *" kenlm "*) ;; *) continue ;; esac
+  done
+  case " $decoders " in *" kenlm "*) ;; *) return 0 ;; esac
+  tune_kenlm "$dir" || return 1
+  for set in "$@"; do
+    d=data/$(kaldi_name "$set")
+    vdir=$dir/decode_$(kaldi_name "$set")_viterbi
+    kdir=$dir/decode_$(kaldi_name "$set")_kenlm
+    n=$(wc -l <"$d/utt2spk")
+    j=$((nj < n ? nj : n))
     if ! unit_done "$kdir"; then
       rm -rf "$kdir"
       $decode_cmd JOB=1:$j "$kdir/log/decode.JOB.log" \
-        w2v decode --emissions "$vdir/emissions.JOB.h5" --decoder kenlm --lexicon data/lang/lexicon.txt \
-          --lm "$(cat data/lang/lm_path)" --lm-weight "$lm_weight" --word-score "$word_score" --beam "$beam" \
-          -o "$kdir/hyp.JOB.txt" --no-progress
+        w2v decode --emissions "$vdir/emissions.JOB.h5" --config "$dir/kenlm.yaml" -o "$kdir/hyp.JOB.txt" --no-progress
       mark_done "$kdir"
     fi
   done
+}
+
+# tune_kenlm DIR: DIR/kenlm.yaml, the KenLM decoder settings for DIR's model: --tune-grid searched on
+# the --tune-set emissions (its viterbi decode), or the fixed --lm-weight/--word-score when there is
+# no grid or that set was not decoded. Test sets never choose a setting.
+tune_kenlm() {
+  local dir=$1 vdir=$1/decode_$(kaldi_name "$tune_set")_viterbi
+  local fixed=(--decoder kenlm --lexicon data/lang/lexicon.txt --lm "$(cat data/lang/lm_path)" --beam "$beam")
+  [ -f "$dir/kenlm.yaml" ] && return 0
+  case "$tune_set" in test-*) log "ERROR: --tune-set $tune_set is a test set"; return 1 ;; esac
+  if [ -z "$tune_grid" ] || ! unit_done "$vdir"; then
+    [ -z "$tune_grid" ] || log "no decode of --tune-set $tune_set under $dir: fixed --lm-weight $lm_weight --word-score $word_score"
+    printf 'decoder: kenlm\nlexicon: data/lang/lexicon.txt\nlm: %s\nbeam: %s\nlm_weight: %s\nword_score: %s\n' \
+      "$(cat data/lang/lm_path)" "$beam" "$lm_weight" "$word_score" >"$dir/kenlm.yaml"
+    return 0
+  fi
+  w2v featurize --merge "$vdir"/emissions.[0-9]*.h5 "$vdir/emissions.h5" &&
+  w2v decode --emissions "$vdir/emissions.h5" "${fixed[@]}" --tune "$tune_grid" --jobs "$nj" \
+    --ref "data/$(kaldi_name "$tune_set")/text" -o "$dir/kenlm.yaml" 2>"$dir/kenlm_tuning.txt" &&
+  log "KenLM settings for $dir chosen on $tune_set: $(grep -E '^(lm_weight|word_score)' "$dir/kenlm.yaml" | paste -sd' ')"
 }
 
 # score_dirs DIR...: every decode_* under them, merged shards piped into w2v score.
@@ -369,6 +397,7 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
   unlab=data/$(kaldi_name "$unlabeled_part")
   [ -f "$seed/checkpoint_best.pt" ] || { log "ERROR: $seed/checkpoint_best.pt not found (stage 3 with --finetune-presets including $st_from)"; exit 1; }
   [ -f "$unlab/wav.scp" ] || { log "ERROR: $unlab not prepared (stage 1)"; exit 1; }
+  tune_kenlm "$seed" || exit 1   # the seed model's KenLM settings, as stage 5 chose them
   # 1. decode the unlabeled audio with the LM, n-best for the confidences
   pdir=$st/decode_unlabeled
   if ! unit_done "$pdir"; then
@@ -376,10 +405,8 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
     n=$(wc -l <"$unlab/utt2spk")
     j=$((nj < n ? nj : n))
     $decode_cmd JOB=1:$j "$pdir/log/decode.JOB.log" \
-      w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --decoder kenlm \
-        --lexicon data/lang/lexicon.txt --lm "$(cat data/lang/lm_path)" --lm-weight "$lm_weight" \
-        --word-score "$word_score" --beam "$beam" --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" \
-        -o "$pdir/hyp.JOB.txt" --no-progress
+      w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --config "$seed/kenlm.yaml" \
+        --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" -o "$pdir/hyp.JOB.txt" --no-progress
     sort -k1,1 "$pdir"/hyp.[0-9]*.txt >"$pdir/hyp.txt"
     sort -k1,1 "$pdir"/nbest.[0-9]*.txt.scores >"$pdir/nbest.scores"
     mark_done "$pdir"
