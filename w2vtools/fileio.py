@@ -53,6 +53,9 @@ def open_input(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8"
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
     """Write ``path`` atomically (temp file + fsync + rename); ``-`` writes to stdout.
 
+    A full disk (or another device error) removes the temporary file and raises one
+    W2VError naming ``path``; the destination is untouched.
+
     Example:
         >>> with atomic_write("out.txt") as f:   # doctest: +SKIP
         ...     f.write("utt1 hello\\n")
@@ -73,10 +76,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DEVICE_ERRNOS:
+            raise write_error(path, e) from None
         raise
+
+
+#: errno values of a write the device refused (disk full, quota, I/O error, file too large)
+DEVICE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
 
 
 def _umask() -> int:
@@ -197,7 +206,11 @@ def exclusive_output(*paths: str | os.PathLike | None) -> Iterator[None]:
             _release(lock)
 
 
-def write_error(path: str | os.PathLike, e: OSError, kept: str | os.PathLike | None = None) -> W2VError:
+#: What a failed write raises: OSError, or h5py's RuntimeError for some HDF5 calls (a copy on a full disk)
+WRITE_ERRORS = (OSError, RuntimeError)
+
+
+def write_error(path: str | os.PathLike, e: Exception, kept: str | os.PathLike | None = None) -> W2VError:
     """The one-line error for a failed write (disk full, I/O error, quota): names the file and what is kept.
 
     Example:
@@ -208,17 +221,17 @@ def write_error(path: str | os.PathLike, e: OSError, kept: str | os.PathLike | N
     return W2VError(f"{path}: write failed: {os_reason(e)}{tail}")
 
 
-def os_reason(e: OSError) -> str:
+def os_reason(e: Exception) -> str:
     """The reason of an OSError in a few words; h5py's long HDF5 messages cut to their ``error message``.
 
     Example:
         >>> os_reason(OSError("Unable to create (file write failed: errno = 28, error message = 'No space left on device')"))
         'No space left on device'
     """
-    if e.errno and e.strerror:
-        return e.strerror
     text = str(e)
     found = re.search(r"error message = '([^']*)'", text)
     if found:
         return found.group(1)
+    if getattr(e, "errno", None) and getattr(e, "strerror", None):
+        return e.strerror
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__

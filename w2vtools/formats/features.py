@@ -52,7 +52,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from w2vtools.errors import W2VError
-from w2vtools.fileio import atomic_write, exclusive_output, write_error
+from w2vtools.fileio import WRITE_ERRORS, atomic_write, exclusive_output, write_error
 
 H5_SUFFIXES = (".h5", ".hdf5")
 H5CONTEXT_SUFFIX = ".h5context"
@@ -310,7 +310,7 @@ class HDF5Writer(FeatureWriter):
                     shutil.rmtree(self.partial)
                 self.partial.mkdir(parents=True)
                 self._write_meta()
-        except OSError as e:
+        except WRITE_ERRORS as e:
             self._lock.close()
             raise write_error(self.partial, e) from None
         except BaseException:
@@ -384,7 +384,7 @@ class HDF5Writer(FeatureWriter):
             ds = self._segment.create_dataset(escape_key(uid), data=feats)
             if identity:
                 ds.attrs["w2v_input"] = identity
-        except OSError as e:
+        except WRITE_ERRORS as e:
             self._drop_segment()
             raise write_error(self.path, e, kept=self.partial) from None
         self.num_frames[uid] = feats.shape[0]
@@ -409,7 +409,7 @@ class HDF5Writer(FeatureWriter):
             with open(self._segment_tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(self._segment_tmp, self._segment_final)
-        except OSError as e:
+        except WRITE_ERRORS as e:
             self._drop_segment()
             raise write_error(self.path, e, kept=self.partial) from None
         _fsync_dir(self.partial)
@@ -508,7 +508,7 @@ def merge_hdf5(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, a
         except BaseException as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()  # no hidden half-merged file is left behind
-            if isinstance(e, OSError):
+            if isinstance(e, WRITE_ERRORS):
                 raise write_error(out, e, kept=kept) from None
             raise
         return len(owner)
@@ -572,7 +572,7 @@ class KaldiWriter(FeatureWriter):
             else:
                 self._stream = open(self.partial, "wb")
             self._rewrite_index()
-        except OSError as e:
+        except WRITE_ERRORS as e:
             self._lock.close()
             raise write_error(self.path, e) from None
         except BaseException:
@@ -643,7 +643,7 @@ class KaldiWriter(FeatureWriter):
             self.entries.append((uid, start + len(uid.encode("utf-8")) + 1, end))
             self.num_frames[uid] = feats.shape[0]
             self._index.write(f"{uid} {self.entries[-1][1]} {end} {feats.shape[0]} {identity or '-'}\n")
-        except OSError as e:
+        except WRITE_ERRORS as e:
             raise write_error(self.path, e, kept=self.partial) from None
         if time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
@@ -662,7 +662,7 @@ class KaldiWriter(FeatureWriter):
             return
         try:
             self._sync()
-        except OSError as e:
+        except WRITE_ERRORS as e:
             raise write_error(self.path, e, kept=self.partial) from None
 
     def commit(self) -> None:
@@ -747,7 +747,7 @@ class H5ContextWriter(FeatureWriter):
                 if identity:
                     f.attrs["w2v_input"] = identity
             os.replace(tmp, self.path / name)
-        except OSError as e:
+        except WRITE_ERRORS as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise write_error(self.path / name, e, kept=self.path) from None
