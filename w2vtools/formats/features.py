@@ -25,8 +25,15 @@ renames it into place only when every utterance is in (the HDF5 file as
 fsync'd index of finished entries; the scp only at the end). Reopening a writer on
 the same destination keeps what was finished (:attr:`FeatureWriter.done`) and drops
 what was half written, so a rerun after ``kill -9`` ends with the same file as a run
-that was never interrupted. (The price: the HDF5 commit copies the data once, so the
-disk needs room for the output twice at the very end.)
+that was never interrupted (model features: up to float32 rounding, as the resumed
+run batches differently). (The price: the HDF5 commit copies the data once, so the
+disk needs room for the output twice at the very end.) Each finished utterance
+records its input identity, so the caller can :meth:`~FeatureWriter.forget` those
+whose audio changed; ``settings`` are compared on resume like the attributes.
+
+One writer: a writer holds :func:`~w2vtools.fileio.exclusive_output` on its output.
+A failed write (disk full, I/O error) is one W2VError naming the output and the
+partial state kept for a rerun; no temporary file is left behind.
 
 Example:
     >>> with open_feature_writer("feats.h5", attrs={"frame_shift": 0.02}) as w:  # doctest: +SKIP
