@@ -74,6 +74,12 @@ def _run_command(source: str) -> bytes:
     return proc.stdout
 
 
+#: Chunk sizes that mean "unknown, read to the end" in a WAV written to a pipe, as Kaldi's
+#: wave reader accepts them: 0 and 0xFFFFFFFF (ffmpeg and others), 0x7FFFF000 (SoX),
+#: 0xFFFFFFFE (seen from an ffmpeg -> SoX pipeline)
+STREAMED_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000, 0xFFFFFFFE)
+
+
 def _wav_truncation(path: str) -> str | None:
     """For a RIFF/WAVE file, compare the data chunk's declared size with the bytes present.
 
@@ -92,6 +98,8 @@ def _wav_stream_truncation(f, size: int) -> str | None:
     head = f.read(12)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
+    if struct.unpack("<I", head[4:8])[0] in STREAMED_SIZES:
+        return None
     pos = 12
     while pos + 8 <= size:
         f.seek(pos)
@@ -100,8 +108,7 @@ def _wav_stream_truncation(f, size: int) -> str | None:
             return "truncated WAV header"
         cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         if cid == b"data":
-            # 0 and 0xFFFFFFFF mean "unknown size" (streamed WAV): accept.
-            if csize in (0, 0xFFFFFFFF):
+            if csize in STREAMED_SIZES:
                 return None
             have = size - pos - 8
             if have < csize:
