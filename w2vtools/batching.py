@@ -373,14 +373,15 @@ def check_ids(utts: Sequence[Utterance], name: str) -> None:
     An id may hold any character, non-ASCII included, except whitespace (Kaldi
     tables, ``text`` and ``scp`` files split on it) and it may not be empty. Only a
     TSV manifest can produce such an id (from a file name); Kaldi tables cannot.
-    The error names the file, the line and the audio, so the file can be renamed.
+    The error names the file, the line (when ``name`` is a readable TSV) and the
+    audio, so the file can be renamed.
 
     Example:
         >>> check_ids([Utterance("naïve-01", "a.wav")], "x.tsv")
         >>> check_ids([Utterance("my file", "/d/my file.wav")], "x.tsv")
         Traceback (most recent call last):
         ...
-        w2vtools.errors.W2VError: x.tsv: line 2: utterance id 'my file' (audio /d/my file.wav) contains whitespace, which Kaldi tables cannot hold; rename the file
+        w2vtools.errors.W2VError: x.tsv: utterance id 'my file' (audio /d/my file.wav) contains whitespace, which Kaldi tables cannot hold; rename the file
     """
     for i, u in enumerate(utts):
         if u.uid and not any(c.isspace() for c in u.uid):
