@@ -42,6 +42,7 @@ from w2vtools.batching import (
     select_shard,
     utterance_length,
 )
+from w2vtools.encoders import warn_non_finite_weights
 from w2vtools.errors import W2VError
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
@@ -181,6 +182,7 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     if loaded.task != "ctc" or not loaded.dictionary:
         raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
     model = loaded.model.to(device).eval()
+    warn_non_finite_weights(model, model_spec)
     sample_rate = int(model.sample_rate)
     skips = skips if skips is not None else _Raise()
     batches = _plan_model_batches(utts, sample_rate, batch_seconds, skips)
