@@ -12,6 +12,12 @@ Inputs are CTC log-probabilities per utterance, from one of the sources of
 Outputs (Kaldi ``text``, n-best, ``trn``, ``ctm``) all come from one
 :class:`HypothesisWriter`.
 
+Failures follow the one rule of the running commands (:class:`w2vtools.batching.SkipLog`):
+an unreadable or too short recording, or scores holding NaN, is named on one line and
+skipped; the exit status is 3 when some were left out, 1 with no output file when all
+were. Every output is locked (:func:`w2vtools.fileio.exclusive_output`) before the
+model loads.
+
 Scores are always passed through ``log_softmax``: logits become log-probabilities
 and stored log-probabilities are left unchanged (log_softmax is idempotent on them).
 

@@ -10,7 +10,9 @@ Two sources of units:
   from a features file (:func:`~w2vtools.formats.features.open_features`),
   :func:`assign_units` gives each frame its nearest centroid.
 
-Output: one utterance a line, ``uid tok tok ...``, in corpus order (``-`` = stdout).
+Output: one utterance a line, ``uid tok tok ...``, in corpus order (``-`` = stdout),
+written atomically by one process at a time; bad recordings are named and skipped
+(exit 3; exit 1 and no output when every one failed).
 ``dedup`` collapses runs of the same unit. Codebook usage and perplexity
 (``exp`` of the entropy of the unit distribution, per group) are reported.
 
