@@ -616,7 +616,8 @@ class KaldiWriter(FeatureWriter):
 
     def forget(self, uids: Iterable[str]) -> set[str]:
         """An ark is append-only: cut it before the first entry to forget; every later one goes too."""
-        first = next((i for i, (uid, _, _) in enumerate(self.entries) if uid in set(uids)), None)
+        wanted = set(uids)
+        first = next((i for i, (uid, _, _) in enumerate(self.entries) if uid in wanted), None)
         if first is None:
             return set()
         gone = {uid for uid, _, _ in self.entries[first:]}
