@@ -74,6 +74,12 @@ def _run_command(source: str) -> bytes:
     return proc.stdout
 
 
+#: Chunk sizes that mean "unknown, read to the end" in a WAV written to a pipe, as Kaldi's
+#: wave reader accepts them: 0 and 0xFFFFFFFF (ffmpeg and others), 0x7FFFF000 (SoX),
+#: 0xFFFFFFFE (seen from an ffmpeg -> SoX pipeline)
+STREAMED_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000, 0xFFFFFFFE)
+
+
 def _wav_truncation(path: str) -> str | None:
     """For a RIFF/WAVE file, compare the data chunk's declared size with the bytes present.
 
@@ -81,35 +87,44 @@ def _wav_truncation(path: str) -> str | None:
     would then disagree on its length, so we call it what it is.
     """
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return "truncated WAV header"
-                cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-                if cid == b"data":
-                    # 0 and 0xFFFFFFFF mean "unknown size" (streamed WAV): accept.
-                    if csize in (0, 0xFFFFFFFF):
-                        return None
-                    have = size - pos - 8
-                    if have < csize:
-                        return f"truncated WAV (data chunk declares {csize} bytes, file holds {have})"
-                    return None
-                pos += 8 + csize + (csize & 1)
-            return "WAV has no data chunk"
+            return _wav_stream_truncation(f, os.path.getsize(path))
     except OSError as e:
         return str(e)
+
+
+def _wav_stream_truncation(f, size: int) -> str | None:
+    """:func:`_wav_truncation` of an open binary stream of ``size`` bytes (a file, or a command's output)."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    if struct.unpack("<I", head[4:8])[0] in STREAMED_SIZES:
+        return None
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return "truncated WAV header"
+        cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"data":
+            if csize in STREAMED_SIZES:
+                return None
+            have = size - pos - 8
+            if have < csize:
+                return f"truncated WAV (data chunk declares {csize} bytes, file holds {have})"
+            return None
+        pos += 8 + csize + (csize & 1)
+    return "WAV has no data chunk"
 
 
 def _open(source: str) -> tuple[sf.SoundFile, str]:
     if is_command(source):
         data = _run_command(source)
+        # the same checks as a file: a truncated WAV through a pipe is refused, not read short
+        problem = _wav_stream_truncation(io.BytesIO(data), len(data))
+        if problem:
+            raise W2VError(f"{_describe(source)}: {problem.replace('file holds', 'output holds')}")
         try:
             return sf.SoundFile(io.BytesIO(data)), source
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:

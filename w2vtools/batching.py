@@ -5,6 +5,13 @@
 * :func:`utterance_length`: the one rule for an utterance's length in samples.
 * :func:`plan_jobs` and :func:`load_ahead`: featurize's and quantize's work plan
   (batches of short utterances, long ones alone) and its audio, loaded in threads.
+* :func:`check_ids`: the id rule of every command that writes ids into tables,
+  applied where the corpus is read, before any model runs.
+* :class:`SkipLog`: the one rule for a bad utterance in a long run (featurize,
+  quantize, decode): named with its reason on one line, skipped, the run goes on;
+  exit 3 when some were left out, 1 and no output when all were.
+* :func:`input_identity`: what a resumed run compares to tell whether an
+  utterance's audio changed since it was computed.
 
 * :func:`plan_batches` sorts utterances longest first (so an out-of-memory shows up
   in the first batch, not after an hour) and packs them so that
@@ -26,7 +33,11 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
+import json
+import logging
 import math
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
@@ -35,7 +46,7 @@ import numpy as np
 import torch
 
 from w2vtools.audio import audio_info, is_command, num_resampled
-from w2vtools.errors import W2VError
+from w2vtools.errors import PartialFailure, W2VError
 from w2vtools.formats.utterance import Utterance
 
 T = TypeVar("T")
@@ -350,3 +361,109 @@ def load_ahead(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) 
             job, futures = pending.popleft()
             submit_next()
             yield job, [f.result() for f in futures]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids, bad utterances, input identity: the rules every running command shares
+
+
+def check_ids(utts: Sequence[Utterance], name: str) -> None:
+    """Refuse ids that no Kaldi table can hold, before any work is done.
+
+    An id may hold any character, non-ASCII included, except whitespace (Kaldi
+    tables, ``text`` and ``scp`` files split on it) and it may not be empty. Only a
+    TSV manifest can produce such an id (from a file name); Kaldi tables cannot.
+    The error names the file, the line (when ``name`` is a readable TSV) and the
+    audio, so the file can be renamed.
+
+    Example:
+        >>> check_ids([Utterance("naïve-01", "a.wav")], "x.tsv")
+        >>> check_ids([Utterance("my file", "/d/my file.wav")], "x.tsv")
+        Traceback (most recent call last):
+        ...
+        w2vtools.errors.W2VError: x.tsv: utterance id 'my file' (audio /d/my file.wav) contains whitespace, which Kaldi tables cannot hold; rename the file
+    """
+    for i, u in enumerate(utts):
+        if u.uid and not any(c.isspace() for c in u.uid):
+            continue
+        what = "is empty" if not u.uid else "contains whitespace, which Kaldi tables cannot hold; rename the file"
+        raise W2VError(f"{name}: {_row_name(name, i)}utterance id {u.uid!r} (audio {u.source}) {what}")
+
+
+def _row_name(name: str, index: int) -> str:
+    """``line N: `` for the ``index``-th row of a TSV manifest (line 1 is its root; blank lines do not count)."""
+    try:
+        with open(name, encoding="utf-8") as f:
+            rows = (n for n, line in enumerate(f, 1) if n > 1 and line.strip())
+            for _ in range(index):
+                next(rows)
+            return f"line {next(rows)}: "
+    except (OSError, StopIteration, UnicodeDecodeError):
+        return ""
+
+
+class SkipLog:
+    """The one rule for a bad utterance in a long run: name it, skip it, go on.
+
+    Each skip is one warning line ``<uid>: skipped: <reason>``. At the end,
+    :meth:`check_some_written` (before the output is committed) makes a run where every
+    utterance failed an error with no output (exit 1), and :meth:`raise_if_any` (after
+    the commit) makes a run with some left out a
+    :class:`~w2vtools.errors.PartialFailure` (exit 3).
+
+    Example:
+        >>> skips = SkipLog(logging.getLogger("w2v.demo"))
+        >>> skips.add("u7", "truncated WAV")
+        >>> skips.raise_if_any(10, "feats.h5")
+        Traceback (most recent call last):
+        ...
+        w2vtools.errors.PartialFailure: 1 of 10 utterances failed (u7); the rest are in feats.h5
+    """
+
+    def __init__(self, logger: logging.Logger):
+        self.log = logger
+        self.uids: list[str] = []
+        self.first: str = ""
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def add(self, uid: str, reason: object) -> None:
+        self.uids.append(uid)
+        self.first = self.first or f"{uid}: {reason}"
+        self.log.warning("%s: skipped: %s", uid, reason)
+
+    def check_some_written(self, written: int, out: str) -> None:
+        """Raise (exit 1) when utterances failed and none was written: the caller then writes no output."""
+        if self.uids and written == 0:
+            raise W2VError(f"all {len(self.uids)} utterances failed (first: {self.first}); nothing written to {out}")
+
+    def raise_if_any(self, total: int, out: str) -> None:
+        """Raise :class:`PartialFailure` (exit 3) when some utterances were left out of ``out``."""
+        if self.uids:
+            shown = ", ".join(self.uids[:5]) + (" ..." if len(self.uids) > 5 else "")
+            raise PartialFailure(f"{len(self.uids)} of {total} utterances failed ({shown}); the rest are in {out}")
+
+
+def input_identity(utt: Utterance) -> str:
+    """A short fingerprint of what an utterance's features are computed from.
+
+    A file: its absolute path, size and modification time (ns); a ``cmd |`` source:
+    the command line; both with the segment bounds and the manifest's length. A
+    resumed run recomputes an utterance whose fingerprint changed (cheap: one
+    ``stat``; content hashes would read every file again).
+
+    Example:
+        >>> input_identity(Utterance("u", "sox a.flac -t wav - |")) == input_identity(Utterance("u", "sox a.flac -t wav - |"))
+        True
+    """
+    if is_command(utt.source):
+        what: list = ["cmd", utt.source.strip()]
+    else:
+        try:
+            st = os.stat(utt.source)
+            what = [os.path.abspath(utt.source), st.st_size, st.st_mtime_ns]
+        except OSError:
+            what = [os.path.abspath(utt.source), "missing"]
+    what += [utt.start, utt.end, utt.num_samples]
+    return hashlib.sha1(json.dumps(what).encode("utf-8")).hexdigest()[:16]

@@ -12,6 +12,12 @@ Inputs are CTC log-probabilities per utterance, from one of the sources of
 Outputs (Kaldi ``text``, n-best, ``trn``, ``ctm``) all come from one
 :class:`HypothesisWriter`.
 
+Failures follow the one rule of the running commands (:class:`w2vtools.batching.SkipLog`):
+an unreadable or too short recording, or scores holding NaN, is named on one line and
+skipped; the exit status is 3 when some were left out, 1 with no output file when all
+were. Every output is locked (:func:`w2vtools.fileio.exclusive_output`) before the
+model loads.
+
 Scores are always passed through ``log_softmax``: logits become log-probabilities
 and stored log-probabilities are left unchanged (log_softmax is idempotent on them).
 
@@ -50,7 +56,7 @@ import torch
 from torchaudio.models.decoder import ctc_decoder
 from tqdm import tqdm
 
-from w2vtools.batching import parse_shard
+from w2vtools.batching import SkipLog, parse_shard
 from w2vtools.emissions import (
     DEFAULT_FRAME_SHIFT,
     EmissionSource,
@@ -59,8 +65,8 @@ from w2vtools.emissions import (
     stored_emissions,
 )
 from w2vtools.errors import W2VError
-from w2vtools.fileio import atomic_write, open_input
-from w2vtools.formats.features import open_feature_writer
+from w2vtools.fileio import atomic_write, exclusive_output, open_input
+from w2vtools.formats.features import open_feature_writer, output_paths
 from w2vtools.formats.kaldi import read_kaldi_table
 from w2vtools.formats.labels import SPECIAL_SYMBOLS, WORD_BOUNDARY, ctc_vocabulary, read_dictionary
 from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
@@ -432,13 +438,13 @@ def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None
 
 def emission_source(*, corpus: str | None, model: str | None, emissions: str | None, features: str | None,
                     dict_path: str | None, frame_shift: float | None, shard: tuple[int, int] | None,
-                    device: str, batch_seconds: float) -> EmissionSource:
+                    device: str, batch_seconds: float, skips: SkipLog | None = None) -> EmissionSource:
     """Choose the source: a downstream model over ``features``, a CTC model over ``corpus``,
-    or stored ``emissions`` (see :mod:`w2vtools.emissions`)."""
+    or stored ``emissions`` (see :mod:`w2vtools.emissions`); bad utterances of a corpus go to ``skips``."""
     if features is not None:
         return downstream_emissions(features, model, device=device, shard=shard)
     if model is not None:
-        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard)
+        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips)
         if dict_path is not None and ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
             raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
         return source
@@ -478,45 +484,65 @@ def decode(
             raise W2VError("--nbest with output on stdout: name the n-best file with --nbest-out")
         nbest_output = output + ".nbest"
     _check_inputs(corpus=corpus, model=model, emissions=emissions, features=features, dump_emissions=dump_emissions)
-    source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features, dict_path=dict_path,
-                             frame_shift=frame_shift, shard=parse_shard(shard), device=device,
-                             batch_seconds=batch_seconds)
-    tokens = source.tokens
-    search = BeamSearch(tokens, opts) if opts.decoder != "viterbi" else None
-    spk = read_kaldi_table(utt2spk) if utt2spk else {}
-    name = emissions or corpus
-
+    name = emissions or corpus or features
+    skips = SkipLog(log)
     summary = DecodeSummary()
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        # one writer per output, before the model loads: a second decode into the same files fails at once
+        dumped = output_paths(dump_emissions) if dump_emissions else []
+        stack.enter_context(exclusive_output(output, nbest_output, trn, ctm, *dumped))
+        source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features,
+                                 dict_path=dict_path, frame_shift=frame_shift, shard=parse_shard(shard), device=device,
+                                 batch_seconds=batch_seconds, skips=skips)
+        search = BeamSearch(source.tokens, opts) if opts.decoder != "viterbi" else None
+        spk = read_kaldi_table(utt2spk) if utt2spk else {}
         out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,
                                utt2spk=spk, order=source.order)
         dump = None
         if dump_emissions is not None:
             # log-probabilities, not logits: the attribute says so for any reader
-            attrs = {"log_probs": True, "tokens": list(tokens), "frame_shift": source.frame_shift, "model": str(model)}
+            attrs = {"log_probs": True, "tokens": list(source.tokens), "frame_shift": source.frame_shift,
+                     "model": str(model)}
             dump = stack.enter_context(open_feature_writer(dump_emissions, attrs=attrs, resume=False))
         bar = stack.enter_context(tqdm(total=source.total, unit="utt", desc="decode", leave=False,
                                        disable=not progress if progress is not None else None))
-        seen: set[str] = set()
-        for uid, emission in source.items:
-            log_probs = _log_probs(uid, emission, tokens, seen, name)
-            if dump is not None:
-                dump.write(uid, log_probs.numpy())
-            t0 = time.perf_counter()
-            hyps = [viterbi(log_probs, tokens)] if search is None else search(log_probs)
-            summary.decode_seconds += time.perf_counter() - t0
-            summary.utterances += 1
-            summary.frames += log_probs.shape[0]
-            summary.audio_seconds += log_probs.shape[0] * source.frame_shift
-            out.add(uid, hyps)
-            bar.update(1)
+        _decode_all(source, search, out, dump, summary, skips, bar, name)
         out.finish()
-        if summary.utterances == 0:  # raised inside the block: no empty outputs are left behind
+        # raised inside the block: no empty outputs are left behind
+        skips.check_some_written(summary.utterances, output)
+        if summary.utterances == 0:
             raise W2VError(f"{name}: no utterances to decode")
     summary.total_seconds = time.perf_counter() - t_start
     log.info("%s", summary.line())
+    skips.raise_if_any(summary.utterances + len(skips), output)
     return summary
+
+
+def _decode_all(source: EmissionSource, search, out: HypothesisWriter, dump, summary: DecodeSummary,
+                skips: SkipLog, bar, name: str) -> None:
+    """Decode every utterance of ``source`` into ``out`` (and ``dump``); scores with NaN or Inf are skipped."""
+    tokens = source.tokens
+    seen: set[str] = set()
+    for uid, emission in source.items:
+        log_probs = _log_probs(uid, emission, tokens, seen, name)
+        if torch.isnan(log_probs).any():  # -inf is a fine log-probability; NaN is a broken model
+            skips.add(uid, NON_FINITE)
+            continue
+        if dump is not None:
+            dump.write(uid, log_probs.numpy())
+        t0 = time.perf_counter()
+        hyps = [viterbi(log_probs, tokens)] if search is None else search(log_probs)
+        summary.decode_seconds += time.perf_counter() - t0
+        summary.utterances += 1
+        summary.frames += log_probs.shape[0]
+        summary.audio_seconds += log_probs.shape[0] * source.frame_shift
+        out.add(uid, hyps)
+        bar.update(1)
+
+
+#: Why an utterance whose scores hold NaN is left out (NaN weights give NaN everywhere)
+NON_FINITE = "the model's scores hold NaN (are the checkpoint's weights finite?)"
 
 
 def _log_probs(uid: str, emission: torch.Tensor, tokens: Sequence[str], seen: set[str], name: str) -> torch.Tensor:

@@ -32,7 +32,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from w2vtools.batching import collate, plan_batches, select_shard, utterance_length
+from w2vtools.batching import (
+    Job,
+    SkipLog,
+    check_ids,
+    collate,
+    load_ahead,
+    plan_batches,
+    select_shard,
+    utterance_length,
+)
+from w2vtools.encoders import warn_non_finite_weights
 from w2vtools.errors import W2VError
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
@@ -149,14 +159,21 @@ def _npy_emissions(p: Path, spec: str, tokens: list[str] | None, frame_shift: fl
 
 
 def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float = 200.0,
-                    shard: tuple[int, int] | None = None) -> EmissionSource:
+                    shard: tuple[int, int] | None = None, skips: SkipLog | None = None) -> EmissionSource:
     """Run a CTC checkpoint over a corpus; yields (uid, log-probabilities) in length-sorted batches.
 
-    The source's ``order`` is the corpus order, for outputs written in it.
+    The source's ``order`` is the corpus order, for outputs written in it. Ids are
+    checked before the model loads (:func:`~w2vtools.batching.check_ids`). An
+    utterance that cannot be read, or is too short for the model, goes to ``skips``
+    (named with its reason) and the run goes on; without ``skips`` it is an error.
 
     Example:
         >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
     """
+    utts = select_shard(read_corpus(corpus), shard)
+    if not utts:
+        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
+    check_ids(utts, corpus)
     if str(device).split(":")[0] == "cpu":
         keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
     loaded = load_model(model_spec, map_location=device)
@@ -165,30 +182,60 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     if loaded.task != "ctc" or not loaded.dictionary:
         raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
     model = loaded.model.to(device).eval()
+    warn_non_finite_weights(model, model_spec)
     sample_rate = int(model.sample_rate)
-    utts = select_shard(read_corpus(corpus), shard)
-    if not utts:
-        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
-    lengths = []
-    for u in utts:
-        # a command's length is not worth running it twice: plan it as 30 s
-        n = utterance_length(u, sample_rate, run_commands=False)
-        lengths.append(n if n is not None else sample_rate * 30)
-    batches = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in utts])
+    skips = skips if skips is not None else _Raise()
+    batches = _plan_model_batches(utts, sample_rate, batch_seconds, skips)
 
     def items():
-        for batch in batches:
-            waves = [utts[i].load(sample_rate) for i in batch]
-            source, mask = collate(waves)
-            with torch.inference_mode():
-                logits, frame_mask = model(source.to(device), mask.to(device) if mask is not None else None)
-                lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for j, i in enumerate(batch):
-                n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
-                yield utts[i].uid, lp[j, :n]
+        for batch, waves in load_ahead(batches, sample_rate, workers=2, depth=4):
+            good = []
+            for u, w in zip(batch.utts, waves):
+                if isinstance(w, W2VError):
+                    skips.add(u.uid, w)
+                elif model.num_frames(len(w)) < 1:
+                    skips.add(u.uid, f"{u.source}: {len(w)} samples at {sample_rate} Hz is too short for the model")
+                else:
+                    good.append((u, w))
+            if good:
+                yield from _run_ctc(model, good, device)
 
     shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
     return EmissionSource(list(loaded.dictionary), shift, items(), len(utts), order=[u.uid for u in utts])
+
+
+class _Raise:
+    """A skip log for library callers without one: the first bad utterance is an error."""
+
+    def add(self, uid: str, reason: object) -> None:
+        raise W2VError(f"{uid}: {reason}")
+
+
+def _plan_model_batches(utts, sample_rate: int, batch_seconds: float, skips) -> list[Job]:
+    """Length-sorted batches (:class:`~w2vtools.batching.Job`) of the utterances whose length can be read."""
+    known, lengths = [], []
+    for u in utts:
+        try:
+            # a command's length is not worth running it twice: plan it as 30 s
+            n = utterance_length(u, sample_rate, run_commands=False)
+        except W2VError as e:
+            skips.add(u.uid, e)
+            continue
+        known.append(u)
+        lengths.append(n if n is not None else sample_rate * 30)
+    plan = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in known])
+    return [Job([known[i] for i in b], [lengths[i] for i in b]) for b in plan]
+
+
+def _run_ctc(model, good: list, device: str):
+    """One padded batch of (utt, wave) through a CTC model: (uid, (T, V) log-probabilities) per row."""
+    source, mask = collate([w for _, w in good])
+    with torch.inference_mode():
+        logits, frame_mask = model(source.to(device), mask.to(device) if mask is not None else None)
+        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    for j, (u, _) in enumerate(good):
+        n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
+        yield u.uid, lp[j, :n]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,13 +14,37 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from w2vtools.errors import W2VError
 from w2vtools.models import baselines, hub
 from w2vtools.models.loading import load_model
+
+
+log = logging.getLogger("w2v.encoders")
+
+
+def warn_non_finite_weights(module, name: str) -> bool:
+    """Warn once, naming the model, when some of its weights are NaN or Inf; returns True then.
+
+    Such a model gives NaN everywhere; the commands still name each utterance it
+    fails on, and this line says why before the first one.
+
+    Example:
+        >>> warn_non_finite_weights(torch.nn.Linear(2, 2), "tiny.pt")
+        False
+    """
+    params = list(module.parameters()) if hasattr(module, "parameters") else []
+    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()] if params else []
+    if bad:
+        log.warning("%s: %d of %d weight tensors hold NaN or Inf (e.g. %s): its outputs will be NaN",
+                    name, len(bad), len(params), bad[0])
+    return bool(bad)
 
 
 @dataclass
@@ -84,6 +108,7 @@ def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
     loaded = load_model(path, map_location="cpu")
     module = _find_encoder(loaded.model)
     module.eval()
+    warn_non_finite_weights(module, spec)
     return Encoder(module, spec, getattr(loaded, "family", "") or "", file_sha256(path), loaded)
 
 

@@ -44,8 +44,11 @@ from tqdm import tqdm
 from w2vtools import malloc
 from w2vtools.batching import (
     Job,
+    SkipLog,
+    check_ids,
     chunk_spans,
     collate,
+    input_identity,
     length_or_error,
     load_ahead,
     parse_shard,
@@ -55,12 +58,12 @@ from w2vtools.batching import (
     stitch,
 )
 from w2vtools.encoders import Encoder, load_encoder
-from w2vtools.errors import PartialFailure, W2VError
-from w2vtools.threads import default_threads
-from w2vtools.fileio import atomic_write
+from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write, exclusive_output
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.durations import format_duration
-from w2vtools.formats.features import merge_features, open_feature_writer
+from w2vtools.formats.features import merge_features, open_feature_writer, output_paths
+from w2vtools.threads import default_threads
 from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 from w2vtools.formats.utterance import Utterance
 
@@ -132,11 +135,19 @@ def make_selection(family: str, *, output: str | None = None, layer: int | None 
 class Summary:
     utterances: int = 0
     skipped: int = 0
-    failures: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
-    failed: list[str] = field(default_factory=list)
     num_frames: dict[str, int] = field(default_factory=dict)
+    skips: SkipLog = field(default_factory=lambda: SkipLog(log))
+    identity: dict[str, str] = field(default_factory=dict)  # uid -> input_identity, recorded with the features
+
+    @property
+    def failures(self) -> int:
+        return len(self.skips)
+
+    @property
+    def failed(self) -> list[str]:
+        return self.skips.uids
 
     @property
     def speed(self) -> float:
@@ -334,46 +345,66 @@ CPU_BATCH_SECONDS = 5.0
 
 def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
                chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume) -> Summary:
-    """:func:`featurize` once the thread settings are in place."""
+    """:func:`featurize` once the thread settings are in place: ids checked and the output
+    locked before the model loads, so a bad id or a second writer fails at once."""
     shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     utts = select_shard(read_corpus(corpus), shard_kn)
     if not utts:
         raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn else ""))
-    encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
-    selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
-    fx = FeatureExtractor(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
-                          chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
-    attrs = _feature_attrs(encoder, selection, fx.sample_rate)
+    check_ids(utts, corpus)
     data_dir = _kaldi_data_dir(out, format)
     shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
     spec = out if data_dir is None else _data_dir_spec(data_dir, shard_suffix)
-    writer = open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume)
-    _check_resumable(writer, utts, out, corpus, shard_kn)
-    summary = Summary(skipped=sum(u.uid in writer.done for u in utts))
-    todo = [u for u in utts if u.uid not in writer.done]
-    if summary.skipped:
-        log.info("resuming %s: %d utterances already done, %d to go", out, summary.skipped, len(todo))
-
-    t0 = time.monotonic()
-    jobs, total_seconds = _plan(todo, summary, sample_rate=fx.sample_rate, batch_seconds=batch_seconds,
-                                chunk_seconds=chunk_seconds)
-    log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams, torch.get_num_threads())
-    bar = _progress_bar(total_seconds, progress)
-    try:
-        with writer:
-            _run_in_streams(jobs, fx, _OrderedWrites(writer, summary, fx.sample_rate, bar), streams, workers)
-    finally:
-        if bar is not None:
-            bar.close()
+    with exclusive_output(*output_paths(spec, format=format)):
+        encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
+        selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
+        fx = FeatureExtractor(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
+                              chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
+        attrs = _feature_attrs(encoder, selection, fx.sample_rate)
+        # what else decides the features: a resumed run must match it (the output does not record it)
+        settings = {"dtype": dtype, "amp": bool(amp), "chunk_seconds": chunk_seconds, "chunk_overlap": chunk_overlap}
+        summary = Summary()
+        t0 = time.monotonic()
+        with open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume,
+                                 settings=settings) as writer:
+            todo = _to_do(writer, utts, summary, out, corpus, shard_kn)
+            jobs, total_seconds = _plan(todo, summary, sample_rate=fx.sample_rate, batch_seconds=batch_seconds,
+                                        chunk_seconds=chunk_seconds)
+            log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams,
+                      torch.get_num_threads())
+            bar = _progress_bar(total_seconds, progress)
+            try:
+                _run_in_streams(jobs, fx, _OrderedWrites(writer, summary, fx.sample_rate, bar), streams, workers)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if not writer.num_frames:
+                writer.discard()  # every utterance failed: no output, no partial state
+                summary.skips.check_some_written(0, out)
     summary.wall_seconds = time.monotonic() - t0
     summary.num_frames = dict(writer.num_frames)
     if data_dir is not None:
         _write_data_dir_tables(data_dir, writer.num_frames, attrs["frame_shift"], shard_suffix)
     log.info(summary.line(out))
-    if summary.failures:
-        shown = ", ".join(summary.failed[:5]) + (" ..." if len(summary.failed) > 5 else "")
-        raise PartialFailure(f"{summary.failures} of {len(utts)} utterances failed ({shown}); the rest are in {out}")
+    summary.skips.raise_if_any(len(utts), out)
     return summary
+
+
+def _to_do(writer, utts: Sequence[Utterance], summary: Summary, out: str, corpus: str,
+           shard: tuple[int, int] | None) -> list[Utterance]:
+    """The utterances still to compute: those not finished by an interrupted run, and those
+    whose audio changed since it computed them (their old features are dropped first)."""
+    _check_resumable(writer, utts, out, corpus, shard)
+    summary.identity = {u.uid: input_identity(u) for u in utts}
+    changed = [u.uid for u in utts if writer.identities.get(u.uid) not in ("", None, summary.identity[u.uid])]
+    if changed:
+        redo = writer.forget(changed)
+        log.warning("%s: the audio of %d finished utterances changed since the interrupted run (e.g. %r): "
+                    "computing %d again", out, len(changed), changed[0], len(redo))
+    summary.skipped = sum(u.uid in writer.done for u in utts)
+    if summary.skipped:
+        log.info("resuming %s: %d utterances already done, %d to go", out, summary.skipped, len(utts) - summary.skipped)
+    return [u for u in utts if u.uid not in writer.done]
 
 
 def _feature_attrs(encoder: Encoder, selection: Selection, sample_rate: int) -> dict:
@@ -401,7 +432,6 @@ def _check_resumable(writer, utts: Sequence[Utterance], out: str, corpus: str, s
     """An interrupted run may be resumed only on the corpus (and shard) it was started on."""
     stale = writer.done - {u.uid for u in utts}
     if stale:
-        writer.abort()
         raise W2VError(
             f"{out}: the interrupted run being resumed holds {len(stale)} utterances that are not in "
             f"{corpus}{' shard ' + str(shard[0]) + '/' + str(shard[1]) if shard else ''} "
@@ -457,7 +487,10 @@ class _OrderedWrites:
             feats = future.result()  # a model error stops the run, as in one stream
             block = False
             for (u, w), x in zip(good, feats):
-                self.writer.write(u.uid, x)
+                if not np.isfinite(x).all():
+                    _fail(self.summary, u, NON_FINITE)
+                    continue
+                self.writer.write(u.uid, x, identity=self.summary.identity.get(u.uid, ""))
                 self.summary.utterances += 1
                 self.summary.audio_seconds += len(w) / self.sample_rate
                 if self.bar is not None:
@@ -554,10 +587,12 @@ def _release_freed_memory(batch_number: int) -> None:
         trim(0)
 
 
-def _fail(summary: Summary, u: Utterance, e: Exception) -> None:
-    summary.failures += 1
-    summary.failed.append(u.uid)
-    log.warning("%s: skipped: %s", u.uid, e)
+#: Why an utterance whose features hold NaN or Inf is left out (NaN weights give NaN everywhere)
+NON_FINITE = "the model's output holds NaN or Inf (are the checkpoint's weights finite?)"
+
+
+def _fail(summary: Summary, u: Utterance, e: object) -> None:
+    summary.skips.add(u.uid, e)
 
 
 def _progress_bar(total_seconds: float, progress: bool | None):

@@ -10,7 +10,9 @@ Two sources of units:
   from a features file (:func:`~w2vtools.formats.features.open_features`),
   :func:`assign_units` gives each frame its nearest centroid.
 
-Output: one utterance a line, ``uid tok tok ...``, in corpus order (``-`` = stdout).
+Output: one utterance a line, ``uid tok tok ...``, in corpus order (``-`` = stdout),
+written atomically by one process at a time; bad recordings are named and skipped
+(exit 3; exit 1 and no output when every one failed).
 ``dedup`` collapses runs of the same unit. Codebook usage and perplexity
 (``exp`` of the entropy of the unit distribution, per group) are reported.
 
@@ -33,10 +35,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from w2vtools.batching import collate, length_or_error, load_ahead, plan_jobs
-from w2vtools.errors import PartialFailure, W2VError
+from w2vtools.batching import SkipLog, check_ids, collate, length_or_error, load_ahead, plan_jobs
+from w2vtools.errors import W2VError
 from w2vtools.encoders import Encoder, load_encoder
-from w2vtools.fileio import atomic_write
+from w2vtools.fileio import atomic_write, exclusive_output
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
 from w2vtools.malloc import keep_freed_memory
@@ -199,32 +201,51 @@ def quantize_audio(
     utts = read_corpus(corpus)
     if not utts:
         raise W2VError(f"{corpus}: no utterances")
-    enc = model if isinstance(model, Encoder) else load_encoder(model, device=device)
-    if enc.family in ("fbank", "mfcc"):
-        raise W2VError(f"--model {enc.family} has no quantizer; use --kmeans on stored features instead")
-    module = _find_quantizing(enc.module)
-    module.eval().to(device)
-    groups, num_vars = _quantizer_shape(module)
+    check_ids(utts, corpus)
+    with exclusive_output(out):
+        enc = model if isinstance(model, Encoder) else load_encoder(model, device=device)
+        if enc.family in ("fbank", "mfcc"):
+            raise W2VError(f"--model {enc.family} has no quantizer; use --kmeans on stored features instead")
+        module = _find_quantizing(enc.module)
+        module.eval().to(device)
+        groups, num_vars = _quantizer_shape(module)
+        stats = CodeStats(groups, num_vars)
+        skips = SkipLog(log)
+        lines = OrderedLines(out)
+
+        def emit(u, codes):
+            lines.add(u.uid, " ".join([u.uid, *format_codes(codes, num_vars=num_vars, index=index, dedup=dedup)]))
+
+        t0 = time.monotonic()
+        audio = _quantize_all(utts, module, device, batch_seconds, workers, skips, emit, stats)
+        skips.check_some_written(len(utts) - len(skips), out)  # all failed: no output file
+        lines.finish([u.uid for u in utts])
+    wall = time.monotonic() - t0
+    log.info("quantize: %d utterances, %.1f audio-s/s; %s", len(utts) - len(skips), audio / max(wall, 1e-9),
+             stats.line())
+    skips.raise_if_any(len(utts), out)
+    return stats
+
+
+def _quantize_all(utts, module, device: str, batch_seconds: float, workers: int, skips: SkipLog, emit,
+                  stats: CodeStats) -> float:
+    """Quantize every readable utterance, calling ``emit(utt, codes)``; bad ones go to ``skips``.
+    Returns the audio seconds done."""
     sr = int(module.sample_rate)
-    stats = CodeStats(groups, num_vars)
-    lines = OrderedLines(out)
     lengths = [length_or_error(u, sr) for u in utts]
-    failed = [u.uid for u, n in zip(utts, lengths) if isinstance(n, W2VError)]
     for u, n in zip(utts, lengths):
         if isinstance(n, W2VError):
-            log.warning("%s: skipped: %s", u.uid, n)
+            skips.add(u.uid, n)
     keep = [(u, n) for u, n in zip(utts, lengths) if not isinstance(n, W2VError)]
     # no windowing for codes: every utterance is quantized whole (chunk limit = infinity)
     jobs = plan_jobs([u for u, _ in keep], [n for _, n in keep], sample_rate=sr, batch_seconds=batch_seconds,
                      chunk_seconds=1e9)
-    t0 = time.monotonic()
     audio = 0.0
     for job, waves in load_ahead(jobs, sr, workers, depth=4):
         good = []
         for u, w in zip(job.utts, waves):
             if isinstance(w, W2VError) or module.num_frames(len(w)) < 1:
-                failed.append(u.uid)
-                log.warning("%s: skipped: %s", u.uid, w if isinstance(w, W2VError) else "too short for the model")
+                skips.add(u.uid, w if isinstance(w, W2VError) else "too short for the model")
             else:
                 good.append((u, w))
         if not good:
@@ -235,14 +256,9 @@ def quantize_audio(
         for row, (u, w) in enumerate(good):
             c = codes[row, : module.num_frames(len(w))]
             stats.add(c)
-            lines.add(u.uid, " ".join([u.uid, *format_codes(c, num_vars=num_vars, index=index, dedup=dedup)]))
+            emit(u, c)
             audio += len(w) / sr
-    lines.finish([u.uid for u in utts])
-    wall = time.monotonic() - t0
-    log.info("quantize: %d utterances, %.1f audio-s/s; %s", len(utts) - len(failed), audio / max(wall, 1e-9), stats.line())
-    if failed:
-        raise PartialFailure(f"{len(failed)} of {len(utts)} utterances failed ({', '.join(failed[:5])}); the rest are in {out}")
-    return stats
+    return audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +397,7 @@ def assign_units(spec: str, centroids: np.ndarray, out: str, *, dedup: bool = Fa
     """
     c = torch.from_numpy(np.asarray(centroids, np.float32))
     stats = CodeStats(1, c.shape[0])
-    with open_features(spec) as r, atomic_write(out) as f:
+    with exclusive_output(out), open_features(spec) as r, atomic_write(out) as f:
         for uid, x in r:
             x = np.asarray(x, np.float32)
             if x.ndim != 2 or x.shape[1] != c.shape[1]:

@@ -58,8 +58,13 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
     a Kaldi data dir (writes feats.scp, utt2num_frames, frame_shift and
     data/raw_feats.ark into it), or a folder with --format h5context.
 
-    A rerun after a crash keeps the finished utterances and does the rest; the
-    output appears only when complete. With --shard K/N, write one output per
+    A rerun after a crash (or a full disk) keeps the finished utterances and does
+    the rest, recomputing those whose audio changed (size or mtime); partial output
+    made with other settings is refused. Resumed model features may differ from an
+    uninterrupted run by float32 rounding (batches differ); fbank/MFCC are exact.
+    The output appears only when complete, and one process writes it at a time
+    (OUT.lock holds its pid). A bad utterance is named and skipped: exit 3 when some
+    were, 1 and no output when all were. With --shard K/N, write one output per
     shard, then join them with --merge.
 
     \b

@@ -25,8 +25,15 @@ renames it into place only when every utterance is in (the HDF5 file as
 fsync'd index of finished entries; the scp only at the end). Reopening a writer on
 the same destination keeps what was finished (:attr:`FeatureWriter.done`) and drops
 what was half written, so a rerun after ``kill -9`` ends with the same file as a run
-that was never interrupted. (The price: the HDF5 commit copies the data once, so the
-disk needs room for the output twice at the very end.)
+that was never interrupted (model features: up to float32 rounding, as the resumed
+run batches differently). (The price: the HDF5 commit copies the data once, so the
+disk needs room for the output twice at the very end.) Each finished utterance
+records its input identity, so the caller can :meth:`~FeatureWriter.forget` those
+whose audio changed; ``settings`` are compared on resume like the attributes.
+
+One writer: a writer holds :func:`~w2vtools.fileio.exclusive_output` on its output.
+A failed write (disk full, I/O error) is one W2VError naming the output and the
+partial state kept for a rerun; no temporary file is left behind.
 
 Example:
     >>> with open_feature_writer("feats.h5", attrs={"frame_shift": 0.02}) as w:  # doctest: +SKIP
@@ -52,7 +59,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from w2vtools.errors import W2VError
-from w2vtools.fileio import atomic_write
+from w2vtools.fileio import WRITE_ERRORS, atomic_write, exclusive_output, write_error
 
 H5_SUFFIXES = (".h5", ".hdf5")
 H5CONTEXT_SUFFIX = ".h5context"
@@ -148,6 +155,19 @@ def parse_spec(spec: str, *, format: str | None = None) -> FeatureSpec:
     )
 
 
+def output_paths(spec: str, *, format: str | None = None) -> list[str]:
+    """The files (or folder) writing ``spec`` creates: what :func:`~w2vtools.fileio.exclusive_output` locks.
+
+    Example:
+        >>> output_paths("ark,scp:a.ark,a.scp")
+        ['a.ark', 'a.scp']
+        >>> output_paths("ark:-")
+        []
+    """
+    fs = parse_spec(spec, format=format)
+    return [p for p in (fs.path, fs.scp) if p and p != "-"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Writers
 
@@ -157,23 +177,56 @@ class FeatureWriter(abc.ABC):
 
     Use as a context manager: leaving the block normally commits the output (renames
     it into place); leaving on an exception keeps the partial state for a resume.
+    A writer holds :func:`~w2vtools.fileio.exclusive_output` on its output from its
+    construction to the end of the block (or :meth:`discard`).
 
     Attributes:
         done: utterance ids already complete from an earlier, interrupted run; the
             caller skips them.
+        identities: for those, the input identity each was written with (see
+            :meth:`write`), so the caller can :meth:`forget` the ones whose audio changed.
         attrs: metadata stored with the output where the format allows it.
+        settings: everything else that decides the features (window lengths...): kept
+            with the partial state and compared on resume, not stored in the output.
     """
 
     resumable = True
 
-    def __init__(self, attrs: Mapping[str, object] | None = None):
+    def __init__(self, attrs: Mapping[str, object] | None = None, settings: Mapping[str, object] | None = None,
+                 lock: Iterable[str] = ()):
         self.attrs = dict(attrs or {})
+        self.settings = dict(settings or {})
         self.done: set[str] = set()
+        self.identities: dict[str, str] = {}
         self.num_frames: dict[str, int] = {}
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(exclusive_output(*lock))
+
+    def meta(self) -> dict:
+        """What a resumed run must match: the attributes and the settings (JSON types)."""
+        return {k: _jsonable(v) for k, v in {**self.attrs, **self.settings}.items()}
+
+    def _check_meta(self, old: Mapping, partial: Path) -> None:
+        """Refuse to resume partial state written with other settings (settings an older
+        version did not record are not compared)."""
+        new = {k: v for k, v in self.meta().items() if k in old or k not in self.settings}
+        if dict(old) != new:
+            raise W2VError(
+                f"{partial}: left by an interrupted run with different settings "
+                f"({_attr_diff(old, new)}); delete it or rerun with the same options"
+            )
 
     @abc.abstractmethod
-    def write(self, uid: str, feats: np.ndarray) -> None:
-        """Store one utterance's (T, D) features."""
+    def write(self, uid: str, feats: np.ndarray, identity: str = "") -> None:
+        """Store one utterance's (T, D) features; ``identity`` names the input they came from
+        (no whitespace; :func:`w2vtools.batching.input_identity`), for resume checks."""
+
+    def forget(self, uids: Iterable[str]) -> set[str]:
+        """Drop finished utterances (their input changed) from the partial state; returns every
+        id no longer done (a format may have to drop more than asked)."""
+        if set(uids) & self.done:
+            raise W2VError(f"{type(self).__name__}: cannot redo finished utterances; rerun with --no-resume")
+        return set()
 
     def flush(self) -> None:
         """Make every utterance written so far survive a crash."""
@@ -186,14 +239,22 @@ class FeatureWriter(abc.ABC):
         with contextlib.suppress(Exception):
             self.flush()
 
+    def discard(self) -> None:
+        """Remove the partial state and write nothing (every input failed)."""
+        self.abort()
+        self._lock.close()
+
     def __enter__(self) -> "FeatureWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.abort()
+        finally:
+            self._lock.close()
 
 
 def _check_matrix(uid: str, feats: np.ndarray) -> np.ndarray:
@@ -221,6 +282,9 @@ class HDF5Writer(FeatureWriter):
     exists is whole. A segment is closed every ``flush_every`` seconds (and at
     :meth:`flush`), which bounds the work a crash can lose. :meth:`commit` copies
     every dataset, in C-sorted id order, into a temporary file renamed to ``OUT``.
+    Each segment dataset carries its input identity (attribute ``w2v_input``), which
+    the merge leaves out. A failed write (disk full) closes and removes the open
+    segment, keeps the closed ones and raises one W2VError.
     """
 
     def __init__(
@@ -231,8 +295,9 @@ class HDF5Writer(FeatureWriter):
         dtype: str | None = None,
         flush_every: float = 30.0,
         resume: bool = True,
+        settings: Mapping[str, object] | None = None,
     ):
-        super().__init__(attrs)
+        super().__init__(attrs, settings, lock=[str(path)])
         import h5py
 
         self._h5py = h5py
@@ -244,35 +309,67 @@ class HDF5Writer(FeatureWriter):
         self._segment_tmp: Path | None = None
         self._segment_opened = 0.0
         self._next_segment = 0
+        try:
+            if self.partial.is_dir() and resume:
+                self._resume()
+            else:
+                if self.partial.exists():
+                    shutil.rmtree(self.partial)
+                self.partial.mkdir(parents=True)
+                self._write_meta()
+        except WRITE_ERRORS as e:
+            self._lock.close()
+            raise write_error(self.partial, e) from None
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _write_meta(self) -> None:
+        with atomic_write(self.partial / "attrs.json") as f:
+            json.dump(self.meta(), f, sort_keys=True)
+
+    def _resume(self) -> None:
+        """Take over the finished segments of an interrupted run with the same settings."""
         meta_path = self.partial / "attrs.json"
-        if self.partial.is_dir() and resume:
-            old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-            if old is not None and old != {k: _jsonable(v) for k, v in self.attrs.items()}:
-                raise W2VError(
-                    f"{self.partial}: left by an interrupted run with different settings "
-                    f"({_attr_diff(old, self.attrs)}); delete it or rerun with the same options"
-                )
-            for seg in sorted(self.partial.glob("seg-*.h5")):
-                try:
-                    with h5py.File(seg, "r") as f:
-                        for key in f:
-                            self.done.add(unescape_key(key))
-                            self.num_frames[unescape_key(key)] = f[key].shape[0]
-                except OSError:
-                    seg.unlink()  # cannot happen for renamed segments, but never trust a torn file
+        old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        if old is not None:
+            self._check_meta(old, self.partial)
+        for seg in sorted(self.partial.glob("seg-*.h5")):
+            try:
+                with self._h5py.File(seg, "r") as f:
+                    for key in f:
+                        uid = unescape_key(key)
+                        self.done.add(uid)
+                        self.num_frames[uid] = f[key].shape[0]
+                        self.identities[uid] = _py(f[key].attrs.get("w2v_input", ""))
+            except OSError:
+                seg.unlink()  # cannot happen for renamed segments, but never trust a torn file
+                continue
+            self._next_segment = max(self._next_segment, int(seg.stem.split("-")[1]) + 1)
+        for tmp in self.partial.glob(".seg-*.tmp"):
+            tmp.unlink()  # a segment the crash caught half written
+        if old is None:
+            self._write_meta()
+
+    def forget(self, uids: Iterable[str]) -> set[str]:
+        """Rewrite the segments holding ``uids`` without them (each segment replaced atomically)."""
+        drop = {escape_key(u) for u in uids if u in self.done}
+        for seg in sorted(self.partial.glob("seg-*.h5")):
+            with self._h5py.File(seg, "r") as f:
+                if not drop & set(f):
                     continue
-                self._next_segment = max(self._next_segment, int(seg.stem.split("-")[1]) + 1)
-            for tmp in self.partial.glob(".seg-*.tmp"):
-                tmp.unlink()  # a segment the crash caught half written
-            if old is None:
-                with atomic_write(meta_path) as f:
-                    json.dump({k: _jsonable(v) for k, v in self.attrs.items()}, f, sort_keys=True)
-        else:
-            if self.partial.exists():
-                shutil.rmtree(self.partial)
-            self.partial.mkdir(parents=True)
-            with atomic_write(meta_path) as f:
-                json.dump({k: _jsonable(v) for k, v in self.attrs.items()}, f, sort_keys=True)
+                tmp = seg.with_name(f".{seg.stem}.tmp")
+                with self._h5py.File(tmp, "w") as g:
+                    for key in f:
+                        if key not in drop:
+                            f.copy(f[key], g, name=key)
+            os.replace(tmp, seg)
+        gone = {unescape_key(k) for k in drop}
+        for uid in gone:
+            self.done.discard(uid)
+            self.num_frames.pop(uid, None)
+            self.identities.pop(uid, None)
+        return gone
 
     def _open_segment(self):
         name = f"seg-{self._next_segment:05d}"
@@ -282,38 +379,63 @@ class HDF5Writer(FeatureWriter):
         self._segment = self._h5py.File(self._segment_tmp, "w")
         self._segment_opened = time.monotonic()
 
-    def write(self, uid: str, feats: np.ndarray) -> None:
+    def write(self, uid: str, feats: np.ndarray, identity: str = "") -> None:
         feats = _check_matrix(uid, feats)
         if uid in self.num_frames:
             raise W2VError(f"{self.path}: utterance {uid!r} written twice")
         if self.dtype is not None:
             feats = feats.astype(self.dtype, copy=False)
-        if self._segment is None:
-            self._open_segment()
-        self._segment.create_dataset(escape_key(uid), data=feats)
+        try:
+            if self._segment is None:
+                self._open_segment()
+            ds = self._segment.create_dataset(escape_key(uid), data=feats)
+            if identity:
+                ds.attrs["w2v_input"] = identity
+        except WRITE_ERRORS as e:
+            self._drop_segment()
+            raise write_error(self.path, e, kept=self.partial) from None
         self.num_frames[uid] = feats.shape[0]
         if time.monotonic() - self._segment_opened >= self.flush_every:
             self.flush()
 
+    def _drop_segment(self) -> None:
+        """Give up the open segment after a failed write: close it (errors ignored) and remove it."""
+        if self._segment is not None:
+            with contextlib.suppress(Exception):
+                self._segment.close()
+            self._segment = None
+        if self._segment_tmp is not None:
+            with contextlib.suppress(OSError):
+                self._segment_tmp.unlink()
+
     def flush(self) -> None:
         if self._segment is None:
             return
-        self._segment.close()
-        with open(self._segment_tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self._segment_tmp, self._segment_final)
+        try:
+            self._segment.close()
+            with open(self._segment_tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self._segment_tmp, self._segment_final)
+        except WRITE_ERRORS as e:
+            self._drop_segment()
+            raise write_error(self.path, e, kept=self.partial) from None
         _fsync_dir(self.partial)
         self._segment = None
 
     def commit(self) -> None:
         self.flush()
         segs = sorted(self.partial.glob("seg-*.h5"))
-        merge_hdf5(segs, self.path, attrs=self.attrs)
+        merge_hdf5(segs, self.path, attrs=self.attrs, kept=self.partial)
         shutil.rmtree(self.partial)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.flush()
+
+    def discard(self) -> None:
+        self._drop_segment()
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self._lock.close()
 
 
 def _jsonable(v):
@@ -337,12 +459,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def merge_hdf5(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, attrs: Mapping | None = None) -> int:
+def merge_hdf5(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, attrs: Mapping | None = None,
+               kept: str | os.PathLike | None = None) -> int:
     """Join flat HDF5 feature files into ``out`` (atomic), datasets in C-sorted id order.
 
     Root attributes come from ``attrs`` or else the first input; inputs whose
     attributes disagree on ``frame_shift``/``model``/``layer``/``output`` are an error,
-    as is an id present twice. Returns the number of utterances.
+    as is an id present twice. Returns the number of utterances. A failed write
+    (disk full) removes the temporary file and raises one W2VError (naming ``kept``,
+    where the inputs wait for a rerun, when given).
 
     Example:
         >>> merge_hdf5(["feats.1.h5", "feats.2.h5"], "feats.h5")   # doctest: +SKIP
@@ -375,15 +500,24 @@ def merge_hdf5(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *, a
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        with h5py.File(tmp, "w") as dst:
-            for k, v in sorted((root_attrs or {}).items()):
-                dst.attrs[k] = _attr_value(v)
-            for key in sorted(owner, key=lambda k: unescape_key(k).encode("utf-8")):
-                src = handles[owner[key]]
-                src.copy(src[key], dst, name=key)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        try:
+            with h5py.File(tmp, "w") as dst:
+                for k, v in sorted((root_attrs or {}).items()):
+                    dst.attrs[k] = _attr_value(v)
+                for key in sorted(owner, key=lambda k: unescape_key(k).encode("utf-8")):
+                    src = handles[owner[key]]
+                    src.copy(src[key], dst, name=key)
+                    if "w2v_input" in dst[key].attrs:  # resume bookkeeping, not part of the output
+                        del dst[key].attrs["w2v_input"]
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # no hidden half-merged file is left behind
+            if isinstance(e, WRITE_ERRORS):
+                raise write_error(out, e, kept=kept) from None
+            raise
         return len(owner)
     finally:
         for h in handles:
@@ -401,11 +535,12 @@ def _py(v):
 class KaldiWriter(FeatureWriter):
     """Kaldi binary matrices via kaldiio: ``ark:-`` (stdout), ``ark:f.ark`` or ``ark,scp:f.ark,f.scp``.
 
-    A file ark is written as ``f.ark.partial`` next to ``f.ark.partial.index`` (one
-    ``uid start end`` line per finished entry, fsync'd at :meth:`flush`). On resume the
-    ark is cut back to the last indexed entry. :meth:`commit` renames the ark and then
-    writes the scp (C-sorted by id, offsets into the final ark name), so the scp
-    exists only for a complete ark.
+    A file ark is written as ``f.ark.partial`` next to ``f.ark.partial.index`` (a JSON
+    line of attributes and settings, then one ``uid start end frames input`` line per
+    finished entry, fsync'd at :meth:`flush`). On resume the ark is cut back to the
+    last indexed entry. :meth:`commit` renames the ark and then writes the scp
+    (C-sorted by id, offsets into the final ark name), so the scp exists only for a
+    complete ark.
     """
 
     def __init__(
@@ -415,8 +550,9 @@ class KaldiWriter(FeatureWriter):
         *,
         flush_every: float = 30.0,
         resume: bool = True,
+        settings: Mapping[str, object] | None = None,
     ):
-        super().__init__(attrs)
+        super().__init__(attrs, settings, lock=[p for p in (spec.path, spec.scp) if p and p != "-"])
         import kaldiio
 
         self._kaldiio = kaldiio
@@ -426,6 +562,7 @@ class KaldiWriter(FeatureWriter):
         self.entries: list[tuple[str, int, int]] = []  # uid, start of matrix, end
         if spec.path == "-":
             if spec.scp:
+                self._lock.close()
                 raise W2VError("ark,scp:-,...: an scp needs a seekable ark file, not stdout")
             self.resumable = False
             self._stream = sys.stdout.buffer
@@ -434,42 +571,66 @@ class KaldiWriter(FeatureWriter):
         self.path = Path(spec.path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.index_path = self.path.with_name(self.path.name + ".partial.index")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        good_end = 0
-        if resume and self.partial.exists() and self.index_path.exists():
-            meta, *lines = self.index_path.read_text().splitlines() or ["{}"]
-            if json.loads(meta) != {k: _jsonable(v) for k, v in self.attrs.items()}:
-                raise W2VError(
-                    f"{self.partial}: left by an interrupted run with different settings "
-                    f"({_attr_diff(json.loads(meta), self.attrs)}); delete it or rerun with the same options"
-                )
-            size = self.partial.stat().st_size
-            for line in lines:
-                fields = line.split()
-                if len(fields) != 4:
-                    break  # a torn last line
-                uid, start, end, frames = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
-                if end > size:
-                    break
-                self.entries.append((uid, start, end))
-                self.done.add(uid)
-                self.num_frames[uid] = frames
-                good_end = end
-            self._stream = open(self.partial, "r+b")
-            self._stream.truncate(good_end)
-            self._stream.seek(good_end)
-            self._index = open(self.index_path, "w")
-            self._index.write(json.dumps({k: _jsonable(v) for k, v in self.attrs.items()}, sort_keys=True) + "\n")
-            for uid, start, end in self.entries:
-                self._index.write(f"{uid} {start} {end} {self.num_frames[uid]}\n")
-            self._sync()
-        else:
-            self._stream = open(self.partial, "wb")
-            self._index = open(self.index_path, "w")
-            self._index.write(json.dumps({k: _jsonable(v) for k, v in self.attrs.items()}, sort_keys=True) + "\n")
-            self._sync()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and self.partial.exists() and self.index_path.exists():
+                self._read_index()
+                self._stream = open(self.partial, "r+b")
+            else:
+                self._stream = open(self.partial, "wb")
+            self._rewrite_index()
+        except WRITE_ERRORS as e:
+            self._lock.close()
+            raise write_error(self.path, e) from None
+        except BaseException:
+            self._lock.close()
+            raise
 
-    def write(self, uid: str, feats: np.ndarray) -> None:
+    def _read_index(self) -> None:
+        """Take over the indexed entries of an interrupted run with the same settings."""
+        meta, *lines = self.index_path.read_text().splitlines() or ["{}"]
+        self._check_meta(json.loads(meta), self.partial)
+        size = self.partial.stat().st_size
+        for line in lines:
+            fields = line.split()
+            if len(fields) not in (4, 5):
+                break  # a torn last line
+            uid, start, end, frames = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+            if end > size:
+                break
+            self.entries.append((uid, start, end))
+            self.done.add(uid)
+            self.num_frames[uid] = frames
+            self.identities[uid] = fields[4] if len(fields) == 5 and fields[4] != "-" else ""
+
+    def _rewrite_index(self) -> None:
+        """Cut the ark after the last entry and write the index of the entries kept (fsync'd)."""
+        good_end = self.entries[-1][2] if self.entries else 0
+        self._stream.truncate(good_end)
+        self._stream.seek(good_end)
+        self._index = open(self.index_path, "w")
+        self._index.write(json.dumps(self.meta(), sort_keys=True) + "\n")
+        for uid, start, end in self.entries:
+            self._index.write(f"{uid} {start} {end} {self.num_frames[uid]} {self.identities.get(uid) or '-'}\n")
+        self._sync()
+
+    def forget(self, uids: Iterable[str]) -> set[str]:
+        """An ark is append-only: cut it before the first entry to forget; every later one goes too."""
+        wanted = set(uids)
+        first = next((i for i, (uid, _, _) in enumerate(self.entries) if uid in wanted), None)
+        if first is None:
+            return set()
+        gone = {uid for uid, _, _ in self.entries[first:]}
+        self.entries = self.entries[:first]
+        for uid in gone:
+            self.done.discard(uid)
+            self.num_frames.pop(uid, None)
+            self.identities.pop(uid, None)
+        self._index.close()
+        self._rewrite_index()
+        return gone
+
+    def write(self, uid: str, feats: np.ndarray, identity: str = "") -> None:
         feats = _check_matrix(uid, feats)
         if not uid or any(c.isspace() for c in uid):
             raise W2VError(f"utterance id {uid!r}: Kaldi archive keys cannot be empty or contain whitespace")
@@ -482,17 +643,21 @@ class KaldiWriter(FeatureWriter):
             self._kaldiio.save_ark(self._stream, {uid: feats})
             self.num_frames[uid] = feats.shape[0]
             return
-        start = self._stream.tell()
-        self._kaldiio.save_ark(self._stream, {uid: feats})
-        end = self._stream.tell()
-        # The scp offset points just past "uid ", at the binary matrix header.
-        self.entries.append((uid, start + len(uid.encode("utf-8")) + 1, end))
-        self.num_frames[uid] = feats.shape[0]
-        self._index.write(f"{uid} {self.entries[-1][1]} {end} {feats.shape[0]}\n")
+        try:
+            start = self._stream.tell()
+            self._kaldiio.save_ark(self._stream, {uid: feats})
+            end = self._stream.tell()
+            # The scp offset points just past "uid ", at the binary matrix header.
+            self.entries.append((uid, start + len(uid.encode("utf-8")) + 1, end))
+            self.num_frames[uid] = feats.shape[0]
+            self._index.write(f"{uid} {self.entries[-1][1]} {end} {feats.shape[0]} {identity or '-'}\n")
+        except WRITE_ERRORS as e:
+            raise write_error(self.path, e, kept=self.partial) from None
         if time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
 
     def _sync(self) -> None:
+        # ark first, then the index that vouches for it
         self._stream.flush()
         os.fsync(self._stream.fileno())
         self._index.flush()
@@ -503,12 +668,10 @@ class KaldiWriter(FeatureWriter):
         if self._index is None:
             self._stream.flush()
             return
-        # ark first, then the index that vouches for it
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._index.flush()
-        os.fsync(self._index.fileno())
-        self._last_flush = time.monotonic()
+        try:
+            self._sync()
+        except WRITE_ERRORS as e:
+            raise write_error(self.path, e, kept=self.partial) from None
 
     def commit(self) -> None:
         if self._index is None:
@@ -529,26 +692,38 @@ class KaldiWriter(FeatureWriter):
         with contextlib.suppress(Exception):
             self.flush()
         if self._index is not None:
-            with contextlib.suppress(Exception):
-                self._stream.close()
-                self._index.close()
+            for f in (self._stream, self._index):
+                with contextlib.suppress(Exception):
+                    f.close()
+
+    def discard(self) -> None:
+        self.abort()
+        if self._index is not None:
+            for p in (self.partial, self.index_path):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        self._lock.close()
 
 
 class H5ContextWriter(FeatureWriter):
     """fairseq/wav2letter layout: ``DIR/<escaped uid>.h5context`` per utterance.
 
     Each file is written to a temporary name and renamed, so a file that exists
-    is complete; a rerun skips the ones already there.
+    is complete; a rerun skips the ones already there. Each file records its input
+    identity (attribute ``w2v_input``; fairseq's reader ignores it).
     """
 
-    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, object] | None = None, *, resume: bool = True):
-        super().__init__(attrs)
+    def __init__(self, path: str | os.PathLike, attrs: Mapping[str, object] | None = None, *, resume: bool = True,
+                 settings: Mapping[str, object] | None = None):
+        super().__init__(attrs, settings, lock=[str(path)])
         import h5py
 
         self._h5py = h5py
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
+            self._lock.close()
             raise W2VError(f"{self.path}: --format h5context writes a folder, and this is a file")
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         for tmp in self.path.glob(".*.h5context.tmp"):
             tmp.unlink()
@@ -556,18 +731,40 @@ class H5ContextWriter(FeatureWriter):
             for p in self.path.glob(f"*{H5CONTEXT_SUFFIX}"):
                 uid = unescape_key(p.name[: -len(H5CONTEXT_SUFFIX)])
                 self.done.add(uid)
+                with contextlib.suppress(OSError), h5py.File(p, "r") as f:
+                    self.identities[uid] = _py(f.attrs.get("w2v_input", ""))
         fs = float(self.attrs.get("frame_shift") or 0.01)
         self.frames_per_second = round(1.0 / fs)
 
-    def write(self, uid: str, feats: np.ndarray) -> None:
+    def forget(self, uids: Iterable[str]) -> set[str]:
+        gone = set(uids) & self.done
+        for uid in gone:
+            (self.path / (escape_key(uid) + H5CONTEXT_SUFFIX)).unlink()
+            self.done.discard(uid)
+            self.identities.pop(uid, None)
+        return gone
+
+    def write(self, uid: str, feats: np.ndarray, identity: str = "") -> None:
         feats = _check_matrix(uid, feats)
         name = escape_key(uid) + H5CONTEXT_SUFFIX
         tmp = self.path / f".{name}.tmp"
-        with self._h5py.File(tmp, "w") as f:
-            f["features"] = feats.reshape(-1)
-            f["info"] = np.array([self.frames_per_second, feats.shape[0], feats.shape[1]], dtype=np.float64)
-        os.replace(tmp, self.path / name)
+        try:
+            with self._h5py.File(tmp, "w") as f:
+                f["features"] = feats.reshape(-1)
+                f["info"] = np.array([self.frames_per_second, feats.shape[0], feats.shape[1]], dtype=np.float64)
+                if identity:
+                    f.attrs["w2v_input"] = identity
+            os.replace(tmp, self.path / name)
+        except WRITE_ERRORS as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise write_error(self.path / name, e, kept=self.path) from None
         self.num_frames[uid] = feats.shape[0]
+
+    def discard(self) -> None:
+        if self._created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.close()
 
 
 def open_feature_writer(
@@ -578,6 +775,7 @@ def open_feature_writer(
     dtype: str | None = None,
     flush_every: float = 30.0,
     resume: bool = True,
+    settings: Mapping[str, object] | None = None,
 ) -> FeatureWriter:
     """A writer for ``spec`` (see the module doc for the forms).
 
@@ -589,19 +787,20 @@ def open_feature_writer(
         dtype: store as this float type (HDF5 only; ``float16`` halves the size).
         flush_every: seconds between crash-safe flushes.
         resume: keep utterances finished by an interrupted run with the same spec.
+        settings: what else decides the features (compared on resume, not stored in the output).
 
     Example:
         >>> w = open_feature_writer("ark,scp:f.ark,f.scp", {"frame_shift": 0.02})  # doctest: +SKIP
     """
     fs = parse_spec(spec, format=format)
     if fs.kind == "h5":
-        return HDF5Writer(fs.path, attrs, dtype=dtype, flush_every=flush_every, resume=resume)
+        return HDF5Writer(fs.path, attrs, dtype=dtype, flush_every=flush_every, resume=resume, settings=settings)
     if dtype not in (None, "float32"):
         raise W2VError(f"{spec}: --dtype {dtype} needs an HDF5 output (Kaldi archives hold float32)")
     if fs.kind == "ark":
-        return KaldiWriter(fs, attrs, flush_every=flush_every, resume=resume)
+        return KaldiWriter(fs, attrs, flush_every=flush_every, resume=resume, settings=settings)
     if fs.kind == "h5context":
-        return H5ContextWriter(fs.path, attrs, resume=resume)
+        return H5ContextWriter(fs.path, attrs, resume=resume, settings=settings)
     raise W2VError(f"{spec}: cannot write to an scp alone; use ark,scp:FILE.ark,FILE.scp")
 
 
