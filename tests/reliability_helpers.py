@@ -43,8 +43,9 @@ def tiny_ctc(path: Path, *, nan: bool = False) -> Path:
 
 def tiny_wav2vec2(path: Path) -> Path:
     """A random tiny wav2vec 2.0 pretraining checkpoint (an encoder with a quantizer)."""
-    from w2vtools.models.checkpoint import LoadedModel, model_class_for, save_model
+    from w2vtools.models.checkpoint import LoadedModel, save_model
     from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
 
     torch.manual_seed(0)
     cfg = get_preset("wav2vec2", "tiny")
