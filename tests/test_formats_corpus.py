@@ -8,6 +8,7 @@ import sys
 import pytest
 import soundfile as sf
 
+from w2vtools.audio import load_utterance
 from w2vtools.errors import W2VError
 from w2vtools.formats import kaldi
 from w2vtools.formats.corpus import read_corpus
@@ -34,7 +35,7 @@ def test_tsv_with_sibling_labels(tmp_path, fsdd, files):
     # A stale sibling with the wrong number of lines is not used.
     (tmp_path / "train.wrd").write_text("SEVEN\n")
     assert all(u.text is None for u in read_corpus(tmp_path / "train.tsv"))
-    assert len(utts[0].load()) == utts[0].num_samples
+    assert len(load_utterance(utts[0])) == utts[0].num_samples
 
 
 def test_kaldi_dir_and_wav_scp(tmp_path, files):

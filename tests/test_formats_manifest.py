@@ -7,6 +7,7 @@ import io
 import pytest
 import soundfile as sf
 
+from w2vtools.audio import load_utterance
 from w2vtools.errors import W2VError
 from w2vtools.formats.manifest import (
     Manifest,
@@ -86,4 +87,4 @@ def test_read_corpus_one_line_wav_scp(tmp_path, fsdd):
     scp.write_text(f"theo-3_theo_7 {wav}\n")
     utts = read_corpus(scp)
     assert [(u.uid, u.source) for u in utts] == [("theo-3_theo_7", str(wav))]
-    assert utts[0].load().shape[0] > 0
+    assert load_utterance(utts[0]).shape[0] > 0

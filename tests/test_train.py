@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2vtools.audio import load_utterance
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write
 from w2vtools.formats.corpus import read_corpus
@@ -163,7 +164,7 @@ def test_dataset_resamples_filters_and_crops(fsdd_manifest, caplog):
     assert batch["source"].shape == (4, target) and batch["padding_mask"] is None
     assert batch["num_samples"] == 4 * target
     # each row is a contiguous window of the resampled audio, at a seeded offset
-    wav = ds.utterances[0].load(16000)
+    wav = load_utterance(ds.utterances[0], 16000)
     row = batch["source"][0].numpy()
     offsets = [i for i in range(len(wav) - target + 1) if np.allclose(wav[i : i + target], row)]
     assert len(offsets) == 1

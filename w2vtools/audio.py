@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from w2vtools.errors import W2VError
+from w2vtools.formats.utterance import Utterance
 
 
 # As Kaldi's extract-segments: a segment may end this far (seconds) past the end of
@@ -247,3 +248,13 @@ def num_resampled(num_frames: int, orig_rate: int, new_rate: int) -> int:
     g = math.gcd(orig_rate, new_rate)
     o, n = orig_rate // g, new_rate // g
     return -(-n * num_frames // o)
+
+
+def load_utterance(utt: Utterance, sample_rate: int | None = None) -> np.ndarray:
+    """An utterance's audio (its source, cut to its segment) as mono float32.
+
+    Example:
+        >>> load_utterance(Utterance("u1", "a.wav", start=0.5, end=1.0), 16000).shape   # doctest: +SKIP
+        (8000,)
+    """
+    return load_audio(utt.source, sample_rate=sample_rate, start=utt.start, end=utt.end)

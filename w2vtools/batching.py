@@ -45,7 +45,7 @@ from typing import Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
-from w2vtools.audio import audio_info, is_command, num_resampled
+from w2vtools.audio import audio_info, is_command, load_utterance, num_resampled
 from w2vtools.errors import PartialFailure, W2VError
 from w2vtools.formats.utterance import Utterance
 
@@ -120,7 +120,7 @@ def utterance_length(utt: Utterance, sample_rate: int, *, run_commands: bool = T
         16000
     """
     if is_command(utt.source):
-        return int(len(utt.load(sample_rate))) if run_commands else None
+        return int(len(load_utterance(utt, sample_rate))) if run_commands else None
     info = audio_info(utt.source)
     rate = info.sample_rate
     if utt.start is not None or utt.end is not None:
@@ -328,7 +328,7 @@ def length_or_error(utt: Utterance, sample_rate: int) -> int | None | W2VError:
 
 def _audio_or_error(utt: Utterance, sample_rate: int) -> np.ndarray | W2VError:
     try:
-        return utt.load(sample_rate)
+        return load_utterance(utt, sample_rate)
     except W2VError as e:
         return e
 

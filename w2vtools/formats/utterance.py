@@ -27,8 +27,3 @@ class Utterance:
     speaker: str | None = None
     text: str | None = None
 
-    def load(self, sample_rate: int | None = None):
-        """The audio as mono float32 (see :func:`w2vtools.audio.load_audio`)."""
-        from w2vtools.audio import load_audio
-
-        return load_audio(self.source, sample_rate=sample_rate, start=self.start, end=self.end)

@@ -39,6 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from w2vtools.audio import load_utterance
 from w2vtools.batching import utterance_length
 from w2vtools.errors import W2VError
 from w2vtools.formats.durations import format_duration
@@ -186,7 +187,7 @@ class AudioDataset(torch.utils.data.Dataset):
         return self._collate_cropped(key, wavs)
 
     def _load(self, i: int) -> np.ndarray:
-        return self.utterances[i].load(self.sample_rate)
+        return load_utterance(self.utterances[i], self.sample_rate)
 
     def _collate_cropped(self, key: BatchKey, wavs: list[np.ndarray]) -> dict:
         target = min(len(w) for w in wavs)
