@@ -109,9 +109,10 @@ def test_cli_names_and_skips_what_cannot_be_aligned(real, tmp_path, w2v):
     proc = w2v("align", "--emissions", em, text, check=False)
     assert proc.returncode == 3, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["good"] * len(words)
-    assert "short: transcript needs at least" in proc.stderr
-    assert "foreign: word 'NAÏVE' has letters outside the model's alphabet: 'Ï'" in proc.stderr
-    assert "missing: no emission" in proc.stderr
+    assert "short: skipped: transcript needs at least" in proc.stderr
+    assert "foreign: skipped: word 'NAÏVE' has letters outside the model's alphabet: 'Ï'" in proc.stderr
+    assert "missing: skipped: no emission" in proc.stderr
+    assert "3 of 4 utterances failed" in proc.stderr
     # --star aligns the foreign word to the wildcard
     proc = w2v("align", "--emissions", em, text, "--star", check=False)
     assert proc.returncode == 3
@@ -120,5 +121,5 @@ def test_cli_names_and_skips_what_cannot_be_aligned(real, tmp_path, w2v):
     text.write_text(f"short {sentence}\n")
     proc = w2v("align", "--emissions", em / "short.npy", "--dict", em / "dict.ltr.txt", text, "-o", tmp_path / "o.ctm",
                check=False)
-    assert proc.returncode == 1 and "no utterance could be aligned" in proc.stderr
-    assert not (tmp_path / "o.ctm").exists()
+    assert proc.returncode == 1 and "all 1 utterances failed" in proc.stderr and "nothing written" in proc.stderr
+    assert not (tmp_path / "o.ctm").exists() and not list(tmp_path.glob("o.ctm*"))

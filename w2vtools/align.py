@@ -30,9 +30,10 @@ from typing import Iterable, Sequence
 import torch
 import torchaudio.functional as taf
 
+from w2vtools.batching import SkipLog
 from w2vtools.emissions import EmissionSource
-from w2vtools.errors import PartialFailure, W2VError
-from w2vtools.fileio import atomic_write
+from w2vtools.errors import W2VError
+from w2vtools.fileio import atomic_write, exclusive_output
 from w2vtools.formats.labels import WORD_BOUNDARY
 from w2vtools.formats.text import ctm_line
 from w2vtools.formats.textgrid import write_textgrid
@@ -231,52 +232,52 @@ def _write_word_data_dir(alignments: Sequence[Alignment], folder: Path, recordin
 
 @dataclasses.dataclass
 class AlignSummary:
-    """What a run did: aligned utterances, and the ones left out with the reason."""
+    """What a run did: aligned and left-out utterances, and what was written."""
 
     aligned: int = 0
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    skipped: int = 0
     written: list[str] = dataclasses.field(default_factory=list)
     mean_confidence: float = math.nan
 
     def line(self) -> str:
         return (f"aligned {self.aligned} utterances (mean word confidence {self.mean_confidence:.3f}), "
-                f"{len(self.skipped)} left out; wrote {', '.join(self.written)}")
+                f"{self.skipped} left out; wrote {', '.join(self.written)}")
 
 
 def align(source: EmissionSource, transcripts: dict[str, list[str]], outputs: AlignOutputs, *,
           star: bool = False) -> AlignSummary:
     """Align every utterance that has both an emission and a transcript; write the outputs.
 
-    Utterances that cannot be aligned are named on stderr and left out (:class:`PartialFailure`,
-    exit 3, after the outputs are written); when none can be, nothing is written (exit 1).
+    Utterances that cannot be aligned are named and skipped by the shared rule
+    (:class:`~w2vtools.batching.SkipLog`): exit 3 after the outputs are written, or exit 1 with
+    nothing written when none could be aligned.
     """
     if star and STAR in source.tokens:
         raise W2VError(f"the model's vocabulary already has a {STAR!r} token")
-    summary = AlignSummary()
+    out_paths = [outputs.ctm, outputs.letter_ctm, outputs.data_dir, outputs.textgrid_dir]
+    skips = SkipLog(log)
     done: dict[str, Alignment] = {}
-    for uid, scores in source.items:
-        if uid not in transcripts:
-            summary.skipped[uid] = "no transcript"
-            continue
-        try:
-            log_probs = torch.log_softmax(scores.float(), dim=-1)
-            done[uid] = align_utterance(uid, log_probs, transcripts[uid], source.tokens, source.frame_shift, star=star)
-        except AlignError as e:
-            summary.skipped[uid] = str(e)
-    for uid in transcripts:
-        if uid not in done and uid not in summary.skipped:
-            summary.skipped[uid] = "no emission (not in the corpus or emissions)"
-    for uid, reason in summary.skipped.items():
-        log.warning("%s: %s: left out", uid, reason)
-    if not done:
-        raise W2VError(f"no utterance could be aligned ({len(summary.skipped)} left out, reasons above)")
-    order = [u for u in (source.order or list(done)) if u in done]
-    alignments = [done[u] for u in order]
-    summary.aligned = len(alignments)
-    summary.mean_confidence = float(sum(w.confidence for a in alignments for w in a.words)
-                                    / max(1, sum(len(a.words) for a in alignments)))
-    summary.written = write_outputs(alignments, outputs)
-    if summary.skipped:
-        raise PartialFailure(f"{len(summary.skipped)} of {len(summary.skipped) + summary.aligned} utterances "
-                             f"left out (named above); the rest are in {', '.join(summary.written)}")
+    with exclusive_output(*out_paths):
+        for uid, scores in source.items:
+            if uid not in transcripts:
+                skips.add(uid, "no transcript")
+                continue
+            try:
+                log_probs = torch.log_softmax(scores.float(), dim=-1)
+                done[uid] = align_utterance(uid, log_probs, transcripts[uid], source.tokens, source.frame_shift,
+                                            star=star)
+            except AlignError as e:
+                skips.add(uid, e)
+        for uid in transcripts:
+            if uid not in done and uid not in skips.uids:
+                skips.add(uid, "no emission (not in the corpus or emissions)")
+        described = ", ".join(str(p) for p in out_paths if p)
+        skips.check_some_written(len(done), described)
+        order = [u for u in (source.order or list(done)) if u in done]
+        alignments = [done[u] for u in order]
+        words = [w for a in alignments for w in a.words]
+        summary = AlignSummary(len(alignments), len(skips), mean_confidence=float(
+            sum(w.confidence for w in words) / max(1, len(words))))
+        summary.written = write_outputs(alignments, outputs)
+    skips.raise_if_any(len(done) + len(skips), ", ".join(summary.written))
     return summary
