@@ -46,8 +46,8 @@ def set_process_state(threads: int, device: torch.device) -> None:
 
     Args:
         threads: torch intra-op threads (0 leaves torch's default).
-        device: on a CPU, glibc keeps freed memory for reuse (1.3x on a CPU step:
-            see :mod:`w2vtools.malloc`).
+        device: on a CPU, glibc keeps freed memory for reuse (why: :mod:`w2vtools.malloc`;
+            the gain: BENCHMARKS.md).
     """
     if threads > 0:
         torch.set_num_threads(threads)
