@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ import yaml
 
 from w2vtools.errors import W2VError
 from w2vtools.models.registry import plain
+
+log = logging.getLogger("w2v.train")
 
 
 @dataclass
@@ -519,8 +522,33 @@ def resolve_config(
             raise W2VError(f"{config_file}: not valid YAML ({str(e).splitlines()[0]})") from None
         apply_dict(cfg, values, str(config_file))
     apply_sets(cfg, list(sets))
+    fit_warmup(cfg)
     validate_config(cfg)
     return cfg
+
+
+def fit_warmup(cfg: TrainConfig) -> None:
+    """Shorten a warm-up as long as the run to a tenth of it, with one warning saying what was set.
+
+    A recipe's warm-up (e.g. 32,000 updates) is made for its full run; a short run
+    (``--max-update 2`` to try a setup) would otherwise be refused. A tenth of the
+    run is about the recipes' own ratio (wav2vec 2.0 BASE: 32k of 400k). The value
+    set is what ``config.yaml`` records, so ``--resume`` repeats it. Schedules with no
+    warm-up length of their own (``fixed``, ``tri_stage``) are left alone.
+
+    Example:
+        >>> cfg = resolve_config("wav2vec2", "tiny", sets=["optim.max_update=2"])
+        >>> cfg.optim.warmup_updates
+        0
+    """
+    o = cfg.optim
+    if o.schedule in ("fixed", "tri_stage") or o.max_update < 1 or o.warmup_updates < o.max_update:
+        return
+    fitted = o.max_update // 10
+    log.warning("optim.warmup_updates=%d is not below optim.max_update=%d: set to %d (a tenth of the run); "
+                "give --set optim.warmup_updates=N (below %d) to choose", o.warmup_updates, o.max_update, fitted,
+                o.max_update)
+    o.warmup_updates = fitted
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
