@@ -584,6 +584,9 @@ def _float_state(sd: dict) -> dict:
 
 def _load_weights(model: torch.nn.Module, sd: dict, path: str, what: str) -> None:
     ours = model.state_dict()
+    not_tensors = [k for k in ours if k in sd and not torch.is_tensor(sd[k])]
+    if not_tensors:
+        raise W2VError(f"{path}: the {what} weights {few_names(not_tensors)} are not tensors")
     sd = _upgrade_weight_norm(sd, ours)
     missing = [k for k in ours if k not in sd]
     unexpected = [k for k in sd if k not in ours]
@@ -684,6 +687,15 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
     """
     path = Path(path)
     ck = read_fairseq_checkpoint(path, map_location=map_location)
+    try:
+        return _load_fairseq(path, ck, dictionary)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        # a config field of the wrong kind, or a weight that is not a tensor: the file and the field, in one line
+        what = f"field {e.args[0]!r} missing" if isinstance(e, KeyError) and e.args else " ".join(str(e).split())[:300]
+        raise W2VError(f"{path}: not a loadable fairseq checkpoint ({type(e).__name__}: {what})") from None
+
+
+def _load_fairseq(path: Path, ck: FairseqCheckpoint, dictionary) -> LoadedModel:
     sd = _float_state(ck.state_dict)
     if ck.arch in ("wav2vec_ctc",):
         w2v = ck.model.get("w2v_args")

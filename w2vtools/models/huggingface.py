@@ -59,6 +59,68 @@ _HF_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 # --------------------------------------------------------------------------- configs
 
 
+# the config.json fields config_from_hf reads, by the kind of value each must hold
+_HF_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "proj_codevector_dim", "codevector_dim",
+            "num_codevectors_per_group", "num_codevector_groups", "num_negatives", "mask_time_length",
+            "mask_time_min_masks", "mask_feature_length", "pad_token_id", "vocab_size")
+_HF_FLOATS = ("hidden_dropout", "attention_dropout", "activation_dropout", "layerdrop", "feat_proj_dropout",
+              "feat_quantizer_dropout", "contrastive_logits_temperature", "diversity_loss_weight",
+              "mask_time_prob", "mask_feature_prob", "final_dropout")
+_HF_INT_LISTS = ("conv_dim", "conv_kernel", "conv_stride")
+_HF_STRINGS = ("model_type", "feat_extract_norm", "hidden_act", "feat_extract_activation")
+
+
+def check_hf_fields(hf: object) -> None:
+    """Refuse a ``config.json`` whose fields have the wrong kind of value, naming the field.
+
+    Missing fields take the ``transformers`` defaults; present ones must be what
+    ``transformers`` writes (a JSON ``null`` counts as missing only where
+    ``transformers`` allows it: ``pad_token_id``, ``vocab_size``).
+
+    Raises:
+        W2VError: the first bad field and what it holds.
+
+    Example:
+        >>> check_hf_fields({"hidden_size": "768"})
+        Traceback (most recent call last):
+        ...
+        w2vtools.errors.W2VError: field hidden_size: expected a whole number, got '768'
+    """
+    if not isinstance(hf, dict):
+        raise W2VError(f"expected a JSON object, got {type(hf).__name__}")
+
+    def bad(key: str, what: str):
+        return W2VError(f"field {key}: expected {what}, got {hf[key]!r}"[:300])
+
+    for key in _HF_INTS:
+        value = hf.get(key)
+        if key in hf and not (isinstance(value, int) and not isinstance(value, bool)):
+            if value is None and key in ("pad_token_id", "vocab_size"):
+                continue
+            raise bad(key, "a whole number")
+        if isinstance(value, int) and value < 0:
+            raise bad(key, "a number >= 0")
+    for key in _HF_FLOATS:
+        if key in hf and (isinstance(hf[key], bool) or not isinstance(hf[key], (int, float))):
+            raise bad(key, "a number")
+    for key in _HF_STRINGS:
+        if key in hf and not isinstance(hf[key], str):
+            raise bad(key, "a string")
+    for key in _HF_INT_LISTS:
+        value = hf.get(key)
+        if key in hf and not (isinstance(value, list) and value
+                              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+            raise bad(key, "a list of positive whole numbers")
+    lengths = {key: len(hf[key]) for key in _HF_INT_LISTS if key in hf}
+    if len(set(lengths.values())) > 1:
+        raise W2VError("fields conv_dim, conv_kernel, conv_stride: expected lists of one length, got lengths "
+                       + ", ".join(f"{k}={n}" for k, n in lengths.items()))
+    archs = hf.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", "a list of class names")
+
+
 def config_from_hf(hf: dict, normalize: bool | None = None) -> Wav2Vec2Config:
     """Our :class:`Wav2Vec2Config` from a Hugging Face ``config.json`` dict.
 
@@ -71,6 +133,7 @@ def config_from_hf(hf: dict, normalize: bool | None = None) -> Wav2Vec2Config:
         >>> config_from_hf({"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16}).encoder_embed_dim
         1024
     """
+    check_hf_fields(hf)
     model_type = hf.get("model_type", "wav2vec2")
     if model_type != "wav2vec2":
         raise W2VError(f"Hugging Face model_type {model_type!r} is not supported (only wav2vec2)")
@@ -335,28 +398,68 @@ def _ours_to_hf_key(k: str, cfg: Wav2Vec2Config, cache: dict) -> str | None:
 # --------------------------------------------------------------------------- folders
 
 
-def _read_weights(folder: Path, map_location) -> dict[str, torch.Tensor]:
+def _read_weights(folder: Path, map_location) -> tuple[dict[str, torch.Tensor], Path]:
+    """(the folder's weights, the file read), every failure one W2VError naming the file."""
     st = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
     binf = folder / "pytorch_model.bin"
+    device = str(map_location) if map_location else "cpu"
     if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st), device=str(map_location) if map_location else "cpu")
+        return _read_safetensors(st, device), st
     if index.is_file():
-        from safetensors.torch import load_file
-
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise W2VError(f"{index}: no readable weight_map ({_one_line(e)})") from None
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(load_file(str(folder / shard), device=str(map_location) if map_location else "cpu"))
-        return state
+            state.update(_read_safetensors(folder / str(shard), device))
+        return state, index
     if binf.is_file():
         try:
-            return torch.load(binf, map_location=map_location, weights_only=True)
+            state = torch.load(binf, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise W2VError(f"{binf}: cannot read weights safely ({e})") from e
+            raise W2VError(f"{binf}: cannot read weights safely ({_one_line(e)})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise W2VError(f"{binf}: not a state dict of tensors")
+        return state, binf
     raise W2VError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
+
+
+def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise W2VError(f"{path}: no such file (named in model.safetensors.index.json)") from None
+    except Exception as e:  # SafetensorError (truncated, bad header), OSError, ...
+        raise W2VError(f"{path}: not readable safetensors ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:200] + " ...") if len(text) > 200 else text or type(e).__name__
+
+
+def _check_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], weights: Path,
+                  file_keys: dict[str, str]) -> None:
+    """Refuse weights whose shape differs from the model config.json describes, naming the first by its key in the file."""
+    for key, ours in model.state_dict().items():
+        theirs = state.get(key)
+        if theirs is not None and tuple(theirs.shape) != tuple(ours.shape):
+            raise W2VError(f"{weights}: weight {file_keys.get(key, key)} has shape {list(theirs.shape)}, "
+                           f"config.json describes {list(ours.shape)}")
+
+
+def _file_keys(hf_state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> dict[str, str]:
+    """Our parameter name -> the Hugging Face key it came from (for messages)."""
+    names = {}
+    for key in hf_state:
+        ours = hf_to_ours_key(key[len("wav2vec2."):] if key.startswith("wav2vec2.") else key)
+        if ours is not None:
+            names[_layer_norm_fix(ours, cfg)] = key
+    return names
 
 
 def _read_dictionary(folder: Path, hf: dict, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -364,7 +467,12 @@ def _read_dictionary(folder: Path, hf: dict, vocab_size: int) -> tuple[list[str]
     vocab_file = folder / "vocab.json"
     blank = int(hf.get("pad_token_id", 0) or 0)
     if vocab_file.is_file():
-        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        try:
+            vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise W2VError(f"{vocab_file}: not readable JSON ({_one_line(e)})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(v, (int, dict)) for v in vocab.values()):
+            raise W2VError(f"{vocab_file}: expected an object of token: index")
         if vocab and all(isinstance(v, dict) for v in vocab.values()):
             raise W2VError(f"{vocab_file}: multilingual vocabularies are not supported; keep one language's")
         tokens = [None] * vocab_size
@@ -399,14 +507,19 @@ def load_huggingface(folder: str | os.PathLike, map_location="cpu"):
         ('ctc', ['<s>', '<pad>', '</s>', '<unk>', '|'])
     """
     folder = Path(folder)
+    config_path = folder / "config.json"
     try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise W2VError(f"{folder / 'config.json'}: cannot read ({e})") from e
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise W2VError(f"{config_path}: not readable JSON ({_one_line(e)})") from None
+    try:
+        check_hf_fields(hf)
+    except W2VError as e:
+        raise W2VError(f"{config_path}: {e}") from None
     archs = hf.get("architectures") or ["Wav2Vec2Model"]
     arch = archs[0]
     if arch not in HF_ARCHITECTURES.values():
-        raise W2VError(f"{folder}: architecture {arch} is not supported (use one of {', '.join(HF_ARCHITECTURES.values())})")
+        raise W2VError(f"{config_path}: field architectures: {arch} is not supported (use one of {', '.join(HF_ARCHITECTURES.values())})")
     normalize = None
     pre = folder / "preprocessor_config.json"
     if pre.is_file():
@@ -414,22 +527,35 @@ def load_huggingface(folder: str | os.PathLike, map_location="cpu"):
             normalize = bool(json.loads(pre.read_text()).get("do_normalize", True))
         except (OSError, json.JSONDecodeError):
             normalize = None
-    cfg = config_from_hf(hf, normalize=normalize)
-    state = _read_weights(folder, map_location)
-    enc_state, head_state, ignored = state_dict_from_hf(state, cfg)
+    try:
+        cfg = config_from_hf(hf, normalize=normalize)
+        encoder = Wav2Vec2Model(cfg)
+    except W2VError as e:
+        raise W2VError(f"{config_path}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # e.g. heads that do not divide the width
+        raise W2VError(f"{config_path}: describes no buildable model ({_one_line(e)})") from None
+    state, weights = _read_weights(folder, map_location)
+    try:
+        enc_state, head_state, ignored = state_dict_from_hf(state, cfg)
+    except W2VError as e:
+        raise W2VError(f"{weights}: {e}") from None
     if ignored:
         log.warning("%s: ignoring %d weights: %s", folder, len(ignored), ", ".join(ignored[:4]))
-    encoder = Wav2Vec2Model(cfg)
+    _check_shapes(encoder, enc_state, weights, _file_keys(state, cfg))
     missing, unexpected = encoder.load_state_dict(enc_state, strict=False)
     allowed_missing = {"mask_emb", "quantizer.vars", "quantizer.weight_proj.weight", "quantizer.weight_proj.bias",
                        "project_q.weight", "project_q.bias", "final_proj.weight", "final_proj.bias"}
     real_missing = [k for k in missing if k not in allowed_missing]
     if real_missing or unexpected:
-        raise W2VError(f"{folder}: weights do not match config.json (missing {real_missing[:4]}, unexpected {unexpected[:4]})")
+        raise W2VError(f"{weights}: weights do not match config.json (missing {real_missing[:4]}, unexpected {unexpected[:4]})")
     if arch == "Wav2Vec2ForCTC":
         if "proj.weight" not in head_state:
             raise W2VError(f"{folder}: Wav2Vec2ForCTC without lm_head weights")
-        vocab_size = head_state["proj.weight"].size(0)
+        head_w, head_b = head_state["proj.weight"], head_state.get("proj.bias", torch.empty(0))
+        if head_w.dim() != 2 or head_w.size(1) != cfg.encoder_embed_dim or tuple(head_b.shape) != (head_w.size(0),):
+            raise W2VError(f"{weights}: weights lm_head.weight {list(head_w.shape)} and lm_head.bias "
+                           f"{list(head_b.shape)} do not fit hidden_size {cfg.encoder_embed_dim}")
+        vocab_size = head_w.size(0)
         dictionary, order = _read_dictionary(folder, hf, vocab_size)
         ctc_cfg = CTCConfig(
             vocab_size=vocab_size,
@@ -468,7 +594,7 @@ def export_huggingface(loaded, folder: str | os.PathLike, *, architecture: str |
     Example:
         >>> export_huggingface(load_model("ckpt.pt"), "hf/")   # doctest: +SKIP
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_safetensors
 
     if loaded.family != "wav2vec2":
         raise W2VError(f"Hugging Face has no {loaded.family} model class; only wav2vec2 can be exported")
@@ -505,9 +631,11 @@ def export_huggingface(loaded, folder: str | os.PathLike, *, architecture: str |
     with atomic_write(folder / "config.json") as f:
         json.dump(hf_cfg, f, indent=2)
         f.write("\n")
-    tmp = folder / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in hf_state.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")
+    # atomic_write, not save_file to a temporary name: the file then gets the umask's mode like any output
+    # (and a full disk is one line naming it), at the cost of the weights held once more as bytes
+    with atomic_write(folder / "model.safetensors", "wb") as f:
+        f.write(save_safetensors({k: v.detach().cpu().contiguous() for k, v in hf_state.items()},
+                                 metadata={"format": "pt"}))
     pre = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
