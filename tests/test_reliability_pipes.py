@@ -8,11 +8,14 @@ takes them) are still accepted.
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import time
 
 import numpy as np
 import pytest
-from reliability_helpers import wav_scp
+from reliability_helpers import w2v_popen, wait_for, wav_scp
 
 from w2vtools.audio import load_audio
 from w2vtools.errors import W2VError
@@ -64,3 +67,71 @@ def test_featurize_names_the_truncated_pipe_and_goes_on(tmp_path, wav, w2v):
     p = w2v("featurize", scp, tmp_path / "f.h5", "--model", "fbank", check=False)
     assert p.returncode == 3, p.stderr
     assert "cut: skipped: command 'cat" in p.stderr and "truncated WAV" in p.stderr
+
+
+# --------------------------------------------------------------------------- SIGTERM and cmd | children
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds ``marker``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the child")
+def test_sigterm_terminates_the_cmd_pipe_children(tmp_path, wav):
+    # a unique sleep length marks this test's child among other processes
+    marker = f"sleep 30.{os.getpid()}{int(time.time() * 1000) % 100000}"
+    scp = wav_scp(tmp_path / "wav.scp", {"slow": f"{marker} && cat {wav} |"})
+    out = tmp_path / "feats.h5"
+    proc = w2v_popen("featurize", scp, out, "--model", "fbank")
+    try:
+        wait_for(lambda: _processes_with(marker), timeout=60, what="the cmd | child")
+        children = _processes_with(marker)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "w2v featurize: terminated", err
+    wait_for(lambda: not any(p in _processes_with(marker) for p in children), timeout=10,
+             what="the cmd | child to end")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".feats.h5*.tmp"))
+
+
+def test_terminate_commands_stops_a_running_pipeline(tmp_path):
+    # the library side, in-process: a pipeline in another thread ends when its group is terminated
+    import threading
+
+    from w2vtools.audio import _running, terminate_commands
+
+    marker = f"sleep 31.{os.getpid()}"
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(_reason_or_none(f"{marker} | cat |")))
+    t.start()
+    wait_for(lambda: bool(_running) and _processes_with(marker), timeout=30, what="the pipeline")
+    terminate_commands()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert "exited with status" in result[0]
+    wait_for(lambda: not _processes_with(marker), timeout=10, what="sleep to end")
+
+
+def _reason_or_none(source):
+    try:
+        load_audio(source)
+    except W2VError as e:
+        return str(e)
+    return None

@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import signal
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -59,20 +61,55 @@ def _describe(source: str) -> str:
     return f"command {source.rstrip()!r}" if is_command(source) else str(source)
 
 
+#: The ``cmd |`` shells running now. Each runs in a process group of its own, so that
+#: :func:`terminate_commands` (the CLI calls it on SIGTERM) stops the whole pipeline
+#: (``sox ... | sph2pipe ...``), not only the shell, which would leave its children orphaned.
+_running: set[subprocess.Popen] = set()
+
+
+def terminate_commands() -> None:
+    """Send SIGTERM to the process group of every ``cmd |`` source still running.
+
+    Safe from a signal handler: it takes no lock (a set copied under the GIL).
+
+    Example:
+        >>> terminate_commands()   # nothing running: nothing to do
+    """
+    for proc in list(_running):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _run_command(source: str) -> bytes:
     cmd = source.rstrip()[:-1].strip()
     try:
-        proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        # start_new_session: its own process group, terminated as one (see _running)
+        proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
     except OSError as e:  # pragma: no cover - shell missing
         raise W2VError(f"{_describe(source)}: cannot run: {e}") from None
+    _running.add(proc)
+    try:
+        out, err_bytes = proc.communicate()
+    except BaseException:
+        # interrupted (SIGTERM, Ctrl-C): the pipeline goes with us
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        _running.discard(proc)
     if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        err = err_bytes.decode(errors="replace").strip().splitlines()
         raise W2VError(
             f"{_describe(source)}: exited with status {proc.returncode}" + (f": {err[-1]}" if err else "")
         )
-    if not proc.stdout:
+    if not out:
         raise W2VError(f"{_describe(source)}: printed no audio")
-    return proc.stdout
+    return out
 
 
 #: Chunk sizes that mean "unknown, read to the end" in a WAV written to a pipe, as Kaldi's

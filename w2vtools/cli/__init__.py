@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -91,9 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
     prog = "w2v" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
     try:
         cli.main(args=argv, prog_name="w2v", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (Terminated, click.exceptions.Abort) as e:
+        # click turns a KeyboardInterrupt (ours included) into Abort
+        if isinstance(e, Terminated) or isinstance(e.__cause__, Terminated):
+            click.echo(f"{prog}: terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
         click.echo(f"{prog}: interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as e:
@@ -128,3 +136,23 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         click.echo(f"{prog}: error: {type(e).__name__}: {e} (rerun with -v for a traceback)", err=True)
         sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler: unwinds like Ctrl-C, so outputs are cleaned up (exit 143)."""
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    """SIGTERM: stop the ``cmd |`` pipelines this process started, then unwind.
+
+    Raising (rather than dying) lets every ``with`` block run: locks are released,
+    temporary files removed, partial outputs kept for a resume. The training loop
+    installs its own handler while it runs (stop after the update, save, exit 0).
+    """
+    audio = sys.modules.get("w2vtools.audio")  # not imported: no command was started
+    if audio is not None:
+        audio.terminate_commands()
+    raise Terminated()
