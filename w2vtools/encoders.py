@@ -23,6 +23,7 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.models import baselines, hub
+from w2vtools.models.checkpoint import non_finite_weights
 from w2vtools.models.loading import load_model
 
 
@@ -40,7 +41,7 @@ def warn_non_finite_weights(module, name: str) -> bool:
         False
     """
     params = list(module.parameters()) if hasattr(module, "parameters") else []
-    bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()] if params else []
+    bad = non_finite_weights(module) if params else []
     if bad:
         log.warning("%s: %d of %d weight tensors hold NaN or Inf (e.g. %s): its outputs will be NaN",
                     name, len(bad), len(params), bad[0])

@@ -59,7 +59,7 @@ from w2vtools.formats.labels import (
     SPECIAL_SYMBOLS, count_symbols, ctc_vocabulary, dictionary_from_counts, label_path, read_dictionary, read_labels,
     read_transcripts, words_to_letters,
 )
-from w2vtools.models.checkpoint import read_checkpoint
+from w2vtools.models.checkpoint import non_finite_weights, read_checkpoint
 from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.downstream import ARCHES, DownstreamConfig, DownstreamModel
 from w2vtools.models.loading import load_model
@@ -365,7 +365,7 @@ def _write_dictionary(path: Path, tokens: Sequence[str], counts: Mapping[str, in
 
 
 # settings a resumed run may change freely (or that finetune derives from the data)
-_RUN_ONLY = ("stop_at_update", "threads", "sample_rate", "num_workers", "tensorboard")
+_RUN_ONLY = ("stop_at_update", "threads", "sample_rate", "num_workers", "tensorboard", "verify")
 
 
 def _check_resume_config(cfg: TrainConfig, last: Path) -> None:
@@ -441,6 +441,8 @@ def finetune(
     data = _labelled_data(train, valid, labels, valid_labels, want_valid=valid is not None or valid_features is not None)
     resumed = load_model(str(run.last)) if resume else None
     init_loaded = load_model(init) if init is not None and resumed is None else None
+    if init_loaded is not None:
+        _check_finite(init_loaded.model, init)
     tokens = _dictionary(data.train_lines, resumed=resumed, init_loaded=init_loaded, dict_path=dict_path,
                          labels=labels, train=train)
     counts = data.encode(tokens)
@@ -459,6 +461,18 @@ def finetune(
     return run.train(setup.model, objective, train_set=setup.train_set, valid_set=setup.valid_set,
                      family=setup.family, task=setup.task, dictionary=tokens,
                      feature_encoder_prefix=setup.encoder_prefix)
+
+
+def _check_finite(model: torch.nn.Module, init: str) -> None:
+    """Refuse an ``--init`` model with NaN or Inf weights: every update would be skipped as non-finite.
+
+    Example:
+        >>> _check_finite(torch.nn.Linear(2, 2), "init.pt")
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise W2VError(f"{init}: {len(bad)} weight tensors hold NaN or Inf (e.g. {bad[0]}); "
+                       "cannot fine-tune from it")
 
 
 def _check_route_arguments(route: str, *, train, valid, init, resume: bool, valid_features, arch) -> None:
@@ -571,7 +585,8 @@ def _audio_route(cfg: TrainConfig, data: _LabelledData, tokens: list[str], *, re
 
     def dataset(utts, targets, name: str) -> AudioDataset:
         return AudioDataset(utts, sample_rate=rate, min_sample_size=d.min_sample_size,
-                            max_sample_size=d.max_sample_size, pad=True, labels=targets, seed=cfg.run.seed, name=name)
+                            max_sample_size=d.max_sample_size, pad=True, labels=targets, seed=cfg.run.seed, name=name,
+                            verify=d.verify)
 
     valid_set = None if data.valid_utts is None else dataset(data.valid_utts, data.valid_targets, "valid")
     return _RouteSetup(model, family, "ctc", dataset(data.train_utts, data.train_targets, "train"), valid_set,

@@ -121,4 +121,4 @@ def pretrain(
 
 def _audio_dataset(corpus: str | os.PathLike, d: DataConfig, seed: int, name: str) -> AudioDataset:
     return AudioDataset(read_corpus(corpus), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
-                        max_sample_size=d.max_sample_size, pad=d.pad, seed=seed, name=name)
+                        max_sample_size=d.max_sample_size, pad=d.pad, seed=seed, name=name, verify=d.verify)

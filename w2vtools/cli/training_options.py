@@ -1,7 +1,8 @@
 """The options ``w2v pretrain`` and ``w2v finetune`` share, and how they become ``--set`` items.
 
 :func:`training_options` adds them to a command and hands the command ``config_file``,
-``sets`` (the ``--set`` items, then one item per option given), ``save_dir``,
+``sets`` (the ``--set`` items, then one item per option given, ``data.verify=true`` for
+``--verify``), ``save_dir``,
 ``resume`` and ``device``. An option given on the command line wins over the same
 setting in ``--set`` or ``--config``.
 
@@ -56,9 +57,10 @@ def training_options(command):
     """Add the shared training options to a click command function (see the module docstring)."""
 
     @functools.wraps(command)
-    def wrapper(*args, sets, **kwargs):
+    def wrapper(*args, sets, verify, **kwargs):
         values = {_parameter(option): kwargs.pop(_parameter(option)) for option, _, _, _ in SETTINGS}
-        return command(*args, sets=settings_as_sets(sets, values), **kwargs)
+        extra = settings_as_sets(sets, values) + (["data.verify=true"] if verify else [])
+        return command(*args, sets=extra, **kwargs)
 
     options = [
         click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
@@ -68,6 +70,9 @@ def training_options(command):
         click.option("--save-dir", required=True,
                      help="Checkpoints, config.yaml, log.jsonl and tensorboard/ go here (finetune: also dict.ltr.txt)."),
         *[click.option(option, type=kind, default=None, help=text) for option, kind, _, text in SETTINGS],
+        click.option("--verify", is_flag=True,
+                     help="Before the first update, decode every recording in full (NaN samples, corrupt bodies) "
+                          "instead of reading headers only; bad ones are named and left out (data.verify)."),
         click.option("--resume", is_flag=True, help="Continue exactly from SAVE_DIR/checkpoint_last.pt."),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
     ]

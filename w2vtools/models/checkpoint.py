@@ -161,6 +161,16 @@ def few_names(keys, n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
+def non_finite_weights(module: nn.Module) -> list[str]:
+    """The names of ``module``'s parameters that hold NaN or Inf (the one test of a model's weights).
+
+    Example:
+        >>> non_finite_weights(nn.Linear(2, 2))
+        []
+    """
+    return [name for name, p in module.named_parameters() if not torch.isfinite(p).all()]
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict | None:
     """Our checkpoint dict, or None when the file is not in our format (e.g. fairseq's)."""
     try:

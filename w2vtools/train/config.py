@@ -70,6 +70,8 @@ class DataConfig:
         pad: pad batches to their longest item (fine-tuning) instead of cropping
             each batch to its shortest item (pretraining).
         num_workers: DataLoader worker processes reading and resampling audio.
+        verify: before the first update, decode every utterance in full instead of
+            reading its header only (``--verify``; :func:`w2vtools.train.data.check_utterances`).
     """
 
     sample_rate: int = 16000
@@ -79,6 +81,7 @@ class DataConfig:
     min_sample_size: int = 32_000
     pad: bool = False
     num_workers: int = 2
+    verify: bool = False
 
 
 @dataclass

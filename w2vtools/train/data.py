@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from w2vtools.audio import load_utterance
-from w2vtools.batching import utterance_length
+from w2vtools.audio import audio_info, is_command, load_utterance
+from w2vtools.batching import SkipLog, utterance_length
 from w2vtools.errors import W2VError
 from w2vtools.formats.durations import format_duration
 from w2vtools.formats.utterance import Utterance
@@ -79,6 +80,74 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+#: What a bad recording raises while it is read: W2VError from the loader, the rest from
+#: decoders and resamplers on input they choke on. A training run skips it, never dies of it.
+READ_ERRORS = (W2VError, OSError, RuntimeError, ValueError)
+
+
+@dataclass
+class DataCheck:
+    """What :func:`check_utterances` found: the utterances to train on, their lengths, what was left out."""
+
+    utterances: list[Utterance]
+    lengths: list[int]
+    unreadable: list[str]  # their ids (each named with its reason in the log)
+    wrong_num_samples: list[str]  # "uid: manifest N, header M"
+
+
+def check_utterances(utterances: Sequence[Utterance], sample_rate: int, *, name: str = "train",
+                     verify: bool = False) -> DataCheck:
+    """The check before the first update: every utterance's header (cheap), or its whole audio (``verify``).
+
+    * A file whose header cannot be read (missing, not audio, a WAV shorter than its
+      header says, an empty file), or a ``cmd |`` source that fails, is left out, each
+      named on one line by :class:`~w2vtools.batching.SkipLog`, and counted.
+    * A manifest ``num_samples`` that differs from the header's frame count is not
+      trusted: the header's length is used (a wrong value would drop rows as "too short"
+      or count hours that are not there); the count and the first case are logged.
+    * With ``verify`` (``w2v pretrain/finetune --verify``), each utterance is decoded in
+      full as the loader will read it, so NaN samples or a corrupt FLAC body are found
+      now instead of at run time (where they are skipped too, see :class:`AudioDataset`).
+
+    Example:
+        >>> found = check_utterances(read_corpus("train.tsv"), 16000)   # doctest: +SKIP
+        >>> len(found.utterances) + len(found.unreadable)
+        120
+    """
+    skips = SkipLog(log)
+    kept: list[Utterance] = []
+    lengths: list[int] = []
+    wrong: list[str] = []
+    for u in utterances:
+        try:
+            if not is_command(u.source) and u.num_samples is not None and u.start is None and u.end is None:
+                frames = audio_info(u.source).num_frames
+                if frames != u.num_samples:
+                    wrong.append(f"{u.uid}: manifest {u.num_samples}, header {frames}")
+                    u = dataclasses.replace(u, num_samples=None)
+            n = utterance_length(u, sample_rate)
+            if verify and not is_command(u.source):  # a command's audio was decoded to count it
+                n = len(load_utterance(u, sample_rate))
+        except READ_ERRORS as e:
+            skips.add(u.uid, _one_line(e))
+            continue
+        kept.append(u)
+        lengths.append(int(n))
+    total = len(utterances)
+    if wrong:
+        log.warning("%s: %d of %d utterances have a num_samples in the manifest that differs from the audio "
+                    "header (first: %s); using the header's (rebuild the manifest: w2v manifest)",
+                    name, len(wrong), total, wrong[0])
+    if skips.uids:
+        log.warning("%s: left out %d of %d utterances that cannot be read (first: %s)",
+                    name, len(skips.uids), total, skips.first)
+    return DataCheck(kept, lengths, list(skips.uids), wrong)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 @dataclass(frozen=True)
 class BatchKey:
     """What a sampler yields and the dataset reads: a batch's identity and its items."""
@@ -103,7 +172,14 @@ class AudioDataset(torch.utils.data.Dataset):
             without labels is left out (:attr:`num_unlabelled`).
         seed: seeds the crop offsets, together with (epoch, batch index).
         name: for log messages ("train", "valid").
-        lengths: the lengths at ``sample_rate`` if already known (skips header reads).
+        lengths: the lengths at ``sample_rate`` if already known (skips the check pass).
+        verify: decode every utterance in the check pass (:func:`check_utterances`).
+
+    Without ``lengths``, :func:`check_utterances` runs first: unreadable utterances are
+    left out (:attr:`num_unreadable`) and manifest lengths are checked against headers.
+    At run time an utterance that fails to load (NaN samples, a file changed since)
+    is left out of its batch, and the batch's ``skipped`` entry says which and why;
+    a batch with nothing left gets a deterministic substitute (see :meth:`__getitem__`).
 
     Example:
         >>> ds = AudioDataset(utts, sample_rate=16000, min_sample_size=4000,
@@ -125,6 +201,7 @@ class AudioDataset(torch.utils.data.Dataset):
         seed: int = 1,
         name: str = "train",
         lengths: Sequence[int] | None = None,
+        verify: bool = False,
     ) -> None:
         self.sample_rate = int(sample_rate)
         self.min_sample_size = int(min_sample_size)
@@ -132,8 +209,14 @@ class AudioDataset(torch.utils.data.Dataset):
         self.pad = bool(pad)
         self.seed = int(seed)
         self.name = name
+        self.num_unreadable = self.num_wrong_length = 0
         if lengths is None:
-            lengths = [utterance_length(u, self.sample_rate) for u in utterances]
+            found = check_utterances(utterances, self.sample_rate, name=name, verify=verify)
+            self.num_unreadable, self.num_wrong_length = len(found.unreadable), len(found.wrong_num_samples)
+            total = len(utterances)
+            utterances, lengths = found.utterances, found.lengths
+        else:
+            total = len(utterances)
         if len(lengths) != len(utterances):
             raise ValueError("lengths and utterances differ in number")
         keep: list[int] = []
@@ -150,7 +233,6 @@ class AudioDataset(torch.utils.data.Dataset):
         self.utterances = [utterances[i] for i in keep]
         self.sizes = np.asarray([lengths[i] for i in keep], dtype=np.int64)
         self.labels = None if labels is None else [list(labels[u.uid]) for u in self.utterances]
-        total = len(utterances)
         if self.num_too_short:
             log.warning(
                 "%s: left out %d of %d utterances shorter than %d samples (%.2f s)",
@@ -181,13 +263,48 @@ class AudioDataset(torch.utils.data.Dataset):
         return len(self.utterances)
 
     def __getitem__(self, key: BatchKey) -> dict:
-        wavs = [self._load(i) for i in key.ids]
-        if self.pad:
-            return self._collate_padded(key, wavs)
-        return self._collate_cropped(key, wavs)
+        """Read and collate a batch; an utterance that fails to load is left out of it, not fatal.
 
-    def _load(self, i: int) -> np.ndarray:
-        return load_utterance(self.utterances[i], self.sample_rate)
+        The batch's ``skipped`` lists ``"uid: reason"`` of those left out (the trainer
+        counts and logs them). When none of the batch loads, a substitute stands in:
+        the first readable utterance from a position seeded by (seed, epoch, batch
+        index), so every process still runs its step and a resumed run reads what the
+        uninterrupted one read.
+        """
+        ids, wavs, skipped = [], [], []
+        for i in key.ids:
+            wav = self._load_or_reason(i)
+            if isinstance(wav, str):
+                skipped.append(f"{self.utterances[i].uid}: {wav}")
+            else:
+                ids.append(i)
+                wavs.append(wav)
+        if not wavs:
+            i, wav = self._substitute(key, skipped)
+            ids, wavs = [i], [wav]
+        key = dataclasses.replace(key, ids=tuple(ids))
+        batch = self._collate_padded(key, wavs) if self.pad else self._collate_cropped(key, wavs)
+        batch["skipped"] = skipped
+        return batch
+
+    def _load_or_reason(self, i: int) -> np.ndarray | str:
+        try:
+            return load_utterance(self.utterances[i], self.sample_rate)
+        except READ_ERRORS as e:
+            return _one_line(e)
+
+    def _substitute(self, key: BatchKey, skipped: list[str]) -> tuple[int, np.ndarray]:
+        n = len(self.utterances)
+        first = stable_seed(self.seed, "substitute", self.name, key.epoch, key.index) % n
+        for step in range(min(n, 1000)):
+            i = (first + step) % n
+            wav = self._load_or_reason(i)
+            if not isinstance(wav, str):
+                return i, wav
+            if i not in key.ids:
+                skipped.append(f"{self.utterances[i].uid}: {wav}")
+        raise W2VError(f"{self.name}: {min(n, 1000)} utterances in a row cannot be read (e.g. {skipped[0]}); "
+                       "is the corpus still there?")
 
     def _collate_cropped(self, key: BatchKey, wavs: list[np.ndarray]) -> dict:
         target = min(len(w) for w in wavs)

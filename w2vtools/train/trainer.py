@@ -125,6 +125,8 @@ class Trainer:
         self.best_value: float | None = None
         self.valid_since_best = 0  # validations since the last new best (run.patience)
         self.nonfinite = NonfiniteGuard(run.max_nonfinite)
+        self.skipped = 0  # utterances left out of training batches because they failed to load
+        self._skipped_named: set[tuple[str, str]] = set()  # (train|valid, uid) named once
 
         self.collapse = CollapseGuard(objective.guard(self.core),
                                       after=run.collapse_warn_after or cfg.optim.warmup_updates)
@@ -179,8 +181,11 @@ class Trainer:
         if self._stop_signal:
             log.warning("stopped by SIGTERM after update %d; to continue, %s", self.num_updates,
                         resume_hint(self.save_dir))
+        if self.skipped:
+            log.warning("train: %d times an utterance that failed to load was left out of its batch (%d distinct)",
+                        self.skipped, len({u for k, u in self._skipped_named if k == "train"}))
         return {"num_updates": self.num_updates, "epoch": self.epoch, "valid": self.last_valid,
-                "best": self.best_value, "nonfinite": self.nonfinite.total}
+                "best": self.best_value, "nonfinite": self.nonfinite.total, "skipped": self.skipped}
 
     def _train_epoch(self, end: int) -> bool:
         """Train from the current data position; True when the epoch's batches ran out."""
@@ -246,6 +251,7 @@ class Trainer:
         stats: dict[str, float] = {}
         samples = 0.0
         for step, batch in enumerate(micro):
+            self._note_skipped(batch, "train")
             self._seed_batch(batch, "train")
             batch = self._to_device(batch)
             last = step == len(micro) - 1
@@ -261,6 +267,18 @@ class Trainer:
         if reduced[-1] > 0:
             self._stop_signal = True
         return dict(zip(keys, reduced[: len(keys)])), reduced[len(keys)]
+
+    def _note_skipped(self, batch: dict, kind: str) -> None:
+        """Count the utterances the loader left out of ``batch``; name each one once (the count goes on)."""
+        for entry in batch.get("skipped") or ():
+            uid = entry.split(": ", 1)[0]
+            if kind == "train":
+                self.skipped += 1
+            if (kind, uid) in self._skipped_named:
+                continue
+            self._skipped_named.add((kind, uid))
+            log.warning("%s: skipped at update %d: %s (left out of its batch; %d training utterances skipped "
+                        "so far)", kind, self.num_updates + 1, entry, self.skipped)
 
     def _scale_and_clip(self, frozen: set[torch.nn.Parameter], factor: float) -> float:
         """Drop frozen parameters' gradients, multiply the others by ``factor``, clip; the gradient norm."""
@@ -377,6 +395,7 @@ class Trainer:
         self.core.eval()
         stats: dict[str, float] = {}
         for batch in self.valid_loader:
+            self._note_skipped(batch, "valid")
             self._seed_batch(batch, "valid")
             batch = self._to_device(batch)
             with self._autocast():
@@ -413,6 +432,8 @@ class Trainer:
                                   **self.objective.metrics(self.meter.stats),
                                   **self.meter.rates(self.cfg.data.sample_rate),
                                   "mem_mb": memory_mb(self.device), "nonfinite": self.nonfinite.total}
+        if self.skipped:
+            record["skipped"] = self.skipped
         if self.scaler.is_enabled():
             record["loss_scale"] = self.scaler.get_scale()
         self.run_log.write(record)
@@ -437,6 +458,7 @@ class Trainer:
             "best": {"metric": self.cfg.run.best_metric, "value": self.best_value,
                      "maximize": self.cfg.run.maximize_best, "valid_since_best": self.valid_since_best},
             "nonfinite": self.nonfinite.state_dict(),
+            "skipped": self.skipped,
             "config": self.cfg.to_dict(),
         }
 
@@ -472,6 +494,7 @@ class Trainer:
         self.best_value = best.get("value") if same_metric else None
         self.valid_since_best = int(best.get("valid_since_best", 0)) if same_metric else 0
         self.nonfinite.load_state_dict(st.get("nonfinite") or {})
+        self.skipped = int(st.get("skipped", 0))
         rngs = st.get("rng") or []
         if st["world_size"] == self.dist.world_size and len(rngs) > self.dist.rank:
             set_rng_state(rngs[self.dist.rank])
