@@ -89,7 +89,8 @@ def _processes_with(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the child")
-def test_sigterm_terminates_the_cmd_pipe_children(tmp_path, wav):
+@pytest.mark.parametrize("signum, rc, said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_terminates_the_cmd_pipe_children(tmp_path, wav, signum, rc, said):
     # a unique sleep length marks this test's child among other processes
     marker = f"sleep 30.{os.getpid()}{int(time.time() * 1000) % 100000}"
     scp = wav_scp(tmp_path / "wav.scp", {"slow": f"{marker} && cat {wav} |"})
@@ -98,13 +99,13 @@ def test_sigterm_terminates_the_cmd_pipe_children(tmp_path, wav):
     try:
         wait_for(lambda: _processes_with(marker), timeout=60, what="the cmd | child")
         children = _processes_with(marker)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1] == "w2v featurize: terminated", err
+    assert proc.returncode == rc, err
+    assert err.strip().splitlines()[-1] == f"w2v featurize: {said}", err
     wait_for(lambda: not any(p in _processes_with(marker) for p in children), timeout=10,
              what="the cmd | child to end")
     assert not out.exists()

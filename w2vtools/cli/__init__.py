@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in argv)
     prog = "w2v" + (f" {argv[0]}" if argv and argv[0] in COMMANDS else "")
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main_thread else None
+    # only where the signal is handled as usual: a signal the caller ignores (nohup, `cmd &`) stays ignored
+    previous = previous_int = None
+    if on_main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    if on_main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous_int = signal.signal(signal.SIGINT, _on_sigint)
     try:
         cli.main(args=argv, prog_name="w2v", standalone_mode=False)
     except (Terminated, click.exceptions.Abort) as e:
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 class Terminated(KeyboardInterrupt):
@@ -152,7 +159,18 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
     temporary files removed, partial outputs kept for a resume. The training loop
     installs its own handler while it runs (stop after the update, save, exit 0).
     """
+    _terminate_commands()
+    raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:  # noqa: ARG001
+    """Ctrl-C: as Python's default (KeyboardInterrupt), after stopping the ``cmd |`` pipelines, which run
+    in sessions of their own and so no longer get the terminal's SIGINT themselves."""
+    _terminate_commands()
+    raise KeyboardInterrupt()
+
+
+def _terminate_commands() -> None:
     audio = sys.modules.get("w2vtools.audio")  # not imported: no command was started
     if audio is not None:
         audio.terminate_commands()
-    raise Terminated()
