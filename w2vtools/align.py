@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 import torch
 import torchaudio.functional as taf
 
+from w2vtools.batching import SkipLog
 from w2vtools.emissions import EmissionSource
 from w2vtools.errors import PartialFailure, W2VError
 from w2vtools.fileio import atomic_write
@@ -244,11 +245,13 @@ class AlignSummary:
 
 
 def align(source: EmissionSource, transcripts: dict[str, list[str]], outputs: AlignOutputs, *,
-          star: bool = False) -> AlignSummary:
+          star: bool = False, model_skips: SkipLog | None = None) -> AlignSummary:
     """Align every utterance that has both an emission and a transcript; write the outputs.
 
     Utterances that cannot be aligned are named on stderr and left out (:class:`PartialFailure`,
     exit 3, after the outputs are written); when none can be, nothing is written (exit 1).
+    ``model_skips``: the skip log the corpus runner named unreadable recordings in
+    (:func:`w2vtools.emissions.model_emissions`); they count as left out.
     """
     if star and STAR in source.tokens:
         raise W2VError(f"the model's vocabulary already has a {STAR!r} token")
@@ -263,6 +266,8 @@ def align(source: EmissionSource, transcripts: dict[str, list[str]], outputs: Al
             done[uid] = align_utterance(uid, log_probs, transcripts[uid], source.tokens, source.frame_shift, star=star)
         except AlignError as e:
             summary.skipped[uid] = str(e)
+    for uid in (model_skips.uids if model_skips is not None else []):
+        summary.skipped.setdefault(uid, "the model could not run on its recording (reason above)")
     for uid in transcripts:
         if uid not in done and uid not in summary.skipped:
             summary.skipped[uid] = "no emission (not in the corpus or emissions)"

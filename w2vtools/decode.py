@@ -438,13 +438,15 @@ def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None
 
 def emission_source(*, corpus: str | None, model: str | None, emissions: str | None, features: str | None,
                     dict_path: str | None, frame_shift: float | None, shard: tuple[int, int] | None,
-                    device: str, batch_seconds: float, skips: SkipLog | None = None) -> EmissionSource:
+                    device: str, batch_seconds: float | None, skips: SkipLog | None = None,
+                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0) -> EmissionSource:
     """Choose the source: a downstream model over ``features``, a CTC model over ``corpus``,
     or stored ``emissions`` (see :mod:`w2vtools.emissions`); bad utterances of a corpus go to ``skips``."""
     if features is not None:
         return downstream_emissions(features, model, device=device, shard=shard)
     if model is not None:
-        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips)
+        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips,
+                                 chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
         if dict_path is not None and ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
             raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
         return source
@@ -467,11 +469,19 @@ def decode(
     frame_shift: float | None = None,
     utt2spk: str | None = None,
     device: str = "cpu",
-    batch_seconds: float = 200.0,
+    batch_seconds: float | None = None,
     progress: bool | None = None,
     features: str | None = None,
+    chunk_seconds: float = 60.0,
+    chunk_overlap: float = 2.0,
 ) -> DecodeSummary:
     """Decode a corpus with a CTC model, or stored emissions, into Kaldi ``text`` (and nbest/trn/ctm).
+
+    With ``model`` and ``corpus`` the model runs through the corpus runner
+    (:mod:`w2vtools.runner`): ``batch_seconds`` of padded audio per batch (None: 5 on a
+    CPU, 200 on a GPU), recordings longer than ``chunk_seconds`` in windows with
+    ``chunk_overlap`` seconds of context each side, so a long recording's memory is
+    bounded by the window.
 
     Example:
         >>> decode(emissions="em.h5", output="hyp.txt",
@@ -494,7 +504,8 @@ def decode(
         stack.enter_context(exclusive_output(output, nbest_output, trn, ctm, *dumped))
         source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features,
                                  dict_path=dict_path, frame_shift=frame_shift, shard=parse_shard(shard), device=device,
-                                 batch_seconds=batch_seconds, skips=skips)
+                                 batch_seconds=batch_seconds, skips=skips, chunk_seconds=chunk_seconds,
+                                 chunk_overlap=chunk_overlap)
         search = BeamSearch(source.tokens, opts) if opts.decoder != "viterbi" else None
         spk = read_kaldi_table(utt2spk) if utt2spk else {}
         out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,

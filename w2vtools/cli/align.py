@@ -34,10 +34,14 @@ Examples:
               "instead of leaving their utterance out.")
 @click.option("--frame-shift", type=float, help="Seconds per frame [default: from the emissions, else 0.02].")
 @click.option("--device", default="cpu", show_default=True, help="Device for --model.")
-@click.option("--batch-seconds", type=float, default=200.0, show_default=True,
-              help="Padded audio per model batch (with --model).")
+@click.option("--batch-seconds", type=float, default=None,
+              help="Padded audio per model batch (with --model) [default: 5 on a CPU, 200 on a GPU].")
+@click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
+              help="With --model: longer recordings run in windows of this length (memory bounded by the window).")
+@click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
+              help="Seconds of context on each side of a window, dropped when the frames are stitched.")
 def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, textgrid_dir, star, frame_shift, device,
-            batch_seconds):
+            batch_seconds, chunk_seconds, chunk_overlap):
     """Force-align the transcripts in TEXT (Kaldi text: `uid WORD WORD ...`) to a CTC model's
     output over CORPUS (TSV manifest, Kaldi data dir, wav.scp), or to stored --emissions.
 
@@ -51,25 +55,32 @@ def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, text
     import logging
 
     from w2vtools.align import AlignOutputs, align
+    from w2vtools.batching import SkipLog
     from w2vtools.emissions import model_emissions, stored_emissions
+    from w2vtools.fileio import exclusive_output
     from w2vtools.formats.corpus import read_corpus
     from w2vtools.formats.labels import normalize_words
     from w2vtools.formats.text import read_text_table
 
-    if emissions:
-        if len(inputs) != 1 or model:
-            raise click.UsageError("with --emissions give only TEXT (no CORPUS, no --model)")
-        source = stored_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift)
-        recordings = {}
-    else:
-        if len(inputs) != 2 or not model:
-            raise click.UsageError("give CORPUS TEXT --model M, or --emissions E TEXT")
-        source = model_emissions(inputs[0], model, device=device, batch_seconds=batch_seconds)
-        if frame_shift:
-            source.frame_shift = frame_shift
-        recordings = {u.uid: u.source for u in read_corpus(inputs[0]) if u.start is None}
+    if emissions and (len(inputs) != 1 or model):
+        raise click.UsageError("with --emissions give only TEXT (no CORPUS, no --model)")
+    if not emissions and (len(inputs) != 2 or not model):
+        raise click.UsageError("give CORPUS TEXT --model M, or --emissions E TEXT")
     transcripts = {uid: normalize_words(" ".join(words)).split() for uid, words in read_text_table(inputs[-1]).items()}
-    outputs = AlignOutputs(ctm=ctm, letter_ctm=letter_ctm, data_dir=data_dir, textgrid_dir=textgrid_dir,
-                           recording_of=recordings)
-    summary = align(source, transcripts, outputs, star=star)
-    logging.getLogger("w2v.align").info(summary.line())
+    log = logging.getLogger("w2v.align")
+    skips = SkipLog(log)
+    # one writer per output, taken before the model loads
+    with exclusive_output(ctm, letter_ctm, data_dir, textgrid_dir):
+        if emissions:
+            source = stored_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift)
+            recordings = {}
+        else:
+            source = model_emissions(inputs[0], model, device=device, batch_seconds=batch_seconds, skips=skips,
+                                     chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
+            if frame_shift:
+                source.frame_shift = frame_shift
+            recordings = {u.uid: u.source for u in read_corpus(inputs[0]) if u.start is None}
+        outputs = AlignOutputs(ctm=ctm, letter_ctm=letter_ctm, data_dir=data_dir, textgrid_dir=textgrid_dir,
+                               recording_of=recordings)
+        summary = align(source, transcripts, outputs, star=star, model_skips=skips)
+    log.info(summary.line())
