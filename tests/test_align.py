@@ -7,7 +7,14 @@ import pytest
 import torch
 import torchaudio.functional as taf
 
-from w2vtools.align import AlignError, align_utterance, frames_needed, transcript_targets
+from w2vtools.align import (
+    AlignError,
+    align_utterance,
+    checkpointed_viterbi,
+    forced_align_path,
+    frames_needed,
+    transcript_targets,
+)
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 
 UID = "librispeech-121-121726-0000"
@@ -40,6 +47,21 @@ def test_path_equals_torchaudio_forced_align(real):
     ref_path, _ = taf.forced_align(lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
     assert alignment.path == ref_path[0].tolist()
     assert _collapse(alignment.path) == targets
+
+
+def test_checkpointed_viterbi_gives_torchaudios_path_in_bounded_memory(real):
+    # long recordings: the same path and scores with back-pointers kept for 37 frames at a time,
+    # on the real emission and on it three times over (transcript three times)
+    _, tokens, lp, words = real
+    for times in (1, 3):
+        long_lp = torch.cat([lp] * times)
+        targets = [tokens.index(c) for c in "|".join(words * times)]
+        ref_path, ref_scores = taf.forced_align(long_lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
+        path, scores = checkpointed_viterbi(long_lp, targets, block=37)
+        assert path.tolist() == ref_path[0].tolist()
+        assert torch.equal(scores, ref_scores[0])
+        # the dispatcher picks it when the trellis exceeds the budget
+        assert forced_align_path(long_lp, targets, max_bytes=1000)[0].tolist() == ref_path[0].tolist()
 
 
 def test_segments_cover_the_transcript_in_order(real):

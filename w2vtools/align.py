@@ -2,7 +2,9 @@
 
 The path is the Viterbi path through the CTC trellis of the transcript's letters (blanks
 between letters optional, a blank required between two equal letters), computed by
-``torchaudio.functional.forced_align``. Between words the transcript has the word boundary
+``torchaudio.functional.forced_align``, or for a long recording, whose trellis (frames x
+letters) would not fit :data:`TRELLIS_BYTES`, by :func:`checkpointed_viterbi` (the same
+recursion and tie rules, back-pointers kept one block of frames at a time). Between words the transcript has the word boundary
 token ``|`` as fairseq's letter dictionaries do; it is aligned like a letter, optional
 silence around it going to blank frames. From the path come:
 
@@ -126,6 +128,88 @@ def _spans(path: torch.Tensor, num_targets: int) -> list[tuple[int, int]]:
     return spans
 
 
+#: Trellis size (frames x (2 x tokens + 1)) up to which ``torchaudio.functional.forced_align``
+#: runs; it keeps one byte of back-pointer per cell, so beyond this a long recording is
+#: aligned by :func:`checkpointed_viterbi` (the same path, memory bounded by this many bytes).
+TRELLIS_BYTES = 32 << 20
+
+
+def forced_align_path(log_probs: torch.Tensor, targets: Sequence[int], *,
+                      max_bytes: int = TRELLIS_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTC Viterbi path through ``targets`` (blank 0): ``(token per frame, its log-probability)``.
+
+    ``torchaudio.functional.forced_align`` when its trellis fits ``max_bytes``, else
+    :func:`checkpointed_viterbi` (the same recursion and tie rules, so the same path).
+
+    Example:
+        >>> lp = torch.log_softmax(torch.randn(50, 6), -1)
+        >>> a, b = forced_align_path(lp, [3, 4, 4]), forced_align_path(lp, [3, 4, 4], max_bytes=1)
+        >>> torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1])
+        True
+    """
+    num_states = 2 * len(targets) + 1
+    if log_probs.shape[0] * num_states <= max_bytes:
+        path, scores = taf.forced_align(log_probs[None], torch.tensor([list(targets)], dtype=torch.int32), blank=0)
+        return path[0], scores[0]
+    return checkpointed_viterbi(log_probs, targets, block=max(1, max_bytes // num_states))
+
+
+def _viterbi_step(alpha: torch.Tensor, emission: torch.Tensor, skip: torch.Tensor):
+    """One frame of the CTC Viterbi recursion over the states (blank, t1, blank, t2, ..., blank):
+    stay, advance one, or skip a blank between different tokens; ties prefer staying, then one
+    step (``forced_align``'s rule). Returns (new scores, back-pointers 0/1/2 as int8)."""
+    neg = torch.tensor(-math.inf, dtype=alpha.dtype)
+    x1 = torch.cat([neg[None], alpha[:-1]])
+    x2 = torch.where(skip, torch.cat([neg[None], neg[None], alpha[:-2]]), neg)
+    take2 = (x2 > x1) & (x2 > alpha)
+    take1 = ~take2 & (x1 > alpha) & (x1 > x2)
+    best = torch.where(take2, x2, torch.where(take1, x1, alpha))
+    return best + emission, take1.to(torch.int8) + 2 * take2.to(torch.int8)
+
+
+def checkpointed_viterbi(log_probs: torch.Tensor, targets: Sequence[int], *,
+                         block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """CTC forced alignment in memory bounded by ``block`` frames of back-pointers.
+
+    The forward pass keeps the state scores only every ``block`` frames; the backward
+    trace recomputes one block at a time from its checkpoint (twice the forward work).
+    Memory: ``(T / block + block) x (2 L + 1)`` cells instead of ``T x (2 L + 1)``, so a
+    20-minute recording with its whole transcript aligns in tens of MB.
+
+    Example:
+        >>> lp = torch.log_softmax(torch.randn(30, 5), -1)
+        >>> checkpointed_viterbi(lp, [1, 2, 2], block=4)[0].shape
+        torch.Size([30])
+    """
+    lp = log_probs.float()
+    num_frames, states = lp.shape[0], 2 * len(targets) + 1
+    tg = torch.tensor(list(targets), dtype=torch.long)
+    ext = torch.zeros(states, dtype=torch.long)
+    ext[1::2] = tg
+    skip = torch.zeros(states, dtype=torch.bool)
+    skip[3::2] = tg[1:] != tg[:-1]
+    alpha = torch.full((states,), -math.inf)
+    alpha[:2] = lp[0, ext[:2]]
+    checkpoints = {0: alpha.clone()}
+    for t in range(1, num_frames):
+        alpha, _ = _viterbi_step(alpha, lp[t, ext], skip)
+        if t % block == 0:
+            checkpoints[t] = alpha.clone()
+    state = states - 1 if alpha[states - 1] > alpha[states - 2] else states - 2
+    path = torch.empty(num_frames, dtype=torch.long)
+    for start in sorted(checkpoints, reverse=True):
+        last = min(start + block, num_frames - 1)
+        a, pointers = checkpoints.pop(start), []
+        for t in range(start + 1, last + 1):
+            a, bp = _viterbi_step(a, lp[t, ext], skip)
+            pointers.append(bp)
+        for t in range(last, start, -1):
+            path[t] = ext[state]
+            state -= int(pointers[t - start - 1][state])
+    path[0] = ext[state]
+    return path, lp.gather(1, path[:, None])[:, 0]
+
+
 def align_utterance(uid: str, log_probs: torch.Tensor, words: Sequence[str], tokens: Sequence[str],
                     frame_shift: float, *, star: bool = False) -> Alignment:
     """Force-align one transcript to one ``(T, V)`` matrix of CTC log-probabilities.
@@ -145,8 +229,8 @@ def align_utterance(uid: str, log_probs: torch.Tensor, words: Sequence[str], tok
     lp = log_probs.float()
     if star:
         lp = torch.cat([lp, torch.zeros(num_frames, 1)], dim=1)  # STAR's column: log 1 on every frame
-    path, scores = taf.forced_align(lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
-    path, probs = path[0], scores[0].exp()
+    path, scores = forced_align_path(lp, targets)
+    probs = scores.exp()
     spans = _spans(path, len(targets))
     letters = [Segment(token_names[tok], a * frame_shift, b * frame_shift, float(probs[a:b].mean()))
                for tok, (a, b) in zip(targets, spans)]
