@@ -144,3 +144,50 @@ def test_cli_names_and_skips_what_cannot_be_aligned(real, tmp_path, w2v):
                check=False)
     assert proc.returncode == 1 and "no utterance could be aligned" in proc.stderr
     assert not (tmp_path / "o.ctm").exists()
+
+
+def _long_emission(real, tmp_path, times: int):
+    """The real emission ``times`` over as one recording ``long`` (.npy + dict), its transcript as often."""
+    d, _, _, words = real
+    folder = tmp_path / "em"
+    folder.mkdir()
+    np.save(folder / "long.npy", np.concatenate([np.load(d / f"{UID}.logits.npy")] * times))
+    (folder / "dict.ltr.txt").write_text((d / "dict.ltr.txt").read_text())
+    (tmp_path / "text").write_text("long " + " ".join(words * times) + "\n")
+    return folder / "long.npy", tmp_path / "text"
+
+
+def _table(path):
+    return [line.split(maxsplit=1) for line in path.read_text().splitlines()]
+
+
+def test_segment_cuts_a_long_recording_at_its_longest_pauses(real, tmp_path, w2v):
+    _, _, _, words = real
+    em, text = _long_emission(real, tmp_path, 3)
+    # three readings of the sentence: at most 10 s each, the cuts fall between the readings
+    w2v("align", "--emissions", em, text, "-o", tmp_path / "w.ctm", "--segment", tmp_path / "s10",
+        "--max-segment-seconds", "10")
+    assert [t for _, t in _table(tmp_path / "s10" / "text")] == [" ".join(words)] * 3
+    # at most 4 s: each reading is cut at its two phrase pauses, never inside a word
+    w2v("align", "--emissions", em, text, "-o", tmp_path / "w.ctm", "--segment", tmp_path / "s4",
+        "--max-segment-seconds", "4")
+    texts = [t for _, t in _table(tmp_path / "s4" / "text")]
+    assert " ".join(texts).split() == words * 3
+    assert texts[:3] == ["ALSO A POPULAR CONTRIVANCE", "WHEREBY LOVE MAKING MAY BE SUSPENDED",
+                         "BUT NOT STOPPED DURING THE PICNIC SEASON"]
+    ctm = [line.split() for line in (tmp_path / "w.ctm").read_text().splitlines()]
+    word_times = [(float(c[2]), float(c[2]) + float(c[3])) for c in ctm]
+    segments = [line.split() for line in (tmp_path / "s4" / "segments").read_text().splitlines()]
+    first = 0
+    for (sid, rec, start, end), t in zip(segments, texts):
+        n = len(t.split())
+        mine = word_times[first : first + n]
+        assert rec == "long" and sid.startswith("long-")
+        assert float(start) <= mine[0][0] and mine[-1][1] <= float(end)  # the words lie inside
+        assert mine[-1][1] - mine[0][0] <= 4.0
+        if first:  # a cut is at a real pause: at least 0.3 s between the words on either side
+            assert mine[0][0] - word_times[first - 1][1] >= 0.3
+        first += n
+    starts = [float(s[2]) for s in segments]
+    assert starts == sorted(starts) and all(float(a[3]) <= float(b[2]) for a, b in zip(segments, segments[1:]))
+    assert _table(tmp_path / "s4" / "utt2spk")[0] == [segments[0][0], "long"]

@@ -120,6 +120,27 @@ def test_windows_of_a_transformer_agree_away_from_window_edges(minute, tmp_path,
     np.testing.assert_allclose(np.exp(win).sum(-1), 1.0, atol=1e-4)
 
 
+def test_segment_a_long_recording_into_a_data_dir_for_manifest(minute, tmp_path, w2v):
+    # the --model route: a minute of LJ speech with its text -> utterances of at most 8 s
+    # (random weights: the cuts are not where a trained model puts them; the plumbing is tested)
+    scp, text = minute
+    model = _tiny_ctc(tmp_path / "tiny.pt")
+    w2v("align", scp, text, "--model", model, "-o", tmp_path / "w.ctm", "--segment", tmp_path / "seg",
+        "--max-segment-seconds", "8")
+    seg = tmp_path / "seg"
+    assert sorted(p.name for p in seg.iterdir()) == ["segments", "spk2utt", "text", "utt2spk", "wav.scp"]
+    segments = [line.split() for line in (seg / "segments").read_text().splitlines()]
+    assert len(segments) >= 8
+    assert " ".join(line.split(maxsplit=1)[1] for line in (seg / "text").read_text().splitlines()) == \
+        text.read_text().split(maxsplit=1)[1].strip()
+    w2v("manifest", "--from-kaldi", seg, "--dest", tmp_path / "man")
+    rows = (tmp_path / "man" / "seg.tsv").read_text().splitlines()[1:]
+    lengths = sorted(int(r.split("\t")[1]) for r in rows)
+    expected = sorted(round((float(e) - float(s)) * 16000) for _, _, s, e in segments)
+    assert len(rows) == len(segments)
+    assert all(abs(a - b) <= 16 for a, b in zip(lengths, expected))
+
+
 def _peak_rss_mb(*args: str) -> tuple[float, subprocess.CompletedProcess | int]:
     """Run ``w2v ARGS`` in a child process; its peak resident size (ru_maxrss) in MB."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -256,6 +256,9 @@ class AlignOutputs:
     data_dir: str | None = None
     textgrid_dir: str | None = None
     recording_of: dict[str, str] = dataclasses.field(default_factory=dict)  # uid -> wav.scp entry, for data_dir
+    segment_dir: str | None = None  # --segment: utterances cut from long recordings
+    max_segment_seconds: float = 20.0
+    min_confidence: float = 0.0  # --segment: utterances with a lower mean word confidence are left out
 
 
 def _ctm_lines(alignment: Alignment, segments: Iterable[Segment]) -> Iterable[str]:
@@ -281,6 +284,16 @@ def write_outputs(alignments: Sequence[Alignment], out: AlignOutputs) -> list[st
         written.append(out.letter_ctm)
     if out.data_dir:
         written.append(_write_word_data_dir(alignments, Path(out.data_dir), out.recording_of))
+    if out.segment_dir:
+        cuts = [c for a in alignments for c in segment_alignment(a, max_seconds=out.max_segment_seconds)]
+        kept = [c for c in cuts if c.confidence >= out.min_confidence]
+        for c in cuts:
+            if c.confidence < out.min_confidence:
+                log.warning("%s: mean word confidence %.3f < %.3f: left out of %s", c.uid, c.confidence,
+                            out.min_confidence, out.segment_dir)
+        if not kept:
+            raise W2VError(f"{out.segment_dir}: every segment is below --min-confidence {out.min_confidence}")
+        written.append(write_segments_data_dir(kept, Path(out.segment_dir), out.recording_of))
     if out.textgrid_dir:
         folder = Path(out.textgrid_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -307,6 +320,98 @@ def _write_word_data_dir(alignments: Sequence[Alignment], folder: Path, recordin
     if recording_of:
         with atomic_write(folder / "wav.scp") as f:
             f.writelines(f"{a.uid} {recording_of[a.uid]}\n" for a in alignments if a.uid in recording_of)
+    return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# --segment: a long recording and its long transcript -> utterances
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """One utterance cut from a long recording: Kaldi ``segments`` and ``text`` of it."""
+
+    recording: str
+    start: float
+    end: float
+    words: tuple[str, ...]
+    confidence: float  # the mean word confidence
+
+    @property
+    def uid(self) -> str:
+        """``REC-SSSSSSS-EEEEEEE`` (start and end in centiseconds): Kaldi's segment ids, sorted by time."""
+        return f"{self.recording}-{round(self.start * 100):07d}-{round(self.end * 100):07d}"
+
+
+#: --segment: seconds of the pause kept on each side of an utterance (at most half the pause)
+SEGMENT_PAD = 0.2
+#: --segment: a cut leaves at least this many seconds of words on each side when it can
+MIN_SEGMENT_SECONDS = 1.0
+
+
+def _longest_pause(words: Sequence[Segment], lo: int, hi: int) -> int:
+    """The index ``g`` in ``(lo, hi)`` with the longest pause before ``words[g]``, preferring cuts
+    that leave :data:`MIN_SEGMENT_SECONDS` of words on both sides; ties go to the earliest."""
+    def key(g: int):
+        balanced = (words[g - 1].end - words[lo].start >= MIN_SEGMENT_SECONDS
+                    and words[hi - 1].end - words[g].start >= MIN_SEGMENT_SECONDS)
+        return (balanced, words[g].start - words[g - 1].end, -g)
+    return max(range(lo + 1, hi), key=key)
+
+
+def segment_alignment(alignment: Alignment, *, max_seconds: float = 20.0, pad: float = SEGMENT_PAD) -> list[Cut]:
+    """Cut an aligned long recording into utterances of at most ``max_seconds`` of words.
+
+    A span of words longer than that is cut at its longest pause between aligned words,
+    and each half again until every span fits (a single word longer than ``max_seconds``
+    stays whole). Each utterance keeps up to ``pad`` seconds of the pauses around it
+    (never more than half of a pause, so neighbours do not overlap).
+
+    Example:
+        >>> words = [Segment(w, s, e, 0.9) for w, s, e in [("A", 0.5, 1.5), ("B", 1.6, 2.5), ("C", 4.0, 5.0)]]
+        >>> [(c.start, c.end, c.words) for c in segment_alignment(Alignment("r", [], [], words, 6.0), max_seconds=3)]
+        [(0.3, 2.7, ('A', 'B')), (3.8, 5.2, ('C',))]
+    """
+    words = alignment.words
+    spans, todo = [], [(0, len(words))]
+    while todo:
+        lo, hi = todo.pop()
+        if hi - lo == 1 or words[hi - 1].end - words[lo].start <= max_seconds:
+            spans.append((lo, hi))
+            continue
+        g = _longest_pause(words, lo, hi)
+        todo += [(g, hi), (lo, g)]
+    cuts = []
+    for lo, hi in sorted(spans):
+        before = (words[lo].start + words[lo - 1].end) / 2 if lo else 0.0
+        after = (words[hi - 1].end + words[hi].start) / 2 if hi < len(words) else alignment.duration
+        start = round(max(before, words[lo].start - pad), 2)
+        end = round(min(after, words[hi - 1].end + pad), 2)
+        conf = sum(w.confidence for w in words[lo:hi]) / (hi - lo)
+        cuts.append(Cut(alignment.uid, start, end, tuple(w.label for w in words[lo:hi]), conf))
+    return cuts
+
+
+def write_segments_data_dir(cuts: Sequence[Cut], folder: Path, recording_of: dict[str, str]) -> str:
+    """A Kaldi data dir of the cut utterances: ``segments``, ``text``, ``utt2spk`` and ``spk2utt``
+    (the recording is the speaker: nothing better is known), and ``wav.scp`` when the
+    recordings are known; ``w2v manifest --from-kaldi`` reads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cuts = sorted(cuts, key=lambda c: (c.recording.encode("utf-8"), c.start))
+    with atomic_write(folder / "segments") as f:
+        f.writelines(f"{c.uid} {c.recording} {c.start:.2f} {c.end:.2f}\n" for c in cuts)
+    with atomic_write(folder / "text") as f:
+        f.writelines(f"{c.uid} {' '.join(c.words)}\n" for c in cuts)
+    with atomic_write(folder / "utt2spk") as f:
+        f.writelines(f"{c.uid} {c.recording}\n" for c in cuts)
+    recordings = sorted({c.recording for c in cuts}, key=lambda r: r.encode("utf-8"))
+    with atomic_write(folder / "spk2utt") as f:
+        f.writelines(f"{r} {' '.join(c.uid for c in cuts if c.recording == r)}\n" for r in recordings)
+    if recording_of:
+        with atomic_write(folder / "wav.scp") as f:
+            f.writelines(f"{r} {recording_of[r]}\n" for r in recordings if r in recording_of)
+    else:
+        log.warning("%s: no wav.scp (the recordings are unknown with --emissions; give the corpus too)", folder)
     return str(folder)
 
 
