@@ -88,11 +88,19 @@ class Hypothesis:
         words: the word sequence.
         score: decoder score (viterbi: sum of the chosen frames' log-probabilities).
         word_frames: ``(first_frame, last_frame)`` per word, from the CTC alignment.
+        word_confidences: per word, the mean posterior of the frames the decoder put its
+            letters on (viterbi: the best path's frames on the word's letters; beam search:
+            the frame at which it emits each letter); when those frames are unknown (a beam
+            search word the lexicon cannot spell), the hypothesis's n-best ``posterior``.
+        posterior: beam search: the softmax of the hypothesis's total score among the
+            decoder's n best (:data:`POSTERIOR_NBEST` at least); viterbi: 1 (one path).
     """
 
     words: list[str]
     score: float
     word_frames: list[tuple[int, int]]
+    word_confidences: list[float] = dataclasses.field(default_factory=list)
+    posterior: float = 1.0
 
 
 @dataclasses.dataclass
@@ -162,7 +170,10 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[str]) -> Hypothesis:
         for t, s, e in zip(uniq[keep].tolist(), starts[keep].tolist(), ends[keep].tolist())
     ]
     words, frames = _words_from_tokens(pieces)
-    return Hypothesis(words, float(best.sum()), frames)
+    probs = best.exp() * (ids != 0)  # the best path's posterior on letter frames, 0 on blanks
+    letter = (ids != 0).to(probs.dtype)
+    confs = [float(probs[a : b + 1].sum() / letter[a : b + 1].sum().clamp_min(1)) for a, b in frames]
+    return Hypothesis(words, float(best.sum()), frames, confs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +253,11 @@ def skip_blank_runs(log_probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.nonzero(~repeat).squeeze(1)
 
 
+#: Hypotheses the beam search returns at least, whatever ``--nbest`` writes: the n-best
+#: posterior of the 1-best is its softmax among these (with one, it would always be 1)
+POSTERIOR_NBEST = 10
+
+
 class BeamSearch:
     """torchaudio's flashlight CTC beam search, lexicon-constrained or lexicon-free.
 
@@ -276,7 +292,7 @@ class BeamSearch:
                 lexicon=lexicon,
                 tokens=self.tokens,
                 lm=opts.lm,
-                nbest=opts.nbest,
+                nbest=max(opts.nbest, min(POSTERIOR_NBEST, opts.beam)),
                 beam_size=opts.beam,
                 beam_size_token=opts.beam_size_token,
                 beam_threshold=opts.beam_threshold,
@@ -299,22 +315,41 @@ class BeamSearch:
         emissions = log_probs[frames].to(torch.float32).contiguous().unsqueeze(0)
         lengths = torch.tensor([emissions.shape[1]], dtype=torch.int32)
         results = self.decoder(emissions, lengths)[0]
+        posteriors = torch.softmax(torch.tensor([float(h.score) for h in results], dtype=torch.float64), 0).tolist()
         frame_of = frames.tolist()
         out = []
-        for hyp in results:
+        for hyp, posterior in zip(results[: self.opts.nbest], posteriors):
             ids = hyp.tokens.tolist()
-            times = [frame_of[min(max(int(t), 0), len(frame_of) - 1)] for t in hyp.timesteps.tolist()]
-            # flashlight pads the token sequence with a boundary at both ends; its timesteps
-            # give the frame at which each token is emitted.
+            # flashlight pads the token sequence with a boundary at both ends, so its timesteps
+            # count that pad: timestep t is frame t - 1, the first frame of the token's run
+            times = [frame_of[min(max(int(t) - 1, 0), len(frame_of) - 1)] for t in hyp.timesteps.tolist()]
             pieces = [(self.tokens[i], int(t), int(t)) for i, t in zip(ids, times)]
             words, frames = _words_from_tokens(pieces)
+            confs = _letter_confidences(log_probs, [(i, t) for i, t in zip(ids, times)], self.tokens, len(words))
             if self.opts.decoder == "kenlm" and hyp.words:
                 if len(hyp.words) == len(words):
                     words = list(hyp.words)
                 else:  # an <unk> word has no spelling: keep the LM's words, frames unknown
-                    words, frames = list(hyp.words), []
-            out.append(Hypothesis(words, float(hyp.score), frames))
+                    words, frames, confs = list(hyp.words), [], []
+            confs = confs or [posterior] * len(words)
+            out.append(Hypothesis(words, float(hyp.score), frames, confs, posterior))
         return out
+
+
+def _letter_confidences(log_probs: torch.Tensor, emitted: Sequence[tuple[int, int]], tokens: Sequence[str],
+                        num_words: int) -> list[float]:
+    """Per word, the mean posterior of its letters at the frames the beam search emits them
+    (``emitted``: (token id, frame) pairs in order; ``|`` separates words)."""
+    confs: list[list[float]] = [[]]
+    for tok, t in emitted:
+        name = tokens[tok]
+        if name == WORD_BOUNDARY:
+            if confs[-1]:
+                confs.append([])
+        elif name not in NOT_WORD_TOKENS:
+            confs[-1].append(float(log_probs[t, tok].exp()))
+    means = [sum(c) / len(c) for c in confs if c]
+    return means if len(means) == num_words else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +381,10 @@ class DecodeSummary:
 
 class HypothesisWriter:
     """The one writer of decoding results: Kaldi ``text``, and optionally n-best lists
-    (with a ``.scores`` file beside), sclite ``trn`` and ``ctm``; it owns their line
-    formats and their order.
+    (with a ``.scores`` file beside: ``uid-RANK score posterior``, the posterior being the
+    softmax of the total scores among the decoder's n best), sclite ``trn`` and ``ctm``
+    (``uid 1 start duration WORD confidence``: :attr:`Hypothesis.word_confidences`); it owns
+    their line formats and their order.
 
     Lines are written as results come, or, when ``order`` is given (the model ran
     length-sorted batches), held and written in that order by :meth:`finish`.
@@ -376,14 +413,15 @@ class HypothesisWriter:
         lines: dict[str, list[str]] = {"text": [text_line(uid, best.words)]}
         if "nbest" in self.files:
             lines["nbest"] = [text_line(nbest_key(uid, r), h.words) for r, h in enumerate(hyps, 1)]
-            lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f}" for r, h in enumerate(hyps, 1)]
+            lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f} {h.posterior:.4f}" for r, h in enumerate(hyps, 1)]
         if "trn" in self.files:
             lines["trn"] = [trn_line(best.words, uid, self.utt2spk.get(uid))]
         if "ctm" in self.files:
             shift = self.frame_shift
+            confs = best.word_confidences or [best.posterior] * len(best.words)
             lines["ctm"] = [
-                ctm_line(uid, first * shift, (last + 1 - first) * shift, word)
-                for word, (first, last) in zip(best.words, best.word_frames)
+                ctm_line(uid, first * shift, (last + 1 - first) * shift, word, conf)
+                for word, (first, last), conf in zip(best.words, best.word_frames, confs)
             ]
         return lines
 
