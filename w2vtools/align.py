@@ -2,7 +2,7 @@
 
 The path is the Viterbi path through the CTC trellis of the transcript's letters (blanks
 between letters optional, a blank required between two equal letters), computed by
-``torchaudio.functional.forced_align``, or for a long recording, whose trellis (frames x
+``torchaudio.functional.forced_align``, or for a long recording, whose back-pointers (frames x
 letters) would not fit :data:`TRELLIS_BYTES`, by :func:`checkpointed_viterbi` (the same
 recursion and tie rules, back-pointers kept one block of frames at a time). Between words the transcript has the word boundary
 token ``|`` as fairseq's letter dictionaries do; it is aligned like a letter, optional
@@ -128,10 +128,11 @@ def _spans(path: torch.Tensor, num_targets: int) -> list[tuple[int, int]]:
     return spans
 
 
-#: Trellis size (frames x (2 x tokens + 1)) up to which ``torchaudio.functional.forced_align``
-#: runs; it keeps one byte of back-pointer per cell, so beyond this a long recording is
-#: aligned by :func:`checkpointed_viterbi` (the same path, memory bounded by this many bytes).
-TRELLIS_BYTES = 32 << 20
+#: Back-pointer memory up to which ``torchaudio.functional.forced_align`` runs: it keeps two
+#: bits per trellis cell (frames x (2 x tokens + 1)), 630 MB for 20 minutes with their text;
+#: beyond this a long recording is aligned by :func:`checkpointed_viterbi` (the same path,
+#: its back-pointers within half of this many bytes).
+TRELLIS_BYTES = 64 << 20
 
 
 def forced_align_path(log_probs: torch.Tensor, targets: Sequence[int], *,
@@ -148,10 +149,10 @@ def forced_align_path(log_probs: torch.Tensor, targets: Sequence[int], *,
         True
     """
     num_states = 2 * len(targets) + 1
-    if log_probs.shape[0] * num_states <= max_bytes:
+    if log_probs.shape[0] * num_states // 4 <= max_bytes:
         path, scores = taf.forced_align(log_probs[None], torch.tensor([list(targets)], dtype=torch.int32), blank=0)
         return path[0], scores[0]
-    return checkpointed_viterbi(log_probs, targets, block=max(1, max_bytes // num_states))
+    return checkpointed_viterbi(log_probs, targets, block=max(1, max_bytes // (2 * num_states)))
 
 
 def _viterbi_step(alpha: torch.Tensor, emission: torch.Tensor, skip: torch.Tensor):
