@@ -7,7 +7,14 @@ import pytest
 import torch
 import torchaudio.functional as taf
 
-from w2vtools.align import AlignError, align_utterance, frames_needed, transcript_targets
+from w2vtools.align import (
+    AlignError,
+    align_utterance,
+    checkpointed_viterbi,
+    forced_align_path,
+    frames_needed,
+    transcript_targets,
+)
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 
 UID = "librispeech-121-121726-0000"
@@ -40,6 +47,21 @@ def test_path_equals_torchaudio_forced_align(real):
     ref_path, _ = taf.forced_align(lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
     assert alignment.path == ref_path[0].tolist()
     assert _collapse(alignment.path) == targets
+
+
+def test_checkpointed_viterbi_gives_torchaudios_path_in_bounded_memory(real):
+    # long recordings: the same path and scores with back-pointers kept for 37 frames at a time,
+    # on the real emission and on it three times over (transcript three times)
+    _, tokens, lp, words = real
+    for times in (1, 3):
+        long_lp = torch.cat([lp] * times)
+        targets = [tokens.index(c) for c in "|".join(words * times)]
+        ref_path, ref_scores = taf.forced_align(long_lp[None], torch.tensor([targets], dtype=torch.int32), blank=0)
+        path, scores = checkpointed_viterbi(long_lp, targets, block=37)
+        assert path.tolist() == ref_path[0].tolist()
+        assert torch.equal(scores, ref_scores[0])
+        # the dispatcher picks it when the trellis exceeds the budget
+        assert forced_align_path(long_lp, targets, max_bytes=1000)[0].tolist() == ref_path[0].tolist()
 
 
 def test_segments_cover_the_transcript_in_order(real):
@@ -123,3 +145,50 @@ def test_cli_names_and_skips_what_cannot_be_aligned(real, tmp_path, w2v):
                check=False)
     assert proc.returncode == 1 and "all 1 utterances failed" in proc.stderr and "nothing written" in proc.stderr
     assert not (tmp_path / "o.ctm").exists() and not list(tmp_path.glob("o.ctm*"))
+
+
+def _long_emission(real, tmp_path, times: int):
+    """The real emission ``times`` over as one recording ``long`` (.npy + dict), its transcript as often."""
+    d, _, _, words = real
+    folder = tmp_path / "em"
+    folder.mkdir()
+    np.save(folder / "long.npy", np.concatenate([np.load(d / f"{UID}.logits.npy")] * times))
+    (folder / "dict.ltr.txt").write_text((d / "dict.ltr.txt").read_text())
+    (tmp_path / "text").write_text("long " + " ".join(words * times) + "\n")
+    return folder / "long.npy", tmp_path / "text"
+
+
+def _table(path):
+    return [line.split(maxsplit=1) for line in path.read_text().splitlines()]
+
+
+def test_segment_cuts_a_long_recording_at_its_longest_pauses(real, tmp_path, w2v):
+    _, _, _, words = real
+    em, text = _long_emission(real, tmp_path, 3)
+    # three readings of the sentence: at most 10 s each, the cuts fall between the readings
+    w2v("align", "--emissions", em, text, "-o", tmp_path / "w.ctm", "--segment", tmp_path / "s10",
+        "--max-segment-seconds", "10")
+    assert [t for _, t in _table(tmp_path / "s10" / "text")] == [" ".join(words)] * 3
+    # at most 4 s: each reading is cut at its two phrase pauses, never inside a word
+    w2v("align", "--emissions", em, text, "-o", tmp_path / "w.ctm", "--segment", tmp_path / "s4",
+        "--max-segment-seconds", "4")
+    texts = [t for _, t in _table(tmp_path / "s4" / "text")]
+    assert " ".join(texts).split() == words * 3
+    assert texts[:3] == ["ALSO A POPULAR CONTRIVANCE", "WHEREBY LOVE MAKING MAY BE SUSPENDED",
+                         "BUT NOT STOPPED DURING THE PICNIC SEASON"]
+    ctm = [line.split() for line in (tmp_path / "w.ctm").read_text().splitlines()]
+    word_times = [(float(c[2]), float(c[2]) + float(c[3])) for c in ctm]
+    segments = [line.split() for line in (tmp_path / "s4" / "segments").read_text().splitlines()]
+    first = 0
+    for (sid, rec, start, end), t in zip(segments, texts):
+        n = len(t.split())
+        mine = word_times[first : first + n]
+        assert rec == "long" and sid.startswith("long-")
+        assert float(start) <= mine[0][0] and mine[-1][1] <= float(end)  # the words lie inside
+        assert mine[-1][1] - mine[0][0] <= 4.0
+        if first:  # a cut is at a real pause: at least 0.3 s between the words on either side
+            assert mine[0][0] - word_times[first - 1][1] >= 0.3
+        first += n
+    starts = [float(s[2]) for s in segments]
+    assert starts == sorted(starts) and all(float(a[3]) <= float(b[2]) for a, b in zip(segments, segments[1:]))
+    assert _table(tmp_path / "s4" / "utt2spk")[0] == [segments[0][0], "long"]

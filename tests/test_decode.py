@@ -80,8 +80,15 @@ def test_kenlm_prints_the_expected_transcript(emissions_dir, expected, lm_and_le
     assert list(nbest) == [f"{UID}-1", f"{UID}-2", f"{UID}-3"]
     assert " ".join(nbest[f"{UID}-1"]) == expected
     assert len({" ".join(v) for v in nbest.values()}) == 3  # distinct alternatives
-    scores = [float(line.split()[1]) for line in (tmp_path / "hyp.txt.nbest.scores").read_text().splitlines()]
+    rows = [line.split() for line in (tmp_path / "hyp.txt.nbest.scores").read_text().splitlines()]
+    scores = [float(r[1]) for r in rows]
     assert scores == sorted(scores, reverse=True)
+    # the n-best posterior: softmax of the total scores among the decoder's n best (10 here),
+    # so the three written sum to at most 1, in the scores' order, the 1-best a clear winner
+    posteriors = [float(r[2]) for r in rows]
+    assert posteriors == sorted(posteriors, reverse=True) and sum(posteriors) <= 1 + 1e-3
+    assert posteriors[0] > 0.5
+    assert posteriors[1] == pytest.approx(posteriors[0] * np.exp(scores[1] - scores[0]), abs=2e-4)
     assert (tmp_path / "hyp.trn").read_text() == f"{expected} ({UID})\n"
     ctm = [line.split() for line in (tmp_path / "hyp.ctm").read_text().splitlines()]
     assert [c[4] for c in ctm] == expected.split()
@@ -89,6 +96,12 @@ def test_kenlm_prints_the_expected_transcript(emissions_dir, expected, lm_and_le
     assert starts == sorted(starts) and all(float(c[3]) > 0 for c in ctm)
     frames = np.load(emissions_dir / f"{UID}.logits.npy").shape[0]
     assert starts[-1] + float(ctm[-1][3]) <= frames * 0.02 + 1e-6
+    # word confidence: the mean posterior of its letters at the frames the decoder emits them;
+    # a clean read of a 960h model: high everywhere
+    assert all(0.5 < float(c[5]) <= 1.0 for c in ctm)
+    # the beam search's word starts are the Viterbi path's (flashlight's timesteps count a pad)
+    w2v("decode", "--emissions", emissions_dir / f"{UID}.logits.npy", "-o", tmp_path / "v.txt", "--ctm", tmp_path / "v.ctm")
+    assert starts == [float(line.split()[2]) for line in (tmp_path / "v.ctm").read_text().splitlines()]
 
 
 def test_ctm_times_follow_the_viterbi_alignment(emissions_dir, tmp_path, w2v):
@@ -97,11 +110,15 @@ def test_ctm_times_follow_the_viterbi_alignment(emissions_dir, tmp_path, w2v):
     tokens = ctc_vocabulary(read_dictionary(emissions_dir / "dict.ltr.txt"))
     ids = logits.argmax(-1).tolist()
     ctm = [line.split() for line in (tmp_path / "v.ctm").read_text().splitlines()]
-    for uid, ch, start, dur, word in ctm:
+    best = torch.log_softmax(logits, -1).max(-1).values.exp()
+    for uid, ch, start, dur, word, conf in ctm:
         first = round(float(start) / 0.02)
         last = first + round(float(dur) / 0.02) - 1
         assert tokens[ids[first]] == word[0] and tokens[ids[last]] == word[-1]
         assert tokens[ids[first - 1]] != word[0] or first == 0
+        # confidence: the mean posterior of the best path on the word's letter frames
+        letters = [t for t in range(first, last + 1) if ids[t] != 0]
+        assert float(conf) == pytest.approx(float(best[letters].mean()), abs=1e-3)
 
 
 def test_lexicon_is_checked_against_the_dictionary(emissions_dir, tmp_path, w2v):

@@ -88,11 +88,19 @@ class Hypothesis:
         words: the word sequence.
         score: decoder score (viterbi: sum of the chosen frames' log-probabilities).
         word_frames: ``(first_frame, last_frame)`` per word, from the CTC alignment.
+        word_confidences: per word, the mean posterior of the frames the decoder put its
+            letters on (viterbi: the best path's frames on the word's letters; beam search:
+            the frame at which it emits each letter); when those frames are unknown (a beam
+            search word the lexicon cannot spell), the hypothesis's n-best ``posterior``.
+        posterior: beam search: the softmax of the hypothesis's total score among the
+            decoder's n best (:data:`POSTERIOR_NBEST` at least); viterbi: 1 (one path).
     """
 
     words: list[str]
     score: float
     word_frames: list[tuple[int, int]]
+    word_confidences: list[float] = dataclasses.field(default_factory=list)
+    posterior: float = 1.0
 
 
 @dataclasses.dataclass
@@ -162,7 +170,10 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[str]) -> Hypothesis:
         for t, s, e in zip(uniq[keep].tolist(), starts[keep].tolist(), ends[keep].tolist())
     ]
     words, frames = _words_from_tokens(pieces)
-    return Hypothesis(words, float(best.sum()), frames)
+    probs = best.exp() * (ids != 0)  # the best path's posterior on letter frames, 0 on blanks
+    letter = (ids != 0).to(probs.dtype)
+    confs = [float(probs[a : b + 1].sum() / letter[a : b + 1].sum().clamp_min(1)) for a, b in frames]
+    return Hypothesis(words, float(best.sum()), frames, confs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +253,11 @@ def skip_blank_runs(log_probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.nonzero(~repeat).squeeze(1)
 
 
+#: Hypotheses the beam search returns at least, whatever ``--nbest`` writes: the n-best
+#: posterior of the 1-best is its softmax among these (with one, it would always be 1)
+POSTERIOR_NBEST = 10
+
+
 class BeamSearch:
     """torchaudio's flashlight CTC beam search, lexicon-constrained or lexicon-free.
 
@@ -276,7 +292,7 @@ class BeamSearch:
                 lexicon=lexicon,
                 tokens=self.tokens,
                 lm=opts.lm,
-                nbest=opts.nbest,
+                nbest=max(opts.nbest, min(POSTERIOR_NBEST, opts.beam)),
                 beam_size=opts.beam,
                 beam_size_token=opts.beam_size_token,
                 beam_threshold=opts.beam_threshold,
@@ -299,22 +315,41 @@ class BeamSearch:
         emissions = log_probs[frames].to(torch.float32).contiguous().unsqueeze(0)
         lengths = torch.tensor([emissions.shape[1]], dtype=torch.int32)
         results = self.decoder(emissions, lengths)[0]
+        posteriors = torch.softmax(torch.tensor([float(h.score) for h in results], dtype=torch.float64), 0).tolist()
         frame_of = frames.tolist()
         out = []
-        for hyp in results:
+        for hyp, posterior in zip(results[: self.opts.nbest], posteriors):
             ids = hyp.tokens.tolist()
-            times = [frame_of[min(max(int(t), 0), len(frame_of) - 1)] for t in hyp.timesteps.tolist()]
-            # flashlight pads the token sequence with a boundary at both ends; its timesteps
-            # give the frame at which each token is emitted.
+            # flashlight pads the token sequence with a boundary at both ends, so its timesteps
+            # count that pad: timestep t is frame t - 1, the first frame of the token's run
+            times = [frame_of[min(max(int(t) - 1, 0), len(frame_of) - 1)] for t in hyp.timesteps.tolist()]
             pieces = [(self.tokens[i], int(t), int(t)) for i, t in zip(ids, times)]
             words, frames = _words_from_tokens(pieces)
+            confs = _letter_confidences(log_probs, [(i, t) for i, t in zip(ids, times)], self.tokens, len(words))
             if self.opts.decoder == "kenlm" and hyp.words:
                 if len(hyp.words) == len(words):
                     words = list(hyp.words)
                 else:  # an <unk> word has no spelling: keep the LM's words, frames unknown
-                    words, frames = list(hyp.words), []
-            out.append(Hypothesis(words, float(hyp.score), frames))
+                    words, frames, confs = list(hyp.words), [], []
+            confs = confs or [posterior] * len(words)
+            out.append(Hypothesis(words, float(hyp.score), frames, confs, posterior))
         return out
+
+
+def _letter_confidences(log_probs: torch.Tensor, emitted: Sequence[tuple[int, int]], tokens: Sequence[str],
+                        num_words: int) -> list[float]:
+    """Per word, the mean posterior of its letters at the frames the beam search emits them
+    (``emitted``: (token id, frame) pairs in order; ``|`` separates words)."""
+    confs: list[list[float]] = [[]]
+    for tok, t in emitted:
+        name = tokens[tok]
+        if name == WORD_BOUNDARY:
+            if confs[-1]:
+                confs.append([])
+        elif name not in NOT_WORD_TOKENS:
+            confs[-1].append(float(log_probs[t, tok].exp()))
+    means = [sum(c) / len(c) for c in confs if c]
+    return means if len(means) == num_words else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +381,10 @@ class DecodeSummary:
 
 class HypothesisWriter:
     """The one writer of decoding results: Kaldi ``text``, and optionally n-best lists
-    (with a ``.scores`` file beside), sclite ``trn`` and ``ctm``; it owns their line
-    formats and their order.
+    (with a ``.scores`` file beside: ``uid-RANK score posterior``, the posterior being the
+    softmax of the total scores among the decoder's n best), sclite ``trn`` and ``ctm``
+    (``uid 1 start duration WORD confidence``: :attr:`Hypothesis.word_confidences`); it owns
+    their line formats and their order.
 
     Lines are written as results come, or, when ``order`` is given (the model ran
     length-sorted batches), held and written in that order by :meth:`finish`.
@@ -376,14 +413,15 @@ class HypothesisWriter:
         lines: dict[str, list[str]] = {"text": [text_line(uid, best.words)]}
         if "nbest" in self.files:
             lines["nbest"] = [text_line(nbest_key(uid, r), h.words) for r, h in enumerate(hyps, 1)]
-            lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f}" for r, h in enumerate(hyps, 1)]
+            lines["scores"] = [f"{nbest_key(uid, r)} {h.score:.4f} {h.posterior:.4f}" for r, h in enumerate(hyps, 1)]
         if "trn" in self.files:
             lines["trn"] = [trn_line(best.words, uid, self.utt2spk.get(uid))]
         if "ctm" in self.files:
             shift = self.frame_shift
+            confs = best.word_confidences or [best.posterior] * len(best.words)
             lines["ctm"] = [
-                ctm_line(uid, first * shift, (last + 1 - first) * shift, word)
-                for word, (first, last) in zip(best.words, best.word_frames)
+                ctm_line(uid, first * shift, (last + 1 - first) * shift, word, conf)
+                for word, (first, last), conf in zip(best.words, best.word_frames, confs)
             ]
         return lines
 
@@ -438,13 +476,15 @@ def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None
 
 def emission_source(*, corpus: str | None, model: str | None, emissions: str | None, features: str | None,
                     dict_path: str | None, frame_shift: float | None, shard: tuple[int, int] | None,
-                    device: str, batch_seconds: float, skips: SkipLog | None = None) -> EmissionSource:
+                    device: str, batch_seconds: float | None, skips: SkipLog | None = None,
+                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0) -> EmissionSource:
     """Choose the source: a downstream model over ``features``, a CTC model over ``corpus``,
     or stored ``emissions`` (see :mod:`w2vtools.emissions`); bad utterances of a corpus go to ``skips``."""
     if features is not None:
         return downstream_emissions(features, model, device=device, shard=shard)
     if model is not None:
-        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips)
+        source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips,
+                                 chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
         if dict_path is not None and ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
             raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
         return source
@@ -467,11 +507,19 @@ def decode(
     frame_shift: float | None = None,
     utt2spk: str | None = None,
     device: str = "cpu",
-    batch_seconds: float = 200.0,
+    batch_seconds: float | None = None,
     progress: bool | None = None,
     features: str | None = None,
+    chunk_seconds: float = 60.0,
+    chunk_overlap: float = 2.0,
 ) -> DecodeSummary:
     """Decode a corpus with a CTC model, or stored emissions, into Kaldi ``text`` (and nbest/trn/ctm).
+
+    With ``model`` and ``corpus`` the model runs through the corpus runner
+    (:mod:`w2vtools.runner`): ``batch_seconds`` of padded audio per batch (None: 5 on a
+    CPU, 200 on a GPU), recordings longer than ``chunk_seconds`` in windows with
+    ``chunk_overlap`` seconds of context each side, so a long recording's memory is
+    bounded by the window.
 
     Example:
         >>> decode(emissions="em.h5", output="hyp.txt",
@@ -494,7 +542,8 @@ def decode(
         stack.enter_context(exclusive_output(output, nbest_output, trn, ctm, *dumped))
         source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features,
                                  dict_path=dict_path, frame_shift=frame_shift, shard=parse_shard(shard), device=device,
-                                 batch_seconds=batch_seconds, skips=skips)
+                                 batch_seconds=batch_seconds, skips=skips, chunk_seconds=chunk_seconds,
+                                 chunk_overlap=chunk_overlap)
         search = BeamSearch(source.tokens, opts) if opts.decoder != "viterbi" else None
         spk = read_kaldi_table(utt2spk) if utt2spk else {}
         out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,

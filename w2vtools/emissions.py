@@ -9,7 +9,8 @@ of ``(uid, (T, V) tensor)``):
   ``frame_shift``), or NumPy ``.npy`` files of one ``(T, V)`` matrix each (a file,
   or a folder of them; the utterance id is the file name without ``.npy`` and ``.logits``);
 * :func:`model_emissions`: a CTC checkpoint run over a corpus (TSV, Kaldi data dir,
-  wav.scp), in length-sorted batches;
+  wav.scp) by the corpus runner (:mod:`w2vtools.runner`): length-sorted batches, long
+  recordings in overlapping windows;
 * :func:`downstream_emissions`: a downstream model (``w2v finetune --features``) run
   over stored features (:func:`feature_log_probs`).
 
@@ -32,24 +33,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from w2vtools.batching import (
-    Job,
-    SkipLog,
-    check_ids,
-    collate,
-    load_ahead,
-    plan_batches,
-    select_shard,
-    utterance_length,
-)
+from w2vtools.batching import SkipLog, select_shard
 from w2vtools.encoders import warn_non_finite_weights
 from w2vtools.errors import W2VError
-from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 from w2vtools.malloc import keep_freed_memory
 from w2vtools.models.loading import load_model
 from w2vtools.models.downstream import DownstreamModel
+from w2vtools.runner import Runner, check_device, corpus_utterances, plan_corpus, run_corpus
 
 DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz
 
@@ -158,23 +150,24 @@ def _npy_emissions(p: Path, spec: str, tokens: list[str] | None, frame_shift: fl
 # A CTC model over a corpus
 
 
-def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float = 200.0,
-                    shard: tuple[int, int] | None = None, skips: SkipLog | None = None) -> EmissionSource:
-    """Run a CTC checkpoint over a corpus; yields (uid, log-probabilities) in length-sorted batches.
+def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float | None = None,
+                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0, shard: tuple[int, int] | None = None,
+                    skips: SkipLog | None = None, workers: int = 2) -> EmissionSource:
+    """Run a CTC checkpoint over a corpus through the corpus runner (:mod:`w2vtools.runner`).
 
-    The source's ``order`` is the corpus order, for outputs written in it. Ids are
-    checked before the model loads (:func:`~w2vtools.batching.check_ids`). An
-    utterance that cannot be read, or is too short for the model, goes to ``skips``
+    Yields (uid, (T, V) log-probabilities) in the plan's order (length-sorted batches;
+    recordings longer than ``chunk_seconds`` in overlapping windows of that length with
+    ``chunk_overlap`` seconds of context each side, stitched at frame level, so memory is
+    bounded by the window); the source's ``order`` is the corpus order, for outputs
+    written in it. Ids are checked before the model loads. An utterance that cannot be
+    read, is too short for the model, or whose scores hold NaN/Inf goes to ``skips``
     (named with its reason) and the run goes on; without ``skips`` it is an error.
 
     Example:
         >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
     """
-    utts = select_shard(read_corpus(corpus), shard)
-    if not utts:
-        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
-    check_ids(utts, corpus)
-    if str(device).split(":")[0] == "cpu":
+    utts = corpus_utterances(corpus, shard)
+    if check_device(device):
         keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
     loaded = load_model(model_spec, map_location=device)
     if loaded.task == "downstream":
@@ -183,25 +176,18 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
         raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
     model = loaded.model.to(device).eval()
     warn_non_finite_weights(model, model_spec)
-    sample_rate = int(model.sample_rate)
+    runner = Runner(model, num_frames=model.num_frames, sample_rate=int(model.sample_rate),
+                    frame_shift=float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT)), device=device,
+                    chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
     skips = skips if skips is not None else _Raise()
-    batches = _plan_model_batches(utts, sample_rate, batch_seconds, skips)
 
     def items():
-        for batch, waves in load_ahead(batches, sample_rate, workers=2, depth=4):
-            good = []
-            for u, w in zip(batch.utts, waves):
-                if isinstance(w, W2VError):
-                    skips.add(u.uid, w)
-                elif model.num_frames(len(w)) < 1:
-                    skips.add(u.uid, f"{u.source}: {len(w)} samples at {sample_rate} Hz is too short for the model")
-                else:
-                    good.append((u, w))
-            if good:
-                yield from _run_ctc(model, good, device)
+        jobs, _ = plan_corpus(utts, runner, skips)
+        for u, _, logits in run_corpus(jobs, runner, skips, workers=workers):
+            yield u.uid, torch.log_softmax(torch.from_numpy(logits), dim=-1)
 
-    shift = float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT))
-    return EmissionSource(list(loaded.dictionary), shift, items(), len(utts), order=[u.uid for u in utts])
+    return EmissionSource(list(loaded.dictionary), runner.frame_shift, items(), len(utts),
+                          order=[u.uid for u in utts])
 
 
 class _Raise:
@@ -209,33 +195,6 @@ class _Raise:
 
     def add(self, uid: str, reason: object) -> None:
         raise W2VError(f"{uid}: {reason}")
-
-
-def _plan_model_batches(utts, sample_rate: int, batch_seconds: float, skips) -> list[Job]:
-    """Length-sorted batches (:class:`~w2vtools.batching.Job`) of the utterances whose length can be read."""
-    known, lengths = [], []
-    for u in utts:
-        try:
-            # a command's length is not worth running it twice: plan it as 30 s
-            n = utterance_length(u, sample_rate, run_commands=False)
-        except W2VError as e:
-            skips.add(u.uid, e)
-            continue
-        known.append(u)
-        lengths.append(n if n is not None else sample_rate * 30)
-    plan = plan_batches(lengths, int(batch_seconds * sample_rate), keys=[u.uid for u in known])
-    return [Job([known[i] for i in b], [lengths[i] for i in b]) for b in plan]
-
-
-def _run_ctc(model, good: list, device: str):
-    """One padded batch of (utt, wave) through a CTC model: (uid, (T, V) log-probabilities) per row."""
-    source, mask = collate([w for _, w in good])
-    with torch.inference_mode():
-        logits, frame_mask = model(source.to(device), mask.to(device) if mask is not None else None)
-        lp = torch.log_softmax(logits.float(), dim=-1).cpu()
-    for j, (u, _) in enumerate(good):
-        n = int((~frame_mask[j]).sum()) if frame_mask is not None else lp.shape[1]
-        yield u.uid, lp[j, :n]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ The pipeline, streaming so memory does not grow with the corpus:
 2. learn every utterance's length without decoding it (manifest or header:
    :func:`~w2vtools.batching.utterance_length`), resampled to the model's rate;
    skip those an interrupted run already finished;
-3. plan length-sorted batches bounded by padded audio seconds
-   (:func:`~w2vtools.batching.plan_batches`); recordings longer than
+3. plan length-sorted batches bounded by padded audio seconds; recordings longer than
    ``chunk_seconds`` go alone, in overlapping windows;
 4. decode and resample audio in background threads while the model runs;
 5. run the encoder under ``torch.inference_mode`` with padding masks (an utterance's
    features are the same batched or alone), keep each row's real frames; on a CPU,
-   ``streams`` batches run at once, each with single-threaded ops (see :func:`featurize`);
+   ``streams`` batches run at once, each with single-threaded ops (see :func:`featurize`).
+   Steps 3-5 are the corpus runner's (:mod:`w2vtools.runner`), shared with quantize,
+   decode and align;
 6. write through the one feature writer (:func:`~w2vtools.formats.features.open_feature_writer`),
    in the plan's order whatever the number of streams, which makes finished
    utterances crash-safe and commits atomically.
@@ -25,47 +26,34 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
-import ctypes
-import functools
 import logging
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from w2vtools import malloc
-from w2vtools.batching import (
-    Job,
-    SkipLog,
-    check_ids,
-    chunk_spans,
-    collate,
-    input_identity,
-    length_or_error,
-    load_ahead,
-    parse_shard,
-    plan_batches,
-    plan_jobs,
-    select_shard,
-    stitch,
-)
+from w2vtools.batching import SkipLog, input_identity, parse_shard
 from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write, exclusive_output
-from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.durations import format_duration
 from w2vtools.formats.features import merge_features, open_feature_writer, output_paths
-from w2vtools.threads import default_threads
 from w2vtools.formats.kaldi import read_kaldi_table, write_kaldi_table
 from w2vtools.formats.utterance import Utterance
+from w2vtools.runner import (
+    CPU_BATCH_SECONDS,  # noqa: F401  (featurize's documented CPU default; the runner owns it)
+    Runner,
+    check_device,
+    corpus_utterances,
+    default_batch_seconds,
+    plan_corpus,
+    run_corpus,
+    thread_settings,
+)
 
 log = logging.getLogger("w2v.featurize")
 
@@ -161,85 +149,33 @@ class Summary:
         )
 
 
-class FeatureExtractor:
-    """Runs an encoder on batches of waveforms: padding, masking, per-row frame counts, windows.
+def feature_runner(encoder: Encoder, selection: Selection = Selection(), *, device: str = "cpu", amp: bool = False,
+                   chunk_seconds: float = 60.0, chunk_overlap: float = 2.0,
+                   batch_seconds: float | None = None) -> Runner:
+    """The :class:`~w2vtools.runner.Runner` of an encoder's chosen representation.
+
+    All layers (``selection.layer == "all"``) come side by side, ``(T, (L+1)*D)``, layer 0 first.
 
     Example:
-        >>> fx = FeatureExtractor(load_encoder("fbank"))
+        >>> import numpy as np
+        >>> fx = feature_runner(load_encoder("fbank"))
         >>> [x.shape for x in fx([np.zeros(16000, np.float32), np.zeros(8000, np.float32)])]
         [(98, 80), (48, 80)]
     """
+    module = encoder.module
+    if hasattr(module, "to"):
+        module.to(torch.device(device))
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        selection: Selection = Selection(),
-        *,
-        device: str = "cpu",
-        amp: bool = False,
-        chunk_seconds: float = 60.0,
-        chunk_overlap: float = 2.0,
-        batch_seconds: float = 200.0,
-    ):
-        self.encoder = encoder
-        self.module = encoder.module
-        self.selection = selection
-        self.device = torch.device(device)
-        self.amp = amp
-        self.sample_rate = int(self.module.sample_rate)
-        self.hop = int(round(self.module.frame_shift * self.sample_rate))
-        self.chunk_samples = int(chunk_seconds * self.sample_rate)
-        self.overlap_samples = int(chunk_overlap * self.sample_rate)
-        self.batch_samples = int(batch_seconds * self.sample_rate)
-        if hasattr(self.module, "to"):
-            self.module.to(self.device)
-
-    def _run(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        source, mask = collate(waves)
-        source = source.to(self.device, non_blocking=True)
-        if mask is not None:
-            mask = mask.to(self.device, non_blocking=True)
-        ctx = (
-            torch.autocast(device_type=self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
-            if self.amp
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), ctx:
-            out = self.module.extract_features(
-                source, mask, output=self.selection.output, layer=self.selection.layer
-            )
+    def forward(source, mask):
+        out = module.extract_features(source, mask, output=selection.output, layer=selection.layer)
         feats = out.features
         if isinstance(feats, (list, tuple)):
-            # all layers: (B, T, D) each -> (B, T, L*D), layer 0 first
             feats = torch.cat(list(feats), dim=-1)
-        feats = feats.float().cpu().numpy()
-        result = []
-        for row, w in enumerate(waves):
-            n = self.module.num_frames(len(w))
-            if out.padding_mask is not None:
-                have = int((~out.padding_mask[row]).sum())
-                if have != n:
-                    raise RuntimeError(f"model gave {have} frames for {len(w)} samples, num_frames() says {n}")
-            result.append(np.ascontiguousarray(feats[row, :n]))
-        return result
+        return feats, out.padding_mask
 
-    def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """(T_i, D) features for each waveform (16 kHz float32), computed as one padded batch."""
-        return self._run(waves)
-
-    def long(self, wave: np.ndarray) -> np.ndarray:
-        """Features of one long recording, in overlapping windows (memory bounded by the window)."""
-        n = len(wave)
-        total = self.module.num_frames(n)
-        if n <= self.chunk_samples:
-            return self._run([wave])[0]
-        spans = chunk_spans(n, self.chunk_samples, self.overlap_samples, self.hop, total)
-        pieces: list[np.ndarray | None] = [None] * len(spans)
-        for batch in plan_batches([s.end - s.start for s in spans], max(self.batch_samples, 1)):
-            outs = self._run([wave[spans[i].start : spans[i].end] for i in batch])
-            for i, x in zip(batch, outs):
-                pieces[i] = x
-        return stitch(pieces, spans)
+    return Runner(forward, num_frames=module.num_frames, sample_rate=int(module.sample_rate),
+                  frame_shift=float(module.frame_shift), device=device, amp=amp, chunk_seconds=chunk_seconds,
+                  chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
 
 
 def featurize(
@@ -307,40 +243,18 @@ def featurize(
     """
     if dtype not in ("float32", "float16"):
         raise W2VError(f"--dtype {dtype}: choose float32 or float16")
-    try:
-        on_cpu = torch.device(device).type == "cpu"
-    except RuntimeError:
-        raise W2VError(f"--device {device}: expected cpu, cuda or cuda:N") from None
+    check_device(device)
     if batch_seconds is None:
-        batch_seconds = CPU_BATCH_SECONDS if on_cpu else 200.0
+        batch_seconds = default_batch_seconds(device)
     if batch_seconds <= 0 or chunk_seconds <= 0 or chunk_overlap < 0:
         raise W2VError("--batch-seconds and --chunk-seconds must be positive, --chunk-overlap not negative")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise W2VError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
-    if threads is not None and threads < 1 or streams is not None and streams < 1:
-        raise W2VError("--threads and --streams must be at least 1")
-    threads = int(threads) if threads else default_threads()
-    streams = int(streams) if streams else (threads if on_cpu else 1)
-    if on_cpu:
-        malloc.keep_freed_memory(one_arena=True)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // streams))
-    try:
+    with thread_settings(device, threads, streams) as streams:
         return _featurize(
             corpus, out, model=model, output=output, layer=layer, all_layers=all_layers, device=device, amp=amp,
             batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, shard=shard,
             dtype=dtype, format=format, streams=streams, workers=workers, flush_every=flush_every,
             progress=progress, resume=resume,
         )
-    finally:
-        # a library call must not leave the caller's process with other thread settings
-        torch.set_num_threads(previous_threads)
-
-
-#: Default padded audio seconds per batch on a CPU: there batching gains nothing, and
-#: more, smaller batches balance the streams (the last batch runs alone) and keep the
-#: peak heap small (measurements in BENCHMARKS.md). Short clips (digits) still share a batch.
-CPU_BATCH_SECONDS = 5.0
 
 
 def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
@@ -348,18 +262,15 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
     """:func:`featurize` once the thread settings are in place: ids checked and the output
     locked before the model loads, so a bad id or a second writer fails at once."""
     shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
-    utts = select_shard(read_corpus(corpus), shard_kn)
-    if not utts:
-        raise W2VError(f"{corpus}: no utterances" + (f" in shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn else ""))
-    check_ids(utts, corpus)
+    utts = corpus_utterances(corpus, shard_kn)
     data_dir = _kaldi_data_dir(out, format)
     shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
     spec = out if data_dir is None else _data_dir_spec(data_dir, shard_suffix)
     with exclusive_output(*output_paths(spec, format=format)):
         encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
         selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
-        fx = FeatureExtractor(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
-                              chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
+        fx = feature_runner(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
+                            chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
         attrs = _feature_attrs(encoder, selection, fx.sample_rate)
         # what else decides the features: a resumed run must match it (the output does not record it)
         settings = {"dtype": dtype, "amp": bool(amp), "chunk_seconds": chunk_seconds, "chunk_overlap": chunk_overlap}
@@ -368,16 +279,11 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
         with open_feature_writer(spec, attrs, format=format, dtype=dtype, flush_every=flush_every, resume=resume,
                                  settings=settings) as writer:
             todo = _to_do(writer, utts, summary, out, corpus, shard_kn)
-            jobs, total_seconds = _plan(todo, summary, sample_rate=fx.sample_rate, batch_seconds=batch_seconds,
-                                        chunk_seconds=chunk_seconds)
+            jobs, total_seconds = plan_corpus(todo, fx, summary.skips)
             log.debug("%d batches on %s, %d stream(s) x %d thread(s)", len(jobs), device, streams,
                       torch.get_num_threads())
-            bar = _progress_bar(total_seconds, progress)
-            try:
-                _run_in_streams(jobs, fx, _OrderedWrites(writer, summary, fx.sample_rate, bar), streams, workers)
-            finally:
-                if bar is not None:
-                    bar.close()
+            _write_all(run_corpus(jobs, fx, summary.skips, streams=streams, workers=workers), writer, summary,
+                       fx.sample_rate, _progress_bar(total_seconds, progress))
             if not writer.num_frames:
                 writer.discard()  # every utterance failed: no output, no partial state
                 summary.skips.check_some_written(0, out)
@@ -388,6 +294,20 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
     log.info(summary.line(out))
     summary.skips.raise_if_any(len(utts), out)
     return summary
+
+
+def _write_all(results, writer, summary: Summary, sample_rate: int, bar) -> None:
+    """Write the runner's results (in the plan's order, so the same for any number of streams)."""
+    try:
+        for u, n, x in results:
+            writer.write(u.uid, x, identity=summary.identity.get(u.uid, ""))
+            summary.utterances += 1
+            summary.audio_seconds += n / sample_rate
+            if bar is not None:
+                bar.update(n / sample_rate)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _to_do(writer, utts: Sequence[Utterance], summary: Summary, out: str, corpus: str,
@@ -437,162 +357,6 @@ def _check_resumable(writer, utts: Sequence[Utterance], out: str, corpus: str, s
             f"{corpus}{' shard ' + str(shard[0]) + '/' + str(shard[1]) if shard else ''} "
             f"(e.g. {sorted(stale)[0]!r}); rerun with --no-resume to start over"
         )
-
-
-def _plan(todo: Sequence[Utterance], summary: Summary, *, sample_rate: int, batch_seconds: float,
-          chunk_seconds: float) -> tuple[list[Job], float]:
-    """The jobs for ``todo`` and their audio seconds; unreadable utterances are counted as failed.
-
-    Lengths come from headers, read in threads; ``cmd |`` sources are not run here
-    (their length is unknown until loaded, so they go alone, in windows).
-    """
-    with cf.ThreadPoolExecutor(max_workers=8) as pool:
-        lengths = list(pool.map(lambda u: length_or_error(u, sample_rate), todo))
-    keep = []
-    for u, n in zip(todo, lengths):
-        if isinstance(n, W2VError):
-            _fail(summary, u, n)
-        else:
-            keep.append((u, n))
-    jobs = plan_jobs([u for u, _ in keep], [n for _, n in keep], sample_rate=sample_rate,
-                     batch_seconds=batch_seconds, chunk_seconds=chunk_seconds)
-    return jobs, sum((n or 0) for _, n in keep) / sample_rate
-
-
-class _OrderedWrites:
-    """Batches computing in streams, written in the plan's order whatever order they finish in.
-
-    Holds (good (utt, wave) pairs, future) in plan order; the writer takes them in
-    that order only, so the output is the same for any number of streams.
-    """
-
-    def __init__(self, writer, summary: Summary, sample_rate: int, bar):
-        self.writer = writer
-        self.summary = summary
-        self.sample_rate = sample_rate
-        self.bar = bar
-        self.inflight: deque = deque()
-        self.written_batches = 0
-
-    def add(self, good: list, future: cf.Future) -> None:
-        self.inflight.append((good, future))
-
-    def running(self) -> list[cf.Future]:
-        return [f for _, f in self.inflight if not f.done()]
-
-    def write_done(self, block: bool) -> None:
-        """Write the finished batches at the head of the queue (with ``block``, wait for the first)."""
-        while self.inflight and (block or self.inflight[0][1].done()):
-            good, future = self.inflight.popleft()
-            feats = future.result()  # a model error stops the run, as in one stream
-            block = False
-            for (u, w), x in zip(good, feats):
-                if not np.isfinite(x).all():
-                    _fail(self.summary, u, NON_FINITE)
-                    continue
-                self.writer.write(u.uid, x, identity=self.summary.identity.get(u.uid, ""))
-                self.summary.utterances += 1
-                self.summary.audio_seconds += len(w) / self.sample_rate
-                if self.bar is not None:
-                    self.bar.update(len(w) / self.sample_rate)
-            del good, feats
-            self.written_batches += 1
-            _release_freed_memory(self.written_batches)
-
-    def wait_for_room(self, streams: int) -> None:
-        """Block until fewer than ``streams`` batches compute and fewer than ``2 * streams`` are held."""
-        while True:
-            self.write_done(block=False)
-            running = self.running()
-            if len(running) < streams and len(self.inflight) < 2 * streams:
-                return
-            # full: wait for the oldest if the reorder room is used up, else for any stream
-            waiting_on = [self.inflight[0][1]] if len(self.inflight) >= 2 * streams else running
-            cf.wait(waiting_on, return_when=cf.FIRST_COMPLETED)
-
-    def cancel(self) -> None:
-        for _, f in self.inflight:
-            f.cancel()
-
-
-def _usable_waves(job: Job, waves: list, fx: FeatureExtractor, summary: Summary) -> list:
-    """The (utt, wave) pairs of a job that loaded and are long enough; the others are counted as failed."""
-    good = []
-    for u, w in zip(job.utts, waves):
-        if isinstance(w, W2VError):
-            _fail(summary, u, w)
-        elif fx.module.num_frames(len(w)) < 1:
-            _fail(summary, u, W2VError(f"{u.source}: {len(w)} samples at {fx.sample_rate} Hz is too short for the model"))
-        else:
-            good.append((u, w))
-    return good
-
-
-def _run_in_streams(jobs: Sequence[Job], fx: FeatureExtractor, writes: _OrderedWrites, streams: int,
-                    workers: int) -> None:
-    """Compute the jobs, ``streams`` batches at once, audio loading ahead in ``workers`` threads.
-
-    Memory: at most ``streams`` batches computing and ``streams`` finished ones awaiting their turn.
-    """
-
-    def compute(chunked: bool, waves: list[np.ndarray]) -> list[np.ndarray]:
-        return [fx.long(waves[0])] if chunked else fx(waves)
-
-    pool = cf.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="w2v-stream")
-    try:
-        for job, waves in load_ahead(jobs, fx.sample_rate, workers, depth=max(2, workers * 2, streams + 1)):
-            good = _usable_waves(job, waves, fx, writes.summary)
-            del waves
-            if not good:
-                continue
-            writes.wait_for_room(streams)
-            writes.add(good, pool.submit(compute, job.chunked, [w for _, w in good]))
-            writes.write_done(block=False)
-        while writes.inflight:
-            writes.write_done(block=True)
-    finally:
-        writes.cancel()
-        pool.shutdown(wait=True)
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-#: With freed memory kept for reuse, the heap is trimmed after every this many batches
-TRIM_EVERY_KEPT = 32
-
-
-def _release_freed_memory(batch_number: int) -> None:
-    """Give the pages of freed batch tensors back to the OS: after every batch, or every
-    :data:`TRIM_EVERY_KEPT` batches while they are kept for reuse.
-
-    Batches of different shapes fragment glibc's heap, so without trimming the resident
-    size creeps up with the number of batches. When :func:`w2vtools.malloc.keep_freed_memory`
-    is in force, freed pages are what the next batch reuses, and trimming them after every
-    batch would only make the kernel zero-fill them again (a large share of featurize's
-    CPU time); trimming every few dozen batches still bounds the creep. Measurements:
-    BENCHMARKS.md.
-    """
-    if malloc.is_keeping_freed_memory() and batch_number % TRIM_EVERY_KEPT:
-        return
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-#: Why an utterance whose features hold NaN or Inf is left out (NaN weights give NaN everywhere)
-NON_FINITE = "the model's output holds NaN or Inf (are the checkpoint's weights finite?)"
-
-
-def _fail(summary: Summary, u: Utterance, e: object) -> None:
-    summary.skips.add(u.uid, e)
 
 
 def _progress_bar(total_seconds: float, progress: bool | None):

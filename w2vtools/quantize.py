@@ -35,13 +35,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from w2vtools.batching import SkipLog, check_ids, collate, length_or_error, load_ahead, plan_jobs
+from w2vtools.batching import SkipLog
 from w2vtools.errors import W2VError
 from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.fileio import atomic_write, exclusive_output
-from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.features import open_features
 from w2vtools.malloc import keep_freed_memory
+from w2vtools.runner import Runner, check_device, corpus_utterances, plan_corpus, run_corpus
 
 log = logging.getLogger("w2v.quantize")
 
@@ -176,9 +176,11 @@ def quantize_audio(
     index: bool = False,
     dedup: bool = False,
     device: str = "cpu",
-    batch_seconds: float = 200.0,
+    batch_seconds: float | None = 200.0,
     threads: int | None = None,
     workers: int = 2,
+    chunk_seconds: float = 60.0,
+    chunk_overlap: float = 2.0,
 ) -> CodeStats:
     """Write the model quantizer's codes for every utterance of ``corpus`` to ``out``.
 
@@ -188,26 +190,27 @@ def quantize_audio(
         model: checkpoint path, named model, or an :class:`~w2vtools.encoders.Encoder`.
         index: one integer per frame instead of ``g0-g1``.
         dedup: collapse repeated consecutive tokens.
+        batch_seconds, chunk_seconds, chunk_overlap: the corpus runner's batches and
+            windows (:mod:`w2vtools.runner`): recordings longer than ``chunk_seconds``
+            are quantized in windows, their codes stitched at frame level.
 
     Returns:
         the :class:`CodeStats` (usage, perplexity), also logged.
     """
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise W2VError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     if threads:
         torch.set_num_threads(int(threads))
-    if str(device).split(":")[0] == "cpu":
+    if check_device(device):
         keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
-    utts = read_corpus(corpus)
-    if not utts:
-        raise W2VError(f"{corpus}: no utterances")
-    check_ids(utts, corpus)
+    utts = corpus_utterances(corpus)
     with exclusive_output(out):
         enc = model if isinstance(model, Encoder) else load_encoder(model, device=device)
         if enc.family in ("fbank", "mfcc"):
             raise W2VError(f"--model {enc.family} has no quantizer; use --kmeans on stored features instead")
         module = _find_quantizing(enc.module)
         module.eval().to(device)
+        runner = Runner(lambda x, m: (module.quantize(x, m), None), num_frames=module.num_frames,
+                        sample_rate=int(module.sample_rate), frame_shift=float(module.frame_shift), device=device,
+                        chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
         groups, num_vars = _quantizer_shape(module)
         stats = CodeStats(groups, num_vars)
         skips = SkipLog(log)
@@ -217,7 +220,12 @@ def quantize_audio(
             lines.add(u.uid, " ".join([u.uid, *format_codes(codes, num_vars=num_vars, index=index, dedup=dedup)]))
 
         t0 = time.monotonic()
-        audio = _quantize_all(utts, module, device, batch_seconds, workers, skips, emit, stats)
+        audio = 0.0
+        jobs, _ = plan_corpus(utts, runner, skips)
+        for u, n, codes in run_corpus(jobs, runner, skips, workers=workers):
+            stats.add(codes)
+            emit(u, codes)
+            audio += n / runner.sample_rate
         skips.check_some_written(len(utts) - len(skips), out)  # all failed: no output file
         lines.finish([u.uid for u in utts])
     wall = time.monotonic() - t0
@@ -225,40 +233,6 @@ def quantize_audio(
              stats.line())
     skips.raise_if_any(len(utts), out)
     return stats
-
-
-def _quantize_all(utts, module, device: str, batch_seconds: float, workers: int, skips: SkipLog, emit,
-                  stats: CodeStats) -> float:
-    """Quantize every readable utterance, calling ``emit(utt, codes)``; bad ones go to ``skips``.
-    Returns the audio seconds done."""
-    sr = int(module.sample_rate)
-    lengths = [length_or_error(u, sr) for u in utts]
-    for u, n in zip(utts, lengths):
-        if isinstance(n, W2VError):
-            skips.add(u.uid, n)
-    keep = [(u, n) for u, n in zip(utts, lengths) if not isinstance(n, W2VError)]
-    # no windowing for codes: every utterance is quantized whole (chunk limit = infinity)
-    jobs = plan_jobs([u for u, _ in keep], [n for _, n in keep], sample_rate=sr, batch_seconds=batch_seconds,
-                     chunk_seconds=1e9)
-    audio = 0.0
-    for job, waves in load_ahead(jobs, sr, workers, depth=4):
-        good = []
-        for u, w in zip(job.utts, waves):
-            if isinstance(w, W2VError) or module.num_frames(len(w)) < 1:
-                skips.add(u.uid, w if isinstance(w, W2VError) else "too short for the model")
-            else:
-                good.append((u, w))
-        if not good:
-            continue
-        source, mask = collate([w for _, w in good])
-        with torch.inference_mode():
-            codes = module.quantize(source.to(device), None if mask is None else mask.to(device)).cpu().numpy()
-        for row, (u, w) in enumerate(good):
-            c = codes[row, : module.num_frames(len(w))]
-            stats.add(c)
-            emit(u, c)
-            audio += len(w) / sr
-    return audio
 
 
 # ---------------------------------------------------------------------------------------------

@@ -406,14 +406,18 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
     j=$((nj < n ? nj : n))
     $decode_cmd JOB=1:$j "$pdir/log/decode.JOB.log" \
       w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --config "$seed/kenlm.yaml" \
-        --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" -o "$pdir/hyp.JOB.txt" --no-progress
+        --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" -o "$pdir/hyp.JOB.txt" --ctm "$pdir/hyp.JOB.ctm" \
+        --no-progress
     sort -k1,1 "$pdir"/hyp.[0-9]*.txt >"$pdir/hyp.txt"
     sort -k1,1 "$pdir"/nbest.[0-9]*.txt.scores >"$pdir/nbest.scores"
+    sort -k1,1 -k3,3n "$pdir"/hyp.[0-9]*.ctm >"$pdir/hyp.ctm"
     mark_done "$pdir"
   fi
   # 2. keep the confident hypotheses; how good they are, when the part has transcripts
   pseudo=data/$(kaldi_name "$unlabeled_part")_pseudo_$st_from
-  "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.scores" "$pseudo" --keep "$st_keep"
+  # by the 1-best's mean word confidence (select_pseudo.py says why, BENCHMARKS.md "Confidences")
+  "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.scores" "$pseudo" \
+    --keep "$st_keep" --ctm "$pdir/hyp.ctm" --confidence word
   if [ -s "$unlab/text" ]; then
     w2v score "$unlab/text" "$pdir/hyp.txt" --mode all >"$pdir/wer_all"
     w2v score "$unlab/text" "$pseudo/text" --mode present >"$pdir/wer_kept"

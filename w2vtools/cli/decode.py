@@ -62,8 +62,12 @@ Examples:
 @click.option("--dump-emissions", help="With --model: store the log-probabilities (HDF5 or ark spec) for later decodes.")
 @click.option("--shard", help="Decode only shard K of N (K/N), as featurize splits a corpus.")
 @click.option("--device", default="cpu", show_default=True, help="Device for --model (cpu, cuda, cuda:1).")
-@click.option("--batch-seconds", type=float, default=200.0, show_default=True,
-              help="Padded audio per model batch (with --model).")
+@click.option("--batch-seconds", type=float, default=None,
+              help="Padded audio per model batch (with --model) [default: 5 on a CPU, 200 on a GPU].")
+@click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
+              help="With --model: longer recordings run in windows of this length (memory bounded by the window).")
+@click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
+              help="Seconds of context on each side of a window, dropped when the frames are stitched.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Decoder settings from YAML (what --tune writes); options given on the command line win.")
@@ -76,7 +80,7 @@ Examples:
 @click.pass_context
 def command(ctx, corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score,
             sil_score, unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk,
-            frame_shift, dump_emissions, shard, device, batch_seconds, progress, config_path, tune_space, ref, trials,
+            frame_shift, dump_emissions, shard, device, batch_seconds, chunk_seconds, chunk_overlap, progress, config_path, tune_space, ref, trials,
             jobs):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
     or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
@@ -109,5 +113,5 @@ def command(ctx, corpus, model, features, emissions, dict_path, output, decoder,
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
         nbest_output=nbest_out, trn=trn, ctm=ctm, dump_emissions=dump_emissions, shard=shard,
         frame_shift=frame_shift, utt2spk=utt2spk, device=device, batch_seconds=batch_seconds, progress=progress,
-        features=features,
+        features=features, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,
     )

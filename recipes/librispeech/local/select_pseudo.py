@@ -1,12 +1,24 @@
 #!/usr/bin/env python3
 """Pick confident pseudo-labels for self-training and write them as a Kaldi data dir.
 
-Inputs are what ``w2v decode --nbest N --nbest-out NBEST`` writes: the 1-best
-Kaldi text, and ``NBEST.scores`` (``uid-RANK score`` lines, decoder scores with
-the LM included). The confidence of an utterance is the posterior of its
-1-best among its N best, ``exp(s1) / sum_i exp(si)`` (Kaldi's and fairseq's
-usual n-best confidence); with a single hypothesis it is 1, and ties are broken
-by the 1-best score per second of audio. Empty hypotheses are never kept.
+Inputs are what ``w2v decode --nbest N --nbest-out NBEST --ctm CTM`` writes: the
+1-best Kaldi text, ``NBEST.scores`` (``uid-RANK score posterior`` lines, decoder
+scores with the LM included) and the 1-best's CTM with word confidences. The
+confidence of an utterance (``--confidence``) is one of:
+
+* ``word`` (the default): the mean word confidence of the 1-best in CTM (the mean
+  posterior of each word's letters at the frames the decoder emits them);
+* ``nbest``: the posterior of the 1-best among the decoder's n best (the softmax of
+  the total scores, ``.scores``' third column; computed from the written scores,
+  ``exp(s1) / sum_i exp(si)``, when an older file has none).
+
+Why ``word``: ``benchmarks/bench_confidence.py`` ranks real-frame emissions of
+known error rate by both (BENCHMARKS.md, "Confidences"). Word confidence had the
+better rank correlation with the utterance WER on every seed; the WER of the
+kept half was a tie (one seed each way, one even). It cannot be measured on the
+recipe's test fixture: its seed model's pseudo-labels are nearly all wrong.
+
+Ties are broken by the 1-best score per second of audio. Empty hypotheses are never kept.
 
 The kept utterances (``--keep`` fraction, most confident first, and at least
 ``--min-confidence``) are copied from the unlabeled data dir with their text
@@ -15,7 +27,8 @@ DEST/confidence (``uid confidence score_per_second kept``).
 
 Example:
     python local/select_pseudo.py data/train-other-500 exp/st/decode_unlab/hyp.txt \
-        exp/st/decode_unlab/nbest.txt.scores data/train-other-500_pseudo --keep 0.5
+        exp/st/decode_unlab/nbest.txt.scores data/train-other-500_pseudo --keep 0.5 \
+        --ctm exp/st/decode_unlab/hyp.ctm
 """
 
 from __future__ import annotations
@@ -38,12 +51,26 @@ def read_table(path: Path) -> dict[str, str]:
     return rows
 
 
+def read_ctm_confidences(path: Path) -> dict[str, list[float]]:
+    """{uid: [word confidence, ...]} from CTM lines ``uid channel start duration WORD confidence``."""
+    confs: dict[str, list[float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6:
+                confs.setdefault(fields[0], []).append(float(fields[5]))
+    return confs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="the unlabeled Kaldi data dir that was decoded")
     ap.add_argument("hyp", type=Path, help="1-best Kaldi text")
-    ap.add_argument("scores", type=Path, help="n-best scores: 'uid-RANK score' lines")
+    ap.add_argument("scores", type=Path, help="n-best scores: 'uid-RANK score [posterior]' lines")
     ap.add_argument("dest", type=Path)
+    ap.add_argument("--ctm", type=Path, help="the 1-best's CTM with word confidences (for --confidence word)")
+    ap.add_argument("--confidence", choices=["word", "nbest"], default="word",
+                    help="word: mean word confidence of the 1-best (needs --ctm); nbest: its n-best posterior")
     ap.add_argument("--keep", type=float, default=0.5, help="fraction of the utterances to keep (default 0.5)")
     ap.add_argument("--min-confidence", type=float, default=0.0)
     args = ap.parse_args()
@@ -51,12 +78,20 @@ def main() -> int:
         print(f"select_pseudo.py: --keep must be in (0, 1], got {args.keep}", file=sys.stderr)
         return 1
 
+    if args.confidence == "word" and args.ctm is None:
+        print("select_pseudo.py: --confidence word needs --ctm", file=sys.stderr)
+        return 1
     hyps = read_table(args.hyp)
     nbest: dict[str, list[tuple[int, float]]] = {}
+    posterior: dict[str, float] = {}
     for key, value in read_table(args.scores).items():
         uid, _, rank = key.rpartition("-")
         if uid in hyps and rank.isdigit():
-            nbest.setdefault(uid, []).append((int(rank), float(value)))
+            fields = value.split()
+            nbest.setdefault(uid, []).append((int(rank), float(fields[0])))
+            if rank == "1" and len(fields) > 1:
+                posterior[uid] = float(fields[1])
+    word_conf = read_ctm_confidences(args.ctm) if args.ctm else {}
     durs = {k: float(v) for k, v in read_table(args.data / "utt2dur").items()} if (args.data / "utt2dur").exists() else {}
 
     rows = []
@@ -67,8 +102,11 @@ def main() -> int:
         else:
             finite = [s for s in scores if math.isfinite(s)]
             top = max(finite)
-            conf = math.exp(scores[0] - top) / sum(math.exp(s - top) for s in finite)
+            conf = posterior.get(uid, math.exp(scores[0] - top) / sum(math.exp(s - top) for s in finite))
             per_sec = scores[0] / max(durs.get(uid, 1.0), 1e-3)
+        if args.confidence == "word":
+            confs = word_conf.get(uid, [])
+            conf = sum(confs) / len(confs) if confs else 0.0
         rows.append((uid, text, conf, per_sec))
     candidates = [r for r in rows if r[1] and r[2] >= args.min_confidence]
     candidates.sort(key=lambda r: (-r[2], -r[3], r[0]))
