@@ -381,7 +381,7 @@ def docs_workspace(shared_data, kenlm_tools, tmp_path_factory) -> Path:
         w2v checkpoint convert wav2vec_small_960h.pt facebook-wav2vec2-base-960h/ --to huggingface
         w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/tiny \
             --max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1 > /dev/null
-        cp -r exp/tiny exp/a && cp -r exp/tiny exp/b
+        mv exp/tiny exp/a && cp -r exp/a exp/b
         """, ws)
     return ws
 
@@ -390,10 +390,16 @@ def docs_workspace(shared_data, kenlm_tools, tmp_path_factory) -> Path:
 # Running the sections
 
 
+# what a section's examples take from an example of another section
+PREPARE = {"w2v plot": "cp -r exp/a exp/tiny  # what `w2v pretrain --help`'s example writes"}
+
+
 def run_section(name: str, ws: Path, tmp_path: Path) -> None:
     """Copy the workspace, then run the section's lines top to bottom; the first failure fails."""
     here = tmp_path / "ws"
     shutil.copytree(ws, here, symlinks=True)
+    if name in PREPARE:
+        _must(PREPARE[name], here)
     for line in sections()[name]:
         rule = how(line)
         if rule and rule.skip:
