@@ -55,7 +55,7 @@ def piped_model(corpus) -> Path:
         sh(f"w2v manifest wav/{split} --dest - --ext wav --valid-percent 0 "
            f"| w2v featurize - fb_{split}.h5 --model fbank --no-progress", corpus)
     sh("w2v finetune --features fb_train.h5 --labels text --valid-features fb_test.h5 --valid-labels text "
-       "--arch blstm --preset tiny --max-update 60 --valid-interval 60 --threads 1 --save-dir exp/blstm >/dev/null",
+       "--arch blstm --preset tiny --max-update 30 --valid-interval 30 --threads 1 --save-dir exp/blstm >/dev/null",
        corpus)
     # the file route's inputs and hypotheses, to compare with
     sh("w2v manifest wav/test --dest data --name test --ext wav --valid-percent 0 "
@@ -87,6 +87,13 @@ def test_featurize_decode_score_through_pipes_equals_the_file_route(corpus, pipe
               f"| w2v decode --features - --model {piped_model} -o hyp_dash.txt", corpus)
     assert (corpus / "hyp_dash.txt").read_text() == (corpus / "hyp_pipe.txt").read_text()
     assert "Warning" not in piped.stderr + dash.stderr
+
+
+def test_emissions_stream_from_one_decode_into_another(corpus, piped_model):
+    sh(f"w2v decode --features fb_test.h5 --model {piped_model} --dump-emissions ark:- -o /dev/null "
+       "| w2v decode --emissions - --dict exp/blstm/dict.ltr.txt -o hyp_em.txt", corpus)  # an ark has no token list
+    assert sorted((corpus / "hyp_em.txt").read_text().splitlines()) == \
+        sorted((corpus / "hyp_file.txt").read_text().splitlines())
 
 
 @pytest.mark.parametrize("spec", ["scp:fb.scp", "ark:fb.ark"])

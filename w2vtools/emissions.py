@@ -103,7 +103,7 @@ def stored_emissions(spec: str, *, dict_path: str | None = None, frame_shift: fl
         (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
     """
     p = Path(spec)
-    if not p.exists() and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
+    if not p.exists() and spec != "-" and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
         raise W2VError(f"{spec}: no such file or directory")
     tokens = _tokens_from_dict(dict_path)
     if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):

@@ -28,7 +28,8 @@ Examples:
 )
 @click.argument("corpus", required=False, metavar="[CORPUS]")
 @click.option("--model", help="CTC checkpoint (ours, fairseq .pt, Hugging Face folder, or a named model).")
-@click.option("--features", help="Stored features for a downstream --model (w2v finetune --features), instead of CORPUS.")
+@click.option("--features", help="Stored features for a downstream --model (w2v finetune --features), instead of CORPUS; "
+              "ark:- or - streams them from stdin (w2v featurize DATA ark:- | w2v decode --features ark:- ...).")
 @click.option(
     "--emissions",
     help="Stored CTC scores instead of a model: HDF5/ark/scp from --dump-emissions, or a .npy file or folder "
