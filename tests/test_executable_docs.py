@@ -121,68 +121,62 @@ _SHORT = "shortened to a few updates (and warm-up steps): the preset's full run 
 _SMALL = (_SHORT + ", with 10 s batches: the stand-in corpus is 90 s, less than one batch of the preset's "
           "(3.2 M samples)")
 _GPUS = "needs 8 GPUs and the BASE preset; its options are parsed here"
-
 _TINY_VALID = ("the stand-in train-clean-100 has 16 files, and 1 % of 16 is none (an empty valid.tsv, which "
                "pretrain refuses): 25 % here")
+_PRETRAIN = "--max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1"
+_FINETUNE = "--max-update 2 --valid-interval 2 --set data.max_samples_per_batch=160000 --threads 1"
+_DOWNSTREAM = "--max-update 10 --valid-interval 10 --threads 1"
 
-HOW: dict[str, How] = {
-    "w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.01 --labels "
-    "LibriSpeech/train-clean-100                 # train/valid .tsv .wrd .ltr, dict.ltr.txt": How(
-        _TINY_VALID, run="w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.25 "
-        "--labels LibriSpeech/train-clean-100"),
-    "w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.01 --labels "
-    "LibriSpeech/train-clean-100": How(
-        _TINY_VALID, run="w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.25 "
-        "--labels LibriSpeech/train-clean-100"),
-    "torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 "
-    "--preset base --update-freq 8 --save-dir exp/pt_base   # 8 GPUs standing in for 64": How(_GPUS, skip=True),
-    "torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 "
-    "--preset base --update-freq 8 --save-dir exp/base": How(_GPUS, skip=True),
-    "w2v doctor && bash recipes/digits/run.sh": How(
-        "the digits recipe takes 13 minutes (tests/test_recipe_digits.py runs it with --quick); `w2v doctor` runs "
-        "alone", run="w2v doctor"),
-    "w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/pt": How(
-        _SHORT, run="w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/pt"
-        " --max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1"),
-    "w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/tiny "
-    "--set optim.max_update=300": How(
-        _SHORT, run="w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny "
-        "--save-dir exp/tiny --set optim.max_update=300 --max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1"),
-    "w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv --init exp/pt/checkpoint_best.pt "
-    "--preset 10h --save-dir exp/ft_10h": How(
-        _SMALL, run="w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv "
-        "--init exp/pt/checkpoint_best.pt --preset 10h --save-dir exp/ft_10h --max-update 2 --set data.max_samples_per_batch=160000 --valid-interval 2 "
-        "--threads 1"),
-    "w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv "
-    "--init exp/pretrain/checkpoint_best.pt --preset 10h --save-dir exp/ft10h": How(
-        _SMALL, run="w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv "
-        "--init exp/pretrain/checkpoint_best.pt --preset 10h --save-dir exp/ft10h --max-update 2 --set data.max_samples_per_batch=160000 --valid-interval 2"
-        " --threads 1"),
-    "w2v finetune data/train_1h.tsv --valid data/dev.tsv --init wav2vec2-base --preset 1h --update-freq 8 "
-    "--save-dir exp/ft1h            # 1 GPU standing in for 8": How(
-        _SMALL + " (and 4 runs, here stopped at update 1, so that the next line has something to resume)",
-        run="w2v finetune data/train_1h.tsv --valid data/dev.tsv --init wav2vec2-base --preset 1h --update-freq 8 "
-        "--save-dir exp/ft1h --max-update 2 --stop-at-update 1 --set data.max_samples_per_batch=160000 --threads 1"),
-    "w2v finetune data/train_1h.tsv --valid data/dev.tsv --preset 1h --update-freq 8 --save-dir exp/ft1h --resume"
-    "                   # after an interruption": How(
-        _SMALL + " (--max-update must repeat the run's own)",
-        run="w2v finetune data/train_1h.tsv --valid data/dev.tsv --preset 1h --update-freq 8 --save-dir exp/ft1h "
-        "--resume --max-update 2 --set data.max_samples_per_batch=160000 --threads 1"),
-    "w2v finetune --features fb_train.h5 --labels data/kaldi/train/text --valid-features fb_test.h5 "
-    "--valid-labels data/kaldi/test/text --arch blstm --preset tiny --save-dir exp/blstm  # on stored features": How(
-        _SHORT, run="w2v finetune --features fb_train.h5 --labels data/kaldi/train/text --valid-features fb_test.h5 "
-        "--valid-labels data/kaldi/test/text --arch blstm --preset tiny --save-dir exp/blstm --max-update 10 "
-        "--valid-interval 10 --threads 1"),
-    "w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 "
-    "--valid-labels data/text --arch blstm --preset tiny --save-dir exp/blstm": How(
-        _SHORT, run="w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 "
-        "--valid-labels data/text --arch blstm --preset tiny --save-dir exp/blstm --max-update 10 "
-        "--valid-interval 10 --threads 1"),
-    "w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8": How(
-        "JOB is the job runner's placeholder (run_local.sh JOB=1:8 ...); jobs 1 and 2 run, which the next "
-        "line merges", run="for JOB in 1 2; do w2v featurize data/train feats.$JOB.h5 --model xlsr-53 "
-        "--shard $JOB/8; done"),
-}
+
+def _uncommented(line: str) -> str:
+    return line.split("  #", 1)[0].rstrip()
+
+
+def _plus(line: str, options: str, why: str) -> tuple[str, How]:
+    """``line`` runs as written with ``options`` added (given last, they win over the preset's)."""
+    return line, How(why, run=f"{_uncommented(line)} {options}")
+
+
+HOW: dict[str, How] = dict([
+    ("w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.01 --labels "
+     "LibriSpeech/train-clean-100                 # train/valid .tsv .wrd .ltr, dict.ltr.txt",
+     How(_TINY_VALID, run="w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.25 "
+         "--labels LibriSpeech/train-clean-100")),
+    ("w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.01 --labels "
+     "LibriSpeech/train-clean-100",
+     How(_TINY_VALID, run="w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.25 "
+         "--labels LibriSpeech/train-clean-100")),
+    ("torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 "
+     "--preset base --update-freq 8 --save-dir exp/pt_base   # 8 GPUs standing in for 64", How(_GPUS, skip=True)),
+    ("torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 "
+     "--preset base --update-freq 8 --save-dir exp/base", How(_GPUS, skip=True)),
+    ("w2v doctor && bash recipes/digits/run.sh",
+     How("the digits recipe takes 13 minutes (tests/test_recipe_digits.py runs it with --quick); `w2v doctor` runs "
+         "alone", run="w2v doctor")),
+    ("w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8",
+     How("JOB is the job runner's placeholder (run_local.sh JOB=1:8 ...); jobs 1 and 2 run, which the next "
+         "line merges", run="for JOB in 1 2; do w2v featurize data/train feats.$JOB.h5 --model xlsr-53 "
+         "--shard $JOB/8; done")),
+    _plus("w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/pt",
+          _PRETRAIN, _SHORT),
+    _plus("w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/tiny "
+          "--set optim.max_update=300", _PRETRAIN, _SHORT),
+    _plus("w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv --init exp/pt/checkpoint_best.pt "
+          "--preset 10h --save-dir exp/ft_10h", _FINETUNE, _SMALL),
+    _plus("w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv "
+          "--init exp/pretrain/checkpoint_best.pt --preset 10h --save-dir exp/ft10h", _FINETUNE, _SMALL),
+    _plus("w2v finetune data/train_1h.tsv --valid data/dev.tsv --init wav2vec2-base --preset 1h --update-freq 8 "
+          "--save-dir exp/ft1h            # 1 GPU standing in for 8", _FINETUNE + " --stop-at-update 1",
+          _SMALL + "; it stops at update 1 here, so that the next line has a run to resume"),
+    _plus("w2v finetune data/train_1h.tsv --valid data/dev.tsv --preset 1h --update-freq 8 --save-dir exp/ft1h "
+          "--resume                   # after an interruption", _FINETUNE,
+          _SMALL + " (the same settings as the run it resumes)"),
+    _plus("w2v finetune --features fb_train.h5 --labels data/kaldi/train/text --valid-features fb_test.h5 "
+          "--valid-labels data/kaldi/test/text --arch blstm --preset tiny --save-dir exp/blstm  # on stored features",
+          _DOWNSTREAM, _SHORT),
+    _plus("w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 "
+          "--valid-labels data/text --arch blstm --preset tiny --save-dir exp/blstm", _DOWNSTREAM, _SHORT),
+])
 
 
 def how(line: str) -> How | None:
