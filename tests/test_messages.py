@@ -47,3 +47,22 @@ def test_labels_outside_the_dictionary_warn_with_counts_and_matching_ones_do_not
     with caplog.at_level(logging.WARNING, logger="w2v.finetune"):
         encode_labels({"a": "O N E |", "b": "T W O |"}, tokens, name="valid")
     assert "valid: 2 symbol occurrences outside the dictionary, mapped to <unk>: 'T' x1 (e.g. b)" in caplog.text
+
+
+def test_resume_given_a_checkpoint_path_says_resume_takes_no_value(tmp_path, w2v):
+    """The old hint's form, `--resume exp/x/checkpoint_last.pt`: a usage error, not a UnicodeDecodeError."""
+    import torch
+
+    ckpt = tmp_path / "checkpoint_last.pt"
+    torch.save({"weights": torch.zeros(3)}, ckpt)
+    for args in (["finetune", "--features", "f.h5", "--save-dir", tmp_path, "--resume", ckpt],
+                 ["pretrain", "--arch", "wav2vec2", "--preset", "tiny", "--save-dir", tmp_path, "--resume", ckpt]):
+        proc = w2v(*args, check=False)
+        assert proc.returncode == 2 and "UnicodeDecodeError" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"Error: --resume takes no value: it continues from SAVE_DIR/checkpoint_last.pt; drop '{ckpt}' "
+            "and give the run's own TRAIN and --save-dir")
+    # a checkpoint where a corpus list goes: one line naming the file and what was expected
+    proc = w2v("pretrain", ckpt, "--arch", "wav2vec2", "--preset", "tiny", "--save-dir", tmp_path / "x", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"w2v pretrain: error: {ckpt}: not a text file; expected a TSV manifest, Kaldi data dir or wav.scp")

@@ -95,7 +95,7 @@ def stored_emissions(spec: str, *, dict_path: str | None = None, frame_shift: fl
         (['<s>', '<pad>', '</s>', '<unk>', '|'], 0.02)
     """
     p = Path(spec)
-    if not p.exists() and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
+    if not p.exists() and spec != "-" and not spec.startswith(("ark:", "scp:", "ark,", "scp,")):
         raise W2VError(f"{spec}: no such file or directory")
     tokens = _tokens_from_dict(dict_path)
     if p.suffix == ".npy" or p.is_dir() and not any(p.glob("*.h5context")):
@@ -108,16 +108,29 @@ def stored_emissions(spec: str, *, dict_path: str | None = None, frame_shift: fl
     if tokens is None:
         raise W2VError(f"{spec}: the file records no token list (attribute 'tokens'); pass --dict dict.ltr.txt")
     shift = frame_shift or float(attrs.get("frame_shift") or DEFAULT_FRAME_SHIFT)
-    keys = select_shard(reader.keys(), shard)
+    pairs, total = _feature_items(reader, spec, shard)
 
     def items():
         try:
-            for uid in keys:
-                yield uid, torch.from_numpy(np.asarray(reader[uid], dtype=np.float32))
+            for uid, x in pairs:
+                yield uid, torch.from_numpy(np.asarray(x, dtype=np.float32))
         finally:
             reader.close()
 
-    return EmissionSource(tokens, shift, items(), len(keys))
+    return EmissionSource(tokens, shift, items(), total)
+
+
+def _feature_items(reader, spec: str, shard: tuple[int, int] | None):
+    """``(uid, matrix)`` pairs of ``reader`` in file order and their count (None for a stream).
+
+    A stream (``ark:-``) is iterated, never indexed, so memory stays flat in the corpus.
+    """
+    if reader.is_stream:
+        if shard is not None:
+            raise W2VError(f"{spec}: --shard needs a file (a stream's length is known only at its end)")
+        return iter(reader), None
+    keys = select_shard(reader.keys(), shard)  # the same split as featurize and decode use
+    return ((uid, reader[uid]) for uid in keys), len(keys)
 
 
 def _npy_emissions(p: Path, spec: str, tokens: list[str] | None, frame_shift: float | None,
@@ -241,10 +254,10 @@ def feature_log_probs(model: DownstreamModel, features: str, *, device: str = "c
     model = model.to(device).eval()
     reader = open_features(features)
     try:
-        keys = select_shard(reader.keys(), shard)  # the same split as featurize and decode use
+        pairs, _ = _feature_items(reader, features, shard)
         batch: list[tuple[str, torch.Tensor]] = []
-        for uid in keys:
-            x = torch.as_tensor(reader[uid], dtype=torch.float32)
+        for uid, x in pairs:
+            x = torch.as_tensor(x, dtype=torch.float32)
             if x.ndim != 2 or x.shape[1] != model.input_dim:
                 raise W2VError(f"{features}: {uid!r} has shape {tuple(x.shape)}; the model takes "
                                f"(T, {model.input_dim}) features")
@@ -275,6 +288,7 @@ def downstream_emissions(features: str, model_spec: str, *, device: str = "cpu",
         raise W2VError(f"{model_spec}: a {loaded.task} model; --features needs a downstream model "
                        "(w2v finetune --features); give a CTC model a corpus instead")
     with open_features(features) as reader:
-        total = len(select_shard(reader.keys(), shard))
+        # a stream is counted by reading it: leave it for feature_log_probs
+        total = None if reader.is_stream else len(select_shard(reader.keys(), shard))
     items = feature_log_probs(loaded.model, features, device=device, shard=shard)
     return EmissionSource(list(loaded.dictionary), loaded.model.frame_shift, items, total)

@@ -14,7 +14,7 @@ Examples:
       --lm-weight 2 --word-score -1 -o exp/hyp_lm.txt --ctm exp/hyp_lm.ctm
   w2v score data/test/text exp/hyp_lm.txt
   # LM weight and word score tuned on dev emissions, then used on test
-  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \
+  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \\
       --tune lm_weight=0:4:0.5,word_score=-3:1:1 --ref data/dev/text -o exp/best.yaml
   w2v decode --emissions exp/em_test.h5 --config exp/best.yaml -o exp/hyp_test.txt
 """
@@ -28,7 +28,8 @@ Examples:
 )
 @click.argument("corpus", required=False, metavar="[CORPUS]")
 @click.option("--model", help="CTC checkpoint (ours, fairseq .pt, Hugging Face folder, or a named model).")
-@click.option("--features", help="Stored features for a downstream --model (w2v finetune --features), instead of CORPUS.")
+@click.option("--features", help="Stored features for a downstream --model (w2v finetune --features), instead of CORPUS; "
+              "ark:- or - streams them from stdin (w2v featurize DATA ark:- | w2v decode --features ark:- ...).")
 @click.option(
     "--emissions",
     help="Stored CTC scores instead of a model: HDF5/ark/scp from --dump-emissions, or a .npy file or folder "

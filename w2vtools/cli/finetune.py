@@ -82,7 +82,7 @@ def command(train, labels, valid, valid_labels, dict_path, init, preset, feature
           --save-dir exp/ft1h --resume                   # after an interruption
       w2v featurize data/train.tsv feats/train.h5 --model fbank
       w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 \\
-          --arch blstm --preset tiny --save-dir exp/blstm
+          --valid-labels data/text --arch blstm --preset tiny --save-dir exp/blstm
       w2v decode data/test.tsv --model exp/ft10h/checkpoint_best.pt > hyp.txt
       w2v decode --model exp/blstm/checkpoint_best.pt --features feats/test.h5 > hyp_blstm.txt
     """

@@ -9,14 +9,14 @@ EPILOG = """\b
 Examples:
   w2v manifest LibriSpeech/train-clean-100 --dest data --ext flac --valid-percent 0.01 \\
       --labels LibriSpeech/train-clean-100
-  w2v manifest fsdd/recordings --dest data --ext wav --valid-percent 0.1 \\
-      --speaker-pattern '^\\d+_([a-z]+)_' --to-kaldi data/kaldi
-  w2v manifest corpus/ --dest - --ext wav | head
-  w2v manifest --from-kaldi data/kaldi/test --dest data
   w2v manifest data/train.tsv data/valid.tsv --labels LibriSpeech/train-clean-100
   w2v manifest data/train.tsv --to-kaldi data/kaldi/train
   w2v manifest --validate-kaldi data/kaldi/train
   w2v manifest --fix-kaldi data/kaldi/train     # then --validate-kaldi again
+  w2v manifest --from-kaldi data/kaldi/test --dest data
+  w2v manifest fsdd/recordings --dest fsdd_data --ext wav --valid-percent 0.1 \\
+      --speaker-pattern '^\\d+_([a-z]+)_' --to-kaldi fsdd_data/kaldi
+  w2v manifest corpus/ --dest - --ext wav | head
 """
 
 

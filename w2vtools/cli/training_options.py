@@ -58,6 +58,11 @@ def training_options(command):
 
     @functools.wraps(command)
     def wrapper(*args, sets, verify, **kwargs):
+        # `--resume exp/x/checkpoint_last.pt` (an old hint's form) leaves the path as TRAIN
+        given = kwargs.get("train")
+        if kwargs.get("resume") and given and given.endswith((".pt", ".pth", ".ckpt")):
+            raise click.UsageError(f"--resume takes no value: it continues from SAVE_DIR/checkpoint_last.pt; "
+                                   f"drop {given!r} and give the run's own TRAIN and --save-dir")
         values = {_parameter(option): kwargs.pop(_parameter(option)) for option, _, _, _ in SETTINGS}
         extra = settings_as_sets(sets, values) + (["data.verify=true"] if verify else [])
         return command(*args, sets=extra, **kwargs)

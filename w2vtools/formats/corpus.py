@@ -32,8 +32,12 @@ def read_corpus(spec: str | os.PathLike) -> list[Utterance]:
         return kaldi.read_data_dir(spec)
     if not os.path.exists(spec):
         raise W2VError(f"{spec}: no such file or directory")
-    with open(spec, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(spec, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        # e.g. a checkpoint given where a corpus goes: say what was expected, not which byte failed
+        raise W2VError(f"{spec}: not a text file; expected a TSV manifest, Kaldi data dir or wav.scp") from None
     utts = _parse_text(text, spec)
     if manifest.looks_like_manifest(*(text.splitlines()[:2] + [None])[:2]):
         utts = _with_siblings(spec, utts)

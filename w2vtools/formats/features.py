@@ -14,7 +14,8 @@ Output specs (``OUT``):
   ESPnet's ``hdf5`` loader and lhotse's ``numpy_hdf5`` storage read it unchanged
   (``h5py.File(path)[key][()]``).
 * ``ark:-``, ``ark:f.ark``, ``ark,scp:f.ark,f.scp``: Kaldi binary float matrices
-  through kaldiio (``ark:-`` is stdout, binary, nothing else written there).
+  through kaldiio (``ark:-`` is stdout, binary, nothing else written there; read
+  back, ``ark:-`` or ``-`` is stdin, streamed one utterance at a time).
 * a directory with ``--format h5context``: fairseq's ``wav2vec_featurize.py`` layout,
   ``DIR/<uid>.h5context`` with ``features`` (T*D, flattened time-major) and
   ``info`` = ``[frames per second, T, D]``.
@@ -120,6 +121,8 @@ def parse_spec(spec: str, *, format: str | None = None) -> FeatureSpec:
     spec = str(spec)
     if format == "h5context":
         return FeatureSpec("h5context", spec)
+    if spec == "-":  # stdin/stdout, as every other command's '-': a Kaldi binary archive
+        return FeatureSpec("ark", "-")
     if ":" in spec and spec.split(":", 1)[0].replace(",", "").isalpha() and not os.path.exists(spec):
         head, rest = spec.split(":", 1)
         opts = [o for o in head.split(",") if o]
@@ -819,6 +822,7 @@ class FeatureReader(abc.ABC):
     """
 
     attrs: dict
+    is_stream: bool = False  # True when the features can be read only once, in order (stdin)
 
     @abc.abstractmethod
     def keys(self) -> list[str]:
@@ -881,13 +885,22 @@ class HDF5Reader(FeatureReader):
 
 
 class KaldiReader(FeatureReader):
-    """``scp:``/``.scp`` (random access) or ``ark:`` (read in order, kept in memory only as needed)."""
+    """``scp:``/``.scp`` (random access), ``ark:f.ark`` or ``ark:-`` (stdin).
+
+    Iterating streams an ark in file order, one matrix at a time, so a pipe
+    (``w2v featurize DATA ark:- | w2v decode --features ark:- ...``) keeps memory
+    flat. Asking a stream for its ids or one id's matrix reads the rest of it into
+    memory; callers that can iterate check :attr:`is_stream` first. Matrices are
+    returned writable (kaldiio hands out read-only views of its buffer, which torch
+    warns about with an internal path).
+    """
 
     def __init__(self, spec: FeatureSpec):
         import kaldiio
 
         self.attrs = {}
         self.spec = spec
+        self._streamed = False
         if spec.scp:
             if not os.path.exists(spec.scp):
                 raise W2VError(f"{spec.scp}: no such file")
@@ -899,24 +912,38 @@ class KaldiReader(FeatureReader):
             self._table = None
             self._keys = None
 
+    @property
+    def is_stream(self) -> bool:
+        """True for ``ark:-``: it can be read once, in order."""
+        return self.spec.path == "-" and not self.spec.scp
+
     def keys(self) -> list[str]:
         if self._keys is None:
             self._load_ark()
         return list(self._keys)
 
+    def _source(self):
+        if self.spec.path != "-":
+            return self.spec.path
+        if self._streamed:
+            raise W2VError("ark:- (stdin) was read already; a stream can be read once: write the features "
+                           "to a file (ark,scp:f.ark,f.scp or f.h5)")
+        self._streamed = True
+        return sys.stdin.buffer
+
     def _load_ark(self):
         import kaldiio
 
-        src = sys.stdin.buffer if self.spec.path == "-" else self.spec.path
-        self._table = dict(kaldiio.load_ark(src))
+        self._table = {uid: _writable(x) for uid, x in kaldiio.load_ark(self._source())}
         self._keys = list(self._table)
 
     def __iter__(self):
         import kaldiio
 
-        if self._keys is None and self.spec.path != "-":
-            # stream an ark without holding it all
-            yield from kaldiio.load_ark(self.spec.path)
+        if self._keys is None:
+            # stream the ark without holding it all
+            for uid, x in kaldiio.load_ark(self._source()):
+                yield uid, _writable(x)
             return
         yield from super().__iter__()
 
@@ -924,9 +951,14 @@ class KaldiReader(FeatureReader):
         if self._table is None:
             self._load_ark()
         try:
-            return np.asarray(self._table[uid])
+            return _writable(self._table[uid])
         except KeyError:
             raise W2VError(f"{self.spec.scp or self.spec.path}: no features for {uid!r}") from None
+
+
+def _writable(x) -> np.ndarray:
+    """``x`` as a writable array: a copy only when kaldiio handed out a read-only buffer view."""
+    return np.require(np.asarray(x), requirements="W")
 
 
 class H5ContextReader(FeatureReader):

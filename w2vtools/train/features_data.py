@@ -75,6 +75,10 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.spec = str(spec)
         self.name = name
         reader = open_features(self.spec)
+        if reader.is_stream:
+            # training makes a pass to measure, then one per epoch: a pipe can be read once
+            raise W2VError(f"{self.spec}: finetune reads its {name} features several times, a pipe only once: "
+                           "write them to a file (w2v featurize ... feats.h5) and give that")
         self.attrs = dict(reader.attrs)
         shift = self.attrs.get("frame_shift")
         self.frame_shift = float(shift) if shift else 0.01
