@@ -36,7 +36,14 @@ def _lock_pid(lock):
 
 
 def test_two_featurize_processes_on_one_output(tmp_path, fsdd, w2v):
-    scp, n = _slow_corpus(tmp_path, fsdd)
+    # the first run's last source reads a FIFO that is fed only after the second run returned,
+    # so the first holds its lock for certain however slow the machine is
+    files = sorted(fsdd.glob("*_theo_*.wav"))[:30]
+    fifo = tmp_path / "held.fifo"
+    os.mkfifo(fifo)
+    entries = {f.stem: f for f in files}
+    entries["zz_held"] = f"cat {fifo} |"
+    scp, n = wav_scp(tmp_path / "wav.scp", entries), len(files) + 1
     out = tmp_path / "feats.h5"
     lock = tmp_path / "feats.h5.lock"
     first = w2v_popen("featurize", scp, out, "--model", "fbank", "--flush-every", "0")
@@ -45,6 +52,9 @@ def test_two_featurize_processes_on_one_output(tmp_path, fsdd, w2v):
         second = w2v("featurize", scp, out, "--model", "fbank", check=False)
         assert first.poll() is None, "the first run must still be running for this test to mean anything"
     finally:
+        if first.poll() is None:  # release the first run (it blocks in `cat` until then)
+            with open(fifo, "wb") as f:
+                f.write(files[0].read_bytes())
         stdout, stderr = first.communicate(timeout=120)
     assert second.returncode == 1, second.stderr
     lines = second.stderr.strip().splitlines()
