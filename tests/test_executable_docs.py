@@ -385,7 +385,8 @@ def docs_workspace(shared_data, kenlm_tools, tmp_path_factory) -> Path:
 
 
 # what a section's examples take from an example of another section
-PREPARE = {"w2v plot": "cp -r exp/a exp/tiny  # what `w2v pretrain --help`'s example writes"}
+PREPARE = {"w2v plot": "cp -r exp/a exp/tiny  # what `w2v pretrain --help`'s example writes",
+           "w2v align": "cp -r data/kaldi/test data/chapters  # the long recordings of `align --segment`"}
 
 
 def run_section(name: str, ws: Path, tmp_path: Path) -> None:

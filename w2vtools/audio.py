@@ -65,6 +65,9 @@ def _describe(source: str) -> str:
 #: :func:`terminate_commands` (the CLI calls it on SIGTERM) stops the whole pipeline
 #: (``sox ... | sph2pipe ...``), not only the shell, which would leave its children orphaned.
 _running: set[subprocess.Popen] = set()
+#: Set once the process is being stopped: a pipeline started in another thread just as the
+#: signal came (after terminate_commands looked at _running) stops itself (see _run_command).
+_terminating = False
 
 
 def terminate_commands() -> None:
@@ -75,6 +78,8 @@ def terminate_commands() -> None:
     Example:
         >>> terminate_commands()   # nothing running: nothing to do
     """
+    global _terminating
+    _terminating = True  # first: a pipeline registered after the loop below sees it
     for proc in list(_running):
         if proc.poll() is None:
             try:
@@ -93,6 +98,9 @@ def _run_command(source: str) -> bytes:
         raise W2VError(f"{_describe(source)}: cannot run: {e}") from None
     _running.add(proc)
     try:
+        if _terminating:  # the stop signal came between Popen and the line above
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
         out, err_bytes = proc.communicate()
     except BaseException:
         # interrupted (SIGTERM, Ctrl-C): the pipeline goes with us
