@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from w2vtools.cli.runner_options import runner_options
+
 EXAMPLE = """\b
 Examples:
   # word times and confidences of known transcripts, from a fine-tuned model
@@ -45,12 +47,7 @@ Examples:
               "instead of leaving their utterance out.")
 @click.option("--frame-shift", type=float, help="Seconds per frame [default: from the emissions, else 0.02].")
 @click.option("--device", default="cpu", show_default=True, help="Device for --model.")
-@click.option("--batch-seconds", type=float, default=None,
-              help="Padded audio per model batch (with --model) [default: 5 on a CPU, 200 on a GPU].")
-@click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
-              help="With --model: longer recordings run in windows of this length (memory bounded by the window).")
-@click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
-              help="Seconds of context on each side of a window, dropped when the frames are stitched.")
+@runner_options
 def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, textgrid_dir, segment_dir,
             max_segment_seconds, min_confidence, star, frame_shift, device, batch_seconds, chunk_seconds, chunk_overlap):
     """Force-align the transcripts in TEXT (Kaldi text: `uid WORD WORD ...`) to a CTC model's

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from w2vtools.cli.runner_options import runner_options
+
 EXAMPLE = """\b
 Examples:
   # a CTC checkpoint over a test set, keeping its log-probabilities for LM sweeps
@@ -63,12 +65,7 @@ Examples:
 @click.option("--dump-emissions", help="With --model: store the log-probabilities (HDF5 or ark spec) for later decodes.")
 @click.option("--shard", help="Decode only shard K of N (K/N), as featurize splits a corpus.")
 @click.option("--device", default="cpu", show_default=True, help="Device for --model (cpu, cuda, cuda:1).")
-@click.option("--batch-seconds", type=float, default=None,
-              help="Padded audio per model batch (with --model) [default: 5 on a CPU, 200 on a GPU].")
-@click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
-              help="With --model: longer recordings run in windows of this length (memory bounded by the window).")
-@click.option("--chunk-overlap", type=float, default=2.0, show_default=True,
-              help="Seconds of context on each side of a window, dropped when the frames are stitched.")
+@runner_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Decoder settings from YAML (what --tune writes); options given on the command line win.")
