@@ -29,8 +29,12 @@ recording equal a whole-recording run's. The values equal it exactly only for a
 frame-local model (fbank, MFCC). A Transformer attends over its whole input and a
 model with ``normalize`` or group norm over time normalizes over it, so a window's
 frames differ from the whole recording's everywhere a little, and most within
-``chunk_overlap`` of a stitch point, where one side's context is cut. The test
-``tests/test_runner.py`` states the bound measured on real speech.
+``chunk_overlap`` of a stitch point, where one side's context is cut. The stated tolerance,
+tested on 60 s of real speech (``tests/test_runner.py``): a model without global operators
+(layer-norm feature encoder, no attention) gives the whole run's log-probabilities within
+1e-4 everywhere; a Transformer (the tiny preset, random weights: attention spread over the
+whole input, the worst case) agrees on the best class of at least 90 % of the frames farther
+than ``chunk_overlap`` from a stitch point, with a median difference of at most 0.2 nats.
 
 Example:
     >>> import numpy as np
