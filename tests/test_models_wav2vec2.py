@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.presets import count_preset_parameters, get_preset
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
-from w2vtools.models import wav2vec2 as w2v2_module
-from w2vtools.models.wav2vec2 import MultiheadAttention, Wav2Vec2Model, compute_mask_indices, dropout
+from w2vtools.models import layers as layers_module
+from w2vtools.models.layers import MultiheadAttention, dropout
+from w2vtools.models.wav2vec2 import Wav2Vec2Model, compute_mask_indices
 
 torch.set_num_threads(2)
 
@@ -282,7 +283,7 @@ def test_cpu_training_attention_is_sdpa_with_dropout(monkeypatch):
     attn.eval()
     ref = attn(x, mask)  # SDPA, no dropout
     attn.train()
-    monkeypatch.setattr(w2v2_module, "dropout", lambda t, p, training: t)
+    monkeypatch.setattr(layers_module, "dropout", lambda t, p, training: t)
     torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
     monkeypatch.undo()
     assert not torch.allclose(attn(x, mask), ref, atol=1e-3)

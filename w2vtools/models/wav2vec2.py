@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2vtools.models import FeatureOutput
-from w2vtools.models.layers import masked_group_norm
+from w2vtools.models.layers import ACTIVATIONS, Dropout, TransformerSentenceEncoderLayer, dropout, masked_group_norm
 from w2vtools.models.quantizers import GumbelVectorQuantizer
 
 BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -114,11 +114,10 @@ class Wav2Vec2Config:
             raise ValueError(f"extractor_mode must be 'default' or 'layer_norm', not {self.extractor_mode!r}")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             raise ValueError("encoder_embed_dim must be divisible by encoder_attention_heads")
-        if self.activation_fn not in _ACTIVATIONS:
-            raise ValueError(f"activation_fn must be one of {sorted(_ACTIVATIONS)}")
+        if self.activation_fn not in ACTIVATIONS:
+            raise ValueError(f"activation_fn must be one of {sorted(ACTIVATIONS)}")
 
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
 # --------------------------------------------------------------------------- masking
@@ -375,100 +374,6 @@ class SamePad(nn.Module):
         return x[..., : -self.remove] if self.remove else x
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``F.dropout``, with a cheaper mask on CPU.
-
-    On CPU, ``F.dropout`` draws a float Bernoulli tensor (``bernoulli_``, about 2x
-    slower than uniforms on 2 cores) and keeps it for the backward pass; a BASE
-    training step spent 5 % of its time there. Here the mask is uniforms compared with
-    p, kept as bools (a quarter of the memory). Same distribution, different random
-    stream. On GPU, PyTorch's fused kernel is used as is.
-    """
-    if not training or p <= 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, True)
-    keep = torch.rand(x.shape, device=x.device) >= p
-    return x * keep * (1.0 / (1.0 - p))
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` computed by :func:`dropout` (same name, same ``p``, no state)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
-
-
-class MultiheadAttention(nn.Module):
-    """Self-attention with fairseq's parameter names, computed by SDPA on a fused q/k/v GEMM."""
-
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self._cache: tuple | None = None
-
-    def _qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, torch.cat(params[:3]), torch.cat(params[3:]))
-        return self._cache[1], self._cache[2]
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, C); attn_mask: (B, 1, 1, T) bool, True where a key may be attended, or None."""
-        b, t, c = x.shape
-        w, bias = self._qkv_weights()
-        qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
-            # SDPA's CPU path with dropout is this same math with F.dropout's slow mask
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            out = torch.matmul(dropout(scores.softmax(-1), self.dropout, True).to(v.dtype), v)
-        else:
-            out = F.scaled_dot_product_attention(
-                qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-            )
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
-
-
-class TransformerSentenceEncoderLayer(nn.Module):
-    """One Transformer block; post-LN (BASE) or pre-LN (``layer_norm_first``, LARGE/XLS-R)."""
-
-    def __init__(self, cfg: Wav2Vec2Config):
-        super().__init__()
-        d = cfg.encoder_embed_dim
-        self.layer_norm_first = cfg.layer_norm_first
-        self.self_attn = MultiheadAttention(d, cfg.encoder_attention_heads, cfg.attention_dropout)
-        self.dropout1 = Dropout(cfg.dropout)
-        self.dropout2 = Dropout(cfg.activation_dropout)
-        self.dropout3 = Dropout(cfg.dropout)
-        self.activation = _ACTIVATIONS[cfg.activation_fn]
-        self.self_attn_layer_norm = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, cfg.encoder_ffn_embed_dim)
-        self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, d)
-        self.final_layer_norm = nn.LayerNorm(d)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.layer_norm_first:
-            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), attn_mask))
-            h = self.fc2(self.dropout2(self.activation(self.fc1(self.final_layer_norm(x)))))
-            return x + self.dropout3(h)
-        x = self.self_attn_layer_norm(x + self.dropout1(self.self_attn(x, attn_mask)))
-        h = self.fc2(self.dropout2(self.activation(self.fc1(x))))
-        return self.final_layer_norm(x + self.dropout3(h))
-
-
 class TransformerEncoder(nn.Module):
     """Convolutional relative positional embedding + Transformer blocks (+ layer drop)."""
 
@@ -479,7 +384,14 @@ class TransformerEncoder(nn.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.layerdrop = cfg.encoder_layerdrop
         self.pos_conv = nn.Sequential(WeightNormConv1d(d, cfg.conv_pos, cfg.conv_pos_groups), SamePad(cfg.conv_pos), nn.GELU())
-        self.layers = nn.ModuleList(TransformerSentenceEncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(
+            TransformerSentenceEncoderLayer(
+                d, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, dropout=cfg.dropout,
+                attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+                activation_fn=cfg.activation_fn, layer_norm_first=cfg.layer_norm_first,
+            )
+            for _ in range(cfg.encoder_layers)
+        )
         self.layer_norm = nn.LayerNorm(d)
         self.apply(_init_bert_params)
 
