@@ -125,7 +125,8 @@ class Trainer:
         self.best_value: float | None = None
         self.valid_since_best = 0  # validations since the last new best (run.patience)
         self.nonfinite = NonfiniteGuard(run.max_nonfinite)
-        self.skipped = 0  # utterances left out of training batches because they failed to load
+        self.skipped = 0  # utterances left out of training batches because they failed to load, all ranks
+        self._skipped_here = 0  # the same, this rank only (its own warnings)
         self._skipped_named: set[tuple[str, str]] = set()  # (train|valid, uid) named once
 
         self.collapse = CollapseGuard(objective.guard(self.core),
@@ -182,8 +183,9 @@ class Trainer:
             log.warning("stopped by SIGTERM after update %d; to continue, %s", self.num_updates,
                         resume_hint(self.save_dir))
         if self.skipped:
-            log.warning("train: %d times an utterance that failed to load was left out of its batch (%d distinct)",
-                        self.skipped, len({u for k, u in self._skipped_named if k == "train"}))
+            log.warning("train: %d times an utterance that failed to load was left out of its batch (%d distinct%s)",
+                        self.skipped, len({u for k, u in self._skipped_named if k == "train"}),
+                        " on this rank" if self.dist.distributed else "")
         return {"num_updates": self.num_updates, "epoch": self.epoch, "valid": self.last_valid,
                 "best": self.best_value, "nonfinite": self.nonfinite.total, "skipped": self.skipped}
 
@@ -250,8 +252,9 @@ class Trainer:
         """
         stats: dict[str, float] = {}
         samples = 0.0
+        skipped = 0
         for step, batch in enumerate(micro):
-            self._note_skipped(batch, "train")
+            skipped += self._note_skipped(batch, "train")
             self._seed_batch(batch, "train")
             batch = self._to_device(batch)
             last = step == len(micro) - 1
@@ -263,22 +266,27 @@ class Trainer:
             _add(stats, batch_stats)
             samples += batch["num_samples"]
         keys = sorted(stats)
-        reduced = all_reduce_sum([stats[k] for k in keys] + [samples, float(self._stop_signal)], self.dist)
+        reduced = all_reduce_sum([stats[k] for k in keys] + [samples, float(skipped), float(self._stop_signal)],
+                                 self.dist)
+        self.skipped += int(reduced[-2])  # log.jsonl and checkpoints count every rank's skips
         if reduced[-1] > 0:
             self._stop_signal = True
         return dict(zip(keys, reduced[: len(keys)])), reduced[len(keys)]
 
-    def _note_skipped(self, batch: dict, kind: str) -> None:
-        """Count the utterances the loader left out of ``batch``; name each one once (the count goes on)."""
-        for entry in batch.get("skipped") or ():
+    def _note_skipped(self, batch: dict, kind: str) -> int:
+        """Name each utterance the loader left out of ``batch`` once; returns how many it left out."""
+        entries = batch.get("skipped") or ()
+        for entry in entries:
             uid = entry.split(": ", 1)[0]
             if kind == "train":
-                self.skipped += 1
+                self._skipped_here += 1
             if (kind, uid) in self._skipped_named:
                 continue
             self._skipped_named.add((kind, uid))
+            where = f" on rank {self.dist.rank}" if self.dist.distributed else ""
             log.warning("%s: skipped at update %d: %s (left out of its batch; %d training utterances skipped "
-                        "so far)", kind, self.num_updates + 1, entry, self.skipped)
+                        "so far%s)", kind, self.num_updates + 1, entry, self._skipped_here, where)
+        return len(entries)
 
     def _scale_and_clip(self, frozen: set[torch.nn.Parameter], factor: float) -> float:
         """Drop frozen parameters' gradients, multiply the others by ``factor``, clip; the gradient norm."""
