@@ -191,3 +191,46 @@ def test_streamed_wav_with_unknown_size_is_accepted(tmp_path, tone):
     raw[pos + 4 : pos + 8] = (0xFFFFFFFF).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     assert len(load_audio(str(path))) == len(tone)
+
+
+@pytest.mark.parametrize("file_rate, rate, segment", [
+    (22050, 16000, (None, None)),   # LJ Speech to a wav2vec 2.0 model
+    (22050, 16000, (1.3, 9.7)),     # a Kaldi segment of it
+    (8000, 16000, (None, None)),    # FSDD, upsampled
+    (22050, 8000, (0.5, None)),     # downsampled, open-ended segment
+    (22050, 22050, (None, None)),   # no resampling: plain reads
+])
+def test_windows_of_a_long_recording_equal_the_recording_loaded_whole(tmp_path, ljspeech, fsdd, file_rate,
+                                                                      rate, segment):
+    """RecordingWindows reads only the slice asked for, and the slice is the whole load's
+    (to float32 rounding of the resampling sums), at the edges and anywhere inside."""
+    from w2vtools.audio import RecordingWindows, load_utterance
+    from w2vtools.formats.utterance import Utterance
+
+    clips = sorted((ljspeech / "wavs").glob("*.flac"))[:5] if file_rate == 22050 else sorted(fsdd.glob("*.wav"))[:40]
+    path = tmp_path / "long.flac"
+    sf.write(path, np.concatenate([sf.read(c, dtype="float32")[0] for c in clips]), file_rate)
+    utt = Utterance("long", str(path), start=segment[0], end=segment[1])
+    whole = load_utterance(utt, rate)
+    windows = RecordingWindows(utt, rate)
+    assert len(windows) == len(whole)
+    rng = np.random.default_rng(0)
+    spans = [(0, 1000), (len(whole) - 1000, len(whole)), (0, len(whole))]
+    spans += [(a, min(len(whole), a + int(rng.integers(1, 200_000)))) for a in rng.integers(0, len(whole), 40)]
+    for a, b in spans:
+        np.testing.assert_allclose(windows[a:b], whole[a:b], rtol=0, atol=1e-7, err_msg=f"[{a}:{b}]")
+
+
+def test_a_window_past_a_truncation_is_named_when_read(tmp_path, ljspeech):
+    """The header promises more than the file holds: the window that reaches there says so."""
+    from w2vtools.audio import RecordingWindows
+    from w2vtools.formats.utterance import Utterance
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.concatenate([sf.read(c, dtype="float32")[0] for c in sorted((ljspeech / "wavs").glob("*.flac"))[:3]]),
+             22050, subtype="FLOAT")
+    windows = RecordingWindows(Utterance("long", str(path)), 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut after the header was read
+    with pytest.raises(W2VError, match=r"long\.wav: truncated"):
+        windows[len(windows) - 1000 :]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import signal
 import struct
@@ -263,6 +264,84 @@ def load_audio(
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return (wav, sr) if return_rate else wav
+
+
+class RecordingWindows:
+    """A long recording read window by window: ``len()`` and slices as if it were loaded whole.
+
+    ``windows[a:b]`` equals ``load_utterance(utt, sample_rate)[a:b]`` without holding the
+    recording: only ``b - a`` samples (plus a few dozen of the resampling filter's support)
+    are read from the file and resampled. Resampling a piece gives the whole recording's
+    samples because the piece starts on a multiple of the rate ratio's period (so its
+    output samples fall on the whole run's output grid) and reaches past both ends of the
+    requested range by more than the sinc filter's width (so no sample in it sees the
+    piece's zero padding where the whole run saw audio). tests/test_audio.py checks it.
+
+    Only seekable files: a ``cmd |`` source is read whole (:func:`load_utterance`).
+
+    Raises:
+        W2VError: as :func:`load_audio`, for the header on construction and for a
+            window's samples (truncated, NaN/Inf) when it is read.
+
+    Example:
+        >>> rec = RecordingWindows(Utterance("book", "book.flac"), 16000)   # doctest: +SKIP
+        >>> len(rec), rec[160000:480000].shape          # an hour, and 20 s of it
+        (57600000, (320000,))
+    """
+
+    def __init__(self, utt: Utterance, sample_rate: int):
+        self.source = utt.source
+        f, _ = _open(utt.source)
+        with f:
+            if f.frames <= 0:
+                raise W2VError(f"{utt.source}: no samples")
+            self.file_rate = f.samplerate
+            first = 0 if utt.start is None else int(round(utt.start * f.samplerate))
+            last = f.frames if utt.end is None or utt.end < 0 else min(f.frames, int(round(utt.end * f.samplerate)))
+        if first < 0 or first >= f.frames or last <= first:
+            raise W2VError(f"{utt.source}: segment {utt.start}-{utt.end} s is outside the audio")
+        self.first, self.frames = first, last - first
+        self.sample_rate = int(sample_rate)
+        g = math.gcd(self.file_rate, self.sample_rate)
+        self._orig, self._new = self.file_rate // g, self.sample_rate // g
+        # torchaudio's kernel reaches ceil(6 * orig / (0.99 * min(orig, new))) input samples
+        # each side (lowpass_filter_width 6, rolloff 0.99, its defaults); then one period more.
+        width = math.ceil(6 * self._orig / (0.99 * min(self._orig, self._new))) + self._orig
+        self._pad = -(-width // self._orig) * self._orig
+        self._length = num_resampled(self.frames, self.file_rate, self.sample_rate)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        a, b, step = window.indices(self._length)
+        if step != 1:
+            raise ValueError("RecordingWindows takes contiguous slices only")
+        if b <= a:
+            return np.zeros(0, np.float32)
+        if self._orig == self._new:
+            return self._read(a, b)
+        s0 = max(0, (a // self._new) * self._orig - self._pad)
+        s1 = min(self.frames, (b // self._new + 1) * self._orig + self._pad)
+        piece = resample(self._read(s0, s1), self.file_rate, self.sample_rate)
+        j0 = s0 // self._orig * self._new  # global index of the piece's first output sample
+        return np.ascontiguousarray(piece[a - j0 : b - j0])
+
+    def _read(self, s0: int, s1: int) -> np.ndarray:
+        """Samples ``[s0, s1)`` of the segment at the file's rate, mono float32, checked."""
+        f, _ = _open(self.source)
+        try:
+            with f:
+                f.seek(self.first + s0)
+                wav = f.read(s1 - s0, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise W2VError(f"{self.source}: read failed ({_reason(e)})") from None
+        if wav.shape[0] < s1 - s0:
+            raise W2VError(f"{self.source}: truncated (read {wav.shape[0]} of {s1 - s0} frames at {self.first + s0})")
+        wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+        if not np.isfinite(wav).all():
+            raise W2VError(f"{self.source}: contains NaN or Inf samples")
+        return np.ascontiguousarray(wav, dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=16)

@@ -45,7 +45,7 @@ from typing import Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
-from w2vtools.audio import audio_info, is_command, load_utterance, num_resampled
+from w2vtools.audio import RecordingWindows, audio_info, is_command, load_utterance, num_resampled
 from w2vtools.errors import PartialFailure, W2VError
 from w2vtools.formats.utterance import Utterance
 
@@ -326,8 +326,12 @@ def length_or_error(utt: Utterance, sample_rate: int) -> int | None | W2VError:
         return e
 
 
-def _audio_or_error(utt: Utterance, sample_rate: int) -> np.ndarray | W2VError:
+def _audio_or_error(utt: Utterance, sample_rate: int, long: bool = False) -> np.ndarray | RecordingWindows | W2VError:
+    """The utterance's audio, or its error. A long recording in a file (a job cut into windows)
+    is read window by window as the model asks for them, so it is never held whole."""
     try:
+        if long and not is_command(utt.source):
+            return RecordingWindows(utt, sample_rate)
         return load_utterance(utt, sample_rate)
     except W2VError as e:
         return e
@@ -341,7 +345,7 @@ def load_ahead(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) 
     """
     if workers <= 0:
         for job in jobs:
-            yield job, [_audio_or_error(u, sample_rate) for u in job.utts]
+            yield job, [_audio_or_error(u, sample_rate, job.chunked) for u in job.utts]
         return
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w2v-audio") as pool:
         pending: deque = deque()
@@ -351,7 +355,7 @@ def load_ahead(jobs: Sequence[Job], sample_rate: int, workers: int, depth: int) 
             job = next(it, None)
             if job is None:
                 return False
-            pending.append((job, [pool.submit(_audio_or_error, u, sample_rate) for u in job.utts]))
+            pending.append((job, [pool.submit(_audio_or_error, u, sample_rate, job.chunked) for u in job.utts]))
             return True
 
         for _ in range(depth):

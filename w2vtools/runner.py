@@ -13,7 +13,9 @@ does the rest, the same way for all of them:
   output is the same batched or alone), and a long recording in overlapping windows
   (:func:`~w2vtools.batching.chunk_spans`) whose frames are glued back at frame level
   (:func:`~w2vtools.batching.stitch`), the windows of one recording one after another,
-  so memory is bounded by the window (and the batch budget), not by the recording;
+  each read from its file only when its turn comes (:class:`~w2vtools.audio.RecordingWindows`),
+  so memory is bounded by the window (and the batch budget), not by the recording: what
+  grows with the recording is its output (frames x dimension), never its audio;
 * the run: :func:`run_corpus` loads audio ahead in threads, computes ``streams`` batches
   at once (each with ``threads // streams`` intra-op threads on a CPU:
   :func:`thread_settings`) and yields results in the plan's order whatever order they
@@ -59,6 +61,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from w2vtools.audio import RecordingWindows
 from w2vtools import malloc
 from w2vtools.batching import (
     Job,
@@ -343,7 +346,13 @@ def run_corpus(jobs: Sequence[Job], runner: Runner, skips: SkipLog, *, streams: 
 def _finished(entry, skips: SkipLog, count: list[int]) -> Iterator[tuple[Utterance, int, np.ndarray]]:
     """The results of one finished batch (waiting for it); NaN/Inf outputs go to ``skips``."""
     good, future = entry
-    outs = future.result()  # a model error stops the run, as in one stream
+    try:
+        outs = future.result()  # a model error stops the run, as in one stream
+    except W2VError as e:
+        if not isinstance(good[0][1], RecordingWindows):
+            raise
+        skips.add(good[0][0].uid, e)  # a window of a long recording could not be read
+        return
     for (u, w), x in zip(good, outs):
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             skips.add(u.uid, NON_FINITE)
