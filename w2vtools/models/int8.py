@@ -15,7 +15,8 @@ int8 x int8 -> int32 GEMMs (fbgemm / oneDNN, VNNI on AVX-512 CPUs):
   an int8 weight matrix. Torch's own dynamic ``Conv1d`` is not used: on torch 2.14 its
   output is wrong (70 % relative error against float32 on the BASE feature encoder's shape).
 
-What stays float32: norms, activations, attention scores (softmax), the first convolution
+What stays float32: norms, activations, attention scores (softmax), vector quantizers
+(:data:`KEEP_FLOAT`), the first convolution
 of the feature encoder (one input channel: its GEMM is tiny, its cost is the norm that
 follows), the grouped positional convolution, and LSTMs. Speed and error against
 float32 are measured in BENCHMARKS.md (``benchmarks/bench_int8.py``).
@@ -41,6 +42,11 @@ import torch
 import torch.nn as nn
 
 from w2vtools.models.layers import MultiheadAttention
+from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
+
+#: Modules left in float32 with everything inside them: a vector quantizer picks a discrete
+#: code by argmax, and int8 noise would flip the near ties (its layers cost little).
+KEEP_FLOAT = (GumbelVectorQuantizer, KmeansVectorQuantizer)
 
 #: A convolution whose im2col rows are shorter than this stays float32: a short GEMM
 #: inner dimension gains nothing from int8 (and raw audio, one channel, loses precision).
@@ -200,7 +206,10 @@ def quantize_int8(model: nn.Module, *, convs: bool = True) -> dict[str, int]:
     for module in list(model.modules()):
         if isinstance(module, MultiheadAttention) and getattr(module, "qkv_proj", None) is None:
             _fuse_attention(module)
+    keep = {id(m) for kept in model.modules() if isinstance(kept, KEEP_FLOAT) for m in kept.modules()}
     for parent in list(model.modules()):
+        if id(parent) in keep:
+            continue
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 setattr(parent, name, Int8Linear(child))
