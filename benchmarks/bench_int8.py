@@ -8,6 +8,9 @@
   threads with featurize's defaults otherwise. The corpus is cut into ``--rounds`` rounds, and
   in each round both run their share in a fresh process, one after the other, so load from
   other processes falls on both alike;
+* the model alone: ``extract_features`` (and its feature encoder) on the first ``--error-utts``
+  utterances, each alone, in this process, best of ``--repeats`` alternating passes: the
+  kernels' gain without audio decoding, padding, HDF5 writing and quantization time;
 * feature error: on the first ``--error-utts`` utterances, each alone, every layer of the int8
   model (0 = the Transformer input, the feature encoder's projected output) against float32:
   relative L2 error ``||int8 - f32|| / ||f32||`` and the mean cosine similarity of frames
@@ -117,6 +120,40 @@ def speed(args, tmp: Path, scp: Path) -> dict[str, float]:
     return wall
 
 
+def model_speed(args, scp: Path) -> dict[str, dict[str, float]]:
+    """Seconds per audio second of the model alone (no I/O, no padding) on the first ``--error-utts``
+    utterances, each alone: the feature encoder, and the whole ``extract_features``; the best of
+    ``--repeats`` passes, float32 and int8 passes alternating, so load falls on both alike.
+
+    Wall time, and CPU time of this process (``time.process_time``): on a loaded machine the
+    CPU time is what a pass cost, the wall time also counts the waits for a core.
+    """
+    import torch
+
+    from w2vtools.audio import load_audio
+    from w2vtools.models.int8 import quantize_int8
+
+    torch.set_num_threads(args.threads)
+    models = {"float32": base_model(args.preset)}
+    models["int8"] = copy.deepcopy(models["float32"])
+    quantize_int8(models["int8"])
+    waves = [torch.from_numpy(load_audio(line.split(" ", 1)[1], sample_rate=16000))[None]
+             for line in scp.read_text().splitlines()[: args.error_utts]]
+    audio_s = sum(w.shape[1] for w in waves) / 16000
+    parts = [f"{part} {clock}" for part in ("feature encoder", "whole model") for clock in ("wall", "cpu")]
+    best = {p: dict.fromkeys(parts, float("inf")) for p in PRECISIONS}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for p, model in models.items():
+                for part, fn in (("feature encoder", model.feature_extractor), ("whole model", model.extract_features)):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for w in waves:
+                        fn(w)
+                    best[p][f"{part} wall"] = min(best[p][f"{part} wall"], (time.perf_counter() - t0) / audio_s)
+                    best[p][f"{part} cpu"] = min(best[p][f"{part} cpu"], (time.process_time() - c0) / audio_s)
+    return best
+
+
 def feature_error(args, scp: Path) -> list[dict]:
     """Per layer: relative L2 error and mean frame cosine of int8 against float32 (median, worst)."""
     import torch
@@ -168,7 +205,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--preset", default="base", choices=["base", "large", "tiny"])
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (spreads machine load evenly)")
-    ap.add_argument("--error-utts", type=int, default=8, help="utterances for the per-layer feature error")
+    ap.add_argument("--error-utts", type=int, default=8,
+                    help="utterances for the model-alone speed and the per-layer feature error")
+    ap.add_argument("--skip-featurize", action="store_true", help="only the model-alone speed, errors and WER")
+    ap.add_argument("--repeats", type=int, default=3, help="passes of the model-alone timing (the best counts)")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--ctc", type=Path, default=None, help="a CTC checkpoint for the WER part")
     ap.add_argument("--test", type=Path, default=None, help="a Kaldi data dir (wav.scp, text) for the WER part")
@@ -199,12 +239,25 @@ def main() -> None:
           f"torch {torch.__version__}, engine {torch.backends.quantized.engine}, VNNI {vnni} "
           f"({'8' if vnni else '7'}-bit activations); load average at the start %.1f %.1f %.1f" % os.getloadavg())
 
-    wall = speed(args, tmp, scp)
-    speeds = {f"featurize {p}": audio_s / wall[p] for p in PRECISIONS}
-    print(f"\n{'system':24s} {'wall s':>8s} {'audio-s/s':>10s}")
-    for p in PRECISIONS:
-        print(f"featurize {p:14s} {wall[p]:8.1f} {audio_s / wall[p]:10.2f}")
-    print(f"ratio featurize int8 / float32: {wall['float32'] / wall['int8']:.2f}x")
+    speeds: dict[str, float] = {}
+    ratios = [("model alone int8", "model alone float32")]
+    if not args.skip_featurize:
+        wall = speed(args, tmp, scp)
+        speeds.update({f"featurize {p}": audio_s / wall[p] for p in PRECISIONS})
+        print(f"\n{'system':24s} {'wall s':>8s} {'audio-s/s':>10s}")
+        for p in PRECISIONS:
+            print(f"featurize {p:14s} {wall[p]:8.1f} {audio_s / wall[p]:10.2f}")
+        print(f"ratio featurize int8 / float32: {wall['float32'] / wall['int8']:.2f}x")
+        ratios.insert(0, ("featurize int8", "featurize float32"))
+
+    model = model_speed(args, scp)
+    print(f"\nthe model alone, {args.error_utts} utterances each alone, best of {args.repeats} "
+          "(s per audio-s; ratio float32 / int8):")
+    for part in ("feature encoder", "whole model"):
+        for clock in ("wall", "cpu"):
+            key = f"{part} {clock}"
+            print(f"  {key:20s} float32 {model['float32'][key]:.4f}  int8 {model['int8'][key]:.4f}  "
+                  f"{model['float32'][key] / model['int8'][key]:.2f}x")
 
     errors = feature_error(args, scp)
     print(f"\nint8 features against float32, {args.error_utts} utterances alone, wav2vec 2.0 {args.preset} "
@@ -214,9 +267,10 @@ def main() -> None:
         print(f"{e['layer']:5d} {e['rel_l2_median']:14.4f} {e['rel_l2_max']:11.4f} {e['cosine_median']:14.5f} "
               f"{e['cosine_min']:11.5f}")
 
+    for p in PRECISIONS:
+        speeds[f"model alone {p}"] = 1.0 / model[p]["whole model wall"]
     drivers = {"threads": args.threads, "audio_s": audio_s, "vnni": vnni, "preset": args.preset,
-               "feature_error": errors}
-    ratios = [("featurize int8", "featurize float32")]
+               "model_alone_s_per_audio_s": model, "feature_error": errors}
     if args.ctc is not None:
         w = wer(args, tmp)
         print(f"\nWER of {args.ctc} on {args.test} ({w['utterances']} utterances, viterbi):")

@@ -93,7 +93,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         tq, qdynamic = _quantization_api()
-        float_linear = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        # skip_init: the weights are copied in next (a random init of BASE's would take seconds)
+        float_linear = nn.utils.skip_init(nn.Linear, linear.in_features, linear.out_features,
+                                          bias=linear.bias is not None)
         float_linear.load_state_dict({k: v.detach().float() for k, v in linear.state_dict().items()})
         float_linear.qconfig = tq.per_channel_dynamic_qconfig
         with warnings.catch_warnings():
@@ -139,7 +141,7 @@ class Int8Conv1d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size[0], conv.stride[0]
         # (C', C, k) -> (C', k * C): the order of a channels-last window's values
-        linear = nn.Linear(self.kernel_size * self.in_channels, self.out_channels, bias=False)
+        linear = nn.utils.skip_init(nn.Linear, self.kernel_size * self.in_channels, self.out_channels, bias=False)
         with torch.no_grad():
             linear.weight.copy_(conv.weight.detach().float().permute(0, 2, 1).reshape(self.out_channels, -1))
         self.linear = Int8Linear(linear)
@@ -168,7 +170,7 @@ class Int8Conv1d(nn.Module):
 def _fuse_attention(attn: MultiheadAttention) -> None:
     """Replace q/k/v_proj by one (3C, C) ``qkv_proj`` linear (float; quantized with the others)."""
     weight, bias = attn._qkv_weights()
-    fused = nn.Linear(weight.size(1), weight.size(0))
+    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0))
     with torch.no_grad():
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
