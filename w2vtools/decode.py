@@ -477,14 +477,14 @@ def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None
 def emission_source(*, corpus: str | None, model: str | None, emissions: str | None, features: str | None,
                     dict_path: str | None, frame_shift: float | None, shard: tuple[int, int] | None,
                     device: str, batch_seconds: float | None, skips: SkipLog | None = None,
-                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0) -> EmissionSource:
+                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0, int8: bool = False) -> EmissionSource:
     """Choose the source: a downstream model over ``features``, a CTC model over ``corpus``,
     or stored ``emissions`` (see :mod:`w2vtools.emissions`); bad utterances of a corpus go to ``skips``."""
     if features is not None:
         return downstream_emissions(features, model, device=device, shard=shard)
     if model is not None:
         source = model_emissions(corpus, model, device=device, batch_seconds=batch_seconds, shard=shard, skips=skips,
-                                 chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
+                                 chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, int8=int8)
         if dict_path is not None and ctc_vocabulary(read_dictionary(dict_path)) != source.tokens:
             raise W2VError(f"{dict_path}: differs from the dictionary stored in {model}")
         return source
@@ -512,6 +512,7 @@ def decode(
     features: str | None = None,
     chunk_seconds: float = 60.0,
     chunk_overlap: float = 2.0,
+    int8: bool = False,
 ) -> DecodeSummary:
     """Decode a corpus with a CTC model, or stored emissions, into Kaldi ``text`` (and nbest/trn/ctm).
 
@@ -519,7 +520,8 @@ def decode(
     (:mod:`w2vtools.runner`): ``batch_seconds`` of padded audio per batch (None: 5 on a
     CPU, 200 on a GPU), recordings longer than ``chunk_seconds`` in windows with
     ``chunk_overlap`` seconds of context each side, so a long recording's memory is
-    bounded by the window.
+    bounded by the window. ``int8``: the CTC model runs dynamically quantized on the CPU
+    (:func:`w2vtools.runner.prepare_model`; its effect on WER: BENCHMARKS.md).
 
     Example:
         >>> decode(emissions="em.h5", output="hyp.txt",
@@ -532,6 +534,9 @@ def decode(
             raise W2VError("--nbest with output on stdout: name the n-best file with --nbest-out")
         nbest_output = output + ".nbest"
     _check_inputs(corpus=corpus, model=model, emissions=emissions, features=features, dump_emissions=dump_emissions)
+    if int8 and (corpus is None or model is None):
+        raise W2VError("--int8 quantizes a CTC model run over audio: it needs CORPUS and --model "
+                       "(not --emissions, nor --features)")
     name = emissions or corpus or features
     skips = SkipLog(log)
     summary = DecodeSummary()
@@ -543,7 +548,7 @@ def decode(
         source = emission_source(corpus=corpus, model=model, emissions=emissions, features=features,
                                  dict_path=dict_path, frame_shift=frame_shift, shard=parse_shard(shard), device=device,
                                  batch_seconds=batch_seconds, skips=skips, chunk_seconds=chunk_seconds,
-                                 chunk_overlap=chunk_overlap)
+                                 chunk_overlap=chunk_overlap, int8=int8)
         search = BeamSearch(source.tokens, opts) if opts.decoder != "viterbi" else None
         spk = read_kaldi_table(utt2spk) if utt2spk else {}
         out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,

@@ -41,7 +41,7 @@ from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
 from w2vtools.malloc import keep_freed_memory
 from w2vtools.models.loading import load_model
 from w2vtools.models.downstream import DownstreamModel
-from w2vtools.runner import Runner, check_device, corpus_utterances, plan_corpus, run_corpus
+from w2vtools.runner import Runner, check_device, check_int8, corpus_utterances, plan_corpus, prepare_model, run_corpus
 
 DEFAULT_FRAME_SHIFT = 0.02  # wav2vec 2.0: 320 samples at 16 kHz
 
@@ -165,7 +165,7 @@ def _npy_emissions(p: Path, spec: str, tokens: list[str] | None, frame_shift: fl
 
 def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_seconds: float | None = None,
                     chunk_seconds: float = 60.0, chunk_overlap: float = 2.0, shard: tuple[int, int] | None = None,
-                    skips: SkipLog | None = None, workers: int = 2) -> EmissionSource:
+                    skips: SkipLog | None = None, workers: int = 2, int8: bool = False) -> EmissionSource:
     """Run a CTC checkpoint over a corpus through the corpus runner (:mod:`w2vtools.runner`).
 
     Yields (uid, (T, V) log-probabilities) in the plan's order (length-sorted batches;
@@ -175,10 +175,12 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
     written in it. Ids are checked before the model loads. An utterance that cannot be
     read, is too short for the model, or whose scores hold NaN/Inf goes to ``skips``
     (named with its reason) and the run goes on; without ``skips`` it is an error.
+    ``int8``: the model runs dynamically quantized on the CPU (:func:`~w2vtools.runner.prepare_model`).
 
     Example:
         >>> src = model_emissions("data/test.tsv", "exp/ctc/checkpoint_best.pt")   # doctest: +SKIP
     """
+    check_int8(int8, device)
     utts = corpus_utterances(corpus, shard)
     if check_device(device):
         keep_freed_memory()  # batch after batch of activations reuse the same pages (w2vtools/malloc.py)
@@ -187,8 +189,8 @@ def model_emissions(corpus: str, model_spec: str, *, device: str = "cpu", batch_
         raise W2VError(f"{model_spec}: a model on stored features: give --features FEATS instead of a corpus")
     if loaded.task != "ctc" or not loaded.dictionary:
         raise W2VError(f"{model_spec}: not a CTC model (task {loaded.task!r}); decode needs a fine-tuned checkpoint")
-    model = loaded.model.to(device).eval()
-    warn_non_finite_weights(model, model_spec)
+    warn_non_finite_weights(loaded.model, model_spec)  # before int8 quantization folds the weights away
+    model = prepare_model(loaded.model, device, int8=int8, name=model_spec)
     runner = Runner(model, num_frames=model.num_frames, sample_rate=int(model.sample_rate),
                     frame_shift=float(getattr(model, "frame_shift", DEFAULT_FRAME_SHIFT)), device=device,
                     chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)

@@ -48,9 +48,11 @@ from w2vtools.runner import (
     CPU_BATCH_SECONDS,  # noqa: F401  (featurize's documented CPU default; the runner owns it)
     Runner,
     check_device,
+    check_int8,
     corpus_utterances,
     default_batch_seconds,
     plan_corpus,
+    prepare_model,
     run_corpus,
     thread_settings,
 )
@@ -151,10 +153,11 @@ class Summary:
 
 def feature_runner(encoder: Encoder, selection: Selection = Selection(), *, device: str = "cpu", amp: bool = False,
                    chunk_seconds: float = 60.0, chunk_overlap: float = 2.0,
-                   batch_seconds: float | None = None) -> Runner:
+                   batch_seconds: float | None = None, int8: bool = False) -> Runner:
     """The :class:`~w2vtools.runner.Runner` of an encoder's chosen representation.
 
     All layers (``selection.layer == "all"``) come side by side, ``(T, (L+1)*D)``, layer 0 first.
+    With ``int8`` the encoder's module is quantized in place (:func:`~w2vtools.runner.prepare_model`).
 
     Example:
         >>> import numpy as np
@@ -163,8 +166,10 @@ def feature_runner(encoder: Encoder, selection: Selection = Selection(), *, devi
         [(98, 80), (48, 80)]
     """
     module = encoder.module
-    if hasattr(module, "to"):
-        module.to(torch.device(device))
+    if isinstance(module, torch.nn.Module):
+        module = prepare_model(module, device, int8=int8, amp=amp, name=encoder.name)
+    elif int8:
+        raise W2VError(f"--int8: {encoder.name} has no layers to quantize")
 
     def forward(source, mask):
         out = module.extract_features(source, mask, output=selection.output, layer=selection.layer)
@@ -200,6 +205,7 @@ def featurize(
     flush_every: float = 30.0,
     progress: bool | None = None,
     resume: bool = True,
+    int8: bool = False,
 ) -> Summary:
     """Featurize a corpus into ``out`` (see the module doc); returns a :class:`Summary`.
 
@@ -212,6 +218,10 @@ def featurize(
         output, layer, all_layers: which representation (see :func:`make_selection`);
             all layers are stored side by side, ``(T, (L+1)*D)``, layer 0 first.
         device: ``cpu`` or ``cuda[:N]``; amp: autocast on that device.
+        int8: quantize the model's linear and dense convolution layers to int8 for a CPU run
+            (:mod:`w2vtools.models.int8`; an :class:`Encoder` given is quantized in place).
+            Speed and error against float32: BENCHMARKS.md. Recorded as the attribute
+            ``model_precision = "int8"``.
         batch_seconds: budget of padded audio seconds per batch (None: 200 on a GPU,
             where big batches pay; :data:`CPU_BATCH_SECONDS` on a CPU, where batching
             saves nothing and small batches keep every stream busy to the end).
@@ -243,6 +253,7 @@ def featurize(
     """
     if dtype not in ("float32", "float16"):
         raise W2VError(f"--dtype {dtype}: choose float32 or float16")
+    check_int8(int8, device, amp)
     check_device(device)
     if batch_seconds is None:
         batch_seconds = default_batch_seconds(device)
@@ -253,12 +264,13 @@ def featurize(
             corpus, out, model=model, output=output, layer=layer, all_layers=all_layers, device=device, amp=amp,
             batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, shard=shard,
             dtype=dtype, format=format, streams=streams, workers=workers, flush_every=flush_every,
-            progress=progress, resume=resume,
+            progress=progress, resume=resume, int8=int8,
         )
 
 
 def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
-               chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume) -> Summary:
+               chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume,
+               int8=False) -> Summary:
     """:func:`featurize` once the thread settings are in place: ids checked and the output
     locked before the model loads, so a bad id or a second writer fails at once."""
     shard_kn = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
@@ -270,8 +282,10 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
         encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
         selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
         fx = feature_runner(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
-                            chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
+                            chunk_overlap=chunk_overlap, batch_seconds=batch_seconds, int8=int8)
         attrs = _feature_attrs(encoder, selection, fx.sample_rate)
+        if int8:
+            attrs["model_precision"] = "int8"  # only then: float32 outputs keep the attributes they always had
         # what else decides the features: a resumed run must match it (the output does not record it)
         settings = {"dtype": dtype, "amp": bool(amp), "chunk_seconds": chunk_seconds, "chunk_overlap": chunk_overlap}
         summary = Summary()

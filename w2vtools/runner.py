@@ -79,6 +79,7 @@ from w2vtools.batching import (
 from w2vtools.errors import W2VError
 from w2vtools.formats.corpus import read_corpus
 from w2vtools.formats.utterance import Utterance
+from w2vtools.models.int8 import quantize_int8
 from w2vtools.threads import default_threads
 
 log = logging.getLogger("w2v.runner")
@@ -159,6 +160,59 @@ def thread_settings(device: str, threads: int | None, streams: int | None) -> It
         yield streams
     finally:
         torch.set_num_threads(previous)
+
+
+def check_int8(int8: bool, device: str, amp: bool = False) -> None:
+    """Refuse ``--int8`` off the CPU or with ``--amp``, before anything loads.
+
+    Example:
+        >>> check_int8(True, "cpu")
+        >>> check_int8(True, "cuda")
+        Traceback (most recent call last):
+        ...
+        w2vtools.errors.W2VError: --int8 --device cuda: int8 quantization runs on a CPU only (its kernels have no CUDA version); on a GPU use --amp instead, or drop --int8
+    """
+    if not int8:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = str(device)
+    if kind != "cpu":
+        raise W2VError(f"--int8 --device {device}: int8 quantization runs on a CPU only (its kernels have no "
+                       "CUDA version); on a GPU use --amp instead, or drop --int8")
+    if amp:
+        raise W2VError("--int8 and --amp: choose one (int8 kernels take float32 inputs)")
+
+
+def prepare_model(module: torch.nn.Module, device: str = "cpu", *, int8: bool = False, amp: bool = False,
+                  name: str = "the model") -> torch.nn.Module:
+    """The one place a model is made ready to run: on ``device``, in eval mode, and with
+    ``int8`` quantized for the CPU (:func:`w2vtools.models.int8.quantize_int8`, in place).
+
+    Args:
+        module: the model (its weights already checked: quantized weights cannot be).
+        device: where it runs; ``int8`` needs ``cpu``.
+        int8: dynamic int8 quantization of its linear and dense convolution layers.
+        amp: whether the caller autocasts; refused with ``int8`` (int8 kernels take float32).
+        name: the model as the user named it, for messages.
+
+    Raises:
+        W2VError: ``int8`` off the CPU or with ``amp``, or a model with nothing to quantize.
+
+    Example:
+        >>> m = prepare_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), "cpu", int8=True)
+        >>> type(m[0]).__name__
+        'Int8Linear'
+    """
+    check_int8(int8, device, amp)
+    module = module.to(torch.device(device)).eval()
+    if int8:
+        counts = quantize_int8(module)
+        if not counts["linear"] + counts["conv"]:
+            raise W2VError(f"--int8: {name} has no linear or convolution layers to quantize")
+        log.info("%s: int8: %d linear and %d convolution layers quantized", name, counts["linear"], counts["conv"])
+    return module
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ Examples:
 @click.option("--device", default="cpu", show_default=True, help="Device for --model.")
 @runner_options
 def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, textgrid_dir, segment_dir,
-            max_segment_seconds, min_confidence, star, frame_shift, device, batch_seconds, chunk_seconds, chunk_overlap):
+            max_segment_seconds, min_confidence, star, frame_shift, device, int8, batch_seconds, chunk_seconds,
+            chunk_overlap):
     """Force-align the transcripts in TEXT (Kaldi text: `uid WORD WORD ...`) to a CTC model's
     output over CORPUS (TSV manifest, Kaldi data dir, wav.scp), or to stored --emissions.
 
@@ -79,6 +80,8 @@ def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, text
         raise click.UsageError("--max-segment-seconds must be positive")
     if not emissions and (len(inputs) != 2 or not model):
         raise click.UsageError("give CORPUS TEXT --model M, or --emissions E TEXT")
+    if int8 and emissions:
+        raise click.UsageError("--int8 quantizes a model run over CORPUS; stored --emissions have none")
     transcripts = {uid: normalize_words(" ".join(words)).split() for uid, words in read_text_table(inputs[-1]).items()}
     log = logging.getLogger("w2v.align")
     skips = SkipLog(log)
@@ -89,7 +92,7 @@ def command(inputs, model, emissions, dict_path, ctm, letter_ctm, data_dir, text
             source = stored_emissions(emissions, dict_path=dict_path, frame_shift=frame_shift)
         else:
             source = model_emissions(inputs[0], model, device=device, batch_seconds=batch_seconds, skips=skips,
-                                     chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap)
+                                     chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, int8=int8)
             if frame_shift:
                 source.frame_shift = frame_shift
         outputs = AlignOutputs(ctm=ctm, letter_ctm=letter_ctm, data_dir=data_dir, textgrid_dir=textgrid_dir,

@@ -78,7 +78,7 @@ Examples:
 @click.pass_context
 def command(ctx, corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score,
             sil_score, unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk,
-            frame_shift, dump_emissions, shard, device, batch_seconds, chunk_seconds, chunk_overlap, progress, config_path, tune_space, ref, trials,
+            frame_shift, dump_emissions, shard, device, int8, batch_seconds, chunk_seconds, chunk_overlap, progress, config_path, tune_space, ref, trials,
             jobs):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
     or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
@@ -111,5 +111,5 @@ def command(ctx, corpus, model, features, emissions, dict_path, output, decoder,
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,
         nbest_output=nbest_out, trn=trn, ctm=ctm, dump_emissions=dump_emissions, shard=shard,
         frame_shift=frame_shift, utt2spk=utt2spk, device=device, batch_seconds=batch_seconds, progress=progress,
-        features=features, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,
+        features=features, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, int8=int8,
     )

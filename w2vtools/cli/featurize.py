@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from w2vtools.cli.runner_options import INT8_OPTION
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, required=True, metavar="MANIFEST OUT")
@@ -18,6 +20,7 @@ import click
               help="wav2vec/vq-wav2vec: context c (default), encoder z, quantized q; wav2vec 2.0: z = CNN output.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Autocast the model (float16 on CUDA, bfloat16 on CPU).")
+@INT8_OPTION
 @click.option("--batch-seconds", type=float, default=None,
               help="Padded audio seconds per batch (memory bound). Default: 200 on a GPU, 5 on a CPU.")
 @click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
@@ -47,7 +50,7 @@ import click
 @click.option("--merge", is_flag=True, help="Join shard outputs instead: w2v featurize --merge IN... OUT.")
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_models(ctx) if v else None, help="List the named models and exit.")
-def command(args, model, layer, layers, output, device, amp, batch_seconds, chunk_seconds, chunk_overlap, shard,
+def command(args, model, layer, layers, output, device, amp, int8, batch_seconds, chunk_seconds, chunk_overlap, shard,
             dtype, fmt, sample_rate, num_mel_bins, num_ceps, threads, streams, workers, flush_every, no_resume,
             progress, merge):
     """Featurize MANIFEST (TSV, Kaldi data dir, wav.scp or -) into OUT.
@@ -70,6 +73,7 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
     \b
     Examples:
       w2v featurize data/train.tsv feats.h5 --model wav2vec2-base --layer 6
+      w2v featurize data/train.tsv feats.h5 --model wav2vec2-base --int8   # CPU, int8 kernels
       w2v featurize data/train ark:- --model mfcc | copy-feats ark:- ark,scp:m.ark,m.scp
       w2v featurize fsdd/wav.scp fbank8k.h5 --model fbank --sample-rate 8000 --num-mel-bins 40
       w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8
@@ -96,7 +100,7 @@ def command(args, model, layer, layers, output, device, amp, batch_seconds, chun
         args[0], args[1], model=model, output=output, layer=layer, all_layers=layers == "all", device=device,
         amp=amp, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,
         shard=shard, dtype=dtype, format=fmt, threads=threads, streams=streams, workers=workers, flush_every=flush_every,
-        progress=progress, resume=not no_resume,
+        progress=progress, resume=not no_resume, int8=int8,
     )
 
 

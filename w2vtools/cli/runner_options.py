@@ -1,10 +1,17 @@
-"""The options of every command that runs a model over a corpus (decode, align): one definition."""
+"""The options of every command that runs a model over a corpus (decode, align; featurize takes
+--int8 from here too): one definition."""
 
 from __future__ import annotations
 
 import click
 
+INT8_OPTION = click.option(
+    "--int8", is_flag=True,
+    help="With --model on a CPU: run the model's linear and convolution layers in int8 (dynamic quantization; "
+         "faster, features within a few % of float32: BENCHMARKS.md). Not with --device cuda or --amp.")
+
 RUNNER_OPTIONS = [
+    INT8_OPTION,
     click.option("--batch-seconds", type=float, default=None,
                  help="Padded audio per model batch (with --model) [default: 5 on a CPU, 200 on a GPU]."),
     click.option("--chunk-seconds", type=float, default=60.0, show_default=True,
@@ -15,7 +22,7 @@ RUNNER_OPTIONS = [
 
 
 def runner_options(command):
-    """Add --batch-seconds, --chunk-seconds and --chunk-overlap to a click command function."""
+    """Add --int8, --batch-seconds, --chunk-seconds and --chunk-overlap to a click command function."""
     for option in reversed(RUNNER_OPTIONS):
         command = option(command)
     return command

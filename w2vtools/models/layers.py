@@ -105,6 +105,8 @@ class MultiheadAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self._cache: tuple | None = None
+        # one fused projection replacing q/k/v_proj, set by int8 quantization (models/int8.py)
+        self.qkv_proj: nn.Module | None = None
 
     def _qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
@@ -119,8 +121,11 @@ class MultiheadAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (B, T, C); attn_mask: bool, broadcastable to (B, H, T, T), True where a key may be attended, or None."""
         b, t, c = x.shape
-        w, bias = self._qkv_weights()
-        qkv = F.linear(x, w, bias).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)
+        else:
+            qkv = F.linear(x, *self._qkv_weights())
+        qkv = qkv.view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             # SDPA's CPU path with dropout is this same math with F.dropout's slow mask
             q, k, v = qkv[0], qkv[1], qkv[2]

@@ -298,9 +298,9 @@ class ConvFeatureExtractionModel(nn.Module):
         """
         x = source.unsqueeze(1)  # (B, 1, S)
         for i, block in enumerate(self.conv_layers):
-            conv = block[0]
-            # oneDNN's direct convolution beats unfold + GEMM here (measured on 2 threads)
-            x = F.conv1d(x, conv.weight, conv.bias, stride=conv.stride)
+            # nn.Conv1d: oneDNN's direct convolution beats unfold + GEMM in float32 (measured on
+            # 2 threads); models/int8.py swaps in an int8 unfold + GEMM module, where it wins
+            x = block[0](x)
             x = block[1](x)
             if len(block) == 4:
                 norm = block[2]

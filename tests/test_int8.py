@@ -1,0 +1,200 @@
+"""int8 inference (issue 19): ``--int8`` of featurize, decode and align; ``w2vtools/models/int8.py``.
+
+Stated tolerance, each utterance alone, real speech (FSDD and LJ Speech), random weights
+(measured 2026-12-02 in brackets; BENCHMARKS.md has the BASE-size numbers):
+
+* wav2vec 2.0 tiny, last layer: relative L2 error at most 0.06 (0.031-0.034), mean frame
+  cosine at least 0.998 (0.9994);
+* wav2vec tiny, context output: relative L2 error at most 0.03 (0.008-0.009);
+* one convolution or linear layer on random input: at most 0.03 (0.01-0.02).
+
+An utterance's int8 output also depends a little on what it is batched with (the activation
+range is per call): within 0.1 of float32 through the CLI, which batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from w2vtools.audio import load_audio
+from w2vtools.errors import W2VError
+from w2vtools.models.int8 import Int8Conv1d, Int8Linear, KEEP_FLOAT, quantize_int8
+from w2vtools.models.layers import MultiheadAttention
+from w2vtools.models.presets import get_preset
+from w2vtools.models.registry import model_class_for
+from w2vtools.runner import check_int8, prepare_model
+
+from reliability_helpers import tiny_ctc, tiny_wav2vec2
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).norm() / ref.norm())
+
+
+def speech(fsdd: Path, ljspeech: Path) -> list[np.ndarray]:
+    """Four real recordings at 16 kHz: two LJ Speech clips (7-10 s), two FSDD digits (< 1 s)."""
+    files = [ljspeech / "wavs" / "LJ001-0001.flac", ljspeech / "wavs" / "LJ001-0002.flac",
+             fsdd / "3_jackson_7.wav", fsdd / "0_george_0.wav"]
+    return [load_audio(str(f), sample_rate=16000) for f in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# The layers
+
+
+@pytest.mark.parametrize("kernel, stride, bias", [(3, 2, False), (2, 2, False), (5, 1, True)])
+def test_int8_conv_is_the_convolution(kernel, stride, bias):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(48, 32, kernel, stride=stride, bias=bias)
+    x = torch.nn.functional.gelu(torch.randn(2, 48, 301))
+    x[1, :, 150:] *= 0.001  # a quiet half: each window has its own scale
+    with torch.inference_mode():
+        ref, out = conv(x), Int8Conv1d(conv)(x)
+    assert out.shape == ref.shape
+    assert relative_error(out, ref) < 0.03
+    assert relative_error(out[1, :, 80:], ref[1, :, 80:]) < 0.03  # the quiet frames too
+    assert Int8Conv1d(conv)(torch.randn(1, 48, kernel - 1)).shape == (1, 32, 0)
+
+
+def test_int8_linear_is_the_linear():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64)
+    x = torch.randn(3, 17, 256)
+    with torch.inference_mode():
+        assert relative_error(Int8Linear(linear)(x), linear(x)) < 0.03
+
+
+def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():
+    torch.manual_seed(0)
+    model = model_class_for("wav2vec2")(get_preset("wav2vec2", "tiny")).eval()
+    counts = quantize_int8(model)
+    cfg = model.cfg
+    # per block: fused qkv, out_proj, fc1, fc2; plus final_proj and project_q (post_extract_proj when present)
+    assert counts["linear"] >= 4 * cfg.encoder_layers + 2
+    assert counts["conv"] == len(cfg.conv_feature_layers) - 1  # all but the one-channel first
+    in_quantizer = {id(m) for q in model.modules() if isinstance(q, KEEP_FLOAT) for m in q.modules()}
+    float_linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert float_linears and all(id(m) in in_quantizer for m in float_linears)  # codes are picked in float32
+    attn = next(m for m in model.modules() if isinstance(m, MultiheadAttention))
+    assert isinstance(attn.qkv_proj, Int8Linear) and not hasattr(attn, "q_proj")
+
+
+def test_int8_refuses_gpu_amp_and_models_without_layers():
+    with pytest.raises(W2VError, match="--int8 --device cuda: int8 quantization runs on a CPU only"):
+        check_int8(True, "cuda")
+    with pytest.raises(W2VError, match="--int8 and --amp"):
+        check_int8(True, "cpu", amp=True)
+    with pytest.raises(W2VError, match="no linear or convolution layers"):
+        prepare_model(nn.Sequential(nn.ReLU()), "cpu", int8=True, name="relu")
+    check_int8(False, "cuda")  # float32 on a GPU is not int8's business
+
+
+# ---------------------------------------------------------------------------------------------
+# Models on real speech
+
+
+@pytest.mark.parametrize("family, tolerance", [("wav2vec2", 0.06), ("wav2vec", 0.03)])
+def test_int8_features_close_to_float32_on_real_speech(fsdd, ljspeech, family, tolerance):
+    torch.manual_seed(0)
+    model = model_class_for(family)(get_preset(family, "tiny")).eval()
+    quantized = copy.deepcopy(model)
+    quantize_int8(quantized)
+    for wave in speech(fsdd, ljspeech):
+        x = torch.from_numpy(wave)[None]
+        with torch.inference_mode():
+            ref = model.extract_features(x).features
+            out = quantized.extract_features(x).features
+        assert out.shape == ref.shape
+        assert relative_error(out, ref) < tolerance
+        cosine = torch.nn.functional.cosine_similarity(out, ref, dim=-1).mean()
+        assert cosine > (0.998 if family == "wav2vec2" else 0.9995)
+
+
+def test_int8_ctc_model_keeps_the_best_class(fsdd, ljspeech, tmp_path):
+    from w2vtools.models.loading import load_model
+
+    model = load_model(tiny_ctc(tmp_path / "ctc.pt")).model.eval()
+    quantized = prepare_model(copy.deepcopy(model), "cpu", int8=True)
+    agree, frames = 0, 0
+    for wave in speech(fsdd, ljspeech):
+        x = torch.from_numpy(wave)[None]
+        with torch.inference_mode():
+            ref, out = model(x)[0], quantized(x)[0]
+        agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+        frames += ref.shape[1]
+    assert agree / frames > 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data):
+    """A wav.scp of six FSDD digits and their transcripts (Kaldi text)."""
+    fsdd = shared_data / "fsdd" / "recordings"
+    d = tmp_path_factory.mktemp("int8")
+    names = {"0": "ZERO", "1": "ONE", "2": "TWO", "3": "THREE", "6": "SIX", "9": "NINE"}
+    files = [fsdd / f"{digit}_jackson_{i}.wav" for i, digit in enumerate(names)]
+    (d / "wav.scp").write_text("".join(f"{f.stem} {f}\n" for f in files))
+    (d / "text").write_text("".join(f"{f.stem} {names[f.stem[0]]}\n" for f in files))
+    return d
+
+
+def test_featurize_int8(w2v, corpus, tmp_path):
+    model = tiny_wav2vec2(tmp_path / "pt.pt")
+    w2v("featurize", corpus / "wav.scp", tmp_path / "f32.h5", "--model", model, "--threads", "1")
+    p = w2v("featurize", corpus / "wav.scp", tmp_path / "i8.h5", "--model", model, "--int8", "--threads", "1")
+    assert re.search(r"pt.pt: int8: [1-9]\d* linear and 6 convolution layers quantized", p.stderr)
+    with h5py.File(tmp_path / "f32.h5") as f, h5py.File(tmp_path / "i8.h5") as g:
+        assert sorted(f) == sorted(g) and len(g) == 6
+        assert g.attrs["model_precision"] == "int8" and "model_precision" not in f.attrs
+        for key in f:
+            ref, out = f[key][()], g[key][()]
+            assert out.shape == ref.shape and out.dtype == np.float32
+            assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.1
+
+
+def test_decode_and_align_int8(w2v, corpus, tmp_path):
+    model = tiny_ctc(tmp_path / "ctc.pt")
+    w2v("decode", corpus / "wav.scp", "--model", model, "-o", tmp_path / "f32.txt",
+        "--dump-emissions", tmp_path / "f32.h5")
+    p = w2v("decode", corpus / "wav.scp", "--model", model, "--int8", "-o", tmp_path / "i8.txt",
+            "--dump-emissions", tmp_path / "i8.h5")
+    assert re.search(r"ctc.pt: int8: [1-9]\d* linear and 6 convolution layers quantized", p.stderr)
+    assert [line.split()[0] for line in (tmp_path / "i8.txt").read_text().splitlines()] == \
+        [line.split()[0] for line in (tmp_path / "f32.txt").read_text().splitlines()]
+    with h5py.File(tmp_path / "f32.h5") as f, h5py.File(tmp_path / "i8.h5") as g:
+        same = [float((f[k][()].argmax(-1) == g[k][()].argmax(-1)).mean()) for k in f]
+    assert min(same) > 0.9
+    w2v("align", corpus / "wav.scp", corpus / "text", "--model", model, "--int8", "-o", tmp_path / "words.ctm")
+    assert len((tmp_path / "words.ctm").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["featurize", "{scp}", "{tmp}/x.h5", "--model", "{pt}", "--int8", "--device", "cuda"],
+     "w2v featurize: error: --int8 --device cuda: int8 quantization runs on a CPU only"),
+    (["decode", "{scp}", "--model", "{ctc}", "--int8", "--device", "cuda:0"],
+     "w2v decode: error: --int8 --device cuda:0: int8 quantization runs on a CPU only"),
+    (["featurize", "{scp}", "{tmp}/x.h5", "--model", "{pt}", "--int8", "--amp"], "--int8 and --amp: choose one"),
+    (["featurize", "{scp}", "{tmp}/x.h5", "--model", "fbank", "--int8"],
+     "--int8: fbank has no linear or convolution layers to quantize"),
+    (["decode", "--emissions", "{tmp}/em.h5", "--int8"], "--int8 quantizes a CTC model run over audio"),
+])
+def test_int8_refusals_are_one_line(w2v, corpus, tmp_path, args, message):
+    fill = {"scp": corpus / "wav.scp", "tmp": tmp_path, "pt": tmp_path / "pt.pt", "ctc": tmp_path / "ctc.pt"}
+    tiny_wav2vec2(fill["pt"])
+    tiny_ctc(fill["ctc"])
+    p = w2v(*[a.format(**fill) for a in args], check=False)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "x.h5").exists()

@@ -1,0 +1,223 @@
+"""Dynamic int8 quantization of a model for CPU inference (``--int8`` of featurize, decode, align).
+
+:func:`quantize_int8` rewrites a model in place so that its big matrix products run as
+int8 x int8 -> int32 GEMMs (fbgemm / oneDNN, VNNI on AVX-512 CPUs):
+
+* every ``nn.Linear`` becomes a dynamically quantized linear
+  (``torch.ao.nn.quantized.dynamic.Linear``): weights int8 with one scale per output
+  channel, stored once; activations quantized per call with the range of that call's
+  input (no calibration data needed);
+* the attention's q, k and v projections are first fused into one ``qkv_proj`` linear
+  (:class:`~w2vtools.models.layers.MultiheadAttention` runs the fused GEMM either way);
+* every dense 1-D convolution with enough input per output (``in_channels * kernel >=``
+  :data:`MIN_CONV_DEPTH`: the wav2vec 2.0 feature encoder's layers 2-7, wav2vec's encoder and
+  aggregator) becomes :class:`Int8Conv1d`: the same convolution as windows of frames times
+  an int8 weight matrix. Torch's own dynamic ``Conv1d`` is not used: on torch 2.14 its
+  output is wrong (70 % relative error against float32 on the BASE feature encoder's shape).
+
+What stays float32: norms, activations, attention scores (softmax), vector quantizers
+(:data:`KEEP_FLOAT`), the first convolution
+of the feature encoder (one input channel: its GEMM is tiny, its cost is the norm that
+follows), the grouped positional convolution, and LSTMs. Speed and error against
+float32 are measured in BENCHMARKS.md (``benchmarks/bench_int8.py``).
+
+The quantized model is for inference on a CPU only: quantized kernels have no CUDA or
+autograd implementation.
+
+Example:
+    >>> import torch
+    >>> from w2vtools.models.presets import get_preset
+    >>> from w2vtools.models.wav2vec2 import Wav2Vec2Model
+    >>> model = Wav2Vec2Model(get_preset("wav2vec2", "tiny")).eval()
+    >>> counts = quantize_int8(model)
+    >>> counts["linear"] > 0, counts["conv"] > 0
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from w2vtools.models.layers import MultiheadAttention
+from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
+
+#: Modules left in float32 with everything inside them: a vector quantizer picks a discrete
+#: code by argmax, and int8 noise would flip the near ties (its layers cost little).
+KEEP_FLOAT = (GumbelVectorQuantizer, KmeansVectorQuantizer)
+
+#: A convolution whose im2col rows are shorter than this stays float32: a short GEMM
+#: inner dimension gains nothing from int8 (and raw audio, one channel, loses precision).
+MIN_CONV_DEPTH = 64
+
+
+def _quantization_api():
+    """``torch.ao.quantization`` and its dynamic Linear, without the deprecation notices.
+
+    torch 2.10+ marks eager-mode quantization deprecated in favour of torchao (not a
+    dependency here); the kernels are unchanged, so the notice would only be noise on
+    every run.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch.ao.nn.quantized.dynamic as qdynamic
+        import torch.ao.quantization as tq
+    return tq, qdynamic
+
+
+def full_range_activations() -> bool:
+    """Whether activations may use all 8 bits: on CPUs with VNNI (AVX512-VNNI, AVX-VNNI).
+
+    Without VNNI, fbgemm multiplies u8 x s8 pairs into saturating int16 sums, so torch
+    quantizes activations to 7 bits (``reduce_range``); with VNNI the products accumulate
+    in int32 and the eighth bit is free precision (activation error 1.9 % -> 1.2 % on a
+    GELU-activated 1536 -> 512 layer).
+    """
+    supported = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(supported()) if supported is not None else False
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights (one scale per output channel) and int8 activations
+    quantized per call with that call's range; float32 in and out.
+
+    Example:
+        >>> lin = nn.Linear(16, 4)
+        >>> x = torch.randn(3, 16)
+        >>> bool((Int8Linear(lin)(x) - lin(x)).norm() < 0.05 * lin(x).norm())
+        True
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        tq, qdynamic = _quantization_api()
+        # skip_init: the weights are copied in next (a random init of BASE's would take seconds)
+        float_linear = nn.utils.skip_init(nn.Linear, linear.in_features, linear.out_features,
+                                          bias=linear.bias is not None)
+        float_linear.load_state_dict({k: v.detach().float() for k, v in linear.state_dict().items()})
+        float_linear.qconfig = tq.per_channel_dynamic_qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.quantized = qdynamic.Linear.from_float(float_linear)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = not full_range_activations()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.quantized._packed_params._packed_params
+        return torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range=self.reduce_range)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class Int8Conv1d(nn.Module):
+    """A Conv1d (no padding, groups 1) as windows of frames times an int8 weight matrix.
+
+    Input and output are (B, C, T) like ``nn.Conv1d``'s. The output is a transposed view of
+    a channels-last (B, T', C') result, so the next Int8Conv1d reads it without a copy.
+
+    Each window is divided by its largest magnitude before it is quantized, and its output
+    multiplied back (exact in real arithmetic: the convolution is linear; the bias is added
+    after). Dynamic quantization has one activation scale per call, and speech is loud and
+    quiet in one recording: without this, quiet frames fall into a few int8 steps, and the
+    per-frame layer norm after the feature encoder blows their error up (wav2vec 2.0 BASE on
+    LJ Speech: 45-55 % relative error at every layer; with it, see BENCHMARKS.md).
+
+    Example:
+        >>> conv = nn.Conv1d(32, 16, 3, stride=2, bias=False)
+        >>> x = torch.randn(2, 32, 50)
+        >>> q = Int8Conv1d(conv)
+        >>> y = q(x)
+        >>> y.shape == conv(x).shape, bool((y - conv(x)).norm() < 0.05 * conv(x).norm())
+        (True, True)
+    """
+
+    def __init__(self, conv: nn.Conv1d):
+        super().__init__()
+        if conv.groups != 1 or conv.dilation != (1,) or conv.padding not in ((0,), 0):
+            raise ValueError("Int8Conv1d takes convolutions with groups 1, dilation 1 and no padding")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride = conv.kernel_size[0], conv.stride[0]
+        # (C', C, k) -> (C', k * C): the order of a channels-last window's values
+        linear = nn.utils.skip_init(nn.Linear, self.kernel_size * self.in_channels, self.out_channels, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.detach().float().permute(0, 2, 1).reshape(self.out_channels, -1))
+        self.linear = Int8Linear(linear)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().float().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C', (T - k) // stride + 1)."""
+        b, k = x.size(0), self.kernel_size
+        # (B, T, C): free when x is itself a transposed channels-last result (every Int8Conv1d
+        # output); otherwise one transposing copy, twice as fast as gathering windows across strides
+        frames = x.float().transpose(1, 2).contiguous()
+        if frames.size(1) < k:
+            return x.new_zeros(b, self.out_channels, 0)
+        # (B, T): largest |value| per frame (two plain reductions: 5x faster than an inf-norm on torch 2.14)
+        peak = torch.maximum(frames.amax(dim=2), frames.amin(dim=2).neg())
+        scale = peak.unfold(1, k, self.stride).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)  # per window
+        windows = frames.unfold(1, k, self.stride).transpose(2, 3)  # (B, T', k, C), a view
+        rows = torch.div(windows, scale[:, :, None, None]).view(b, scale.size(1), k * self.in_channels)
+        out = self.linear(rows)
+        out = out * scale[:, :, None] if self.bias is None else torch.addcmul(self.bias, out, scale[:, :, None])
+        return out.transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, int8"
+
+
+def _fuse_attention(attn: MultiheadAttention) -> None:
+    """Replace q/k/v_proj by one (3C, C) ``qkv_proj`` linear (float; quantized with the others)."""
+    weight, bias = attn._qkv_weights()
+    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0))
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)
+    del attn.q_proj, attn.k_proj, attn.v_proj
+    attn.qkv_proj = fused
+
+
+def _convertible_conv(module: nn.Module) -> bool:
+    return (type(module) is nn.Conv1d and module.groups == 1 and module.dilation == (1,)
+            and module.padding in ((0,), 0) and module.in_channels * module.kernel_size[0] >= MIN_CONV_DEPTH)
+
+
+def quantize_int8(model: nn.Module, *, convs: bool = True) -> dict[str, int]:
+    """Quantize ``model`` (in place, eval mode, on the CPU) for int8 inference.
+
+    Args:
+        model: any of our models (an encoder, a CTC model, a downstream model).
+        convs: also turn dense convolutions into :class:`Int8Conv1d` (see the module doc).
+
+    Returns:
+        How many layers became int8: ``{"linear": n, "conv": m}``.
+
+    Raises:
+        ValueError: the model has parameters off the CPU.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        >>> quantize_int8(m)
+        {'linear': 1, 'conv': 0}
+    """
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("int8 quantization runs on a CPU only; move the model to the CPU first")
+    model.eval()
+    counts = {"linear": 0, "conv": 0}
+    for module in list(model.modules()):
+        if isinstance(module, MultiheadAttention) and getattr(module, "qkv_proj", None) is None:
+            _fuse_attention(module)
+    keep = {id(m) for kept in model.modules() if isinstance(kept, KEEP_FLOAT) for m in kept.modules()}
+    for parent in list(model.modules()):
+        if id(parent) in keep:
+            continue
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Int8Linear(child))
+                counts["linear"] += 1
+            elif convs and _convertible_conv(child):
+                setattr(parent, name, Int8Conv1d(child))
+                counts["conv"] += 1
+    return counts
