@@ -1,0 +1,208 @@
+"""BERT on units (vq-wav2vec's BERT): unit files, span masking, the masked-unit objective,
+``w2v pretrain --arch unit-bert`` (vocabulary, logs, checkpoints, exact resume, 2 gloo
+processes == update_freq 2) and, slow, a tiny BERT on FSDD units beating the
+most-frequent-unit baseline on held-out utterances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from w2vtools.errors import W2VError
+from w2vtools.formats.units import MASK, parse_unit, read_units, unit_vocabulary
+from w2vtools.models.token_transformer import TokenTransformer
+from w2vtools.models.unit_bert import UnitBertConfig, unit_bert_preset
+from w2vtools.train.data import BatchKey
+from w2vtools.train.objectives import MaskedUnitObjective, span_mask
+from w2vtools.train.units_data import UnitDataset
+
+from test_pretrain import losses, pretrain_cli
+
+
+def synthetic_units(path: Path, n: int, seed: int) -> Path:
+    """Units with structure a small BERT learns in a few dozen updates: each utterance is three
+    runs of 10-30 frames of a unit among 12 (``g0-g1`` tokens), so a masked unit is most likely
+    its unmasked neighbours' while a unigram guess is right one time in 12."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        seq: list[str] = []
+        for a in rng.integers(12, size=3):
+            seq += [f"{a}-{(a * 5) % 12}"] * int(rng.integers(10, 31))
+        lines.append(f"utt{seed}_{i} {' '.join(seq)}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_read_units_and_vocabulary(tmp_path):
+    f = tmp_path / "u.txt"
+    f.write_text("a 1-2 3-4\n\nb 3-4\n")
+    assert read_units(f) == {"a": ["1-2", "3-4"], "b": ["3-4"]}
+    for body, message in (("a 1-2\na 3-4\n", "u.txt:2: utterance 'a' appears twice"),
+                          ("a\n", "u.txt:1: utterance 'a' has no units"), ("", "no utterances")):
+        f.write_text(body)
+        with pytest.raises(W2VError, match=message):
+            read_units(f)
+    assert unit_vocabulary(["3-4", "1-2"]) == ["<s>", "<pad>", "</s>", "<unk>", "3-4", "1-2", MASK]
+    assert [parse_unit(t, 2, 4) for t in ("1-3", "7", "4-0", "1-2-3", "16", "<unk>")] == [7, 7, None, None, None,
+                                                                                         None]
+
+
+def test_span_mask_masks_spans_of_ten_about_forty_percent():
+    torch.manual_seed(3)
+    mask = span_mask([2000] * 20 + [7], 0.05, 10)
+    assert mask.shape == (21, 2000)
+    fraction = mask[:20].float().mean().item()
+    assert 0.36 < fraction < 0.44  # 1 - 0.95**10 = 0.40 when spans overlap freely
+    # every masked run is at least one whole span long (or cut by the sequence's end)
+    runs = []
+    for row in mask[:20].int().tolist():
+        edges = np.flatnonzero(np.diff([0, *row, 0]))
+        runs += [end - start for start, end in zip(edges[0::2], edges[1::2]) if end < len(row)]
+    assert min(runs) >= 10
+    # a short sequence gets one span at least, and nothing past its end
+    assert 1 <= int(mask[20].sum()) <= 7 and not mask[20, 7:].any()
+    torch.manual_seed(3)
+    assert torch.equal(span_mask([2000] * 20 + [7], 0.05, 10), mask)
+
+
+def test_corrupt_replaces_masked_units_as_configured():
+    tokens = torch.full((4, 5000), 7)
+    masked = torch.zeros_like(tokens, dtype=torch.bool)
+    masked[:, 1:4000] = True
+    plain = MaskedUnitObjective(vocab_size=30, mask_idx=29)
+    out = plain.corrupt(tokens, masked)
+    assert out[masked].eq(29).all() and out[~masked].eq(7).all()
+    bert = MaskedUnitObjective(vocab_size=30, mask_idx=29, leave_unmasked_prob=0.1, random_token_prob=0.1)
+    torch.manual_seed(0)
+    out = bert.corrupt(tokens, masked)[masked]
+    assert out.eq(29).float().mean().item() == pytest.approx(0.8, abs=0.01)
+    assert out.eq(7).float().mean().item() == pytest.approx(0.1 + 0.1 / 25, abs=0.01)
+    assert out.min() >= 4 and out.max() <= 29  # random units: never a marker
+
+
+def test_unit_dataset_rows_crops_and_unknown_units(caplog):
+    vocab = unit_vocabulary(["1-1", "2-2"])
+    units = {"short": ["1-1", "2-2", "9-9"], "long": ["1-1"] * 20 + ["2-2"] * 20}
+    ds = UnitDataset(units, vocab, max_tokens=12, name="valid")
+    assert ds.num_unknown == 1 and "1 of 43 units" in caplog.text
+    assert ds.sizes.tolist() == [5, 12]
+    batch = ds[BatchKey(0, 3, (0, 1))]
+    assert batch["source"][0].tolist() == [0, 4, 5, 3, 2, 1, 1, 1, 1, 1, 1, 1]
+    long_row = batch["source"][1].tolist()
+    assert long_row[0] == 0 and long_row[-1] == 2 and len(long_row) == 12
+    assert batch["unit_lengths"].tolist() == [3, 10] and batch["num_samples"] == 13
+    assert torch.equal(ds[BatchKey(0, 3, (0, 1))]["source"], batch["source"])  # crops are seeded
+    with pytest.raises(W2VError, match="no utterances left"):
+        UnitDataset({"a": ["1-1"]}, vocab, max_tokens=12, min_units=2)
+
+
+def test_objective_reports_accuracy_and_baseline():
+    vocab = unit_vocabulary([f"{i}-0" for i in range(8)])
+    ds = UnitDataset({f"u{i}": [f"{(i + j) % 8}-0" for j in range(40)] for i in range(6)}, vocab, max_tokens=64)
+    torch.manual_seed(0)
+    model = TokenTransformer(unit_bert_preset("tiny", len(vocab))).eval()
+    objective = MaskedUnitObjective(vocab_size=len(vocab), mask_idx=len(vocab) - 1, most_frequent=4)
+    loss_sum, n, stats = objective(model, ds[BatchKey(0, 0, tuple(range(6)))])
+    assert n == stats["count"] > 0 and loss_sum.item() > 0
+    assert 0 < stats["baseline_correct"] < n
+    metrics = objective.metrics(stats)
+    assert set(metrics) >= {"loss", "accuracy", "baseline_accuracy", "masked_fraction"}
+    assert metrics["loss"] == pytest.approx(loss_sum.item() / n / np.log(2))
+
+
+def test_unit_bert_config_checks():
+    assert UnitBertConfig(vocab_size=20).mask_prob == 0.05
+    with pytest.raises(ValueError, match="bidirectional"):
+        UnitBertConfig(vocab_size=20, causal=True)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        UnitBertConfig(vocab_size=20, leave_unmasked_prob=0.6, random_token_prob=0.6)
+
+
+# ---------------------------------------------------------------------------------------------
+# w2v pretrain --arch unit-bert
+
+FAST = ["--arch", "unit-bert", "--preset", "tiny", "--threads", "1", "--set", "data.max_samples_per_batch=1200",
+        "--set", "run.log_interval=1", "--set", "run.valid_interval=40", "--set", "run.save_interval=0",
+        "--set", "run.tensorboard=false", "--set", "optim.warmup_updates=8", "--lr", "3e-3", "--max-update", "80"]
+
+
+@pytest.fixture(scope="module")
+def units(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("units")
+    return synthetic_units(d / "train.txt", 240, 1), synthetic_units(d / "valid.txt", 40, 2)
+
+
+@pytest.fixture(scope="module")
+def reference(units, tmp_path_factory) -> Path:
+    """The uninterrupted run: 1 process, update_freq 2, 80 updates."""
+    out = tmp_path_factory.mktemp("ref") / "bert"
+    pretrain_cli(units[0], "--valid", units[1], "--save-dir", out, "--update-freq", "2", *FAST)
+    return out
+
+
+def _records(save_dir: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (save_dir / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.mark.slow
+def test_pretrain_learns_and_saves_a_loadable_bert(units, reference):
+    from w2vtools.formats.labels import read_dictionary
+    from w2vtools.models.loading import load_model
+
+    symbols = read_dictionary(reference / "dict.txt")
+    assert len(symbols) == 12
+    loaded = load_model(reference / "checkpoint_last.pt")
+    assert (loaded.family, loaded.task) == ("unit-bert", "pretrain")
+    assert loaded.dictionary == unit_vocabulary(symbols) and loaded.model.cfg.vocab_size == 17
+    assert isinstance(loaded.model, TokenTransformer) and loaded.model.cfg.mask_length == 10
+    valid = _records(reference, "valid")
+    assert [r["update"] for r in valid] == [40, 80]
+    last = valid[-1]
+    # a masked unit is most likely its neighbours'; a unigram guess is right one time in 12
+    assert last["accuracy"] > last["baseline_accuracy"] + 0.1, last
+    assert 0.3 < last["masked_fraction"] < 0.6
+    best = load_model(reference / "checkpoint_best.pt")
+    assert best.extra["trainer"]["best"]["metric"] == "accuracy"
+
+
+@pytest.mark.slow
+def test_resume_is_exact(units, reference, tmp_path):
+    cut = tmp_path / "cut"
+    pretrain_cli(units[0], "--valid", units[1], "--save-dir", cut, "--update-freq", "2", "--stop-at-update", "60",
+                 *FAST)
+    proc = pretrain_cli(units[0], "--valid", units[1], "--save-dir", cut, "--update-freq", "2", "--resume", *FAST)
+    assert "at update 60" in proc.stderr
+    expected, resumed = losses(reference), losses(cut)
+    for n in range(61, 81):
+        assert resumed[n] == pytest.approx(expected[n], abs=1e-5), n
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_update_freq_two(units, reference, tmp_path):
+    out = tmp_path / "ddp"
+    proc = pretrain_cli(units[0], "--valid", units[1], "--save-dir", out, "--stop-at-update", "20", *FAST, procs=2)
+    assert "2 process(es) x update_freq 1" in proc.stderr
+    single, ddp = losses(reference), losses(out)
+    assert sorted(ddp) == list(range(1, 21))
+    for n in range(1, 21):  # the same batches and masks; only float summation order differs
+        assert ddp[n] == pytest.approx(single[n], abs=2e-3, rel=1e-3), n
+
+
+def test_pretrain_errors(units, tmp_path, w2v):
+    bad = w2v("pretrain", units[0], "--arch", "unit-bert", "--preset", "tiny", "--save-dir", tmp_path / "a",
+              "--set", "model.vocab_size=9", check=False)
+    assert bad.returncode == 1 and "model.vocab_size is set by the command itself" in bad.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("x\n")
+    bad = w2v("pretrain", empty, "--arch", "unit-bert", "--preset", "tiny", "--save-dir", tmp_path / "b",
+              check=False)
+    assert bad.returncode == 1 and "empty.txt:1: utterance 'x' has no units" in bad.stderr
