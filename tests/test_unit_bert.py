@@ -206,3 +206,104 @@ def test_pretrain_errors(units, tmp_path, w2v):
     bad = w2v("pretrain", empty, "--arch", "unit-bert", "--preset", "tiny", "--save-dir", tmp_path / "b",
               check=False)
     assert bad.returncode == 1 and "empty.txt:1: utterance 'x' has no units" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Featurize: the quantizer + BERT as one encoder
+
+
+@pytest.fixture(scope="module")
+def vq_and_bert(tmp_path_factory):
+    """A random vq-wav2vec (k-means, 2 groups of 32) and a random unit BERT on every one of its codes."""
+    from w2vtools.models.checkpoint import LoadedModel, save_model
+    from w2vtools.models.presets import get_preset
+    from w2vtools.models.registry import model_class_for
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(1)
+    cfg = get_preset("vq-wav2vec", "kmeans-tiny")
+    vq = model_class_for("vq-wav2vec")(cfg).eval()
+    save_model(d / "vq.pt", LoadedModel("vq-wav2vec", "pretrain", vq, cfg))
+    tokens = unit_vocabulary([f"{a}-{b}" for a in range(32) for b in range(32) if (a + b) % 7])  # some unseen
+    bcfg = unit_bert_preset("tiny", len(tokens))
+    bert = TokenTransformer(bcfg).eval()
+    save_model(d / "bert.pt", LoadedModel("unit-bert", "pretrain", bert, bcfg, dictionary=tokens))
+    return d / "vq.pt", d / "bert.pt", vq, bert, tokens
+
+
+def _bert_by_hand(vq, bert, tokens, wav: torch.Tensor, layer: int | None) -> torch.Tensor:
+    """Codes -> '<s> units </s>' -> BERT, the way fairseq's masked_lm task builds a sample."""
+    codes = vq.quantize(wav[None])[0].tolist()
+    index = {t: i for i, t in enumerate(tokens)}
+    ids = [0] + [index.get(f"{a}-{b}", 3) for a, b in codes] + [2]
+    with torch.no_grad():
+        return bert.features(torch.tensor([ids]), layer=layer)[0, 1:-1]
+
+
+def test_vq_unit_bert_equals_the_pipeline_by_hand_batched_or_alone(vq_and_bert):
+    from w2vtools.models.unit_bert import VQUnitBert
+
+    _, _, vq, bert, tokens = vq_and_bert
+    model = VQUnitBert(vq, bert, tokens).eval()
+    torch.manual_seed(0)
+    waves = [torch.randn(8000), torch.randn(5000)]
+    source = torch.zeros(2, 8000)
+    source[1, :5000] = waves[1]
+    source[0] = waves[0]
+    mask = torch.zeros(2, 8000, dtype=torch.bool)
+    mask[1, 5000:] = True
+    for layer in (0, 1, None):
+        out = model.extract_features(source, mask, layer=layer)
+        for row, wav in enumerate(waves):
+            ref = _bert_by_hand(vq, bert, tokens, wav, layer)
+            assert torch.allclose(out.features[row, : len(ref)], ref, atol=1e-5), (layer, row)
+        n1 = vq.num_frames(5000)
+        assert out.padding_mask[1, n1:].all() and not out.padding_mask[1, :n1].any()
+        assert out.features[1, n1:].eq(0).all()
+    with pytest.raises(W2VError, match="layers 0..2"):
+        model.extract_features(source, layer=3)
+
+
+def test_vq_unit_bert_refuses_units_of_another_quantizer(vq_and_bert):
+    from w2vtools.models.unit_bert import VQUnitBert
+
+    _, _, vq, bert, _ = vq_and_bert
+    other = unit_vocabulary([f"{a}-{b}-1" for a in range(32) for b in range(32)])[: bert.cfg.vocab_size]
+    other[-1] = MASK
+    with pytest.raises(W2VError, match="none of the BERT's .* is a code of this quantizer \\(2 groups of 32\\)"):
+        VQUnitBert(vq, bert, other)
+
+
+def test_featurize_with_bert_writes_bert_layers_at_the_code_rate(tmp_path, w2v, fsdd, vq_and_bert):
+    import h5py
+
+    from w2vtools.audio import load_audio
+
+    vq_path, bert_path, vq, bert, tokens = vq_and_bert
+    files = sorted(fsdd.glob("*_theo_*.wav"))[:4]
+    scp = tmp_path / "wav.scp"
+    # one recording of 7 s: longer than the 5.1 s the BERT's 512 positions hold, so it runs in windows
+    long = tmp_path / "long.wav"
+    import soundfile as sf
+
+    sf.write(long, np.concatenate([sf.read(f, dtype="float32")[0] for f in sorted(fsdd.glob("*_jackson_*.wav"))[:16]]),
+             8000)
+    scp.write_text("".join(f"{f.stem} {f}\n" for f in files) + f"long {long}\n")
+    proc = w2v("featurize", scp, tmp_path / "b.h5", "--model", vq_path, "--bert", bert_path, "--layer", "1")
+    assert "run in windows" in proc.stderr
+    with h5py.File(tmp_path / "b.h5") as h5:
+        assert h5.attrs["family"] == "unit-bert" and h5.attrs["layer"] == "1"
+        assert h5.attrs["frame_shift"] == pytest.approx(0.01)
+        for f in files:
+            wav = torch.from_numpy(load_audio(str(f), sample_rate=16000))
+            ref = _bert_by_hand(vq, bert, tokens, wav, 1).numpy()
+            np.testing.assert_allclose(h5[f.stem][()], ref, atol=1e-4)
+        wav = load_audio(str(long), sample_rate=16000)
+        assert len(wav) / 16000 > 7 and h5["long"].shape == (vq.num_frames(len(wav)), 64)
+    bad = w2v("featurize", scp, tmp_path / "c.h5", "--model", vq_path, "--bert", bert_path, "--layer", "5",
+              check=False)
+    assert bad.returncode == 1 and "--layer 5" in bad.stderr and "0..2" in bad.stderr
+    bad = w2v("featurize", scp, tmp_path / "d.h5", "--model", "fbank", "--bert", bert_path, check=False)
+    assert bad.returncode == 1 and "--model fbank has none" in bad.stderr
+    bad = w2v("featurize", scp, tmp_path / "e.h5", "--model", vq_path, "--bert", vq_path, check=False)
+    assert bad.returncode == 1 and "not a unit BERT" in bad.stderr

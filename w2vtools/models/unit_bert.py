@@ -178,10 +178,10 @@ class VQUnitBert(nn.Module):
 
         Args:
             source: (B, S) waveform; padding_mask: (B, S) bool, True at padding.
-            output: only ``default``.
+            output: ``default`` or ``layer`` (the same: a BERT layer).
             layer: BERT block N (0 = its embeddings); None: the last.
         """
-        if output != "default":
+        if output not in ("default", "layer"):
             raise W2VError(f"a unit BERT outputs its layers (layer N), not {output!r}")
         if layer is not None and not (isinstance(layer, int) and 0 <= layer <= self.num_layers):
             raise W2VError(f"layer {layer!r}: the unit BERT has layers 0..{self.num_layers}")
