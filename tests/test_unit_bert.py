@@ -307,3 +307,74 @@ def test_featurize_with_bert_writes_bert_layers_at_the_code_rate(tmp_path, w2v, 
     assert bad.returncode == 1 and "--model fbank has none" in bad.stderr
     bad = w2v("featurize", scp, tmp_path / "e.h5", "--model", vq_path, "--bert", vq_path, check=False)
     assert bad.returncode == 1 and "not a unit BERT" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq interop: a RoBERTa on vq-wav2vec units, written by fairseq (tools/make_fairseq_fixtures.py)
+
+FAIRSEQ = Path(__file__).resolve().parent / "fixtures" / "fairseq"
+BERT_FIXTURE = FAIRSEQ / "unit_bert" / "bert_units_args.pt"
+
+
+def test_fairseq_roberta_on_units_loads_and_equals_fairseq():
+    from w2vtools.formats.labels import read_dictionary
+    from w2vtools.models.loading import load_model
+
+    loaded = load_model(BERT_FIXTURE)
+    assert (loaded.family, loaded.task, loaded.source) == ("unit-bert", "pretrain", "fairseq")
+    assert loaded.dictionary == unit_vocabulary(read_dictionary(FAIRSEQ / "unit_bert" / "dict.txt"))
+    # fairseq's masked_lm: mask_prob 0.5 of the tokens in spans of 10 -> a span starts at 5 % of them
+    assert (loaded.config.mask_prob, loaded.config.mask_length, loaded.config.random_token_prob) == (0.05, 10, 0.1)
+    tokens = torch.from_numpy(np.load(FAIRSEQ / "unit_bert" / "tokens.npy"))[None]
+    with torch.no_grad():
+        out = loaded.model(tokens, return_all=True)
+    layers = np.load(FAIRSEQ / "unit_bert" / "layers.npy")
+    assert len(out["layers"]) == len(layers) == 3
+    for ours, theirs in zip(out["layers"], layers):
+        np.testing.assert_allclose(ours[0].numpy(), theirs, atol=1e-5)
+    np.testing.assert_allclose(out["logits"][0].numpy(), np.load(FAIRSEQ / "unit_bert" / "logits.npy"), atol=1e-4)
+
+
+def test_fairseq_vq_wav2vec_plus_fairseq_bert_features_equal_fairseq(shared_data):
+    """audio -> fairseq's Gumbel vq-wav2vec codes -> fairseq's RoBERTa, as one encoder; fairseq made
+    the reference from the same clip's samples (fed as they are) and the same files."""
+    import soundfile as sf
+
+    from w2vtools.encoders import load_encoder
+
+    enc = load_encoder(str(FAIRSEQ / "vq_wav2vec_gumbel_dictconfig_fp16.pt"), bert=str(BERT_FIXTURE))
+    assert enc.family == "unit-bert" and enc.module.units_known == 15
+    wav, _ = sf.read(shared_data / "fsdd" / "recordings" / "0_jackson_0.wav", dtype="float32")
+    layers = np.load(FAIRSEQ / "unit_bert" / "layers.npy")
+    for layer in (0, 1, 2, None):
+        feats = enc.module.extract_features(torch.from_numpy(wav)[None], layer=layer).features[0].numpy()
+        np.testing.assert_allclose(feats, layers[2 if layer is None else layer][1:-1], atol=1e-5)
+
+
+def test_older_roberta_files_and_a_missing_dictionary(tmp_path):
+    """fairseq's upgrades (``emb_layer_norm``, fused ``in_proj``) and the one-line error without dict.txt."""
+    import argparse
+    import shutil
+
+    from w2vtools.models.fairseq import safe_torch_load
+    from w2vtools.models.loading import load_model
+
+    state = safe_torch_load(BERT_FIXTURE)
+    old = {}
+    for k, v in state["model"].items():
+        k = k.replace(".layernorm_embedding.", ".emb_layer_norm.")
+        if ".self_attn.q_proj." in k:
+            kind = k.rsplit(".", 1)[1]
+            parts = [state["model"][k.replace("q_proj", name)] for name in ("q_proj", "k_proj", "v_proj")]
+            old[k.replace(f"q_proj.{kind}", f"in_proj_{kind}")] = torch.cat(parts)
+        elif ".self_attn.k_proj." not in k and ".self_attn.v_proj." not in k:
+            old[k] = v
+    args = argparse.Namespace(**state["args"])
+    torch.save({"args": args, "model": old}, tmp_path / "old.pt")
+    shutil.copy(FAIRSEQ / "unit_bert" / "dict.txt", tmp_path / "dict.txt")
+    a, b = load_model(tmp_path / "old.pt").model, load_model(BERT_FIXTURE).model
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    (tmp_path / "dict.txt").unlink()
+    with pytest.raises(W2VError, match="old.pt: a fairseq RoBERTa with 20 tokens; .* put the dict.txt"):
+        load_model(tmp_path / "old.pt")
