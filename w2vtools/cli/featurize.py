@@ -84,7 +84,7 @@ def command(args, model, bert, layer, layers, output, device, amp, batch_seconds
       w2v featurize fsdd/wav.scp fbank8k.h5 --model fbank --sample-rate 8000 --num-mel-bins 40
       w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8
       w2v featurize --merge feats.1.h5 feats.2.h5 feats.h5
-      w2v featurize data/train.tsv bert.h5 --model vq.pt --bert exp/bert/checkpoint_best.pt --layer 8
+      w2v featurize data/train.tsv bert.h5 --model vq-wav2vec --bert exp/bert/checkpoint_best.pt --layer 1
     """
     from w2vtools.errors import W2VError
 

@@ -63,7 +63,8 @@ def command(train, valid, arch, preset, config_file, sets, save_dir, resume, dev
       torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv \\
           --arch wav2vec2 --preset base --update-freq 8 --save-dir exp/base
       w2v plot exp/tiny/log.jsonl -o curves.png
-      w2v quantize data/train.tsv units_train.txt --model vq.pt
+      w2v quantize data/train.tsv units_train.txt --model vq-wav2vec
+      w2v quantize data/valid.tsv units_valid.txt --model vq-wav2vec
       w2v pretrain units_train.txt --valid units_valid.txt --arch unit-bert --preset tiny --save-dir exp/bert
     """
     from w2vtools.pretrain import pretrain
