@@ -161,6 +161,8 @@ HOW: dict[str, How] = dict([
           _PRETRAIN, _SHORT),
     _plus("w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/tiny "
           "--set optim.max_update=300", _PRETRAIN, _SHORT),
+    _plus("w2v pretrain units_train.txt --valid units_valid.txt --arch unit-bert --preset tiny --save-dir exp/bert",
+          _PRETRAIN, _SHORT),
     _plus("w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv --init exp/pt/checkpoint_best.pt "
           "--preset 10h --save-dir exp/ft_10h", _FINETUNE, _SMALL),
     _plus("w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv "
@@ -310,6 +312,15 @@ def _tiny_models(ws: Path) -> None:
     ctc = CTCModel(Wav2Vec2Model(get_preset("wav2vec2", "tiny")), len(vocab)).eval()
     for name in ("ctc", "ft", "finetune"):
         save_model(ws / "exp" / name / "checkpoint_best.pt", LoadedModel("wav2vec2", "ctc", ctc, ctc.config, vocab))
+    # a unit BERT on every code of the vq-wav2vec stand-in (2 groups of 40), for `featurize --bert`
+    from w2vtools.formats.units import unit_vocabulary
+    from w2vtools.models.token_transformer import TokenTransformer
+    from w2vtools.models.unit_bert import unit_bert_preset
+
+    units = unit_vocabulary([f"{a}-{b}" for a in range(40) for b in range(40)])
+    bert_cfg = unit_bert_preset("tiny", len(units))
+    save_model(ws / "exp" / "bert" / "checkpoint_best.pt",
+               LoadedModel("unit-bert", "pretrain", TokenTransformer(bert_cfg).eval(), bert_cfg, units))
     # fairseq's own tiny CTC model for `checkpoint convert wav2vec_small_960h.pt`, its dictionary beside it
     shutil.copy(FAIRSEQ / "wav2vec2_ctc_cfg.pt", ws / "wav2vec_small_960h.pt")
     shutil.copy(FAIRSEQ / "dict.ltr.txt", ws / DICT_FOR_FAIRSEQ)

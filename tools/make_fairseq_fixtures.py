@@ -8,7 +8,7 @@ Runs inside a fairseq virtualenv (never the project's), e.g.::
     /work/fairseq-venv/bin/python tools/make_fairseq_fixtures.py
 
 Every model is one of fairseq's own classes (``Wav2VecModel``, ``Wav2Vec2Model``,
-``Wav2VecCtc``) with the published architecture's structure but shrunken widths,
+``Wav2VecCtc``, ``RobertaModel`` on vq-wav2vec units) with the published architecture's structure but shrunken widths,
 randomly initialised with a fixed seed, so each file stays well under 2 MB. The
 checkpoint dicts are laid out as fairseq writes them, in the three styles found in
 the wild:
@@ -413,21 +413,83 @@ def make_ctc(source: torch.Tensor, pretrained: Path) -> None:
     save(checkpoint(model.state_dict(), args=args), "wav2vec2_ctc_args.pt")
 
 
+# --------------------------------------------------------------------------- BERT on vq-wav2vec units
+
+
+def make_unit_bert(source: torch.Tensor) -> None:
+    """A tiny fairseq RoBERTa (masked_lm task) on the Gumbel vq-wav2vec fixture's units, args-style
+    as vq-wav2vec's released ``bert_kmeans.pt``, with the ``dict.txt`` fairseq-preprocess writes;
+    fairseq's layers and logits on ``<s> codes of the clip </s>``."""
+    from fairseq.models.roberta import RobertaModel, base_architecture
+
+    out = OUT / "unit_bert"
+    out.mkdir(exist_ok=True)
+    codes = np.load(OUT / "vq_wav2vec_gumbel_codes.npy")
+    units = [f"{a}-{b}" for a, b in codes]
+    counts: dict[str, int] = {}
+    for u in units:
+        counts[u] = counts.get(u, 0) + 1
+    ranked = sorted(counts, key=lambda u: (-counts[u], u))
+    # the clip's least frequent unit is left out (it reads as <unk>); two units the clip lacks are in
+    symbols = [(u, 10 * counts[u]) for u in ranked[:-1]] + [("39-39", 3), ("0-0", 2)]
+    dictionary = Dictionary()
+    for sym, n in symbols:
+        dictionary.add_symbol(sym, n)
+    dictionary.save(str(out / "dict.txt"))
+    mask_idx = dictionary.add_symbol("<mask>")  # what fairseq's masked_lm task does on loading
+
+    args = Namespace(arch="roberta_base", task="masked_lm", criterion="masked_lm", data="/data/units",
+                     tokens_per_sample=64, max_positions=64, encoder_layers=2, encoder_embed_dim=32,
+                     encoder_ffn_embed_dim=64, encoder_attention_heads=4, dropout=0.1, attention_dropout=0.1,
+                     activation_dropout=0.0, sample_break_mode="eos", mask_prob=0.5, mask_multiple_length=10,
+                     leave_unmasked_prob=0.1, random_token_prob=0.1, seed=3)
+    base_architecture(args)
+
+    class _Task:
+        source_dictionary = target_dictionary = dictionary
+
+    torch.manual_seed(3)
+    model = RobertaModel.build_model(args, _Task()).eval()
+    tokens = [dictionary.bos()] + [dictionary.index(u) for u in units] + [dictionary.eos()]
+    src = torch.tensor([tokens])
+    with torch.no_grad():
+        logits, extra = model(src, features_only=False, return_all_hiddens=True)
+        layers = torch.stack([h.transpose(0, 1)[0] for h in extra["inner_states"]])  # (L + 1, T, C)
+    np.save(out / "tokens.npy", np.asarray(tokens))
+    save_npy(layers, "unit_bert/layers.npy")
+    save_npy(logits[0], "unit_bert/logits.npy")
+    assert mask_idx == len(dictionary) - 1 and logits.shape[-1] == len(dictionary)
+    path = save(checkpoint(model.state_dict(), args=args), "unit_bert/bert_units_args.pt")
+    # fairseq itself reads it back, its dictionary from the data folder as usual
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "dict.txt").write_text((out / "dict.txt").read_text())
+        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": tmp})
+        with torch.no_grad():
+            again, _ = models[0].eval()(src, features_only=False)
+    np.testing.assert_allclose(again[0].numpy(), logits[0].numpy(), atol=1e-5)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--only", choices=["unit_bert"], default=None,
+                    help="make only this fixture (the others stay as they are)")
     opts = ap.parse_args()
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
     wav, sr = sf.read(opts.shared_data / CLIP, dtype="float32")
     log.info("clip %s: %d samples at %d Hz (fed as they are)", CLIP, len(wav), sr)
     source = torch.from_numpy(wav).unsqueeze(0)
+    if opts.only == "unit_bert":
+        make_unit_bert(source)
+        return
     make_wav2vec(source)
     make_wav2vec_options(source)
     make_vq_wav2vec(source)
     base = make_wav2vec2(source)
     make_ctc(source, base)
+    make_unit_bert(source)
     (OUT / "README.md").write_text(
         "Small checkpoints written by fairseq 0.12 (fairseq-fixed) with fairseq's own model classes\n"
         "and shrunken widths, and the outputs fairseq computed from them on the FSDD clip\n"

@@ -4,6 +4,8 @@
 the part of the model that offers ``extract_features`` (a CTC model wraps its
 encoder), with what identifies it (family, checksum of the weights) for the
 attributes of the files it produces. ``w2v featurize`` and ``w2v quantize`` use it.
+With ``bert``, the model's quantizer and a unit BERT become one encoder
+(:class:`~w2vtools.models.unit_bert.VQUnitBert`: audio -> codes -> BERT features).
 
 Example:
     >>> enc = load_encoder("fbank")
@@ -25,6 +27,7 @@ from w2vtools.errors import W2VError
 from w2vtools.models import baselines, hub
 from w2vtools.models.checkpoint import non_finite_weights
 from w2vtools.models.loading import load_model
+from w2vtools.models.unit_bert import VQUnitBert
 
 
 log = logging.getLogger("w2v.encoders")
@@ -91,14 +94,22 @@ def _find_encoder(module):
     raise W2VError(f"{type(module).__name__}: this model has no feature encoder (extract_features)")
 
 
-def load_encoder(spec: str, *, device: str = "cpu") -> Encoder:
+def load_encoder(spec: str, *, device: str = "cpu", bert: str | None = None) -> Encoder:
     """Load ``spec`` as an encoder: ``fbank``/``mfcc``, a named model (downloaded once), or a checkpoint.
+
+    Args:
+        spec: what ``--model`` names.
+        device: where the caller will run it (the model loads on the CPU).
+        bert: a unit BERT checkpoint (``w2v pretrain --arch unit-bert``, or fairseq's
+            RoBERTa on vq-wav2vec units) reading the codes of ``spec``'s quantizer.
 
     Example:
         >>> load_encoder("fbank").module.frame_shift
         0.01
     """
     spec = str(spec)
+    if bert is not None:
+        return _unit_bert_encoder(spec, str(bert))
     if baselines.is_baseline(spec):
         enc = baselines.build_baseline(spec)
         return Encoder(enc, spec, enc.config.kind, enc.checksum)
@@ -119,3 +130,28 @@ def encoder_from_module(module, name: str = "module", family: str | None = None)
     enc.eval()
     fam = family or getattr(enc, "family", None) or type(enc).__name__
     return Encoder(enc, name, str(fam), "")
+
+
+def _unit_bert_encoder(spec: str, bert: str) -> Encoder:
+    """The quantizer of ``spec`` and the unit BERT ``bert`` as one encoder (``--model vq.pt --bert bert.pt``)."""
+    if baselines.is_baseline(spec):
+        raise W2VError(f"--bert reads a quantizer's codes; --model {spec} has none (give a vq-wav2vec model)")
+    quantizer = load_encoder(spec)
+    if not hasattr(quantizer.module, "quantize"):
+        raise W2VError(f"--bert reads a quantizer's codes; {spec} ({quantizer.family}) has no quantizer")
+    path = hub.resolve(bert)
+    if not os.path.exists(path):
+        raise W2VError(f"--bert {bert}: no such checkpoint file")
+    loaded = load_model(path, map_location="cpu")
+    if loaded.family != "unit-bert" or not loaded.dictionary:
+        raise W2VError(f"--bert {bert}: a {loaded.family} {loaded.task} model, not a unit BERT with its dictionary "
+                       "(w2v pretrain --arch unit-bert, or fairseq RoBERTa on units with dict.txt beside it)")
+    try:
+        module = VQUnitBert(quantizer.module, loaded.model, loaded.dictionary).eval()
+    except W2VError as e:
+        raise W2VError(f"--bert {bert} on --model {spec}: {e}") from None
+    warn_non_finite_weights(module.bert, bert)
+    log.info("unit BERT %s: %d of its %d tokens are codes of %s's quantizer", bert, module.units_known,
+             len(loaded.dictionary), spec)
+    digest = hashlib.sha256(f"{quantizer.sha256}+{file_sha256(path)}".encode()).hexdigest()
+    return Encoder(module, f"{spec}+{bert}", "unit-bert", digest, loaded)

@@ -109,6 +109,12 @@ def make_selection(family: str, *, output: str | None = None, layer: int | None 
                 raise W2VError(f"--layer {layer}: layers count from 0 (the Transformer input)")
             return Selection("layer", int(layer))
         return Selection()
+    if family == "unit-bert":
+        if output is not None or all_layers:
+            raise W2VError("--bert: the features are a BERT layer (--layer N, 0 = its embeddings; default: the last)")
+        if layer is not None and layer < 0:
+            raise W2VError(f"--layer {layer}: layers count from 0 (the BERT's embeddings)")
+        return Selection("layer", int(layer)) if layer is not None else Selection()
     # wav2vec / vq-wav2vec
     if layer is not None or all_layers:
         raise W2VError(f"--layer/--layers: a {family} model has no Transformer layers; use --output c, z or q")
@@ -170,6 +176,12 @@ def feature_runner(encoder: Encoder, selection: Selection = Selection(), *, devi
         module = prepare_model(module, device, int8=int8, amp=amp, name=encoder.name)
     elif int8:
         raise W2VError(f"--int8: {encoder.name} has no layers to quantize")
+    limit = getattr(module, "max_seconds", None)  # a model with a fixed number of positions (unit BERT)
+    if limit is not None and chunk_seconds + 2 * chunk_overlap > limit:
+        chunk_overlap = min(chunk_overlap, limit / 8)
+        chunk_seconds = min(chunk_seconds, limit - 2 * chunk_overlap)
+        log.info("%s takes %.2f s at once: longer recordings run in windows of %.2f s with %.2f s of context "
+                 "each side", encoder.name, limit, chunk_seconds, chunk_overlap)
 
     def forward(source, mask):
         out = module.extract_features(source, mask, output=selection.output, layer=selection.layer)
@@ -188,6 +200,7 @@ def featurize(
     out: str,
     *,
     model: str | Encoder = "fbank",
+    bert: str | None = None,
     output: str | None = None,
     layer: int | None = None,
     all_layers: bool = False,
@@ -215,6 +228,9 @@ def featurize(
             ``utt2num_frames``, ``frame_shift`` and ``data/raw_feats.ark`` in it), or a
             folder with ``format="h5context"``.
         model: ``fbank``, ``mfcc``, a named model, a checkpoint path or folder, or an :class:`Encoder`.
+        bert: a unit BERT reading ``model``'s quantizer codes: the features are then a
+            BERT layer (``layer``; default the last) per code frame
+            (:func:`~w2vtools.encoders.load_encoder`).
         output, layer, all_layers: which representation (see :func:`make_selection`);
             all layers are stored side by side, ``(T, (L+1)*D)``, layer 0 first.
         device: ``cpu`` or ``cuda[:N]``; amp: autocast on that device.
@@ -261,14 +277,15 @@ def featurize(
         raise W2VError("--batch-seconds and --chunk-seconds must be positive, --chunk-overlap not negative")
     with thread_settings(device, threads, streams) as streams:
         return _featurize(
-            corpus, out, model=model, output=output, layer=layer, all_layers=all_layers, device=device, amp=amp,
+            corpus, out, model=model, bert=bert, output=output, layer=layer, all_layers=all_layers, device=device,
+            amp=amp,
             batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, shard=shard,
             dtype=dtype, format=format, streams=streams, workers=workers, flush_every=flush_every,
             progress=progress, resume=resume, int8=int8,
         )
 
 
-def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
+def _featurize(corpus, out, *, model, bert, output, layer, all_layers, device, amp, batch_seconds, chunk_seconds,
                chunk_overlap, shard, dtype, format, streams, workers, flush_every, progress, resume,
                int8=False) -> Summary:
     """:func:`featurize` once the thread settings are in place: ids checked and the output
@@ -279,7 +296,7 @@ def _featurize(corpus, out, *, model, output, layer, all_layers, device, amp, ba
     shard_suffix = f".{shard_kn[0]}" if shard_kn else ""
     spec = out if data_dir is None else _data_dir_spec(data_dir, shard_suffix)
     with exclusive_output(*output_paths(spec, format=format)):
-        encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device)
+        encoder = model if isinstance(model, Encoder) else load_encoder(model, device=device, bert=bert)
         selection = make_selection(encoder.family, output=output, layer=layer, all_layers=all_layers)
         fx = feature_runner(encoder, selection, device=device, amp=amp, chunk_seconds=chunk_seconds,
                             chunk_overlap=chunk_overlap, batch_seconds=batch_seconds, int8=int8)
@@ -344,6 +361,8 @@ def _to_do(writer, utts: Sequence[Utterance], summary: Summary, out: str, corpus
 def _feature_attrs(encoder: Encoder, selection: Selection, sample_rate: int) -> dict:
     """The attributes a feature file records: what produced it and how to read its frames."""
     n_layers = getattr(getattr(encoder.module, "cfg", None), "encoder_layers", None)
+    if encoder.family == "unit-bert":
+        n_layers = encoder.module.num_layers
     if isinstance(selection.layer, int) and n_layers is not None and selection.layer > n_layers:
         raise W2VError(f"--layer {selection.layer}: {encoder.name} has layers 0..{n_layers}")
     attrs = {

@@ -41,6 +41,7 @@ from w2vtools.encoders import Encoder, load_encoder
 from w2vtools.fileio import atomic_write, exclusive_output
 from w2vtools.formats.features import open_features
 from w2vtools.malloc import keep_freed_memory
+from w2vtools.models.unit_bert import quantizer_shape
 from w2vtools.runner import Runner, check_device, corpus_utterances, plan_corpus, run_corpus
 
 log = logging.getLogger("w2v.quantize")
@@ -149,15 +150,6 @@ class OrderedLines:
 # Model codes
 
 
-def _quantizer_shape(module) -> tuple[int, int]:
-    """(groups, entries per group) of a model's quantizer."""
-    for attr in ("vector_quantizer", "quantizer"):
-        q = getattr(module, attr, None)
-        if q is not None and hasattr(q, "num_vars"):
-            return int(getattr(q, "groups", 1)), int(q.num_vars)
-    raise W2VError(f"{type(module).__name__}: this model has no quantizer; codes need vq-wav2vec or wav2vec 2.0")
-
-
 def _find_quantizing(module):
     if hasattr(module, "quantize") and hasattr(module, "num_frames"):
         return module
@@ -211,7 +203,7 @@ def quantize_audio(
         runner = Runner(lambda x, m: (module.quantize(x, m), None), num_frames=module.num_frames,
                         sample_rate=int(module.sample_rate), frame_shift=float(module.frame_shift), device=device,
                         chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap, batch_seconds=batch_seconds)
-        groups, num_vars = _quantizer_shape(module)
+        groups, num_vars = quantizer_shape(module)
         stats = CodeStats(groups, num_vars)
         skips = SkipLog(log)
         lines = OrderedLines(out)

@@ -13,7 +13,12 @@ from w2vtools.cli.runner_options import INT8_OPTION
               help="A checkpoint (ours, fairseq .pt, Hugging Face folder), a named model "
                    "(wav2vec2-base, wav2vec2-large-lv60, xlsr-53, vq-wav2vec, wav2vec-large, ...; "
                    "see --list-models), or fbank / mfcc.")
-@click.option("--layer", type=int, default=None, help="wav2vec 2.0: Transformer layer N (0 = its input). Default: last.")
+@click.option("--bert", default=None, metavar="CHECKPOINT",
+              help="A unit BERT (w2v pretrain --arch unit-bert, or fairseq RoBERTa on vq-wav2vec units) that reads "
+                   "the codes of --model's quantizer: the features are its --layer per code frame.")
+@click.option("--layer", type=int, default=None,
+              help="wav2vec 2.0: Transformer layer N (0 = its input); --bert: BERT layer N (0 = its embeddings). "
+                   "Default: last.")
 @click.option("--layers", type=click.Choice(["all"]), default=None,
               help="wav2vec 2.0: every layer, stored side by side as (T, (L+1)*D), layer 0 first.")
 @click.option("--output", "output", type=click.Choice(["c", "z", "q"]), default=None,
@@ -50,8 +55,8 @@ from w2vtools.cli.runner_options import INT8_OPTION
 @click.option("--merge", is_flag=True, help="Join shard outputs instead: w2v featurize --merge IN... OUT.")
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda ctx, p, v: _list_models(ctx) if v else None, help="List the named models and exit.")
-def command(args, model, layer, layers, output, device, amp, int8, batch_seconds, chunk_seconds, chunk_overlap, shard,
-            dtype, fmt, sample_rate, num_mel_bins, num_ceps, threads, streams, workers, flush_every, no_resume,
+def command(args, model, bert, layer, layers, output, device, amp, int8, batch_seconds, chunk_seconds, chunk_overlap,
+            shard, dtype, fmt, sample_rate, num_mel_bins, num_ceps, threads, streams, workers, flush_every, no_resume,
             progress, merge):
     """Featurize MANIFEST (TSV, Kaldi data dir, wav.scp or -) into OUT.
 
@@ -60,6 +65,11 @@ def command(args, model, layer, layers, output, device, amp, int8, batch_seconds
     model_sha256, layer), a Kaldi wspecifier (ark:-, ark:f.ark, ark,scp:f.ark,f.scp),
     a Kaldi data dir (writes feats.scp, utt2num_frames, frame_shift and
     data/raw_feats.ark into it), or a folder with --format h5context.
+
+    With --bert, --model's quantizer (vq-wav2vec) turns the audio into codes and the
+    unit BERT reads them as '<s> codes </s>': one feature vector per code frame
+    (10 ms), from BERT layer --layer; recordings longer than the BERT's positions
+    (5.1 s for 512) run in overlapping windows.
 
     A rerun after a crash (or a full disk) keeps the finished utterances and does
     the rest, recomputing those whose audio changed (size or mtime); partial output
@@ -78,6 +88,7 @@ def command(args, model, layer, layers, output, device, amp, int8, batch_seconds
       w2v featurize fsdd/wav.scp fbank8k.h5 --model fbank --sample-rate 8000 --num-mel-bins 40
       w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8
       w2v featurize --merge feats.1.h5 feats.2.h5 feats.h5
+      w2v featurize data/train.tsv bert.h5 --model vq-wav2vec --bert exp/bert/checkpoint_best.pt --layer 1
     """
     from w2vtools.errors import W2VError
 
@@ -97,7 +108,8 @@ def command(args, model, layer, layers, output, device, amp, int8, batch_seconds
 
     model = baseline_options(model, sample_rate=sample_rate, num_mel_bins=num_mel_bins, num_ceps=num_ceps)
     featurize(
-        args[0], args[1], model=model, output=output, layer=layer, all_layers=layers == "all", device=device,
+        args[0], args[1], model=model, bert=bert, output=output, layer=layer, all_layers=layers == "all",
+        device=device,
         amp=amp, batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, chunk_overlap=chunk_overlap,
         shard=shard, dtype=dtype, format=fmt, threads=threads, streams=streams, workers=workers, flush_every=flush_every,
         progress=progress, resume=not no_resume, int8=int8,

@@ -1,4 +1,4 @@
-"""Import fairseq checkpoints (wav2vec, vq-wav2vec, wav2vec 2.0, wav2vec 2.0 CTC) without fairseq.
+"""Import fairseq checkpoints (wav2vec, vq-wav2vec, wav2vec 2.0, wav2vec 2.0 CTC, RoBERTa on units) without fairseq.
 
 A fairseq ``.pt`` is a pickle: besides tensors it holds an ``argparse.Namespace``
 (old ``args``), an omegaconf ``DictConfig`` or a plain dict (``cfg``), enums, numpy
@@ -19,7 +19,10 @@ objects. So :func:`safe_torch_load` hands ``torch.load`` a restricted unpickler:
 2019 argparse defaults for fields an old file lacks), builds our model and loads
 the weights (fp16 weights are cast to float32). A CTC fine-tuned model needs its
 output dictionary, which fairseq keeps in the data folder (``dict.ltr.txt``), not
-in the checkpoint: pass it, or put ``dict.ltr.txt`` next to the checkpoint.
+in the checkpoint: pass it, or put ``dict.ltr.txt`` next to the checkpoint. A RoBERTa
+trained on vq-wav2vec units (``masked_lm`` task, vq-wav2vec's ``bert_kmeans.pt``) is
+read the same way, its ``dict.txt`` of units found likewise: it loads as a unit BERT
+(:class:`~w2vtools.models.token_transformer.TokenTransformer`, family ``unit-bert``).
 
 Example:
     >>> loaded = load_fairseq("wav2vec_small_960h.pt", dictionary="dict.ltr.txt")  # doctest: +SKIP
@@ -47,8 +50,11 @@ import torch
 
 from w2vtools.errors import W2VError
 from w2vtools.formats.labels import ctc_vocabulary, read_dictionary
+from w2vtools.formats.units import unit_vocabulary
 from w2vtools.models.checkpoint import LoadedModel, few_names
 from w2vtools.models.ctc import CTCConfig, CTCModel
+from w2vtools.models.token_transformer import TokenTransformer
+from w2vtools.models.unit_bert import UnitBertConfig
 from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel
 from w2vtools.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 
@@ -697,6 +703,8 @@ def load_fairseq(path: str | os.PathLike, dictionary=None, map_location="cpu"):
 
 def _load_fairseq(path: Path, ck: FairseqCheckpoint, dictionary) -> LoadedModel:
     sd = _float_state(ck.state_dict)
+    if ck.arch.startswith("roberta") or ck.arch == "masked_lm":
+        return _load_roberta(path, ck, sd, dictionary)
     if ck.arch in ("wav2vec_ctc",):
         w2v = ck.model.get("w2v_args")
         if not isinstance(w2v, dict) or not w2v:
@@ -746,6 +754,99 @@ def _load_fairseq(path: Path, ck: FairseqCheckpoint, dictionary) -> LoadedModel:
     _load_weights(model, sd, str(path), family)
     model.eval()
     return LoadedModel(family=family, task="pretrain", model=model, config=cfg, dictionary=None,
+                       source="fairseq", extra={"fairseq_arch": ck.arch})
+
+
+# --------------------------------------------------------------------------- RoBERTa on units
+
+# fairseq RoBERTa options our TokenTransformer does not implement: (key, the value it implements)
+_ROBERTA_FIXED = {"no_scale_embedding": True, "encoder_learned_pos": True, "untie_weights_roberta": False,
+                  "no_token_positional_embeddings": False}
+_ROBERTA_FIELDS = {"encoder_embed_dim": "embed_dim", "encoder_ffn_embed_dim": "ffn_embed_dim",
+                   "encoder_layers": "layers", "encoder_attention_heads": "attention_heads", "dropout": "dropout",
+                   "attention_dropout": "attention_dropout", "activation_dropout": "activation_dropout",
+                   "activation_fn": "activation_fn", "encoder_normalize_before": "layer_norm_first",
+                   "layernorm_embedding": "layernorm_embedding"}
+
+
+def roberta_config(model: dict, task: dict, vocab_size: int, path: str) -> UnitBertConfig:
+    """Our UnitBertConfig from a fairseq RoBERTa's model and masked_lm task config.
+
+    fairseq's ``mask_prob`` is the fraction of tokens masked, in spans of
+    ``mask_multiple_length``; ours is the probability of a span start, so it is
+    divided by the span length (vq-wav2vec: 0.5 / 10 = 0.05).
+    """
+    for key, value in _ROBERTA_FIXED.items():
+        if key in model and model[key] is not None and bool(model[key]) != value:
+            raise W2VError(f"{path}: RoBERTa option {key}={model[key]!r} is not supported (only {value!r})")
+    kw: dict[str, Any] = {ours: model[theirs] for theirs, ours in _ROBERTA_FIELDS.items()
+                          if model.get(theirs) is not None}
+    kw["max_positions"] = int(model.get("max_positions") or task.get("tokens_per_sample") or 512)
+    length = int(task.get("mask_multiple_length") or 1)
+    kw["mask_length"] = length
+    kw["mask_prob"] = float(task.get("mask_prob", 0.15)) / length
+    for key in ("leave_unmasked_prob", "random_token_prob"):
+        if task.get(key) is not None:
+            kw[key] = float(task[key])
+    try:
+        return UnitBertConfig(vocab_size=vocab_size, **kw)
+    except (TypeError, ValueError) as e:
+        raise W2VError(f"{path}: cannot build a unit BERT config: {e}") from None
+
+
+def _roberta_dictionary(path: Path, vocab_size: int, dictionary, task: dict) -> list[str]:
+    """The tokens of a RoBERTa on units: specials, ``dict.txt``'s units, ``<mask>`` (fairseq's masked_lm order)."""
+    if dictionary is None:
+        candidates = [path.parent / "dict.txt"]
+        if task.get("data"):
+            candidates.append(Path(str(task["data"]).split(":")[0]) / "dict.txt")
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise W2VError(
+                f"{path}: a fairseq RoBERTa with {vocab_size} tokens; fairseq keeps its dictionary in the data "
+                f"folder, not in the checkpoint: put the dict.txt it was trained with next to the checkpoint "
+                f"(looked in: {', '.join(str(c.parent) for c in candidates)})")
+        dictionary = found[0]
+    tokens = unit_vocabulary(read_dictionary(dictionary)) if isinstance(dictionary, (str, os.PathLike)) \
+        else list(dictionary)
+    if len(tokens) != vocab_size:
+        raise W2VError(f"{path}: the model has {vocab_size} tokens but {dictionary} gives {len(tokens)} "
+                       f"(4 specials + {len(tokens) - 5} units + <mask>); is it the model's dict.txt?")
+    return tokens
+
+
+def _upgrade_roberta_keys(sd: dict) -> dict:
+    """fairseq's own upgrades of older RoBERTa files: ``emb_layer_norm`` and fused ``in_proj`` weights."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace(".emb_layer_norm.", ".layernorm_embedding.")
+        if ".self_attn.in_proj_" in k:
+            kind = k.rsplit("_", 1)[1]  # weight | bias
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3, dim=0)):
+                out[k.replace(f"in_proj_{kind}", f"{name}.{kind}")] = part
+            continue
+        out[k] = v
+    return out
+
+
+def _load_roberta(path: Path, ck: FairseqCheckpoint, sd: dict, dictionary) -> LoadedModel:
+    sd = _upgrade_roberta_keys(sd)
+    embed = sd.get("encoder.sentence_encoder.embed_tokens.weight")
+    if embed is None:
+        raise W2VError(f"{path}: a RoBERTa checkpoint without encoder.sentence_encoder.embed_tokens.weight")
+    tokens = _roberta_dictionary(path, int(embed.shape[0]), dictionary, ck.task)
+    cfg = roberta_config(ck.model, ck.task, len(tokens), str(path))
+    model = TokenTransformer(cfg)
+    mapped = {}
+    for k, v in sd.items():
+        for prefix in ("encoder.sentence_encoder.", "encoder."):
+            if k.startswith(prefix):
+                mapped[k[len(prefix):]] = v
+                break
+    mapped.setdefault("lm_head.weight", mapped.get("embed_tokens.weight"))  # tied
+    _load_weights(model, mapped, str(path), "RoBERTa")
+    model.eval()
+    return LoadedModel(family="unit-bert", task="pretrain", model=model, config=cfg, dictionary=tokens,
                        source="fairseq", extra={"fairseq_arch": ck.arch})
 
 

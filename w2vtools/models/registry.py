@@ -34,6 +34,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "wav2vec2": ("w2vtools.models.wav2vec2:Wav2Vec2Config", "w2vtools.models.wav2vec2:Wav2Vec2Model"),
     "wav2vec": ("w2vtools.models.wav2vec:Wav2VecConfig", "w2vtools.models.wav2vec:Wav2VecModel"),
     "vq-wav2vec": ("w2vtools.models.wav2vec:Wav2VecConfig", "w2vtools.models.wav2vec:Wav2VecModel"),
+    # BERT on vq-wav2vec units (its checkpoints hold the unit dictionary)
+    "unit-bert": ("w2vtools.models.unit_bert:UnitBertConfig", "w2vtools.models.token_transformer:TokenTransformer"),
 }
 
 # task -> (config class, model class) for tasks whose model wraps an encoder or stands alone

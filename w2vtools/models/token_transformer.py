@@ -163,6 +163,7 @@ class TokenTransformer(nn.Module):
         *,
         layer: int | None = None,
         return_all: bool = False,
+        masked_tokens: torch.Tensor | None = None,
     ) -> dict:
         """Run the model.
 
@@ -172,6 +173,9 @@ class TokenTransformer(nn.Module):
             layer: stop after this many blocks (0 = the embeddings) and return that
                 output as ``hidden`` (no logits); None runs every block.
             return_all: also return ``layers``: [embeddings, block 1, ..., block N].
+            masked_tokens: (B, T) bool: the head runs at these positions only and
+                ``logits`` is (M, V), M the number of True (fairseq RoBERTa's
+                ``masked_tokens``: a masked LM needs no logits elsewhere).
 
         Returns:
             ``{"hidden": (B, T, C), "layers": [...], "logits": (B, T, V)}``; ``logits``
@@ -198,10 +202,14 @@ class TokenTransformer(nn.Module):
             return {"hidden": x, "layers": hidden}
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return {"hidden": x, "layers": hidden, "logits": self.lm_head(x)}
+        head_input = x if masked_tokens is None else x[masked_tokens]
+        return {"hidden": x, "layers": hidden, "logits": self.lm_head(head_input)}
 
     def features(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
         """(B, T, C) output of block ``layer`` (None: the last, after the final norm of pre-LN models)."""
+        if layer is None:  # every block, and the head on no position at all
+            none = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+            return self.forward(tokens, padding_mask, masked_tokens=none)["hidden"]
         return self.forward(tokens, padding_mask, layer=layer)["hidden"]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

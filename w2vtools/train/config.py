@@ -46,7 +46,7 @@ class ModelSection:
     """Which model to build.
 
     Attributes:
-        arch: ``wav2vec``, ``vq-wav2vec`` or ``wav2vec2`` (finetune adds its own).
+        arch: ``wav2vec``, ``vq-wav2vec``, ``wav2vec2`` or ``unit-bert`` (finetune adds its own).
         model_preset: a preset name of :mod:`w2vtools.models.presets` for ``arch``.
         overrides: model-config fields replaced on top of the preset.
     """
@@ -250,6 +250,27 @@ _WAV2VEC_TINY = {
 _VQ_WAV2VEC_TINY = {**_WAV2VEC_TINY, "model": _model("vq-wav2vec", "gumbel-tiny", vq_temp=[2.0, 0.5, 0.995])}
 _VQ_WAV2VEC_KMEANS_TINY = {**_WAV2VEC_TINY, "model": _model("vq-wav2vec", "kmeans-tiny")}
 
+# BERT on vq-wav2vec units (Baevski et al. 2020, vq-wav2vec, section 4.2): RoBERTa BASE, 3072 tokens
+# per GPU on 128 GPUs (--update-freq 128 on one), warm-up over 10k updates to 1e-5, then linear decay
+# over 250k. Units come 100 a second (data.sample_rate: units, for the audio-seconds/s log), a row is
+# at most 512 positions (data.max_sample_size), a batch 3072 of them (data.max_samples_per_batch).
+_UNIT_BERT_DATA = {"sample_rate": 100, "max_samples_per_batch": 3072, "max_sample_size": 512, "min_sample_size": 1,
+                   "pad": True, "num_workers": 0}
+_UNIT_BERT_BASE = {
+    "model": _model("unit-bert", "base"),
+    "data": _UNIT_BERT_DATA,
+    "optim": {**_W2V2_OPTIM, "lr": 1e-5, "max_update": 250_000, "warmup_updates": 10_000},
+    "run": {**_PUBLISHED_RUN, "keep_last": 1, "best_metric": "accuracy", "maximize_best": True},
+}
+# FSDD-sized: ~2700 utterances of ~50 units, ~45 batches an epoch; a few CPU minutes.
+_UNIT_BERT_TINY = {
+    "model": _model("unit-bert", "tiny"),
+    "data": _UNIT_BERT_DATA,
+    "optim": {**_W2V2_OPTIM, "lr": 1e-3, "max_update": 600, "warmup_updates": 60, "clip_norm": 1.0},
+    "run": {**_TINY_RUN, "valid_interval": 100, "save_interval": 200, "best_metric": "accuracy",
+            "maximize_best": True},
+}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "wav2vec2": {"base": _W2V2_BASE, "large": _W2V2_LARGE, "tiny": _W2V2_TINY},
     "wav2vec": {"large": _WAV2VEC_LARGE, "tiny": _WAV2VEC_TINY},
@@ -259,6 +280,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": _VQ_WAV2VEC_TINY,
         "kmeans-tiny": _VQ_WAV2VEC_KMEANS_TINY,
     },
+    "unit-bert": {"base": _UNIT_BERT_BASE, "tiny": _UNIT_BERT_TINY},
 }
 
 

@@ -261,3 +261,110 @@ class CTCObjective(Objective):
         if stats.get("word_total", 0) > 0:
             out["wer"] = 100.0 * stats["word_errors"] / stats["word_total"]
         return out
+
+
+def span_mask(lengths: Sequence[int], mask_prob: float, mask_length: int) -> torch.Tensor:
+    """vq-wav2vec's span masking: (B, max(lengths)) bool, True at the masked units.
+
+    Each of a sequence's ``n`` units starts a span with probability ``mask_prob``:
+    ``int(mask_prob * n + u)`` starts (u ~ U[0, 1), so the expected count is
+    ``mask_prob * n``; at least one, so every sequence has a target) drawn without
+    replacement, each masking ``mask_length`` units from there (spans overlap and stop
+    at the sequence's end). Draws from torch's CPU generator, which the trainer seeds
+    per batch: the masks of a batch are the same on any device, rank or resume.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> mask = span_mask([100, 30], 0.05, 10)
+        >>> mask.shape, bool(mask[1, 30:].any())
+        (torch.Size([2, 100]), False)
+    """
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        if n < 1:
+            continue
+        count = min(n, max(1, int(mask_prob * n + float(torch.rand(())))))
+        starts = torch.randperm(n)[:count]
+        spans = (starts[:, None] + torch.arange(mask_length)[None]).flatten()
+        mask[row, spans[spans < n]] = True
+    return mask
+
+
+class MaskedUnitObjective(Objective):
+    """Masked-unit prediction (BERT on vq-wav2vec units): cross-entropy at the masked units.
+
+    The batch's ``source`` is ``<s> units </s>`` rows (:class:`~w2vtools.train.units_data.UnitDataset`),
+    ``unit_lengths`` the units per row. Units are masked in spans (:func:`span_mask`);
+    a masked unit's input becomes ``<mask>``, or with ``leave_unmasked_prob`` stays as
+    it is and with ``random_token_prob`` becomes a random unit (BERT's 80/10/10). The
+    model predicts every masked unit: ``model(tokens, padding_mask, masked_tokens=mask)``.
+
+    Stats: ``loss`` (nats, summed), ``correct``/``count`` -> ``accuracy`` (masked-unit
+    accuracy), and in eval mode ``baseline_correct`` -> ``baseline_accuracy``: the
+    accuracy of always answering the most frequent training unit, the floor to beat.
+
+    Args:
+        vocab_size: tokens of the model; ``mask_idx``: the ``<mask>`` token.
+        num_specials: tokens below this are markers, never random replacements.
+        most_frequent: the most frequent training unit (token id), for the baseline.
+
+    Example:
+        >>> objective = MaskedUnitObjective(vocab_size=40, mask_idx=39)
+        >>> loss_sum, n, stats = objective(bert, batch)                    # doctest: +SKIP
+    """
+
+    def __init__(self, *, vocab_size: int, mask_idx: int, mask_prob: float = 0.05, mask_length: int = 10,
+                 leave_unmasked_prob: float = 0.0, random_token_prob: float = 0.0, num_specials: int = 4,
+                 most_frequent: int | None = None) -> None:
+        self.vocab_size, self.mask_idx, self.num_specials = vocab_size, mask_idx, num_specials
+        self.mask_prob, self.mask_length = mask_prob, mask_length
+        self.leave_unmasked_prob, self.random_token_prob = leave_unmasked_prob, random_token_prob
+        self.most_frequent = most_frequent
+
+    def corrupt(self, tokens: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The model's input: masked units as ``<mask>``, kept, or random (drawn on the CPU generator)."""
+        inputs = tokens.clone()
+        n = int(masked.sum())
+        draw = torch.rand(n)
+        replace = torch.full((n,), self.mask_idx, dtype=torch.long)
+        random_units = torch.randint(self.num_specials, self.mask_idx, (n,))
+        keep = draw < self.leave_unmasked_prob
+        randomize = ~keep & (draw < self.leave_unmasked_prob + self.random_token_prob)
+        replace = torch.where(randomize, random_units, replace)
+        replace = torch.where(keep, tokens[masked].cpu(), replace)
+        inputs[masked] = replace.to(tokens.device)
+        return inputs
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
+        tokens = batch["source"]
+        lengths = batch["unit_lengths"].tolist()
+        masked = torch.zeros(tokens.shape, dtype=torch.bool)
+        spans = span_mask(lengths, self.mask_prob, self.mask_length)
+        masked[:, 1 : spans.shape[1] + 1] = spans  # position 0 is <s>
+        masked = masked.to(tokens.device)
+        out = model(self.corrupt(tokens, masked), batch.get("padding_mask"), masked_tokens=masked)
+        logits = out["logits"].float()
+        targets = tokens[masked]
+        loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+        count = int(targets.numel())
+        stats = {
+            "loss": float(loss_sum.detach().item()),
+            "sample_size": float(count),
+            "correct": float((logits.detach().argmax(dim=-1) == targets).sum().item()),
+            "count": float(count),
+            "ntokens": float(sum(lengths)),
+            "nsentences": float(tokens.shape[0]),
+        }
+        if not model.training and self.most_frequent is not None:
+            stats["baseline_correct"] = float((targets == self.most_frequent).sum().item())
+        return loss_sum, count, stats
+
+    def metrics(self, stats: dict[str, float]) -> dict[str, float]:
+        out = super().metrics(stats)
+        if stats.get("count", 0) > 0:
+            out["accuracy"] = stats["correct"] / stats["count"]
+            if "baseline_correct" in stats:
+                out["baseline_accuracy"] = stats["baseline_correct"] / stats["count"]
+            if stats.get("ntokens", 0) > 0:
+                out["masked_fraction"] = stats["count"] / stats["ntokens"]
+        return out
