@@ -53,7 +53,7 @@ seeds="1 2 3"       # one run of every system per seed (--quick: "1" unless give
 pretrain_arch=wav2vec2   # or wav2vec (wav2vec 1.0: no CTC fine-tuning of it, so no pt_ft)
 lm_order=3
 beam=20             # KenLM beam search; LM weight and word score are tuned on dev:
-tune_grid="lm_weight=0:3:0.5,word_score=-2:1:1"
+tune_grid="lm_weight=0:2:0.5,word_score=-1:1:1"
 st_keep=0.5         # self-training: fraction of the unlabeled utterances kept as pseudo-labels
 st_nbest=5
 pretrain_conf=      # default: conf/pretrain.yaml (wav2vec2) or conf/pretrain_wav2vec.yaml
@@ -151,6 +151,14 @@ if stage_begin 1 "data dirs train/dev, label budgets, manifests, lexicon and LM"
     2>/dev/null | tee data/lang/lm_dev_eval.txt >&2
   stage_end
 fi
+
+# logged LOG CMD...: run CMD with its stderr in LOG; if it fails, say so and name LOG.
+logged() {
+  local logfile=$1
+  shift
+  mkdir -p "$(dirname "$logfile")"
+  "$@" 2>"$logfile" || { log "ERROR: ${1##*/} ${2##*/} failed (exit $?): see $logfile"; return 1; }
+}
 
 # train_once DIR CMD...: run a training command into DIR through $train_cmd,
 # continuing (--resume) from DIR/checkpoint_last.pt after an interruption
@@ -273,36 +281,39 @@ decode_set() {
   $decode_cmd JOB=1:$j "$vdir/log/decode.JOB.log" \
     w2v decode "${from[@]}" --model "$dir/checkpoint_best.pt" --shard JOB/$j \
       --dump-emissions "$vdir/emissions.JOB.h5" -o "$vdir/hyp.JOB.txt" --no-progress
-  w2v featurize --merge "$vdir"/emissions.[0-9]*.h5 "$vdir/emissions.h5"
-  rm -f "$vdir"/emissions.[0-9]*.h5
+  if [ "$j" -eq 1 ]; then
+    mv "$vdir/emissions.1.h5" "$vdir/emissions.h5"
+  else
+    w2v featurize --merge "$vdir"/emissions.[0-9]*.h5 "$vdir/emissions.h5"
+    rm -f "$vdir"/emissions.[0-9]*.h5
+  fi
   mark_done "$vdir"
 }
 
 # tune_kenlm DIR: DIR/kenlm.yaml, the KenLM settings of DIR's model searched
-# (--tune-grid) on its dev emissions; DIR/decode_dev_kenlm/hyp.txt decoded with them.
+# (--tune-grid) on its dev emissions. The search's best trial is the dev KenLM
+# result: DIR/decode_dev_kenlm/wer (errors/words; no second decode for it).
 tune_kenlm() {
   local dir=$1 kdir=$1/decode_dev_kenlm
   unit_done "$kdir" && return 0
   rm -rf "$kdir"
   mkdir -p "$kdir"
-  w2v decode --emissions "$dir/decode_dev_viterbi/emissions.h5" --decoder kenlm --lexicon data/lang/lexicon.txt \
+  logged "$kdir/tuning.log" w2v decode --emissions "$dir/decode_dev_viterbi/emissions.h5" --decoder kenlm --lexicon data/lang/lexicon.txt \
     --lm data/lang/lm.arpa --beam "$beam" --tune "$tune_grid" --jobs 1 --ref data/dev/text \
-    -o "$dir/kenlm.yaml" 2>"$kdir/tuning.log"
-  w2v decode --emissions "$dir/decode_dev_viterbi/emissions.h5" --config "$dir/kenlm.yaml" \
-    -o "$kdir/hyp.txt" --no-progress 2>"$kdir/decode.log"
+    -o "$dir/kenlm.yaml"
+  sed -n 's|^# w2v decode --tune: best .*: WER \([0-9.]*\) (\([0-9]*\)/\([0-9]*\)).*|%WER \1 [ \2 / \3 ] best of --tune-grid on dev|p' \
+    "$dir/kenlm.yaml" >"$kdir/wer"
+  grep -q '^%WER' "$kdir/wer" || { log "ERROR: $dir/kenlm.yaml: no best WER from w2v decode --tune"; return 1; }
   mark_done "$kdir"
 }
 
-# dev_system DIR: decode dev (one shard: one job per model), tune KenLM on it,
-# score both decoders on dev.
+# dev_system DIR: decode dev (one shard: one job per model), score it, tune
+# KenLM on it.
 dev_system() {
-  local dir=$1 dec
+  local dir=$1
   decode_set "$dir" dev 1
-  sort -k1,1 "$dir"/decode_dev_viterbi/hyp.[0-9]*.txt >"$dir/decode_dev_viterbi/hyp.txt"
+  sort -k1,1 "$dir"/decode_dev_viterbi/hyp.[0-9]*.txt | w2v score data/dev/text - >"$dir/decode_dev_viterbi/wer"
   tune_kenlm "$dir"
-  for dec in viterbi kenlm; do
-    w2v score data/dev/text "$dir/decode_dev_$dec/hyp.txt" >"$dir/decode_dev_$dec/wer"
-  done
 }
 
 if stage_begin 5 "decode dev and tune the KenLM weights on dev, every labeled-only system"; then
@@ -341,20 +352,27 @@ self_train() {
     from=("$unlab")
     [ "$input" = audio ] || from=(--features "exp/feats/${input}_train.h5")
     mkdir -p "$pdir"
-    w2v decode "${from[@]}" --model "$teacher/checkpoint_best.pt" --config "$teacher/kenlm.yaml" \
+    logged "$pdir/decode.log" w2v decode "${from[@]}" --model "$teacher/checkpoint_best.pt" --config "$teacher/kenlm.yaml" \
       --nbest "$st_nbest" --nbest-out "$pdir/nbest.txt" -o "$pdir/hyp_all.txt" --ctm "$pdir/hyp.ctm" \
-      --no-progress 2>"$pdir/decode.log"
+      --no-progress
     # the features hold all of train: keep the unlabeled utterances' hypotheses
     awk 'NR == FNR { keep[$1]; next } $1 in keep' "$unlab/utt2spk" "$pdir/hyp_all.txt" >"$pdir/hyp.txt"
     mark_done "$pdir"
   fi
-  "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.txt.scores" "$pseudo" \
-    --keep "$st_keep" --ctm "$pdir/hyp.ctm" --confidence word 2>"$pdir/select.log"
-  # how good the pseudo-labels are (train transcripts; nothing selects on them)
-  w2v score "$unlab/text" "$pdir/hyp.txt" --mode all >"$pdir/wer_all"
-  w2v score "$unlab/text" "$pseudo/text" --mode present >"$pdir/wer_kept"
-  log "$student: pseudo-labels from $teacher, all: $(grep '^%WER' "$pdir/wer_all"); kept: $(grep '^%WER' "$pdir/wer_kept")"
-  "$here/utils/combine_data.sh" "$student/labeled" "data/train_${b}pct" "$pseudo"
+  rm -rf "$pseudo" "$student/labeled"
+  if awk 'NF > 1 { found = 1; exit } END { exit !found }' "$pdir/hyp.txt"; then
+    logged "$pdir/select.log" "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.txt.scores" "$pseudo" \
+      --keep "$st_keep" --ctm "$pdir/hyp.ctm" --confidence word
+    # how good the pseudo-labels are (train transcripts; nothing selects on them)
+    w2v score "$unlab/text" "$pdir/hyp.txt" --mode all >"$pdir/wer_all"
+    w2v score "$unlab/text" "$pseudo/text" --mode present >"$pdir/wer_kept"
+    log "$student: $(wc -l <"$pseudo/text") pseudo-labels from $teacher; all hypotheses: $(grep '^%WER' "$pdir/wer_all"); kept: $(grep '^%WER' "$pdir/wer_kept")"
+    "$here/utils/combine_data.sh" "$student/labeled" "data/train_${b}pct" "$pseudo"
+  else
+    # a teacher that says nothing (a few updates, --quick) teaches nothing
+    log "$student: no pseudo-labels: $teacher decoded no word on the unlabeled audio; $student trains on the labels alone"
+    "$here/utils/combine_data.sh" "$student/labeled" "data/train_${b}pct"
+  fi
   train_system "$student" "$input" "$student/labeled" "$seed"
   dev_system "$student"
 }
@@ -402,8 +420,8 @@ decode_test() {
   if ! unit_done "$kdir"; then
     rm -rf "$kdir"
     mkdir -p "$kdir"
-    w2v decode --emissions "$dir/decode_test_viterbi/emissions.h5" --config "$dir/kenlm.yaml" \
-      -o "$kdir/hyp.1.txt" --no-progress 2>"$kdir/decode.log"
+    logged "$kdir/decode.log" w2v decode --emissions "$dir/decode_test_viterbi/emissions.h5" --config "$dir/kenlm.yaml" \
+      -o "$kdir/hyp.1.txt" --no-progress
     mark_done "$kdir"
   fi
 }
