@@ -180,14 +180,14 @@ def test_digits_quick_end_to_end(tmp_path, shared_data, kenlm_tools):
     # from the --quick teachers, which emit no word yet) joined the labels of the student
     labels = set((work / "data/train_10pct/text").read_text().splitlines())
     for sys in ("fbank_st", "pt_st"):
-        run = work / f"exp/{sys}_10pct_s1"
+        run = work / f"exp/selftrain/{sys}_10pct_s1"
         assert len((run / "decode_unlabeled/hyp.txt").read_text().splitlines()) == 2160
         pseudo = set((run / "pseudo/text").read_text().splitlines()) if (run / "pseudo").exists() else set()
         assert len(pseudo) in (0, 1080)  # --st-keep 0.5 of the 2160 left
         assert set((run / "labeled/text").read_text().splitlines()) == labels | pseudo
         if not pseudo:
             assert f"{run.name}: no pseudo-labels" in p.stderr
-        assert (run / "decode_test_kenlm/wer").exists()
+        assert (work / f"exp/{sys}_10pct_s1/decode_test_kenlm/wer").exists()
     assert (work / "exp/pt_st_10pct.teacher").read_text().strip() in {"pt_ft", "ptfeat_ds"}
 
     # a second run skips every finished stage and prints the same tables

@@ -231,8 +231,6 @@ fi
 # the downstream model; DIR/input records it for the decoders.
 train_system() {
   local dir=$1 input=$2 labeled=$3 seed=$4
-  mkdir -p "$dir"
-  echo "$input" >"$dir/input"
   if [ "$input" = audio ]; then
     train_once "$dir" w2v finetune "$labeled" --valid data/dev --init exp/pretrain/checkpoint_best.pt --preset tiny \
       --config "$finetune_conf" --dict data/manifest/dict.ltr.txt --seed "$seed" \
@@ -243,6 +241,7 @@ train_system() {
       --arch blstm --preset tiny --config "$downstream_conf" --dict data/manifest/dict.ltr.txt --seed "$seed" \
       ${downstream_sets[@]+"${downstream_sets[@]}"}
   fi
+  echo "$input" >"$dir/input"
 }
 
 # input_of SYSTEM: what a labeled-only system trains on.
@@ -343,9 +342,11 @@ mean_dev_wer() {
 # decodes the unlabeled rest of train, n-best for the confidences; the --st-keep
 # most confident hypotheses (mean word confidence) join the labels; STUDENT, the
 # same kind of model as TEACHER, trains on both with the same seed, validated on dev.
+# The pseudo-labels and the student's training data go to exp/selftrain/STUDENT.
 self_train() {
   local teacher=$1 student=$2 b=$3 seed=$4 unlab=data/train_$3pct_unlab input from
-  local pdir=$student/decode_unlabeled pseudo=$student/pseudo
+  local st=exp/selftrain/${2#exp/}
+  local pdir=$st/decode_unlabeled pseudo=$st/pseudo labeled=$st/labeled
   input=$(cat "$teacher/input")
   if ! unit_done "$pdir"; then
     rm -rf "$pdir"
@@ -359,7 +360,7 @@ self_train() {
     awk 'NR == FNR { keep[$1]; next } $1 in keep' "$unlab/utt2spk" "$pdir/hyp_all.txt" >"$pdir/hyp.txt"
     mark_done "$pdir"
   fi
-  rm -rf "$pseudo" "$student/labeled"
+  rm -rf "$pseudo" "$labeled"
   if awk 'NF > 1 { found = 1; exit } END { exit !found }' "$pdir/hyp.txt"; then
     logged "$pdir/select.log" "$W2V_PYTHON" "$here/local/select_pseudo.py" "$unlab" "$pdir/hyp.txt" "$pdir/nbest.txt.scores" "$pseudo" \
       --keep "$st_keep" --ctm "$pdir/hyp.ctm" --confidence word
@@ -367,13 +368,13 @@ self_train() {
     w2v score "$unlab/text" "$pdir/hyp.txt" --mode all >"$pdir/wer_all"
     w2v score "$unlab/text" "$pseudo/text" --mode present >"$pdir/wer_kept"
     log "$student: $(wc -l <"$pseudo/text") pseudo-labels from $teacher; all hypotheses: $(grep '^%WER' "$pdir/wer_all"); kept: $(grep '^%WER' "$pdir/wer_kept")"
-    "$here/utils/combine_data.sh" "$student/labeled" "data/train_${b}pct" "$pseudo"
+    "$here/utils/combine_data.sh" "$labeled" "data/train_${b}pct" "$pseudo"
   else
     # a teacher that says nothing (a few updates, --quick) teaches nothing
     log "$student: no pseudo-labels: $teacher decoded no word on the unlabeled audio; $student trains on the labels alone"
-    "$here/utils/combine_data.sh" "$student/labeled" "data/train_${b}pct"
+    "$here/utils/combine_data.sh" "$labeled" "data/train_${b}pct"
   fi
-  train_system "$student" "$input" "$student/labeled" "$seed"
+  train_system "$student" "$input" "$labeled" "$seed"
   dev_system "$student"
 }
 
