@@ -6,9 +6,12 @@ grouped by (text, speaker), shuffled with a fixed seed, and taken round-robin
 over the groups, so 1 % of FSDD train (27 utterances) still hears every digit
 from several speakers. Per-utterance files (wav.scp, text, utt2spk, utt2dur,
 segments, feats.scp, utt2num_frames) are filtered; spk2utt is rebuilt.
+``--rest DIR`` also writes the utterances left out: the audio that
+self-training pseudo-labels (its ``text`` stays, only to measure how good the
+pseudo-labels are; nothing trains on it).
 
 Example:
-    python local/subset_budget.py data/train 10 data/train_10pct
+    python local/subset_budget.py data/train 10 data/train_10pct --rest data/train_10pct_unlab
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> int:
     ap.add_argument("percent", type=float, help="0 < percent <= 100")
     ap.add_argument("dest", type=Path)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rest", type=Path, help="also write the utterances not kept here (none at 100 %%)")
     args = ap.parse_args()
     if not 0 < args.percent <= 100:
         print(f"subset_budget.py: percent must be in (0, 100], got {args.percent}", file=sys.stderr)
@@ -51,6 +55,8 @@ def main() -> int:
     kept = set(keep)
 
     subset_data_dir(args.src, args.dest, kept)
+    if args.rest is not None and len(kept) < len(text):
+        subset_data_dir(args.src, args.rest, set(text) - kept)
     print(f"subset_budget.py: {args.dest}: {len(kept)} of {len(text)} utterances ({args.percent:g} %)",
           file=sys.stderr)
     return 0

@@ -1,0 +1,1 @@
+../../librispeech/local/select_pseudo.py
