@@ -156,3 +156,67 @@ def test_rescore_needs_an_nbest_list(long_range, w2v):
                "--lexicon", d / "lexicon.txt", "--lm", d / "lm.arpa", "--nbest", "3", "--rescore", d / "lm.arpa",
                check=False)
     assert proc.returncode == 1 and "not a Transformer LM" in proc.stderr or "lm.arpa" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def librispeech(shared_data, ljspeech_word_lm, tmp_path_factory, kenlm_tools):
+    """The real emission and noisier copies of it (so the first pass makes errors) in one HDF5, their
+    references, and the 4-gram + lexicon of test_decode.py (the test sentence's words in the lexicon)."""
+    from conftest import run_w2v
+    from w2vtools.formats.features import open_feature_writer
+
+    d = tmp_path_factory.mktemp("librispeech_rescore")
+    em_dir = shared_data / "emissions"
+    expected = (em_dir / f"{UID}.expected.txt").read_text().strip()
+    logits = np.load(em_dir / f"{UID}.logits.npy")
+    tokens = ctc_vocabulary(read_dictionary(em_dir / "dict.ltr.txt"))
+    rng = np.random.default_rng(0)
+    uids = [UID] + [f"{UID}-noisy{i}" for i in range(1, 8)]
+    with open_feature_writer(str(d / "em.h5"), attrs={"log_probs": True, "tokens": tokens, "frame_shift": 0.02}) as w:
+        for i, uid in enumerate(uids):
+            noisy = logits + rng.normal(0, 1.5, logits.shape) * (i > 0)
+            w.write(uid, torch.log_softmax(torch.from_numpy(noisy.astype(np.float32)), -1).numpy())
+    (d / "ref.txt").write_text("".join(f"{u} {expected}\n" for u in uids))
+    (d / "vocab.txt").write_text(expected + "\n")
+    run_w2v("lm", shared_data / "ljspeech" / "lm_text.txt", "--order", "4", "-o", d / "lm.bin", "--dict",
+            em_dir / "dict.ltr.txt", "--lexicon", d / "lexicon.txt", "--lexicon-words", d / "vocab.txt")
+    return d
+
+
+def _wer(w2v, ref, hyp_text: str) -> float:
+    return float(w2v("score", ref, "-", input=hyp_text).stdout.split()[1])
+
+
+def test_rescoring_the_real_librispeech_nbest_does_not_hurt_wer(librispeech, ljspeech_word_lm, w2v):
+    d = librispeech
+    first = ["decode", "--emissions", d / "em.h5", "--decoder", "kenlm", "--lexicon", d / "lexicon.txt",
+             "--lm", d / "lm.bin", "-o", "-"]
+    lm = ljspeech_word_lm / "checkpoint_best.pt"
+    baseline = w2v(*first).stdout
+    wer_first = _wer(w2v, d / "ref.txt", baseline)
+    assert 0 < wer_first < 60  # the noisy copies have errors to fix
+    rescored = w2v(*first, "--nbest", "20", "--rescore", lm, "--rescore-weight", "0.5").stdout
+    wer_rescored = _wer(w2v, d / "ref.txt", rescored)
+    assert wer_rescored <= wer_first, (wer_first, wer_rescored)
+    # the clean emission stays right
+    assert read_text_table(d / "ref.txt")[UID] == dict(l.split(None, 1) for l in rescored.splitlines())[UID].split()
+
+
+def test_tune_sweeps_the_rescore_weight_and_its_yaml_decodes_the_same(librispeech, ljspeech_word_lm, w2v, tmp_path):
+    d = librispeech
+    lm = ljspeech_word_lm / "checkpoint_best.pt"
+    proc = w2v("decode", "--emissions", d / "em.h5", "--decoder", "kenlm", "--lexicon", d / "lexicon.txt",
+               "--lm", d / "lm.bin", "--nbest", "20", "--rescore", lm, "--tune",
+               "lm_weight=1|2,rescore_weight=0:1:0.5", "--ref", d / "ref.txt", "-o", tmp_path / "best.yaml",
+               "--jobs", "2")
+    table = [line.split() for line in proc.stderr.splitlines() if line.strip() and line.split()[0][0].isdigit()]
+    assert len(table) == 6
+    import yaml
+
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["rescore"] == str(lm) and best["nbest"] == 20 and best["rescore_weight"] in (0.0, 0.5, 1.0)
+    best_wer = float(table[0][2])
+    # without the Transformer (weight 0) the same lm_weight is no better than the best
+    assert all(best_wer <= float(row[2]) for row in table)
+    out = w2v("decode", "--emissions", d / "em.h5", "--config", tmp_path / "best.yaml", "-o", "-").stdout
+    assert _wer(w2v, d / "ref.txt", out) == pytest.approx(best_wer, abs=0.01)

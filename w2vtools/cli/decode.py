@@ -19,9 +19,10 @@ Examples:
   w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \\
       --tune lm_weight=0:4:0.5,word_score=-3:1:1 --ref data/dev/text -o exp/best.yaml
   w2v decode --emissions exp/em_test.h5 --config exp/best.yaml -o exp/hyp_test.txt
-  # the 50 best of the 4-gram search reordered with a Transformer LM (w2v lm --neural), weights tuned on dev
-  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin --nbest 50 \
-      --rescore exp/nlm/checkpoint_best.pt --tune lm_weight=0:2:0.5,rescore_weight=0:2:0.5 --ref data/dev/text \
+  # the 50 best of the 4-gram search reordered by a Transformer LM, its weight tuned on dev
+  w2v lm data/lm_text.txt --neural --unit word -o exp/nlm --dict data/dict.ltr.txt
+  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin --nbest 50 \\
+      --rescore exp/nlm/checkpoint_best.pt --tune lm_weight=1:2:1,rescore_weight=0:2:0.5 --ref data/dev/text \\
       -o exp/best_rescore.yaml
   w2v decode --emissions exp/em_test.h5 --config exp/best_rescore.yaml -o exp/hyp_test_rescored.txt
 """
