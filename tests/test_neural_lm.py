@@ -104,6 +104,7 @@ def test_held_out_split_is_seeded_and_disjoint():
     assert split_held_out(lines, 0.05, seed=1) == (train, valid) != split_held_out(lines, 0.05, seed=2)
 
 
+@pytest.mark.slow  # trains the LM: about 5 minutes on a quiet CPU core
 def test_a_tiny_transformer_beats_kenlm_4gram_on_held_out_ljspeech(ljspeech_word_lm, kenlm_tools, w2v):
     """Done-when of #18 (part 2): the same held-out sentences, per-word perplexity with </s> counted."""
     run = ljspeech_word_lm

@@ -187,6 +187,7 @@ def _wer(w2v, ref, hyp_text: str) -> float:
     return float(w2v("score", ref, "-", input=hyp_text).stdout.split()[1])
 
 
+@pytest.mark.slow  # the session's LJ Speech Transformer LM (conftest.ljspeech_word_lm)
 def test_rescoring_the_real_librispeech_nbest_does_not_hurt_wer(librispeech, ljspeech_word_lm, w2v):
     d = librispeech
     first = ["decode", "--emissions", d / "em.h5", "--decoder", "kenlm", "--lexicon", d / "lexicon.txt",
@@ -202,6 +203,7 @@ def test_rescoring_the_real_librispeech_nbest_does_not_hurt_wer(librispeech, ljs
     assert read_text_table(d / "ref.txt")[UID] == dict(l.split(None, 1) for l in rescored.splitlines())[UID].split()
 
 
+@pytest.mark.slow
 def test_tune_sweeps_the_rescore_weight_and_its_yaml_decodes_the_same(librispeech, ljspeech_word_lm, w2v, tmp_path):
     d = librispeech
     lm = ljspeech_word_lm / "checkpoint_best.pt"
