@@ -171,10 +171,11 @@ def librispeech(shared_data, ljspeech_word_lm, tmp_path_factory, kenlm_tools):
     logits = np.load(em_dir / f"{UID}.logits.npy")
     tokens = ctc_vocabulary(read_dictionary(em_dir / "dict.ltr.txt"))
     rng = np.random.default_rng(0)
-    uids = [UID] + [f"{UID}-noisy{i}" for i in range(1, 8)]
+    # noise of 5 on logits whose best class leads the mean by 21: the 4-gram's first pass gets 15% WER
+    uids = [UID] + [f"{UID}-noisy{i}" for i in range(1, 24)]
     with open_feature_writer(str(d / "em.h5"), attrs={"log_probs": True, "tokens": tokens, "frame_shift": 0.02}) as w:
         for i, uid in enumerate(uids):
-            noisy = logits + rng.normal(0, 1.5, logits.shape) * (i > 0)
+            noisy = logits + rng.normal(0, 5.0, logits.shape) * (i > 0)
             w.write(uid, torch.log_softmax(torch.from_numpy(noisy.astype(np.float32)), -1).numpy())
     (d / "ref.txt").write_text("".join(f"{u} {expected}\n" for u in uids))
     (d / "vocab.txt").write_text(expected + "\n")
@@ -199,6 +200,7 @@ def test_rescoring_the_real_librispeech_nbest_does_not_hurt_wer(librispeech, ljs
     rescored = w2v(*first, "--nbest", "20", "--rescore", lm, "--rescore-weight", "0.5").stdout
     wer_rescored = _wer(w2v, d / "ref.txt", rescored)
     assert wer_rescored <= wer_first, (wer_first, wer_rescored)
+    # (measured: 14.71 -> 12.99; BENCHMARKS.md "Transformer LM" has the sweep)
     # the clean emission stays right
     assert read_text_table(d / "ref.txt")[UID] == dict(l.split(None, 1) for l in rescored.splitlines())[UID].split()
 
@@ -213,12 +215,14 @@ def test_tune_sweeps_the_rescore_weight_and_its_yaml_decodes_the_same(librispeec
                "--jobs", "2")
     table = [line.split() for line in proc.stderr.splitlines() if line.strip() and line.split()[0][0].isdigit()]
     assert len(table) == 6
+    first = _wer(w2v, d / "ref.txt", w2v("decode", "--emissions", d / "em.h5", "--decoder", "kenlm", "--lexicon",
+                                          d / "lexicon.txt", "--lm", d / "lm.bin", "-o", "-").stdout)
+    assert float(table[0][2]) <= first
     import yaml
 
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert best["rescore"] == str(lm) and best["nbest"] == 20 and best["rescore_weight"] in (0.0, 0.5, 1.0)
     best_wer = float(table[0][2])
-    # without the Transformer (weight 0) the same lm_weight is no better than the best
-    assert all(best_wer <= float(row[2]) for row in table)
+    assert [float(row[2]) for row in table] == sorted(float(row[2]) for row in table)  # best first
     out = w2v("decode", "--emissions", d / "em.h5", "--config", tmp_path / "best.yaml", "-o", "-").stdout
     assert _wer(w2v, d / "ref.txt", out) == pytest.approx(best_wer, abs=0.01)

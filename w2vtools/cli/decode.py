@@ -75,7 +75,8 @@ Examples:
 @click.option("--frame-shift", type=float, help="Seconds per frame for ctm [default: from the emissions, else 0.02].")
 @click.option("--dump-emissions", help="With --model: store the log-probabilities (HDF5 or ark spec) for later decodes.")
 @click.option("--shard", help="Decode only shard K of N (K/N), as featurize splits a corpus.")
-@click.option("--device", default="cpu", show_default=True, help="Device for --model (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for --model and the --rescore LM (cpu, cuda, cuda:1).")
 @runner_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
