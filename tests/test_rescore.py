@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,8 @@ def test_tune_sweeps_the_rescore_weight_and_its_yaml_decodes_the_same(librispeec
                "--lm", d / "lm.bin", "--nbest", "20", "--rescore", lm, "--tune",
                "lm_weight=1|2,rescore_weight=0:1:0.5", "--ref", d / "ref.txt", "-o", tmp_path / "best.yaml",
                "--jobs", "2")
-    table = [line.split() for line in proc.stderr.splitlines() if line.strip() and line.split()[0][0].isdigit()]
+    row = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+/\d+\s*$")  # lm_weight rescore_weight WER errors
+    table = [line.split() for line in proc.stderr.splitlines() if row.match(line)]
     assert len(table) == 6
     first = _wer(w2v, d / "ref.txt", w2v("decode", "--emissions", d / "em.h5", "--decoder", "kenlm", "--lexicon",
                                           d / "lexicon.txt", "--lm", d / "lm.bin", "-o", "-").stdout)
