@@ -90,3 +90,21 @@ def run_w2v(*args: str, input: str | bytes | None = None, check: bool = True, cw
 def w2v():
     """The CLI runner: ``w2v("manifest", root, "--dest", out)``."""
     return run_w2v
+
+
+#: Updates of the test's word Transformer LM on LJ Speech's LM text (5% held out): the first
+#: 400 of the tiny preset's 2000 (its learning-rate schedule unchanged), about a fifth of the
+#: full run (BENCHMARKS.md "Transformer LM" has both)
+LJSPEECH_LM_UPDATES = 400
+
+
+@pytest.fixture(scope="session")
+def ljspeech_word_lm(shared_data: Path, tmp_path_factory) -> Path:
+    """A tiny word Transformer LM (`w2v lm --neural`) trained on ljspeech/lm_text.txt, normalized with the
+    LibriSpeech letter dictionary of ``emissions/``; its run folder (checkpoint_best.pt, train.txt, valid.txt)."""
+    out = tmp_path_factory.mktemp("ljspeech_lm") / "nlm"
+    proc = run_w2v("lm", shared_data / "ljspeech" / "lm_text.txt", "--neural", "--unit", "word", "--preset", "tiny",
+                   "-o", out, "--dict", shared_data / "emissions" / "dict.ltr.txt", "--stop-at-update",
+                   LJSPEECH_LM_UPDATES, "--valid-interval", LJSPEECH_LM_UPDATES, "--threads", "1", "--device", "cpu")
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out

@@ -58,6 +58,8 @@ LAYERS: dict[str, int] = {
     "w2vtools.plot": 4,
     "w2vtools.align": 4,
     "w2vtools.tune": 4,
+    "w2vtools.neural_lm": 4,  # Transformer LMs: training (w2v lm --neural), perplexity, sentence scores
+    "w2vtools.rescore": 4,  # n-best rescoring (w2v decode --rescore)
     # cli: the click layer (the only place with lazy imports)
     "w2vtools.cli.*": 5,
     "w2vtools.__main__": 5,

@@ -63,7 +63,7 @@ def test_other_families_round_trip(tmp_path):
 
 
 def test_registry_lists_every_family():
-    assert set(FAMILIES) == {"wav2vec2", "wav2vec", "vq-wav2vec"}
+    assert set(FAMILIES) == {"wav2vec2", "wav2vec", "vq-wav2vec", "unit-bert"}
 
 
 def test_refuses_foreign_classes_and_mismatched_weights(tmp_path, tiny_ctc):

@@ -126,6 +126,7 @@ _TINY_VALID = ("the stand-in train-clean-100 has 16 files, and 1 % of 16 is none
 _PRETRAIN = "--max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1"
 _FINETUNE = "--max-update 2 --valid-interval 2 --set data.max_samples_per_batch=160000 --threads 1"
 _DOWNSTREAM = "--max-update 10 --valid-interval 10 --threads 1"
+_NEURAL_LM = "--max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1"
 
 
 def _uncommented(line: str) -> str:
@@ -178,6 +179,9 @@ HOW: dict[str, How] = dict([
           _DOWNSTREAM, _SHORT),
     _plus("w2v finetune --features feats/train.h5 --labels data/text --valid-features feats/test.h5 "
           "--valid-labels data/text --arch blstm --preset tiny --save-dir exp/blstm", _DOWNSTREAM, _SHORT),
+    _plus("w2v lm data/lm_text.txt --neural --unit word --preset tiny -o exp/nlm --dict data/dict.ltr.txt",
+          _NEURAL_LM, _SHORT),
+    _plus("w2v lm data/lm_text.txt --neural --unit word -o exp/nlm --dict data/dict.ltr.txt", _NEURAL_LM, _SHORT),
 ])
 
 

@@ -154,7 +154,11 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     assert (work / "exp/pretrain_tiny/checkpoint_best.pt").is_file()
     tiny = ["--pretrain-preset", "tiny", "--ft-recipe", "tiny",
             "--finetune-sets", "--max-update 4 --freeze-updates 1 --valid-interval 4 --threads 1",
-            "--beam", "8", "--word-score", "5", "--st-keep", "0.5", "--st-nbest", "3"]
+            "--beam", "8", "--word-score", "5", "--st-keep", "0.5", "--st-nbest", "3",
+            # the pseudo-labels' n-best rescored by a (barely trained) tiny Transformer LM
+            "--st-rescore", "true", "--st-lm-preset", "tiny", "--st-rescore-nbest", "3",
+            "--st-lm-sets", "--max-update 4 --valid-interval 2 --set optim.warmup_updates=1 --threads 1",
+            "--st-rescore-grid", "rescore_weight=0|1"]
 
     # stages 3-7 (the word score makes the barely trained model put out words,
     # so that there are pseudo-labels to select)
@@ -181,6 +185,19 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
             assert sorted(read_table(d / "hyp.txt")) == sorted(read_table(work / f"data/{s}/text"))
             assert re.match(r"%WER [\d.]+ \[ \d+ / \d+, \d+ ins, \d+ del, \d+ sub \]", (d / "wer").read_text())
             assert f"exp/finetune_10m/decode_{s}_{dec}/wer" in results
+
+    # stage 7 with --st-rescore true: the Transformer LM trained on the LM text, its weight chosen
+    # on the tune set with the seed's KenLM settings, the unlabeled part decoded with both
+    import yaml
+
+    assert (work / "exp/nlm_tiny/checkpoint_best.pt").is_file()
+    assert re.search(r"^perplexity [\d.]+ per word", (work / "exp/nlm_tiny/log/train.log").read_text(), re.M)
+    rescore = yaml.safe_load((work / "exp/finetune_10m/rescore.yaml").read_text())
+    kenlm = yaml.safe_load((work / "exp/finetune_10m/kenlm.yaml").read_text())
+    assert rescore["rescore"] == "exp/nlm_tiny/checkpoint_best.pt" and rescore["nbest"] == 3
+    assert rescore["rescore_weight"] in (0.0, 1.0) and rescore["lm_weight"] == kenlm["lm_weight"]
+    nbest = (work / "exp/selftrain_10m/decode_unlabeled/nbest.scores").read_text().splitlines()
+    assert {line.split()[0].rsplit("-", 1)[1] for line in nbest} <= {"1", "2", "3"}
 
     # stage 7: pseudo-labels chosen by confidence, self-trained model decoded and scored
     pseudo = work / "data/train_other_500_pseudo_10m"

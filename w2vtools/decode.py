@@ -71,6 +71,7 @@ from w2vtools.formats.kaldi import read_kaldi_table
 from w2vtools.formats.labels import SPECIAL_SYMBOLS, WORD_BOUNDARY, ctc_vocabulary, read_dictionary
 from w2vtools.formats.text import ctm_line, nbest_key, text_line, trn_line
 from w2vtools.lm import call_quietly, warn_lexicon_lm_mismatch
+from w2vtools.rescore import Rescorer, Weights, rerank
 
 log = logging.getLogger("w2v.decode")
 
@@ -120,6 +121,8 @@ class DecoderOptions:
     nbest: int = 1
     log_add: bool = False
     blank_skip: float = 0.999
+    rescore: str | None = None  # a Transformer LM (w2v lm --neural) that reorders the n-best (w2vtools.rescore)
+    rescore_weight: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +461,36 @@ def _check_options(opts: DecoderOptions) -> None:
         raise W2VError(f"--nbest {opts.nbest} is larger than --beam {opts.beam}")
     if opts.decoder == "viterbi" and (opts.lm or opts.lexicon):
         raise W2VError("--lm/--lexicon need --decoder kenlm (or beam for a token-level LM)")
+    if opts.rescore and (opts.decoder == "viterbi" or opts.nbest < 2):
+        raise W2VError("--rescore reorders an n-best list: give --decoder kenlm (or beam) and --nbest N (N >= 2)")
+    if opts.rescore and not Path(opts.rescore).is_file():
+        raise W2VError(f"--rescore {opts.rescore}: no such file")
+
+
+class RescoringSearch:
+    """A beam search whose n-best list a Transformer LM reorders (:mod:`w2vtools.rescore`).
+
+    Example:
+        >>> search = RescoringSearch(tokens, DecoderOptions("kenlm", lexicon="lex.txt", lm="lm.bin", nbest=20,
+        ...                                                 rescore="exp/nlm/checkpoint_best.pt"))  # doctest: +SKIP
+        >>> search(log_probs)[0].words                                                            # doctest: +SKIP
+    """
+
+    def __init__(self, tokens: Sequence[str], opts: DecoderOptions, *, device: str = "cpu") -> None:
+        self.search = BeamSearch(tokens, opts)
+        self.rescorer = Rescorer(tokens, rescore=opts.rescore, lm=opts.lm, letter_ngram=opts.decoder == "beam",
+                                 device=device)
+        self.weights = Weights.of(opts)
+
+    def __call__(self, log_probs: torch.Tensor) -> list[Hypothesis]:
+        return rerank(self.rescorer.candidates(log_probs, self.search(log_probs)), self.weights)
+
+
+def make_search(tokens: Sequence[str], opts: DecoderOptions, *, device: str = "cpu"):
+    """The search ``opts`` describe: None (viterbi), a :class:`BeamSearch`, or a :class:`RescoringSearch`."""
+    if opts.decoder == "viterbi":
+        return None
+    return RescoringSearch(tokens, opts, device=device) if opts.rescore else BeamSearch(tokens, opts)
 
 
 def _check_inputs(*, corpus, model, emissions, features, dump_emissions) -> None:
@@ -529,7 +562,7 @@ def decode(
     """
     opts = options or DecoderOptions()
     _check_options(opts)
-    if opts.nbest > 1 and nbest_output is None:
+    if opts.nbest > 1 and nbest_output is None and not opts.rescore:  # --rescore: N is the list it reorders
         if output == "-":
             raise W2VError("--nbest with output on stdout: name the n-best file with --nbest-out")
         nbest_output = output + ".nbest"
@@ -549,7 +582,7 @@ def decode(
                                  dict_path=dict_path, frame_shift=frame_shift, shard=parse_shard(shard), device=device,
                                  batch_seconds=batch_seconds, skips=skips, chunk_seconds=chunk_seconds,
                                  chunk_overlap=chunk_overlap, int8=int8)
-        search = BeamSearch(source.tokens, opts) if opts.decoder != "viterbi" else None
+        search = make_search(source.tokens, opts, device=device)
         spk = read_kaldi_table(utt2spk) if utt2spk else {}
         out = HypothesisWriter(stack, output, nbest=nbest_output, trn=trn, ctm=ctm, frame_shift=source.frame_shift,
                                utt2spk=spk, order=source.order)

@@ -10,6 +10,11 @@ YAML that ``w2v decode --config`` reads.
 A search space names :class:`~w2vtools.decode.DecoderOptions` fields, each with a range
 ``start:stop:step`` (stop included), a list ``a|b|c``, or one value.
 
+With ``--rescore`` (a Transformer LM reordering the ``--nbest`` list, :mod:`w2vtools.rescore`),
+``rescore_weight`` is tunable too, and costs almost nothing: trials that differ only in it
+share one beam search and one set of scores per hypothesis (the Transformer LM scores every
+hypothesis of every utterance once, in token-budget batches), and are only re-summed.
+
 Example:
     >>> parse_space("lm_weight=0:1:0.5,beam=50|100")
     {'lm_weight': [0.0, 0.5, 1.0], 'beam': [50, 100]}
@@ -31,6 +36,7 @@ import torch
 import yaml
 
 from w2vtools.decode import BeamSearch, DecoderOptions, viterbi
+from w2vtools.rescore import Rescorer, Weights, rerank
 from w2vtools.emissions import stored_emissions
 from w2vtools.errors import W2VError
 from w2vtools.fileio import atomic_write
@@ -39,9 +45,11 @@ from w2vtools.score import score_tables
 
 #: Fields a search may vary, with their type.
 TUNABLE = {"lm_weight": float, "word_score": float, "sil_score": float, "unk_score": float, "beam": int,
-           "beam_threshold": float, "beam_size_token": int, "blank_skip": float}
+           "beam_threshold": float, "beam_size_token": int, "blank_skip": float, "rescore_weight": float}
+#: Fields that only reweigh a rescored n-best list: trials differing only in these share one beam search.
+RESCORING_ONLY = ("rescore_weight",)
 #: Fields a --config file may set (the search's results and everything that names the decoder).
-CONFIGURABLE = {f.name for f in dataclasses.fields(DecoderOptions)} - {"nbest"}
+CONFIGURABLE = {f.name for f in dataclasses.fields(DecoderOptions)}
 
 
 def _values(name: str, spec: str) -> list:
@@ -102,20 +110,53 @@ def _init_worker(state: dict) -> None:
     _STATE.update(state)
 
 
-def _run_trial(settings: dict) -> Trial:
-    opts = dataclasses.replace(_STATE["base"], **settings)
-    tokens, emissions = _STATE["tokens"], _STATE["emissions"]
+def _run_group(group: list[dict]) -> list[Trial]:
+    """The trials of one first-pass setting: one decode (and, rescoring, one scoring) of every utterance,
+    then each trial's weights."""
+    opts = dataclasses.replace(_STATE["base"], **group[0])
+    tokens, emissions, refs = _STATE["tokens"], _STATE["emissions"], _STATE["refs"]
     if opts.decoder == "viterbi":
         hyps = {uid: viterbi(lp, tokens).words for uid, lp in emissions.items()}
-    else:
-        search = BeamSearch(tokens, opts)
-        hyps = {uid: search(lp)[0].words for uid, lp in emissions.items()}
-    result = score_tables(_STATE["refs"], hyps, mode="present")
+        return [_trial(settings, hyps, refs) for settings in group]
+    search = BeamSearch(tokens, opts)
+    nbest = {uid: search(lp) for uid, lp in emissions.items()}
+    if not opts.rescore:
+        return [_trial(settings, {u: h[0].words for u, h in nbest.items()}, refs) for settings in group]
+    if "rescorer" not in _STATE:  # one per process: the Transformer LM keeps its scores across groups
+        _STATE["rescorer"] = Rescorer(tokens, rescore=opts.rescore, lm=opts.lm, letter_ngram=opts.decoder == "beam",
+                                      device=_STATE.get("device", "cpu"))
+    rescorer = _STATE["rescorer"]
+    rescorer.prepare(list(nbest.values()))
+    candidates = {uid: rescorer.candidates(emissions[uid], hyps) for uid, hyps in nbest.items()}
+    trials = []
+    for settings in group:
+        weights = Weights.of(dataclasses.replace(opts, **settings))
+        trials.append(_trial(settings, {u: rerank(c, weights)[0].words for u, c in candidates.items()}, refs))
+    return trials
+
+
+def _trial(settings: dict, hyps: Mapping[str, Sequence[str]], refs) -> Trial:
+    result = score_tables(refs, hyps, mode="present")
     return Trial(settings, result.error_rate, result.errors, result.num_tokens)
 
 
+def first_pass_groups(trials: Sequence[dict]) -> list[list[int]]:
+    """Trial indices grouped by their first-pass settings (all but :data:`RESCORING_ONLY`), in trial order.
+
+    Example:
+        >>> first_pass_groups([{"lm_weight": 1, "rescore_weight": 0}, {"lm_weight": 2, "rescore_weight": 0},
+        ...                    {"lm_weight": 1, "rescore_weight": 1}])
+        [[0, 2], [1]]
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, settings in enumerate(trials):
+        key = tuple(sorted((k, v) for k, v in settings.items() if k not in RESCORING_ONLY))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def tune(emissions: Mapping[str, torch.Tensor], tokens: Sequence[str], refs: Mapping[str, Sequence[str]],
-         base: DecoderOptions, trials: Sequence[dict], *, jobs: int = 1) -> list[Trial]:
+         base: DecoderOptions, trials: Sequence[dict], *, jobs: int = 1, device: str = "cpu") -> list[Trial]:
     """Decode and score every trial; returns them best first (stable: ties keep trial order).
 
     Raises:
@@ -124,16 +165,24 @@ def tune(emissions: Mapping[str, torch.Tensor], tokens: Sequence[str], refs: Map
     shared = {u: lp for u, lp in emissions.items() if u in refs}
     if not shared:
         raise W2VError("--ref: no reference utterance has an emission (do the ids match?)")
-    state = dict(base=base, tokens=list(tokens), emissions=shared, refs={u: refs[u] for u in shared})
-    if jobs > 1 and len(trials) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(jobs, len(trials)), _init_worker, (state,)) as pool:
-            results = pool.map(_run_trial, trials, chunksize=1)
+    if base.rescore is None and any(k in RESCORING_ONLY for t in trials for k in t):
+        raise W2VError(f"--tune {', '.join(RESCORING_ONLY)}: needs --rescore LM.pt (and --nbest N)")
+    state = dict(base=base, tokens=list(tokens), emissions=shared, refs={u: refs[u] for u in shared}, device=device)
+    groups = first_pass_groups(trials)
+    tasks = [[trials[i] for i in group] for group in groups]
+    if jobs > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), _init_worker, (state,)) as pool:
+            grouped = pool.map(_run_group, tasks, chunksize=1)
     else:
         _STATE.update(state)
         try:
-            results = [_run_trial(t) for t in trials]
+            grouped = [_run_group(task) for task in tasks]
         finally:
             _STATE.clear()
+    results: list[Trial] = [None] * len(trials)  # type: ignore[list-item]
+    for group, group_results in zip(groups, grouped):
+        for i, trial in zip(group, group_results):
+            results[i] = trial
     order = sorted(range(len(results)), key=lambda i: (results[i].wer, i))
     return [results[i] for i in order]
 
@@ -150,7 +199,8 @@ def format_table(results: Sequence[Trial]) -> str:
 def write_best(path: str, base: DecoderOptions, best: Trial, *, ref: str, emissions: str) -> None:
     """The best setting, with the decoder it applies to, as YAML for ``w2v decode --config``."""
     opts = dataclasses.replace(base, **best.settings)
-    settings = {k: v for k, v in dataclasses.asdict(opts).items() if k in CONFIGURABLE and v is not None}
+    settings = {k: v for k, v in dataclasses.asdict(opts).items() if k in CONFIGURABLE and v is not None
+                and (opts.rescore or k not in ("nbest", "rescore_weight"))}
     header = (f"# w2v decode --tune: best of the trials on {emissions} against {ref}: "
               f"WER {best.wer:.2f} ({best.errors}/{best.words})\n")
     with atomic_write(path) as f:
@@ -176,16 +226,19 @@ def read_config(path: str | Path) -> dict:
 
 
 def tune_decoder(emissions: str, ref: str, base: DecoderOptions, space: str, *, output: str = "-",
-                 dict_path: str | None = None, trials: int | None = None, jobs: int = 1, seed: int = 0) -> list[Trial]:
+                 dict_path: str | None = None, trials: int | None = None, jobs: int = 1, seed: int = 0,
+                 device: str = "cpu") -> list[Trial]:
     """``w2v decode --emissions E --tune SPACE --ref TEXT``: search, print the table (stderr),
     write the best setting (YAML) to ``output``; returns the trials, best first."""
-    if base.nbest != 1:
-        raise W2VError("--tune scores the 1-best: leave --nbest at 1")
+    if base.nbest != 1 and not base.rescore:
+        raise W2VError("--tune scores the 1-best: leave --nbest at 1 (or give --rescore to tune an n-best rescoring)")
+    if base.rescore and (base.decoder == "viterbi" or base.nbest < 2):
+        raise W2VError("--rescore reorders an n-best list: give --decoder kenlm (or beam) and --nbest N (N >= 2)")
     source = stored_emissions(emissions, dict_path=dict_path)
     log_probs = {uid: torch.log_softmax(x.float(), dim=-1) for uid, x in source.items}
     refs = read_text_table(ref)
     points = random_trials(parse_space(space), trials, seed) if trials else grid(parse_space(space))
-    results = tune(log_probs, source.tokens, refs, base, points, jobs=jobs)
+    results = tune(log_probs, source.tokens, refs, base, points, jobs=jobs, device=device)
     print(format_table(results), file=sys.stderr)
     write_best(output, base, results[0], ref=ref, emissions=emissions)
     return results

@@ -18,7 +18,9 @@
 #   5  decode --eval-sets with viterbi and the 4-gram, --nj shards through $decode_cmd
 #   6  score; best_wer-style summary in exp/RESULTS
 #   7  self-training: decode --unlabeled-part with the LM, keep confident
-#      hypotheses, fine-tune on labeled + pseudo-labeled data, decode and score again
+#      hypotheses, fine-tune on labeled + pseudo-labeled data, decode and score again;
+#      with --st-rescore true a Transformer LM (w2v lm --neural, trained on
+#      librispeech-lm-norm.txt) rescores the n-best of that decode, its weight chosen on --tune-set
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -58,6 +60,11 @@ st_from=10h              # self-training starts from this preset's labels
 unlabeled_part=train-other-500
 st_nbest=5
 st_keep=0.5              # fraction of the unlabeled utterances kept as pseudo-labels
+st_rescore=false         # true: a Transformer LM rescores the pseudo-labels' n-best (stage 7)
+st_lm_preset=base        # its size (w2v lm --neural --preset: base on GPUs, tiny on a CPU)
+st_lm_sets=""            # extra w2v lm words for it, e.g. "--max-update 100"
+st_rescore_nbest=50      # the n-best list it reorders
+st_rescore_grid="rescore_weight=0:2:0.25"   # chosen on --tune-set with the seed's KenLM settings
 help_message="Usage: $0 [options]   (defaults in the script; every variable above is an option)
   --corpus DIR --lm-dir DIR --librilight DIR   existing copies instead of downloading
   --parts \"...\"            what stage 0 downloads (corpus parts, lm, librilight)
@@ -68,7 +75,9 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --pretrained MODEL        skip stage 2 and use this model
   --finetune-presets \"10m 1h 10h 100h\"  --eval-sets \"...\"  --nj N
   --tune-set dev-other --tune-grid \"lm_weight=0:4:0.5,word_score=-3:1:1\"   KenLM settings chosen on dev
-  --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)"
+  --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)
+  --st-rescore true --st-lm-preset base   a Transformer LM rescores the pseudo-labels (needs
+                            librispeech-lm-norm.txt(.gz) of openslr 11 in the --lm-dir)"
 
 # Paths on the command line are relative to where the script was started
 # (or to the recipe folder).
@@ -346,6 +355,42 @@ tune_kenlm() {
   log "KenLM settings for $dir chosen on $tune_set: $(grep -E '^(lm_weight|word_score)' "$dir/kenlm.yaml" | paste -sd' ')"
 }
 
+# train_rescore_lm: exp/nlm_$st_lm_preset, a word Transformer LM (w2v lm --neural) on openslr 11's
+# librispeech-lm-norm.txt(.gz) from the --lm-dir, 5 % of it held out for its perplexity.
+train_rescore_lm() {
+  local out=exp/nlm_$st_lm_preset lm text="" resume=()
+  lm=$(lm_root)
+  unit_done "$out" && return 0
+  for f in "$lm/librispeech-lm-norm.txt" "$lm/librispeech-lm-norm.txt.gz"; do
+    [ -f "$f" ] && { text=$f; break; }
+  done
+  [ -n "$text" ] || { log "ERROR: --st-rescore true needs librispeech-lm-norm.txt(.gz) in $lm ($mirror/11/librispeech-lm-norm.txt.gz)"; return 1; }
+  if [[ $text == *.gz ]]; then
+    [ -f data/lang/lm_text.txt ] || { gunzip -c "$text" >data/lang/lm_text.txt.tmp && mv data/lang/lm_text.txt.tmp data/lang/lm_text.txt; }
+    text=data/lang/lm_text.txt
+  fi
+  if stage_forced; then rm -rf "$out"; elif [ -f "$out/checkpoint_last.pt" ]; then resume=(--resume); fi
+  # shellcheck disable=SC2086
+  $train_cmd --gpu "$ngpu" "$out/log/train.log" \
+    w2v lm "$text" --neural --unit word --preset "$st_lm_preset" -o "$out" --dict data/manifest/dict.ltr.txt \
+      --device "$(train_device)" $st_lm_sets ${resume[@]+"${resume[@]}"}
+  log "Transformer LM $out, held-out text: $(grep -E '^perplexity' "$out/log/train.log" | tail -n 1)"
+  mark_done "$out"
+}
+
+# tune_rescore DIR: DIR/rescore.yaml, DIR's KenLM settings plus the Transformer LM reordering the
+# --st-rescore-nbest list, --st-rescore-grid searched on the --tune-set emissions (never on test).
+tune_rescore() {
+  local dir=$1 vdir=$1/decode_$(kaldi_name "$tune_set")_viterbi
+  [ -f "$dir/rescore.yaml" ] && return 0
+  unit_done "$vdir" || { log "ERROR: --st-rescore tunes on $vdir (stage 5 decodes --tune-set $tune_set)"; return 1; }
+  [ -f "$vdir/emissions.h5" ] || w2v featurize --merge "$vdir"/emissions.[0-9]*.h5 "$vdir/emissions.h5"
+  w2v decode --emissions "$vdir/emissions.h5" --config "$dir/kenlm.yaml" --nbest "$st_rescore_nbest" \
+    --rescore "exp/nlm_$st_lm_preset/checkpoint_best.pt" --tune "$st_rescore_grid" --jobs "$nj" \
+    --ref "data/$(kaldi_name "$tune_set")/text" -o "$dir/rescore.yaml" 2>"$dir/rescore_tuning.txt" &&
+  log "Transformer LM rescoring for $dir chosen on $tune_set: $(grep -E '^rescore_weight' "$dir/rescore.yaml")"
+}
+
 # score_dirs DIR...: every decode_* under them, merged shards piped into w2v score.
 score_dirs() {
   local d set
@@ -398,16 +443,24 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
   [ -f "$seed/checkpoint_best.pt" ] || { log "ERROR: $seed/checkpoint_best.pt not found (stage 3 with --finetune-presets including $st_from)"; exit 1; }
   [ -f "$unlab/wav.scp" ] || { log "ERROR: $unlab not prepared (stage 1)"; exit 1; }
   tune_kenlm "$seed" || exit 1   # the seed model's KenLM settings, as stage 5 chose them
-  # 1. decode the unlabeled audio with the LM, n-best for the confidences
+  settings=$seed/kenlm.yaml
+  if [ "$st_rescore" = true ]; then
+    train_rescore_lm || exit 1
+    tune_rescore "$seed" || exit 1
+    settings=$seed/rescore.yaml
+  fi
+  # 1. decode the unlabeled audio with the LM (and the Transformer LM's rescoring), n-best for the confidences
   pdir=$st/decode_unlabeled
   if ! unit_done "$pdir"; then
     rm -rf "$pdir"
     n=$(wc -l <"$unlab/utt2spk")
     j=$((nj < n ? nj : n))
+    nbest_opt=(--nbest "$st_nbest")
+    [ "$st_rescore" = true ] && nbest_opt=()  # rescore.yaml's list; the n-best file is its reordering
     $decode_cmd JOB=1:$j "$pdir/log/decode.JOB.log" \
-      w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --config "$seed/kenlm.yaml" \
-        --nbest "$st_nbest" --nbest-out "$pdir/nbest.JOB.txt" -o "$pdir/hyp.JOB.txt" --ctm "$pdir/hyp.JOB.ctm" \
-        --no-progress
+      w2v decode "$unlab" --model "$seed/checkpoint_best.pt" --shard JOB/$j --config "$settings" \
+        ${nbest_opt[@]+"${nbest_opt[@]}"} --nbest-out "$pdir/nbest.JOB.txt" -o "$pdir/hyp.JOB.txt" \
+        --ctm "$pdir/hyp.JOB.ctm" --no-progress
     sort -k1,1 "$pdir"/hyp.[0-9]*.txt >"$pdir/hyp.txt"
     sort -k1,1 "$pdir"/nbest.[0-9]*.txt.scores >"$pdir/nbest.scores"
     sort -k1,1 -k3,3n "$pdir"/hyp.[0-9]*.ctm >"$pdir/hyp.ctm"

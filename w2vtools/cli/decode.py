@@ -19,6 +19,12 @@ Examples:
   w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin \\
       --tune lm_weight=0:4:0.5,word_score=-3:1:1 --ref data/dev/text -o exp/best.yaml
   w2v decode --emissions exp/em_test.h5 --config exp/best.yaml -o exp/hyp_test.txt
+  # the 50 best of the 4-gram search reordered by a Transformer LM, its weight tuned on dev
+  w2v lm data/lm_text.txt --neural --unit word -o exp/nlm --dict data/dict.ltr.txt
+  w2v decode --emissions exp/em_dev.h5 --decoder kenlm --lexicon exp/lexicon.txt --lm exp/lm.bin --nbest 50 \\
+      --rescore exp/nlm/checkpoint_best.pt --tune lm_weight=1:2:1,rescore_weight=0:2:0.5 --ref data/dev/text \\
+      -o exp/best_rescore.yaml
+  w2v decode --emissions exp/em_test.h5 --config exp/best_rescore.yaml -o exp/hyp_test_rescored.txt
 """
 
 
@@ -57,6 +63,11 @@ Examples:
               "(1 = search every frame).")
 @click.option("--beam-size-token", type=int, default=None, help="Tokens considered per frame (default: all).")
 @click.option("--nbest", type=int, default=1, show_default=True, help="Also write the N best hypotheses with scores.")
+@click.option("--rescore", type=click.Path(dir_okay=False),
+              help="Transformer LM (w2v lm --neural) that reorders the --nbest list by acoustic + lm_weight * n-gram + "
+              "rescore_weight * neural + word_score * words; the n-best file is written only with --nbest-out.")
+@click.option("--rescore-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the Transformer LM's log10 probability (the scale of --lm-weight).")
 @click.option("--nbest-out", help="N-best Kaldi text (keys uid-RANK; scores in FILE.scores) [default: OUTPUT.nbest].")
 @click.option("--trn", type=click.Path(dir_okay=False), help="Also write the 1-best as sclite trn.")
 @click.option("--ctm", type=click.Path(dir_okay=False), help="Also write word start and duration (s) as ctm.")
@@ -64,7 +75,8 @@ Examples:
 @click.option("--frame-shift", type=float, help="Seconds per frame for ctm [default: from the emissions, else 0.02].")
 @click.option("--dump-emissions", help="With --model: store the log-probabilities (HDF5 or ark spec) for later decodes.")
 @click.option("--shard", help="Decode only shard K of N (K/N), as featurize splits a corpus.")
-@click.option("--device", default="cpu", show_default=True, help="Device for --model (cpu, cuda, cuda:1).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for --model and the --rescore LM (cpu, cuda, cuda:1).")
 @runner_options
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when a terminal].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -77,8 +89,9 @@ Examples:
 @click.option("--jobs", type=int, default=2, show_default=True, help="With --tune: trials decoded in parallel processes.")
 @click.pass_context
 def command(ctx, corpus, model, features, emissions, dict_path, output, decoder, lexicon, lm, lm_weight, word_score,
-            sil_score, unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, nbest_out, trn, ctm, utt2spk,
-            frame_shift, dump_emissions, shard, device, int8, batch_seconds, chunk_seconds, chunk_overlap, progress, config_path, tune_space, ref, trials,
+            sil_score, unk_score, beam, beam_threshold, blank_skip, beam_size_token, nbest, rescore, rescore_weight,
+            nbest_out, trn, ctm, utt2spk, frame_shift, dump_emissions, shard, device, int8, batch_seconds, chunk_seconds,
+            chunk_overlap, progress, config_path, tune_space, ref, trials,
             jobs):
     """Decode CORPUS (TSV manifest, Kaldi data dir or wav.scp) with a CTC --model,
     or stored --emissions, into Kaldi `text` lines (`uid word word ...`).
@@ -97,7 +110,7 @@ def command(ctx, corpus, model, features, emissions, dict_path, output, decoder,
     opts = DecoderOptions(
         decoder=decoder, lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
         unk_score=unk_score, beam=beam, beam_threshold=beam_threshold, beam_size_token=beam_size_token, nbest=nbest,
-        blank_skip=blank_skip,
+        blank_skip=blank_skip, rescore=rescore, rescore_weight=rescore_weight,
     )
     if config_path:  # the file's settings, except where the command line names the option itself
         given = {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
@@ -105,7 +118,8 @@ def command(ctx, corpus, model, features, emissions, dict_path, output, decoder,
     if tune_space:
         if not emissions or not ref or corpus or model or features:
             raise click.UsageError("--tune needs --emissions (stored: no model reruns) and --ref, and no CORPUS/--model")
-        tune_decoder(emissions, ref, opts, tune_space, output=output, dict_path=dict_path, trials=trials, jobs=jobs)
+        tune_decoder(emissions, ref, opts, tune_space, output=output, dict_path=dict_path, trials=trials, jobs=jobs,
+                     device=device)
         return
     decode(
         corpus=corpus, model=model, emissions=emissions, dict_path=dict_path, output=output, options=opts,

@@ -84,6 +84,8 @@ def describe_model(loaded: LoadedModel) -> dict:
     sr = getattr(model, "sample_rate", None)
     if sr:
         info["sample_rate"] = int(sr)
+    if loaded.task == "lm":
+        info["unit"] = (loaded.extra or {}).get("unit")
     if loaded.dictionary is not None:
         info["dictionary_size"] = len(loaded.dictionary)
         info["dictionary"] = list(loaded.dictionary)
@@ -109,7 +111,13 @@ def format_description(info: dict) -> str:
         lines.append(f"sample rate: {info['sample_rate']}")
     if "input_normalization" in info:
         lines.append(f"input normalization: {'per-utterance zero mean, unit variance' if info['input_normalization'] else 'none'}")
-    if "dictionary" in info:
+    if "dictionary" in info and info.get("task") == "lm":
+        # a language model's vocabulary runs to thousands of words: its unit and first entries
+        shown = info["dictionary"][:20]
+        more = f" ... ({info['dictionary_size'] - len(shown)} more)" if info["dictionary_size"] > len(shown) else ""
+        lines.append(f"vocabulary: {info['dictionary_size']} tokens ({info.get('unit', '?')} units, fairseq "
+                     f"order): {' '.join(shown)}{more}")
+    elif "dictionary" in info:
         lines.append(f"dictionary: {info['dictionary_size']} tokens (index 0 = CTC blank): {' '.join(info['dictionary'])}")
     else:
         lines.append("dictionary: none")

@@ -42,9 +42,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
 TASKS: dict[str, tuple[str, str]] = {
     "ctc": ("w2vtools.models.ctc:CTCConfig", "w2vtools.models.ctc:CTCModel"),
     "downstream": ("w2vtools.models.downstream:DownstreamConfig", "w2vtools.models.downstream:DownstreamModel"),
+    "lm": ("w2vtools.models.token_transformer:TokenTransformerConfig",
+           "w2vtools.models.token_transformer:TokenTransformer"),
 }
 
-KNOWN_TASKS = ("pretrain", "ctc", "downstream")
+KNOWN_TASKS = ("pretrain", "ctc", "downstream", "lm")
 _ALLOWED_PREFIX = "w2vtools.models."
 
 

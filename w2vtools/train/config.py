@@ -393,6 +393,38 @@ _DOWNSTREAM: dict[str, dict] = {
 FINETUNE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"audio": _CTC, "features": _DOWNSTREAM}
 
 
+def _lm(*, model_preset: str, lr: float, max_update: int, warmup: int, tokens: int, update_freq: int,
+        log_interval: int, valid_interval: int, save_interval: int, patience: int = 0) -> dict:
+    return {
+        "model": {"arch": "transformer_lm", "model_preset": model_preset, "overrides": {}},
+        # tokens, not samples: sentences x longest sentence <= max_samples_per_batch tokens, and
+        # sample_rate 1 makes the logged throughput (audio_s_per_s) tokens per second
+        "data": {"sample_rate": 1, "max_samples_per_batch": tokens, "max_sample_size": tokens, "min_sample_size": 0, "pad": True,
+                 "num_workers": 0},
+        "optim": {"optimizer": "adam", "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.01, "clip_norm": 0.0,
+                  "lr": lr, "max_update": max_update, "warmup_updates": warmup, "schedule": "polynomial",
+                  "update_freq": update_freq},
+        "run": {"amp": "none", "log_interval": log_interval, "valid_interval": valid_interval,
+                "save_interval": save_interval, "keep_last": 1, "best_metric": "loss", "maximize_best": False,
+                "patience": patience},
+    }
+
+
+#: Language-model recipes (``w2v lm --neural``): a causal TokenTransformer on text.
+LM_PRESETS: dict[str, dict[str, Any]] = {
+    # fairseq's transformer_lm recipe (examples/language_model: 2048 tokens x update_freq 16 per GPU,
+    # lr 5e-4, 4000 warm-up updates, weight decay 0.01) on the RoBERTa BASE model; a linear decay over
+    # max_update stands in for fairseq's inverse_sqrt, which has no end
+    "base": _lm(model_preset="base", lr=5e-4, max_update=50_000, warmup=4000, tokens=2048, update_freq=16,
+                log_interval=100, valid_interval=1000, save_interval=5000),
+    # minutes on a CPU: about 40 epochs of a 200k-word LM text at the word level; so small a model
+    # overfits a small text (LJ Speech: after 750 updates, BENCHMARKS.md), so it stops after 2
+    # validations without a better held-out loss
+    "tiny": _lm(model_preset="tiny", lr=2e-3, max_update=2000, warmup=100, tokens=4096, update_freq=1,
+                log_interval=50, valid_interval=250, save_interval=500, patience=2),
+}
+
+
 _SECTIONS = {"model": ModelSection, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
 

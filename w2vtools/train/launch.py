@@ -87,12 +87,14 @@ class TrainingRun:
 
     def train(self, model: torch.nn.Module, objective: Objective, *, train_set, valid_set, family: str, task: str,
               dictionary: Sequence[str] | None = None,
-              feature_encoder_prefix: str = "feature_extractor.") -> dict[str, Any]:
-        """Train ``model``; checkpoints are our format (``family``, ``task``, ``dictionary``); the trainer's summary."""
+              feature_encoder_prefix: str = "feature_extractor.", model_extra: dict | None = None) -> dict[str, Any]:
+        """Train ``model``; checkpoints are our format (``family``, ``task``, ``dictionary``, ``model_extra``:
+        what a user of the model needs besides its weights, e.g. a language model's units); the trainer's summary."""
 
         def save(path: str, core: torch.nn.Module, extra: dict) -> None:
             loaded = LoadedModel(family=family, task=task, model=core, config=core.cfg,
-                                 dictionary=None if dictionary is None else list(dictionary))
+                                 dictionary=None if dictionary is None else list(dictionary),
+                                 extra=dict(model_extra or {}))
             save_model(path, loaded, extra=extra)
 
         trainer = Trainer(model, objective, self.cfg, train_set=train_set, valid_set=valid_set,

@@ -368,3 +368,48 @@ class MaskedUnitObjective(Objective):
             if stats.get("ntokens", 0) > 0:
                 out["masked_fraction"] = stats["count"] / stats["ntokens"]
         return out
+
+
+class NextTokenObjective(Objective):
+    """Language modeling: cross-entropy of each next token, ``model(source, padding_mask)["logits"]``.
+
+    The batch (:class:`~w2vtools.train.text_data.TextDataset`) holds ``source``
+    (``</s> w1 .. wn``) and ``targets`` (``w1 .. wn </s>``), padded with ``padding_idx``;
+    the loss is summed over the real targets, so ``sample_size`` counts tokens, as
+    fairseq's ``language_modeling`` does. Besides ``loss`` (bits per token), the metrics
+    give ``ppl``, the token perplexity, and ``word_ppl``, the perplexity per word with
+    one ``</s>`` per sentence counted as a word, as KenLM counts it (so a character LM's
+    number compares with an n-gram's), and in eval mode ``accuracy`` of the argmax.
+
+    Example:
+        >>> objective = NextTokenObjective()
+        >>> objective.metrics({"loss": 2.0 * LN2 * 10, "sample_size": 10, "words": 3, "nsentences": 1})["ppl"]
+        4.0
+    """
+
+    def __init__(self, padding_idx: int = 1) -> None:
+        self.padding_idx = padding_idx
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
+        logits = model(batch["source"], batch.get("padding_mask"))["logits"]
+        targets = batch["targets"].to(logits.device)
+        loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=self.padding_idx, reduction="sum")
+        real = targets.ne(self.padding_idx)
+        ntokens = int(real.sum())
+        stats = {"loss": float(loss_sum.detach().item()), "sample_size": float(ntokens), "ntokens": float(ntokens),
+                 "nsentences": float(targets.shape[0]), "words": float(batch.get("words", ntokens))}
+        if not model.training:
+            stats["correct"] = float((logits.argmax(-1).eq(targets) & real).sum())
+        return loss_sum, ntokens, stats
+
+    def metrics(self, stats: dict[str, float]) -> dict[str, float]:
+        out = super().metrics(stats)
+        if "loss" in out:
+            out["ppl"] = 2.0 ** out["loss"]
+        per_word = stats.get("words", 0.0) + stats.get("nsentences", 0.0)
+        if per_word > 0 and "loss" in stats:
+            out["word_ppl"] = math.exp(min(stats["loss"] / per_word, 700.0))
+        if stats.get("sample_size", 0) > 0 and "correct" in stats:
+            out["accuracy"] = stats["correct"] / stats["sample_size"]
+        return out

@@ -32,7 +32,8 @@ from w2vtools.fileio import atomic_write
 log = logging.getLogger("w2v.train")
 
 # the stderr line shows these first, in this order, then whatever else the record has
-_ORDER = ("loss", "accuracy", "code_perplexity", "prob_perplexity", "temp", "wer", "uer", "lr", "gnorm",
+_ORDER = ("loss", "accuracy", "ppl", "word_ppl", "code_perplexity", "prob_perplexity", "temp", "wer", "uer", "lr",
+          "gnorm",
           "audio_s_per_s", "mem_mb")
 _SHORT = {"accuracy": "acc", "code_perplexity": "code_ppl", "prob_perplexity": "prob_ppl",
           "audio_s_per_s": "audio_s/s", "mem_mb": "mem_MB"}
