@@ -9,7 +9,8 @@ clips (BASE: cropped to one length; LARGE: zero-padded, with cross-sample distra
 run through fairseq's criterion (InfoNCE + diversity + feature penalty with the stored
 loss weights) and back-propagated. The randomness is fixed and stored: the time mask
 (drawn by fairseq's ``compute_mask_indices``), the distractor indices and the Gumbel noise
-of the quantizer's straight-through hard Gumbel softmax. Here the same checkpoints are
+of the quantizer's straight-through hard Gumbel softmax (a draw in which some distractor
+quantizes to its target's code, so the -inf rule is exercised). Here the same checkpoints are
 imported without fairseq, the same randomness is put in, and the loss terms, accuracy,
 perplexities and gradients are compared.
 """
@@ -141,7 +142,7 @@ def test_every_parameter_gets_fairseqs_gradient(run):
             # zero in exact arithmetic (the soft-max ignores a shift shared by all keys): rounding only
             assert norm < 1e-7 and grads[name].norm().item() < 1e-7, name
         else:
-            assert grads[name].norm().item() == pytest.approx(norm, rel=1e-5), name
+            assert grads[name].norm().item() == pytest.approx(norm, rel=2e-5), name
     stored = [k for k in arrays.files if k.startswith("grad/")]
     assert len(stored) >= 14
     for key in stored:

@@ -438,11 +438,43 @@ def pretraining_batch(shared_data: Path, normalize: bool, pad: bool) -> tuple[to
     return source, (padding if pad else None)
 
 
+def fairseq_fixed_criterion(model, source, padding, mask, neg_idx, noise, weights):
+    """fairseq's Wav2vecCriterion on ``model`` with the given mask, distractors and Gumbel noise,
+    back-propagated: (loss, sample size, logging output, the model's (1+N, B, M) logits)."""
+    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
+
+    seen = []
+
+    def sample_negatives(self, y, num, padding_count=None):
+        b, m, c = y.shape
+        negs = y.reshape(b * m, c)[neg_idx.reshape(-1)].view(b, m, -1, c).permute(2, 0, 1, 3)
+        return negs, neg_idx
+
+    def compute_preds(self, x, y, negatives):
+        logits = original[2](self, x, y, negatives)
+        seen.append(logits.detach().clone())
+        return logits
+
+    original = (Wav2Vec2Model.sample_negatives, F.gumbel_softmax, Wav2Vec2Model.compute_preds)
+    Wav2Vec2Model.sample_negatives = sample_negatives
+    Wav2Vec2Model.compute_preds = compute_preds
+    F.gumbel_softmax = fixed_gumbel_softmax(noise)
+    try:
+        crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=list(weights),
+                                log_keys=["prob_perplexity", "code_perplexity", "temp"])
+        sample = {"net_input": {"source": source, "padding_mask": padding, "mask_indices": mask},
+                  "id": torch.arange(source.size(0))}
+        loss, sample_size, logging = crit(model, sample)
+        loss.backward()
+    finally:
+        Wav2Vec2Model.sample_negatives, F.gumbel_softmax, Wav2Vec2Model.compute_preds = original
+    return loss, sample_size, logging, seen[0]
+
+
 def make_wav2vec2_pretraining(shared_data: Path) -> None:
     """fairseq's Wav2vecCriterion (InfoNCE, diversity and feature penalty) and its gradients on the
     BASE and LARGE-style checkpoints above, with the randomness fixed: dropout off, the mask drawn
     once by fairseq's compute_mask_indices, the distractors and the Gumbel noise stored."""
-    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
     from fairseq.data.data_utils import compute_mask_indices
 
     styles = [
@@ -467,35 +499,28 @@ def make_wav2vec2_pretraining(shared_data: Path) -> None:
         if padding is not None:
             lengths = model._get_feat_extract_output_lengths((~padding).long().sum(-1))
             frame_pad = torch.arange(frames)[None] >= lengths[:, None]
+        # seed, epoch and indices give fairseq's per-row generators fixed seeds (its data-seeded
+        # masks); the global numpy seed covers its probabilistic rounding
         np.random.seed(20 + large)
         mask = compute_mask_indices((source.size(0), frames), frame_pad, 0.65, 5, min_masks=2,
-                                    require_same_masks=True)
+                                    require_same_masks=True, seed=20 + large, epoch=1,
+                                    indices=torch.arange(source.size(0)))
         mask = torch.from_numpy(mask)
         num = int(mask[0].sum())
-        negatives = fixed_w2v2_negatives(source.size(0), num, n_neg, cross, seed=30 + large)
         groups, entries = cfg.latent_groups, cfg.latent_vars
-        g = torch.Generator().manual_seed(40 + large)
-        noise = -torch.empty(source.size(0) * num * groups, entries).exponential_(generator=g).log()
-
-        neg_idx = torch.from_numpy(negatives).long()
-
-        def sample_negatives(self, y, num, padding_count=None):
-            b, m, c = y.shape
-            negs = y.reshape(b * m, c)[neg_idx.reshape(-1)].view(b, m, -1, c).permute(2, 0, 1, 3)
-            return negs, neg_idx
-
-        original = (Wav2Vec2Model.sample_negatives, F.gumbel_softmax)
-        Wav2Vec2Model.sample_negatives = sample_negatives
-        F.gumbel_softmax = fixed_gumbel_softmax(noise)
-        try:
-            crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=list(weights),
-                                    log_keys=["prob_perplexity", "code_perplexity", "temp"])
-            sample = {"net_input": {"source": source, "padding_mask": padding, "mask_indices": mask},
-                      "id": torch.arange(source.size(0))}
-            loss, sample_size, logging = crit(model, sample)
-            loss.backward()
-        finally:
-            Wav2Vec2Model.sample_negatives, F.gumbel_softmax = original
+        # the first draw of Gumbel noise and distractors in which some distractor quantizes to
+        # the same code as its target (fairseq's -inf case)
+        for seed in range(30 + 100 * large, 130 + 100 * large):
+            g = torch.Generator().manual_seed(seed)
+            noise = -torch.empty(source.size(0) * num * groups, entries).exponential_(generator=g).log()
+            negatives = fixed_w2v2_negatives(source.size(0), num, n_neg, cross, seed=seed)
+            model.zero_grad(set_to_none=True)
+            loss, sample_size, logging, logits = fairseq_fixed_criterion(
+                model, source, padding, mask, torch.from_numpy(negatives).long(), noise, weights)
+            if torch.isneginf(logits[1:]).any():
+                break
+        else:
+            raise RuntimeError(f"{name}: no distractor draw with a duplicate of the target")
 
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         np.savez(OUT / f"wav2vec2_{name}_pretrain.npz", mask=mask.numpy(), negatives=negatives,
