@@ -23,6 +23,13 @@ models don't care what the audio says, and the tests read the same samples back
 with soundfile, so there is no resampler in between). Each fixture is reloaded with
 fairseq's ``checkpoint_utils.load_model_ensemble_and_task`` to prove fairseq itself
 accepts it, and its output compared with the one stored.
+
+The wav2vec 2.0 pretraining fixtures (``--only-pretraining`` makes just these, from the
+checkpoints already there) run fairseq's ``Wav2vecCriterion`` on fairseq's model in
+training mode with every source of randomness fixed and stored: dropout off, the time
+mask drawn once by fairseq's ``compute_mask_indices``, the distractor indices, and the
+Gumbel noise of the quantizer's hard Gumbel softmax (torch's own formula with the noise
+given). They hold the loss terms and the gradients.
 """
 
 from __future__ import annotations
@@ -358,6 +365,182 @@ def make_wav2vec2(source: torch.Tensor) -> Path:
     return base_path
 
 
+# --------------------------------------------------------------------------- wav2vec 2.0 pretraining loss
+
+# Two FSDD clips (8 kHz samples fed as they are): 7999 and 7038 samples, 24 and 21 frames.
+PRETRAIN_CLIPS = ("fsdd/recordings/7_george_29.wav", "fsdd/recordings/6_jackson_15.wav")
+PRETRAIN_UPDATES = 200_000  # the Gumbel temperature 2 x 0.999995^200k = 0.736
+NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
+                  dropout_input=0.0, dropout_features=0.0)
+# the parameters whose whole gradient is stored (the norms of all are)
+GRAD_PARAMS = (
+    "feature_extractor.conv_layers.0.0.weight",
+    "feature_extractor.conv_layers.0.2.weight",     # BASE: the group norm
+    "feature_extractor.conv_layers.6.2.1.weight",   # LARGE: the last layer norm
+    "feature_extractor.conv_layers.6.0.bias",
+    "layer_norm.weight",
+    "post_extract_proj.weight",
+    "mask_emb",
+    "encoder.pos_conv.0.weight_g",
+    "encoder.pos_conv.0.bias",
+    "encoder.layers.0.self_attn.q_proj.weight",
+    "encoder.layers.2.fc2.bias",
+    "encoder.layers.2.final_layer_norm.weight",
+    "encoder.layer_norm.weight",
+    "quantizer.vars",
+    "quantizer.weight_proj.weight",
+    "quantizer.weight_proj.bias",
+    "project_q.weight",
+    "final_proj.weight",
+)
+
+
+def fixed_w2v2_negatives(bsz: int, num: int, n_negatives: int, cross: int, seed: int) -> np.ndarray:
+    """(B, M, N) rows of the flattened (B*M, C) targets: ``n_negatives`` from the other masked
+    frames of the same utterance, then ``cross`` from the whole batch but the target itself."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.arange(num).view(1, num, 1)
+    own = torch.arange(bsz).view(bsz, 1, 1) * num
+    neg = torch.randint(0, num - 1, (bsz, num, n_negatives), generator=g)
+    neg = neg + (neg >= pos).long() + own
+    if cross:
+        c = torch.randint(0, bsz * num - 1, (bsz, num, cross), generator=g)
+        neg = torch.cat([neg, c + (c >= own + pos).long()], dim=-1)
+    return neg.numpy().astype(np.int32)
+
+
+def fixed_gumbel_softmax(noise: torch.Tensor):
+    """``F.gumbel_softmax(logits, tau, hard=True)`` with the Gumbel noise given: torch's own
+    formula (straight-through one-hot of the noisy soft-max)."""
+
+    def gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
+        y_soft = ((logits + noise.view_as(logits).to(logits)) / tau).softmax(dim)
+        if not hard:
+            return y_soft
+        y_hard = torch.zeros_like(logits).scatter_(dim, y_soft.argmax(dim, keepdim=True), 1.0)
+        return y_hard - y_soft.detach() + y_soft
+
+    return gumbel_softmax
+
+
+def pretraining_batch(shared_data: Path, normalize: bool, pad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The two clips as one batch: cropped to the shorter (``pad=False``) or zero-padded, each
+    normalized first when the task says so (fairseq's dataset normalizes, then the collater pads)."""
+    wavs = [torch.from_numpy(sf.read(shared_data / clip, dtype="float32")[0]) for clip in PRETRAIN_CLIPS]
+    if normalize:
+        wavs = [F.layer_norm(w, w.shape) for w in wavs]
+    size = max(len(w) for w in wavs) if pad else min(len(w) for w in wavs)
+    source = torch.zeros(len(wavs), size)
+    padding = torch.zeros(len(wavs), size, dtype=torch.bool)
+    for i, w in enumerate(wavs):
+        source[i, : min(len(w), size)] = w[:size]
+        padding[i, len(w):] = True
+    return source, (padding if pad else None)
+
+
+def fairseq_fixed_criterion(model, source, padding, mask, neg_idx, noise, weights):
+    """fairseq's Wav2vecCriterion on ``model`` with the given mask, distractors and Gumbel noise,
+    back-propagated: (loss, sample size, logging output, the model's (1+N, B, M) logits)."""
+    from fairseq.criterions.wav2vec_criterion import Wav2vecCriterion
+
+    seen = []
+
+    def sample_negatives(self, y, num, padding_count=None):
+        b, m, c = y.shape
+        negs = y.reshape(b * m, c)[neg_idx.reshape(-1)].view(b, m, -1, c).permute(2, 0, 1, 3)
+        return negs, neg_idx
+
+    def compute_preds(self, x, y, negatives):
+        logits = original[2](self, x, y, negatives)
+        seen.append(logits.detach().clone())
+        return logits
+
+    original = (Wav2Vec2Model.sample_negatives, F.gumbel_softmax, Wav2Vec2Model.compute_preds)
+    Wav2Vec2Model.sample_negatives = sample_negatives
+    Wav2Vec2Model.compute_preds = compute_preds
+    F.gumbel_softmax = fixed_gumbel_softmax(noise)
+    try:
+        crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=list(weights),
+                                log_keys=["prob_perplexity", "code_perplexity", "temp"])
+        sample = {"net_input": {"source": source, "padding_mask": padding, "mask_indices": mask},
+                  "id": torch.arange(source.size(0))}
+        loss, sample_size, logging = crit(model, sample)
+        loss.backward()
+    finally:
+        Wav2Vec2Model.sample_negatives, F.gumbel_softmax, Wav2Vec2Model.compute_preds = original
+    return loss, sample_size, logging, seen[0]
+
+
+def make_wav2vec2_pretraining(shared_data: Path) -> None:
+    """fairseq's Wav2vecCriterion (InfoNCE, diversity and feature penalty) and its gradients on the
+    BASE and LARGE-style checkpoints above, with the randomness fixed: dropout off, the mask drawn
+    once by fairseq's compute_mask_indices, the distractors and the Gumbel noise stored."""
+    from fairseq.data.data_utils import compute_mask_indices
+
+    styles = [
+        # name, checkpoint, LARGE-style, padded batch, distractors (own, cross), loss weights
+        ("base", "wav2vec2_base_cfg.pt", False, False, (10, 0), [0.1, 10.0]),
+        ("large", "wav2vec2_large_args_fp16.pt", True, True, (6, 3), [0.2, 5.0]),
+    ]
+    for name, ckpt, large, pad, (n_neg, cross), weights in styles:
+        cfg = tiny_w2v2_cfg(large_style=large)
+        for k, v in {**NO_DROPOUT, "num_negatives": n_neg, "cross_sample_negatives": cross}.items():
+            setattr(cfg, k, v)
+        model = Wav2Vec2Model(cfg)
+        state = torch.load(OUT / ckpt, weights_only=False)["model"]
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.train()
+        model.set_num_updates(PRETRAIN_UPDATES)
+        source, padding = pretraining_batch(shared_data, normalize=large, pad=pad)
+
+        with torch.no_grad():
+            frames = model.feature_extractor(source).shape[-1]
+        frame_pad = None
+        if padding is not None:
+            lengths = model._get_feat_extract_output_lengths((~padding).long().sum(-1))
+            frame_pad = torch.arange(frames)[None] >= lengths[:, None]
+        # seed, epoch and indices give fairseq's per-row generators fixed seeds (its data-seeded
+        # masks); the global numpy seed covers its probabilistic rounding
+        np.random.seed(20 + large)
+        mask = compute_mask_indices((source.size(0), frames), frame_pad, 0.65, 5, min_masks=2,
+                                    require_same_masks=True, seed=20 + large, epoch=1,
+                                    indices=torch.arange(source.size(0)))
+        mask = torch.from_numpy(mask)
+        num = int(mask[0].sum())
+        groups, entries = cfg.latent_groups, cfg.latent_vars
+        # the first draw of Gumbel noise and distractors in which some distractor quantizes to
+        # the same code as its target (fairseq's -inf case)
+        for seed in range(30 + 100 * large, 130 + 100 * large):
+            g = torch.Generator().manual_seed(seed)
+            noise = -torch.empty(source.size(0) * num * groups, entries).exponential_(generator=g).log()
+            negatives = fixed_w2v2_negatives(source.size(0), num, n_neg, cross, seed=seed)
+            model.zero_grad(set_to_none=True)
+            loss, sample_size, logging, logits = fairseq_fixed_criterion(
+                model, source, padding, mask, torch.from_numpy(negatives).long(), noise, weights)
+            if torch.isneginf(logits[1:]).any():
+                break
+        else:
+            raise RuntimeError(f"{name}: no distractor draw with a duplicate of the target")
+
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        np.savez(OUT / f"wav2vec2_{name}_pretrain.npz", mask=mask.numpy(), negatives=negatives,
+                 gumbel_noise=noise.numpy(), source_shape=np.array(source.shape),
+                 **{f"grad/{n}": grads[n].numpy() for n in GRAD_PARAMS if n in grads})
+        info = {
+            "checkpoint": ckpt, "clips": list(PRETRAIN_CLIPS), "padded": pad, "normalize": large,
+            "num_updates": PRETRAIN_UPDATES, "num_negatives": n_neg, "cross_sample_negatives": cross,
+            "loss_weights": weights, "loss": loss.item(), "sample_size": int(sample_size),
+            "contrastive_loss": logging["loss_0"], "diversity_loss": logging["loss_1"],
+            "features_pen": logging["loss_2"], "correct": logging["correct"], "count": logging["count"],
+            "code_perplexity": logging["code_perplexity"], "prob_perplexity": logging["prob_perplexity"],
+            "temp": logging["temp"],
+            "grad_norms": {n: g.norm().item() for n, g in grads.items()},
+        }
+        (OUT / f"wav2vec2_{name}_pretrain.json").write_text(json.dumps(info, indent=1) + "\n")
+        log.info("wav2vec2 %s pretraining loss %.6f over %d targets (%d correct)", name, info["loss"],
+                 info["sample_size"], info["correct"])
+
+
 class _DictTask:
     """The bit of a fairseq task that Wav2VecCtc.build_model reads."""
 
@@ -475,6 +658,8 @@ def main() -> None:
     ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--only", choices=["unit_bert"], default=None,
                     help="make only this fixture (the others stay as they are)")
+    ap.add_argument("--only-pretraining", action="store_true",
+                    help="only the wav2vec 2.0 pretraining loss fixtures (from the checkpoints already there)")
     opts = ap.parse_args()
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -484,17 +669,25 @@ def main() -> None:
     if opts.only == "unit_bert":
         make_unit_bert(source)
         return
+    if opts.only_pretraining:
+        make_wav2vec2_pretraining(opts.shared_data)
+        return
     make_wav2vec(source)
     make_wav2vec_options(source)
     make_vq_wav2vec(source)
     base = make_wav2vec2(source)
     make_ctc(source, base)
     make_unit_bert(source)
+    make_wav2vec2_pretraining(opts.shared_data)
     (OUT / "README.md").write_text(
         "Small checkpoints written by fairseq 0.12 (fairseq-fixed) with fairseq's own model classes\n"
         "and shrunken widths, and the outputs fairseq computed from them on the FSDD clip\n"
         f"`{CLIP}` (its 8 kHz samples fed as they are). Made by `tools/make_fairseq_fixtures.py`;\n"
-        "see its docstring. Tests: tests/test_fairseq_import.py.\n"
+        "see its docstring. Tests: tests/test_fairseq_import.py.\n\n"
+        "`wav2vec2_{base,large}_pretrain.{json,npz}`: fairseq's Wav2vecCriterion (loss terms, accuracy,\n"
+        "perplexities, gradients) on the two wav2vec 2.0 checkpoints in training mode, with the mask,\n"
+        "distractors and Gumbel noise stored (`--only-pretraining` remakes just these). Test:\n"
+        "tests/test_fairseq_criterion.py.\n"
     )
     log.info("done")
 

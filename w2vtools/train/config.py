@@ -136,6 +136,12 @@ class RunConfig:
         train_during_freeze: the parameter-name prefixes trained while frozen.
         collapse_warn_after: collapse guards stay quiet before this update
             (0 = after the warm-up).
+        collapse_code_fraction: warn when the code perplexity stays below this fraction of
+            the code book (groups x entries; at least 2 codes per group) for 3 log intervals:
+            few codes in use (0 = only the 2-per-group floor).
+        collapse_peak_fraction: warn when the code perplexity stays below this fraction of
+            its highest value since the warm-up for 3 log intervals: a code book that was
+            in use and is collapsing, which a climbing accuracy hides (0 = off).
         tensorboard: also write TensorBoard event files under ``save_dir/tensorboard``.
     """
 
@@ -155,6 +161,8 @@ class RunConfig:
     freeze_updates: int = 0
     train_during_freeze: list[str] = field(default_factory=list)
     collapse_warn_after: int = 0
+    collapse_code_fraction: float = 0.05
+    collapse_peak_fraction: float = 0.25
     tensorboard: bool = True
 
 
@@ -635,6 +643,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (r.amp in ("none", "bf16", "fp16"), f"run.amp {r.amp!r}: choose none, bf16 or fp16"),
         (r.log_interval >= 1, "run.log_interval must be >= 1"),
         (r.max_nonfinite >= 1, "run.max_nonfinite must be >= 1"),
+        (0 <= r.collapse_code_fraction < 1, "run.collapse_code_fraction must be in [0, 1)"),
+        (0 <= r.collapse_peak_fraction < 1, "run.collapse_peak_fraction must be in [0, 1)"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -62,14 +62,6 @@ class Guard:
     num_codes: int | None = None
     groups: int = 1
 
-    @property
-    def code_floor(self) -> float | None:
-        """Code perplexity below which the code book counts as collapsed: fewer than 2 codes
-        in use per group on average, or under 2 % of all codes, whichever is higher."""
-        if not self.num_codes:
-            return None
-        return max(2.0 * self.groups, 0.02 * self.num_codes)
-
 
 class Objective:
     """Base class: subclasses implement ``__call__`` and may refine ``metrics`` / ``guard``."""

@@ -1,6 +1,7 @@
 """The run's log: one line on stderr, the same record in ``log.jsonl`` and TensorBoard.
 
-Every record is a flat dict with ``kind`` (``train`` or ``valid``), ``update`` and
+Every record is a flat dict with ``kind`` (``train``, ``valid``, or ``warning``: a
+guard's message, logged as a warning and kept out of TensorBoard), ``update`` and
 ``epoch`` plus numbers, and when it was written: ``time`` (wall clock, ISO 8601 UTC,
 ``2026-12-01T07:46:06.123Z``) and ``elapsed`` (seconds of running since the run
 started; a resumed run continues from the last record it kept, so time spent stopped
@@ -130,11 +131,14 @@ class RunLog:
         self.history.append(record)
         if not self.is_main:
             return
-        log.info(self._line(record))
+        if record["kind"] == "warning":
+            log.warning("update %d: %s", record["update"], record["message"])
+        else:
+            log.info(self._line(record))
         self.save_dir.mkdir(parents=True, exist_ok=True)
         with open(self.save_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
-        if self.tensorboard:
+        if self.tensorboard and record["kind"] != "warning":
             if self._writer is None:
                 self._writer = SummaryWriter(str(self.save_dir / "tensorboard"))
             for k, v in record.items():

@@ -130,7 +130,9 @@ class Trainer:
         self._skipped_named: set[tuple[str, str]] = set()  # (train|valid, uid) named once
 
         self.collapse = CollapseGuard(objective.guard(self.core),
-                                      after=run.collapse_warn_after or cfg.optim.warmup_updates)
+                                      after=run.collapse_warn_after or cfg.optim.warmup_updates,
+                                      code_fraction=run.collapse_code_fraction,
+                                      peak_fraction=run.collapse_peak_fraction)
         self.run_log = RunLog(self.save_dir, is_main=self.dist.is_main, tensorboard=run.tensorboard)
         self.meter = Meter()
         self.last_valid: dict[str, float] = {}
@@ -445,7 +447,8 @@ class Trainer:
         if self.scaler.is_enabled():
             record["loss_scale"] = self.scaler.get_scale()
         self.run_log.write(record)
-        self.collapse.check(record)
+        for warning in self.collapse.check(record):
+            self.run_log.write(warning)
         self.meter.reset()
 
     # -----------------------------------------------------------------------------------------
@@ -466,6 +469,7 @@ class Trainer:
             "best": {"metric": self.cfg.run.best_metric, "value": self.best_value,
                      "maximize": self.cfg.run.maximize_best, "valid_since_best": self.valid_since_best},
             "nonfinite": self.nonfinite.state_dict(),
+            "collapse": self.collapse.state_dict(),
             "skipped": self.skipped,
             "config": self.cfg.to_dict(),
         }
@@ -502,6 +506,7 @@ class Trainer:
         self.best_value = best.get("value") if same_metric else None
         self.valid_since_best = int(best.get("valid_since_best", 0)) if same_metric else 0
         self.nonfinite.load_state_dict(st.get("nonfinite") or {})
+        self.collapse.load_state_dict(st.get("collapse") or {})
         self.skipped = int(st.get("skipped", 0))
         rngs = st.get("rng") or []
         if st["world_size"] == self.dist.world_size and len(rngs) > self.dist.rank:
