@@ -123,7 +123,9 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     fix = build_librispeech_fixture(shared_data, tmp_path / "corpus")
     work = tmp_path / "w"
     common = ["--workdir", work, "--corpus", fix, "--lm-dir", fix / "lm", "--finetune-presets", "10m",
-              "--st-from", "10m", "--nj", "2", "--ngpu", "0", "--eval-sets", "test-clean test-other",
+              "--st-from", "10m", "--nj", "2", "--ngpu", "0",
+              # dev-other: the tune set, where KenLM settings and the rescoring weight are chosen
+              "--eval-sets", "dev-other test-clean test-other",
               "--feat-sets", "test-clean"]
 
     # stages 0-1: data dirs, manifests, the 10 min subset, lexicon, LM
@@ -196,7 +198,7 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     kenlm = yaml.safe_load((work / "exp/finetune_10m/kenlm.yaml").read_text())
     assert rescore["rescore"] == "exp/nlm_tiny/checkpoint_best.pt" and rescore["nbest"] == 3
     assert rescore["rescore_weight"] in (0.0, 1.0) and rescore["lm_weight"] == kenlm["lm_weight"]
-    nbest = (work / "exp/selftrain_10m/decode_unlabeled/nbest.scores").read_text().splitlines()
+    nbest = (work / "exp/pseudo_10m/nbest.scores").read_text().splitlines()
     assert {line.split()[0].rsplit("-", 1)[1] for line in nbest} <= {"1", "2", "3"}
 
     # stage 7: pseudo-labels chosen by confidence, self-trained model decoded and scored

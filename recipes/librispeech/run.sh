@@ -343,7 +343,7 @@ tune_kenlm() {
   local fixed=(--decoder kenlm --lexicon data/lang/lexicon.txt --lm "$(cat data/lang/lm_path)" --beam "$beam")
   [ -f "$dir/kenlm.yaml" ] && return 0
   case "$tune_set" in test-*) log "ERROR: --tune-set $tune_set is a test set"; return 1 ;; esac
-  if [ -z "$tune_grid" ] || ! unit_done "$vdir"; then
+  if [ -z "$tune_grid" ] || [ ! -f "$vdir/.done" ]; then  # finished, in this run or before
     [ -z "$tune_grid" ] || log "no decode of --tune-set $tune_set under $dir: fixed --lm-weight $lm_weight --word-score $word_score"
     printf 'decoder: kenlm\nlexicon: data/lang/lexicon.txt\nlm: %s\nbeam: %s\nlm_weight: %s\nword_score: %s\n' \
       "$(cat data/lang/lm_path)" "$beam" "$lm_weight" "$word_score" >"$dir/kenlm.yaml"
@@ -383,7 +383,7 @@ train_rescore_lm() {
 tune_rescore() {
   local dir=$1 vdir=$1/decode_$(kaldi_name "$tune_set")_viterbi
   [ -f "$dir/rescore.yaml" ] && return 0
-  unit_done "$vdir" || { log "ERROR: --st-rescore tunes on $vdir (stage 5 decodes --tune-set $tune_set)"; return 1; }
+  [ -f "$vdir/.done" ] || { log "ERROR: --st-rescore tunes on $vdir (stage 5 decodes --tune-set $tune_set)"; return 1; }
   [ -f "$vdir/emissions.h5" ] || w2v featurize --merge "$vdir"/emissions.[0-9]*.h5 "$vdir/emissions.h5"
   w2v decode --emissions "$vdir/emissions.h5" --config "$dir/kenlm.yaml" --nbest "$st_rescore_nbest" \
     --rescore "exp/nlm_$st_lm_preset/checkpoint_best.pt" --tune "$st_rescore_grid" --jobs "$nj" \
@@ -450,7 +450,7 @@ if stage_begin 7 "self-training from the $st_from labels with pseudo-labeled $un
     settings=$seed/rescore.yaml
   fi
   # 1. decode the unlabeled audio with the LM (and the Transformer LM's rescoring), n-best for the confidences
-  pdir=$st/decode_unlabeled
+  pdir=exp/pseudo_$st_from  # beside $st, not in it: a forced rerun of the student empties $st
   if ! unit_done "$pdir"; then
     rm -rf "$pdir"
     n=$(wc -l <"$unlab/utt2spk")
