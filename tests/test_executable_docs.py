@@ -152,7 +152,7 @@ HOW: dict[str, How] = dict([
     ("torchrun --nproc_per_node=8 -m w2vtools pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 "
      "--preset base --update-freq 8 --save-dir exp/base", How(_GPUS, skip=True)),
     ("w2v doctor && bash recipes/digits/run.sh",
-     How("the digits recipe takes 13 minutes (tests/test_recipe_digits.py runs it with --quick); `w2v doctor` runs "
+     How("the digits recipe takes over an hour on 2 cores (tests/test_recipe_digits.py runs it with --quick); `w2v doctor` runs "
          "alone", run="w2v doctor")),
     ("w2v featurize data/train feats.JOB.h5 --model xlsr-53 --shard JOB/8   # JOB=1..8",
      How("JOB is the job runner's placeholder (run_local.sh JOB=1:8 ...); jobs 1 and 2 run, which the next "
