@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,8 +71,12 @@ def w2v_popen(*args, cwd=None) -> subprocess.Popen:
     """Start the real CLI in the background, running this checkout's code."""
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Ctrl-C as at a terminal: a suite started in the background (`make test &`, nohup) inherits
+    # SIGINT ignored, and a Python started that way ignores it too, by design (background jobs
+    # ignore Ctrl-C), so a SIGINT test would hang instead of testing w2v's handler.
     return subprocess.Popen([sys.executable, "-m", "w2vtools", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
