@@ -256,14 +256,19 @@ def load_audio(
         raise W2VError(f"{_describe(source)}: no samples")
     if wav.shape[0] < last - first and end is None:
         raise W2VError(f"{_describe(source)}: truncated (header says {last - first} frames, read {wav.shape[0]})")
-    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-    if not np.isfinite(wav).all():
-        raise W2VError(f"{_describe(source)}: contains NaN or Inf samples")
-    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    wav = _mono_checked(wav, source)
     if sample_rate is not None and sample_rate != sr:
         wav = resample(wav, sr, sample_rate)
         sr = sample_rate
     return (wav, sr) if return_rate else wav
+
+
+def _mono_checked(wav: np.ndarray, source: str) -> np.ndarray:
+    """(frames, channels) samples as contiguous mono float32; NaN/Inf samples are an error naming ``source``."""
+    wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
+    if not np.isfinite(wav).all():
+        raise W2VError(f"{_describe(source)}: contains NaN or Inf samples")
+    return np.ascontiguousarray(wav, dtype=np.float32)
 
 
 class RecordingWindows:
@@ -338,10 +343,7 @@ class RecordingWindows:
             raise W2VError(f"{self.source}: read failed ({_reason(e)})") from None
         if wav.shape[0] < s1 - s0:
             raise W2VError(f"{self.source}: truncated (read {wav.shape[0]} of {s1 - s0} frames at {self.first + s0})")
-        wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]
-        if not np.isfinite(wav).all():
-            raise W2VError(f"{self.source}: contains NaN or Inf samples")
-        return np.ascontiguousarray(wav, dtype=np.float32)
+        return _mono_checked(wav, self.source)
 
 
 @functools.lru_cache(maxsize=16)
