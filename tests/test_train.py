@@ -442,3 +442,35 @@ def test_patience_stops_when_validation_stops_improving(fsdd_manifest, tmp_path)
     # a resumed run knows its patience is spent: it does not train on
     resumed = make_trainer(fsdd_manifest, tmp_path / "ck", cfg, valid=True)
     assert resumed.train(resume=tmp_path / "ck" / "checkpoint_last.pt")["num_updates"] == 6
+
+
+def script_validation(trainer, results) -> None:
+    """Validation returns the next of ``results`` as its metrics; training logs are untouched."""
+    metrics = trainer.objective.metrics
+    trainer._valid_stats = lambda: {"scripted": 1.0}
+    trainer.objective.metrics = lambda stats: dict(next(results)) if "scripted" in stats else metrics(stats)
+
+
+def test_tie_break_metric_decides_between_equal_best_metrics(fsdd_manifest, tmp_path):
+    """WER stuck at 100 while CER falls is progress: with run.tie_break_metric the equal-WER
+    validation with the lower CER is the new best and patience does not run out on it."""
+    cfg = small_config(valid_interval=1, patience=2)
+    cfg.run.best_metric, cfg.run.tie_break_metric = "wer", "cer"
+    t = make_trainer(fsdd_manifest, tmp_path / "ck", cfg, valid=True)
+    scripted = iter([{"wer": 100.0, "cer": 90.0}, {"wer": 100.0, "cer": 70.0}, {"wer": 100.0, "cer": 50.0},
+                     {"wer": 80.0, "cer": 60.0}, {"wer": 80.0, "cer": 60.0}, {"wer": 90.0, "cer": 10.0}])
+    script_validation(t, scripted)
+    t.train()
+    valid = [r for r in t.history if r["kind"] == "valid"]
+    assert [r["valid_since_best"] for r in valid] == [0, 0, 0, 0, 1, 2]
+    assert [r["best_wer"] for r in valid] == [100.0, 100.0, 100.0, 80.0, 80.0, 80.0]
+    assert t.num_updates == 6  # patience 2 ran out after the sixth
+    state = torch.load(tmp_path / "ck" / "checkpoint_best.pt", weights_only=True)["trainer"]
+    assert state["num_updates"] == 4 and state["best"]["tie_value"] == 60.0
+    # without the tie-break, the first 100 % stays best and patience stops the run at update 3
+    cfg.run.tie_break_metric = ""
+    t = make_trainer(fsdd_manifest, tmp_path / "ck2", cfg, valid=True)
+    scripted = iter([{"wer": 100.0, "cer": 90.0}, {"wer": 100.0, "cer": 70.0}, {"wer": 100.0, "cer": 50.0}])
+    script_validation(t, scripted)
+    t.train()
+    assert t.num_updates == 3

@@ -125,6 +125,10 @@ class RunConfig:
         max_nonfinite: stop after this many non-finite updates in a row.
         best_metric: validation metric that selects ``checkpoint_best.pt``.
         maximize_best: whether larger ``best_metric`` is better (accuracy) or not (loss, wer).
+        tie_break_metric: between validations with equal ``best_metric``, this one decides
+            (same direction; "" = the earlier stays best). WER on short utterances is coarse:
+            a model that only says wrong words stays at 100 % while its character error
+            falls, and without a tie-break patience would stop it there.
         patience: stop after this many validations in a row without a new best ``best_metric``
             (0 = never): with ``valid_interval``, train to the best on the validation set.
         stop_at_update: end the run after this update without changing the schedule
@@ -154,6 +158,7 @@ class RunConfig:
     max_nonfinite: int = 20
     best_metric: str = "loss"
     maximize_best: bool = False
+    tie_break_metric: str = ""
     patience: int = 0
     stop_at_update: int = 0
     threads: int = 0
@@ -337,7 +342,7 @@ def _published(*, lr: float, max_update: int, mask_prob: float, mask_channel_pro
                  "pad": True, "num_workers": 4},
         "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "update_freq": update_freq},
         "run": {"amp": "fp16", "log_interval": 200, "valid_interval": valid_interval, "save_interval": save_interval,
-                "keep_last": 1, "best_metric": "wer", "maximize_best": False, "freeze_feature_encoder": True,
+                "keep_last": 1, "best_metric": "wer", "maximize_best": False, "tie_break_metric": "cer", "freeze_feature_encoder": True,
                 "freeze_updates": freeze, "train_during_freeze": ["proj."]},
     }
 
@@ -381,7 +386,7 @@ def _downstream(*, model_preset: str, lr: float, max_update: int, frames: int, l
                  "num_workers": workers},
         "optim": {**_FT_OPTIM, "lr": lr, "max_update": max_update, "clip_norm": 5.0, "update_freq": 1},
         "run": {"amp": "none", "log_interval": log_interval, "valid_interval": valid_interval,
-                "save_interval": save_interval, "keep_last": 1, "best_metric": "wer", "maximize_best": False},
+                "save_interval": save_interval, "keep_last": 1, "best_metric": "wer", "maximize_best": False, "tie_break_metric": "cer"},
     }
 
 

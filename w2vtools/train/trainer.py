@@ -123,6 +123,7 @@ class Trainer:
         self.epoch = 0
         self.batch_position = 0  # next global batch of self.epoch
         self.best_value: float | None = None
+        self.best_tie_value: float | None = None  # run.tie_break_metric at the best validation
         self.valid_since_best = 0  # validations since the last new best (run.patience)
         self.nonfinite = NonfiniteGuard(run.max_nonfinite)
         self.skipped = 0  # utterances left out of training batches because they failed to load, all ranks
@@ -371,12 +372,16 @@ class Trainer:
         metrics = {**self.objective.metrics(stats), "nsentences": stats.get("nsentences", 0.0)}
         name = self.cfg.run.best_metric
         value = metrics.get(name)
+        tie_value = metrics.get(self.cfg.run.tie_break_metric) if self.cfg.run.tie_break_metric else None
         is_best = value is not None and math.isfinite(value) and (
             self.best_value is None
-            or (value > self.best_value if self.cfg.run.maximize_best else value < self.best_value)
+            or self._better(value, self.best_value)
+            or (value == self.best_value and tie_value is not None and math.isfinite(tie_value)
+                and (self.best_tie_value is None or self._better(tie_value, self.best_tie_value)))
         )
         if is_best:
             self.best_value = value
+            self.best_tie_value = tie_value
             self.valid_since_best = 0
         else:
             self.valid_since_best += 1
@@ -395,6 +400,9 @@ class Trainer:
         if is_best:
             self.save_checkpoint(periodic=False, best=True)
         return metrics
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.cfg.run.maximize_best else a < b
 
     def _patience_ran_out(self) -> bool:
         """Early stopping: ``run.patience`` validations in a row without a new best."""
@@ -466,7 +474,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": all_gather(rng_state(), self.dist),
-            "best": {"metric": self.cfg.run.best_metric, "value": self.best_value,
+            "best": {"metric": self.cfg.run.best_metric, "value": self.best_value, "tie_value": self.best_tie_value,
                      "maximize": self.cfg.run.maximize_best, "valid_since_best": self.valid_since_best},
             "nonfinite": self.nonfinite.state_dict(),
             "collapse": self.collapse.state_dict(),
@@ -504,6 +512,7 @@ class Trainer:
         best = st.get("best") or {}
         same_metric = best.get("metric") == self.cfg.run.best_metric
         self.best_value = best.get("value") if same_metric else None
+        self.best_tie_value = best.get("tie_value") if same_metric else None
         self.valid_since_best = int(best.get("valid_since_best", 0)) if same_metric else 0
         self.nonfinite.load_state_dict(st.get("nonfinite") or {})
         self.collapse.load_state_dict(st.get("collapse") or {})
