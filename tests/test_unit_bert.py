@@ -1,7 +1,8 @@
 """BERT on units (vq-wav2vec's BERT): unit files, span masking, the masked-unit objective,
 ``w2v pretrain --arch unit-bert`` (vocabulary, logs, checkpoints, exact resume, 2 gloo
-processes == update_freq 2) and, slow, a tiny BERT on FSDD units beating the
-most-frequent-unit baseline on held-out utterances."""
+processes == update_freq 2), featurize --bert, fairseq interop. The FSDD done-when (a tiny
+BERT on a tiny vq-wav2vec's units beating the most-frequent-unit baseline on held-out
+utterances, its features training the downstream model) is tests/test_unit_bert_fsdd.py."""
 
 from __future__ import annotations
 

@@ -18,6 +18,9 @@
 #              confident hypotheses join the labels, the same model trains again
 #   pt_st      pretraining + self-training: the same, from the better (on dev) of
 #              pt_ft and ptfeat_ds
+#   vqbert_ds  (--vq-bert true) vq-wav2vec + BERT: a tiny vq-wav2vec pretrained on
+#              the train audio, its units, a unit BERT on them; the BERT's features
+#              + the same downstream model
 # (At 100 % no training audio is left unlabeled: no self-training there.)
 #
 # Stages (outputs under recipes/digits/{corpus,data,exp}):
@@ -25,9 +28,10 @@
 #   1  Kaldi data dirs train / dev, label budgets and their unlabeled rest,
 #      fairseq manifests + letter labels + dict, lexicon and a word n-gram LM
 #   2  pretrain wav2vec 2.0 (--pretrain-arch wav2vec: wav2vec 1.0) on the train audio,
-#      validated on dev
-#   3  features of train and dev: fbank and the pretrained model's
-#   4  the labeled-only systems fbank_ds, pt_ft, ptfeat_ds (budgets x seeds)
+#      validated on dev; --vq-bert true: also a vq-wav2vec, its units of train and
+#      dev, and a unit BERT on the train units (validated on the dev units)
+#   3  features of train and dev: fbank and the pretrained model's (and the BERT's)
+#   4  the labeled-only systems fbank_ds, pt_ft, ptfeat_ds (and vqbert_ds) (budgets x seeds)
 #   5  decode dev with each and tune its LM weight and word score on dev
 #   6  self-training: fbank_st and pt_st (budgets below 100 % x seeds), tuned on dev
 #   7  test: data dir, features, decode with every system (viterbi and KenLM)
@@ -51,6 +55,7 @@ nj=2                # parallel jobs (training, featurization, decoding)
 budgets="1 10 100"  # percent of the training labels
 seeds="1 2 3"       # one run of every system per seed (--quick: "1" unless given)
 pretrain_arch=wav2vec2   # or wav2vec (wav2vec 1.0: no CTC fine-tuning of it, so no pt_ft)
+vq_bert=false       # true: add vqbert_ds (vq-wav2vec units -> unit BERT -> features + downstream)
 lm_order=3
 beam=20             # KenLM beam search; LM weight and word score are tuned on dev:
 tune_grid="lm_weight=0:2:0.5,word_score=-1:1:1"
@@ -59,6 +64,8 @@ st_nbest=5
 pretrain_conf=      # default: conf/pretrain.yaml (wav2vec2) or conf/pretrain_wav2vec.yaml
 finetune_conf=conf/finetune.yaml
 downstream_conf=conf/downstream.yaml
+vq_conf=conf/pretrain_vq.yaml       # --vq-bert: the vq-wav2vec's pretraining
+unit_bert_conf=conf/unit_bert.yaml  # --vq-bert: the unit BERT's
 help_message="Usage: $0 [options]
   --corpus DIR          use this FSDD copy instead of downloading (stage 0)
   --fsdd-url URL        download the release archive from here instead of GitHub
@@ -70,14 +77,17 @@ help_message="Usage: $0 [options]
   --budgets \"1 10 100\"  label budgets in percent
   --seeds \"1 2 3\"       seeds: every system runs once per seed (mean +- std in the table)
   --pretrain-arch A     wav2vec2 (default) or wav2vec (1.0)
+  --vq-bert true        add the system vqbert_ds: vq-wav2vec units -> unit BERT -> its
+                        features + the downstream model (default $vq_bert)
   --lm-order N          n-gram order of the digit LM (default $lm_order)
   --tune-grid G         KenLM settings searched on dev (default $tune_grid)
   --st-keep F           fraction of the unlabeled audio kept as pseudo-labels (default $st_keep)
-  --pretrain-conf, --finetune-conf, --downstream-conf FILE  training configs (conf/*.yaml)"
+  --pretrain-conf, --finetune-conf, --downstream-conf, --vq-conf, --unit-bert-conf FILE
+                        training configs (conf/*.yaml)"
 
 # Paths on the command line are relative to where the script was started;
 # configs may also be named relative to the recipe folder.
-path_options="corpus pretrain_conf finetune_conf downstream_conf"
+path_options="corpus pretrain_conf finetune_conf downstream_conf vq_conf unit_bert_conf"
 . "$here/utils/recipe_common.sh" "$@"
 
 case "$pretrain_arch" in
@@ -85,13 +95,19 @@ case "$pretrain_arch" in
   wav2vec) pt_name="wav2vec"; pretrain_conf=${pretrain_conf:-$here/conf/pretrain_wav2vec.yaml} ;;
   *) log "ERROR: --pretrain-arch takes wav2vec2 or wav2vec, got '$pretrain_arch'"; exit 1 ;;
 esac
+case "$vq_bert" in
+  true | false) ;;
+  *) log "ERROR: --vq-bert takes true or false, got '$vq_bert'"; exit 1 ;;
+esac
 
 # --quick: the same pipeline with far fewer updates and one seed.
 pretrain_sets=()
 finetune_sets=()
 downstream_sets=()
+unit_bert_sets=()
 if [ "$quick" = true ]; then
   pretrain_sets=(--max-update 30 --set optim.warmup_updates=5 --set run.valid_interval=30 --set run.log_interval=10)
+  unit_bert_sets=(--max-update 30 --set optim.warmup_updates=5 --set run.valid_interval=30 --set run.log_interval=10)
   finetune_sets=(--max-update 40 --freeze-updates 10 --set run.log_interval=10 --set run.valid_interval=20)
   downstream_sets=(--max-update 60 --set run.log_interval=20 --set run.valid_interval=30)
   case " ${cmdline_options:-} " in *" seeds "*) ;; *) seeds=1 ;; esac
@@ -101,6 +117,7 @@ fi
 # The labeled-only systems (stage 4), then the self-trained ones (stage 6).
 base_systems="fbank_ds ptfeat_ds"
 [ "$pretrain_arch" = wav2vec2 ] && base_systems="pt_ft $base_systems"
+[ "$vq_bert" = true ] && base_systems="$base_systems vqbert_ds"
 st_budgets=""
 for b in $budgets; do
   [ "$b" = 100 ] || st_budgets="$st_budgets $b"
@@ -184,6 +201,24 @@ if stage_begin 2 "pretrain a tiny $pt_name on the train audio (no labels), valid
   train_once exp/pretrain \
     w2v pretrain data/train --valid data/dev --arch "$pretrain_arch" --preset tiny \
       --config "$pretrain_conf" ${pretrain_sets[@]+"${pretrain_sets[@]}"}
+  if [ "$vq_bert" = true ]; then
+    # vq-wav2vec + BERT (Baevski et al. 2020): a tiny Gumbel vq-wav2vec on the train
+    # audio (checkpoint_best.pt: the lowest dev loss), its codes of train and dev
+    # ('g0-g1' per 10 ms frame), a unit BERT on the train units (checkpoint_best.pt:
+    # the best masked-unit accuracy on the dev units)
+    train_once exp/pretrain_vq \
+      w2v pretrain data/train --valid data/dev --arch vq-wav2vec --preset tiny \
+        --config "$vq_conf" ${pretrain_sets[@]+"${pretrain_sets[@]}"}
+    for set in train dev; do
+      if [ ! -f "exp/units/$set.txt" ] || stage_forced; then
+        logged "exp/units/log/quantize_$set.log" \
+          w2v quantize "data/$set" "exp/units/$set.txt" --model exp/pretrain_vq/checkpoint_best.pt --threads 1
+      fi
+    done
+    train_once exp/unit_bert \
+      w2v pretrain exp/units/train.txt --valid exp/units/dev.txt --arch unit-bert --preset tiny \
+        --config "$unit_bert_conf" ${unit_bert_sets[@]+"${unit_bert_sets[@]}"}
+  fi
   stage_end
 fi
 
@@ -205,21 +240,31 @@ wait_parallel() {
   [ "$failed" = 0 ] || { log "ERROR: a job failed (its log is named above)"; return 1; }
 }
 
-# featurize_set KIND MODEL SET: exp/feats/KIND_SET.h5, $nj shards merged.
+# featurize_set KIND MODEL SET [OPTIONS...]: exp/feats/KIND_SET.h5, $nj shards merged;
+# OPTIONS go to w2v featurize (--bert BERT: the unit BERT's features of MODEL's codes).
 featurize_set() {
   local kind=$1 model=$2 set=$3 out=exp/feats/${1}_${3}.h5
+  shift 3
   if [ -f "$out" ] && ! stage_forced; then return 0; fi
   rm -f "$out"
   $cpu_cmd JOB=1:$nj "exp/feats/log/${kind}_${set}.JOB.log" \
-    w2v featurize "data/$set" "exp/feats/${kind}_${set}.JOB.h5" --model "$model" --shard JOB/$nj --threads 1 --no-progress
+    w2v featurize "data/$set" "exp/feats/${kind}_${set}.JOB.h5" --model "$model" --shard JOB/$nj --threads 1 --no-progress \
+      "$@"
   w2v featurize --merge $(for ((k = 1; k <= nj; k++)); do echo "exp/feats/${kind}_${set}.$k.h5"; done) "$out"
   rm -f "exp/feats/${kind}_${set}".[0-9]*.h5
+}
+
+# featurize_vqbert SET: the unit BERT's features of the vq-wav2vec's codes of SET
+# (last BERT layer, one vector per 10 ms code frame): exp/feats/vqbert_SET.h5.
+featurize_vqbert() {
+  featurize_set vqbert exp/pretrain_vq/checkpoint_best.pt "$1" --bert exp/unit_bert/checkpoint_best.pt
 }
 
 if stage_begin 3 "features of train and dev: fbank and the pretrained $pt_name"; then
   for set in train dev; do
     featurize_set fbank fbank "$set"
     featurize_set ptfeat exp/pretrain/checkpoint_best.pt "$set"
+    if [ "$vq_bert" = true ]; then featurize_vqbert "$set"; fi
   done
   stage_end
 fi
@@ -250,6 +295,7 @@ input_of() {
     pt_ft) echo audio ;;
     fbank_ds) echo fbank ;;
     ptfeat_ds) echo ptfeat ;;
+    vqbert_ds) echo vqbert ;;
     *) log "ERROR: unknown system $1"; return 1 ;;
   esac
 }
@@ -433,6 +479,7 @@ if stage_begin 7 "test set: data dir, features, decode with every system"; then
   w2v manifest --validate-kaldi data/test
   featurize_set fbank fbank test
   featurize_set ptfeat exp/pretrain/checkpoint_best.pt test
+  if [ "$vq_bert" = true ]; then featurize_vqbert test; fi
   for dir in $(system_dirs); do
     in_parallel decode_test "$dir"
   done

@@ -11,10 +11,13 @@
 #      --corpus/--lm-dir point at existing copies
 #   1  Kaldi data dirs + fairseq manifests, labels and dictionary for every part;
 #      the fine-tuning subsets; the letter lexicon and the decoding LM
-#   2  pretrain wav2vec 2.0 BASE on --pretrain-parts with --ngpu GPUs (torchrun; --nproc N CPU processes with --ngpu 0)
+#   2  pretrain wav2vec 2.0 BASE on --pretrain-parts with --ngpu GPUs (torchrun; --nproc N CPU processes with --ngpu 0);
+#      --vq-bert true: also vq-wav2vec (Gumbel, as published) on the same audio, its units,
+#      and BERT BASE on the units (vq-wav2vec + BERT, Baevski et al. 2020)
 #   3  fine-tune the --finetune-presets (10m 1h 10h 100h) from the pretrained model
 #   4  featurize --feat-sets into Kaldi data dirs (feats.scp, utt2num_frames,
-#      frame_shift 0.02) for external acoustic models (Kaldi, ESPnet)
+#      frame_shift 0.02) for external acoustic models (Kaldi, ESPnet); --vq-bert true:
+#      also the BERT's features of the vq-wav2vec units (data/feats_vqbert/<set>, 10 ms)
 #   5  decode --eval-sets with viterbi and the 4-gram, --nj shards through $decode_cmd
 #   6  score; best_wer-style summary in exp/RESULTS
 #   7  self-training: decode --unlabeled-part with the LM, keep confident
@@ -65,6 +68,13 @@ st_lm_preset=base        # its size (w2v lm --neural --preset: base on GPUs, tin
 st_lm_sets=""            # extra w2v lm words for it, e.g. "--max-update 100"
 st_rescore_nbest=50      # the n-best list it reorders
 st_rescore_grid="rescore_weight=0:2:0.25"   # chosen on --tune-set with the seed's KenLM settings
+vq_bert=false            # true: vq-wav2vec + BERT on its units (stage 2), the BERT's features (stage 4)
+vq_preset=gumbel         # w2v pretrain --arch vq-wav2vec --preset (gumbel, kmeans; tiny for CPU tests)
+vq_conf=                 # optional YAML over it
+bert_preset=base         # w2v pretrain --arch unit-bert --preset (base: RoBERTa BASE as published; tiny)
+bert_conf=               # optional YAML over it
+bert_update_freq=0       # 0: 128 / nproc, the published 128-GPU batch
+vq_bert_layer=           # BERT layer for stage 4's features (default: the last)
 help_message="Usage: $0 [options]   (defaults in the script; every variable above is an option)
   --corpus DIR --lm-dir DIR --librilight DIR   existing copies instead of downloading
   --parts \"...\"            what stage 0 downloads (corpus parts, lm, librilight)
@@ -77,11 +87,13 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --tune-set dev-other --tune-grid \"lm_weight=0:4:0.5,word_score=-3:1:1\"   KenLM settings chosen on dev
   --unlabeled-part PART --st-from PRESET --st-keep FRACTION   self-training (stage 7)
   --st-rescore true --st-lm-preset base   a Transformer LM rescores the pseudo-labels (needs
-                            librispeech-lm-norm.txt(.gz) of openslr 11 in the --lm-dir)"
+                            librispeech-lm-norm.txt(.gz) of openslr 11 in the --lm-dir)
+  --vq-bert true --vq-preset gumbel --bert-preset base   vq-wav2vec + BERT on its units (stage 2),
+                            the BERT's features into data/feats_vqbert/<set> (stage 4)"
 
 # Paths on the command line are relative to where the script was started
 # (or to the recipe folder).
-path_options="corpus lm_dir librilight pretrain_conf finetune_conf pretrained"
+path_options="corpus lm_dir librilight pretrain_conf finetune_conf pretrained vq_conf bert_conf"
 . "$here/utils/recipe_common.sh" "$@"
 
 # Where things are once stage 0 ran (or was given).
@@ -233,16 +245,74 @@ finetune_model() {
   mark_done "$dir"
 }
 
+# combine_pretrain_parts: data/pretrain, the --pretrain-parts that stage 1 prepared.
+combine_pretrain_parts() {
+  local p srcs=()
+  for p in $pretrain_parts; do
+    [ -f "data/$(kaldi_name "$p")/wav.scp" ] && srcs+=("data/$(kaldi_name "$p")")
+  done
+  [ ${#srcs[@]} -gt 0 ] || { log "ERROR: no pretraining part prepared (stage 1)"; return 1; }
+  "$here/utils/combine_data.sh" data/pretrain "${srcs[@]}"
+}
+
+# pretrain_run DIR UPDATE_FREQ ARGS...: w2v pretrain ARGS into DIR with $nproc
+# processes (torchrun), continuing an interrupted run (a forced stage starts over).
+pretrain_run() {
+  local dir=$1 uf=$2 resume=()
+  shift 2
+  unit_done "$dir" && return 0
+  if stage_forced; then
+    rm -rf "$dir"
+  elif [ -f "$dir/checkpoint_last.pt" ]; then
+    resume=(--resume)
+  fi
+  # shellcheck disable=SC2046
+  $train_cmd --gpu "$ngpu" "$dir/log/pretrain.log" \
+    $(train_launcher) pretrain "$@" --update-freq "$uf" --device "$(train_device)" --save-dir "$dir" \
+      ${resume[@]+"${resume[@]}"}
+  mark_done "$dir"
+}
+
+# pretrain_vq_bert: vq-wav2vec + BERT (Baevski et al. 2020, vq-wav2vec): the vq-wav2vec
+# on data/pretrain (validated on --pretrain-valid; fairseq trained it on 8 GPUs: kept here
+# by --update-freq), its units ('g0-g1' per 10 ms frame) of the pretraining audio and of
+# --pretrain-valid, $nj shards through $decode_cmd, then BERT on the units (validated on
+# --pretrain-valid's units; masked-unit accuracy picks checkpoint_best.pt).
+pretrain_vq_bert() {
+  local vq=exp/pretrain_vq_$vq_preset bert=exp/unit_bert_$bert_preset units=exp/units_vq_$vq_preset
+  local conf_opt=() uf set j n k
+  [ -n "$vq_conf" ] && conf_opt=(--config "$vq_conf")
+  uf=$((8 / nproc)); [ "$uf" -ge 1 ] || uf=1
+  pretrain_run "$vq" "$uf" data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" --arch vq-wav2vec \
+    --preset "$vq_preset" ${conf_opt[@]+"${conf_opt[@]}"}
+  for set in pretrain "$(kaldi_name "$pretrain_valid")"; do
+    if [ -f "$units/$set.txt" ] && ! stage_forced; then continue; fi
+    n=$(wc -l <"data/$set/wav.scp")
+    j=$((nj < n ? nj : n))
+    rm -rf "$units/$set"
+    mkdir -p "$units/$set"
+    cp "data/$set/wav.scp" "data/$set/utt2spk" "$units/$set/"
+    "$here/utils/split_data.sh" "$units/$set" "$j"
+    $decode_cmd --gpu "$ngpu" JOB=1:$j "$units/log/quantize_$set.JOB.log" \
+      w2v quantize "$units/$set/split$j/JOB/wav.scp" "$units/$set/JOB.txt" --model "$vq/checkpoint_best.pt" \
+        --device "$(train_device)"
+    for ((k = 1; k <= j; k++)); do cat "$units/$set/$k.txt"; done >"$units/$set.txt.tmp"
+    mv "$units/$set.txt.tmp" "$units/$set.txt"
+    rm -rf "$units/$set"
+  done
+  conf_opt=()
+  [ -n "$bert_conf" ] && conf_opt=(--config "$bert_conf")
+  uf=$bert_update_freq
+  if [ "$uf" = 0 ]; then uf=$((128 / nproc)); [ "$uf" -ge 1 ] || uf=1; fi
+  pretrain_run "$bert" "$uf" "$units/pretrain.txt" --valid "$units/$(kaldi_name "$pretrain_valid").txt" \
+    --arch unit-bert --preset "$bert_preset" ${conf_opt[@]+"${conf_opt[@]}"}
+}
+
 if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($nproc x $(train_device))"; then
   if [ -n "$pretrained" ]; then
     log "--pretrained $pretrained given: nothing to pretrain"
   else
-    srcs=()
-    for p in $pretrain_parts; do
-      [ -f "data/$(kaldi_name "$p")/wav.scp" ] && srcs+=("data/$(kaldi_name "$p")")
-    done
-    [ ${#srcs[@]} -gt 0 ] || { log "ERROR: no pretraining part prepared (stage 1)"; exit 1; }
-    "$here/utils/combine_data.sh" data/pretrain "${srcs[@]}"
+    combine_pretrain_parts
     uf=$pretrain_update_freq
     if [ "$uf" = 0 ]; then uf=$((64 / nproc)); [ "$uf" -ge 1 ] || uf=1; fi
     conf_opt=()
@@ -258,6 +328,10 @@ if stage_begin 2 "pretrain wav2vec 2.0 $pretrain_preset on $pretrain_parts ($npr
       $(train_launcher) pretrain data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" \
         --arch wav2vec2 --preset "$pretrain_preset" ${conf_opt[@]+"${conf_opt[@]}"} --update-freq "$uf" \
         --device "$(train_device)" --save-dir "exp/pretrain_$pretrain_preset" ${resume[@]+"${resume[@]}"}
+  fi
+  if [ "$vq_bert" = true ]; then
+    [ -f data/pretrain/wav.scp ] || combine_pretrain_parts
+    pretrain_vq_bert
   fi
   stage_end
 fi
@@ -296,6 +370,33 @@ if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acousti
     w2v manifest --validate-kaldi "$dst"
     mark_done "$dst"
   done
+  if [ "$vq_bert" = true ]; then
+    # the BERT's features of the vq-wav2vec's units, one vector per 10 ms code frame
+    vq=exp/pretrain_vq_$vq_preset/checkpoint_best.pt bert=exp/unit_bert_$bert_preset/checkpoint_best.pt
+    [ -f "$vq" ] && [ -f "$bert" ] || { log "ERROR: $vq or $bert not found (stage 2 with --vq-bert true)"; exit 1; }
+    layer_opt=()
+    [ -n "$vq_bert_layer" ] && layer_opt=(--layer "$vq_bert_layer")
+    for p in $feat_sets; do
+      src=data/$(kaldi_name "$p")
+      dst=data/feats_vqbert/$(kaldi_name "$p")
+      unit_done "$dst" && continue
+      rm -rf "$dst"
+      mkdir -p "$dst"
+      for f in wav.scp text utt2spk spk2utt utt2dur; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
+      n=$(wc -l <"$dst/utt2spk")
+      j=$((nj < n ? nj : n))
+      "$here/utils/split_data.sh" "$dst" "$j"
+      $cpu_cmd JOB=1:$j "$dst/log/featurize.JOB.log" \
+        w2v featurize "$dst/split$j/JOB" "$dst/split$j/JOB" --model "$vq" --bert "$bert" \
+          ${layer_opt[@]+"${layer_opt[@]}"} --threads 1 --no-progress
+      for f in feats.scp utt2num_frames; do
+        for ((k = 1; k <= j; k++)); do cat "$dst/split$j/$k/$f"; done | sort -k1,1 >"$dst/$f"
+      done
+      cp "$dst/split$j/1/frame_shift" "$dst/frame_shift"
+      w2v manifest --validate-kaldi "$dst"
+      mark_done "$dst"
+    done
+  fi
   stage_end
 fi
 

@@ -30,6 +30,7 @@ LABELS = {
     "ptfeat_ds": "{pt} features + downstream",
     "fbank_st": "fbank + downstream, self-trained",
     "pt_st": "{pt} + self-training",
+    "vqbert_ds": "vq-wav2vec + BERT features + downstream",
 }
 
 
