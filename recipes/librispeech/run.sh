@@ -343,14 +343,15 @@ if stage_begin 3 "fine-tune presets: $finetune_presets"; then
   stage_end
 fi
 
-if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acoustic models"; then
-  model=$(pretrained_model)
-  [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; exit 1; }
-  layer_opt=()
-  [ -n "$feat_layer" ] && layer_opt=(--layer "$feat_layer")
+# featurize_data_dirs KIND OPTIONS...: data/KIND/<set> for each of $feat_sets, a copy of the
+# set's data dir with the features of `w2v featurize OPTIONS` (feats.scp, utt2num_frames,
+# frame_shift), $nj shards through $cpu_cmd.
+featurize_data_dirs() {
+  local kind=$1 p src dst n j f k
+  shift
   for p in $feat_sets; do
     src=data/$(kaldi_name "$p")
-    dst=data/feats_w2v2/$(kaldi_name "$p")
+    dst=data/$kind/$(kaldi_name "$p")
     unit_done "$dst" && continue
     rm -rf "$dst"
     mkdir -p "$dst"
@@ -361,8 +362,7 @@ if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acousti
     # each shard is a data dir; featurize writes feats.scp, utt2num_frames and
     # frame_shift into it, with the archive under it
     $cpu_cmd JOB=1:$j "$dst/log/featurize.JOB.log" \
-      w2v featurize "$dst/split$j/JOB" "$dst/split$j/JOB" --model "$model" ${layer_opt[@]+"${layer_opt[@]}"} \
-        --threads 1 --no-progress
+      w2v featurize "$dst/split$j/JOB" "$dst/split$j/JOB" "$@" --threads 1 --no-progress
     for f in feats.scp utt2num_frames; do
       for ((k = 1; k <= j; k++)); do cat "$dst/split$j/$k/$f"; done | sort -k1,1 >"$dst/$f"
     done
@@ -370,32 +370,21 @@ if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acousti
     w2v manifest --validate-kaldi "$dst"
     mark_done "$dst"
   done
+}
+
+if stage_begin 4 "featurize $feat_sets into Kaldi data dirs for external acoustic models"; then
+  model=$(pretrained_model)
+  [ -f "$model" ] || { log "ERROR: $model not found (stage 2, or --pretrained)"; exit 1; }
+  layer_opt=()
+  [ -n "$feat_layer" ] && layer_opt=(--layer "$feat_layer")
+  featurize_data_dirs feats_w2v2 --model "$model" ${layer_opt[@]+"${layer_opt[@]}"}
   if [ "$vq_bert" = true ]; then
     # the BERT's features of the vq-wav2vec's units, one vector per 10 ms code frame
     vq=exp/pretrain_vq_$vq_preset/checkpoint_best.pt bert=exp/unit_bert_$bert_preset/checkpoint_best.pt
     [ -f "$vq" ] && [ -f "$bert" ] || { log "ERROR: $vq or $bert not found (stage 2 with --vq-bert true)"; exit 1; }
     layer_opt=()
     [ -n "$vq_bert_layer" ] && layer_opt=(--layer "$vq_bert_layer")
-    for p in $feat_sets; do
-      src=data/$(kaldi_name "$p")
-      dst=data/feats_vqbert/$(kaldi_name "$p")
-      unit_done "$dst" && continue
-      rm -rf "$dst"
-      mkdir -p "$dst"
-      for f in wav.scp text utt2spk spk2utt utt2dur; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
-      n=$(wc -l <"$dst/utt2spk")
-      j=$((nj < n ? nj : n))
-      "$here/utils/split_data.sh" "$dst" "$j"
-      $cpu_cmd JOB=1:$j "$dst/log/featurize.JOB.log" \
-        w2v featurize "$dst/split$j/JOB" "$dst/split$j/JOB" --model "$vq" --bert "$bert" \
-          ${layer_opt[@]+"${layer_opt[@]}"} --threads 1 --no-progress
-      for f in feats.scp utt2num_frames; do
-        for ((k = 1; k <= j; k++)); do cat "$dst/split$j/$k/$f"; done | sort -k1,1 >"$dst/$f"
-      done
-      cp "$dst/split$j/1/frame_shift" "$dst/frame_shift"
-      w2v manifest --validate-kaldi "$dst"
-      mark_done "$dst"
-    done
+    featurize_data_dirs feats_vqbert --model "$vq" --bert "$bert" ${layer_opt[@]+"${layer_opt[@]}"}
   fi
   stage_end
 fi
