@@ -540,9 +540,16 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
-    """Adam with decoupled weight decay over ``params`` (fairseq's ``adam``)."""
+    """Adam with decoupled weight decay over ``params`` (fairseq's ``adam``).
+
+    PyTorch's fused kernel where it has one (CPU and CUDA): one pass over each tensor instead of
+    the foreach path's chain of whole-tensor ops, which on the CPU was slower even than the
+    per-tensor loop (BENCHMARKS.md, "Optimizer step").
+    """
+    devices = {p.device.type for p in params}
+    fused = bool(params) and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                             weight_decay=optim.weight_decay, foreach=True)
+                             weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
 
 
 def _schedule(optim: OptimConfig):
