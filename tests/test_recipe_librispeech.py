@@ -5,8 +5,10 @@ tests/librispeech_fixture.py arranges LJ Speech and FSDD clips as
 transcripts, plus an openslr-like ``lm/`` (4-gram.arpa.gz, lexicon). The recipe
 then runs stage 0 (nothing to download: --corpus/--lm-dir), stage 1 (data dirs,
 manifests, subsets, lexicon, LM), stage 2 with a tiny wav2vec 2.0 pretrained for
-a few updates in 2 CPU processes through torchrun, then stages 3-7: tiny fine-tuning,
-featurization into Kaldi data dirs, sharded decoding with viterbi and the
+a few updates in 2 CPU processes through torchrun (with --vq-bert true also a tiny
+vq-wav2vec, its units and a tiny unit BERT), then stages 3-7: tiny fine-tuning,
+featurization into Kaldi data dirs (wav2vec 2.0's and the unit BERT's), sharded
+decoding with viterbi and the
 4-gram, scoring, and self-training with pseudo-labels. The point is the
 plumbing end to end; the models are far too small to recognize anything.
 """
@@ -143,18 +145,31 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     assert (work / (work / "data/lang/lm_path").read_text().strip()).is_file()
 
     # stage 2: a tiny wav2vec 2.0 stands in for BASE on 960 h, pretrained by the recipe
-    # through torchrun in 2 CPU processes (gloo), as --ngpu N runs it on GPUs
+    # through torchrun in 2 CPU processes (gloo), as --ngpu N runs it on GPUs; with
+    # --vq-bert true a tiny vq-wav2vec and a tiny unit BERT on its units stand in for the
+    # paper's, each for 4 updates, the same way
     conf = tmp_path / "pretrain_tiny.yaml"
     conf.write_text("optim:\n  max_update: 4\n  warmup_updates: 1\nrun:\n  valid_interval: 4\n  threads: 1\n")
-    p = run_recipe(*common, "--stage", "2", "--stop-stage", "2", "--pretrain-preset", "tiny", "--pretrain-parts",
-                   "train-clean-100", "--pretrain-conf", conf, "--pretrain-update-freq", "1", "--nproc", "2",
-                   cwd=tmp_path)
+    vq_bert = ["--vq-bert", "true", "--vq-preset", "tiny", "--bert-preset", "tiny"]
+    p = run_recipe(*common, *vq_bert, "--stage", "2", "--stop-stage", "2", "--pretrain-preset", "tiny",
+                   "--pretrain-parts", "train-clean-100", "--pretrain-conf", conf, "--pretrain-update-freq", "1",
+                   "--nproc", "2", "--vq-conf", conf, "--vq-update-freq", "1", "--bert-conf", conf,
+                   "--bert-update-freq", "1", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    pt_log = (work / "exp/pretrain_tiny/log/pretrain.log").read_text()
-    assert "2 process(es) x update_freq 1; device cpu" in pt_log
-    assert re.search(r"valid \| update 4 \|", pt_log)
-    assert (work / "exp/pretrain_tiny/checkpoint_best.pt").is_file()
-    tiny = ["--pretrain-preset", "tiny", "--ft-recipe", "tiny",
+    for d in ("pretrain_tiny", "pretrain_vq_tiny", "unit_bert_tiny"):
+        pt_log = (work / f"exp/{d}/log/pretrain.log").read_text()
+        assert "2 process(es) x update_freq 1; device cpu" in pt_log, d
+        assert re.search(r"valid \| update 4 \|", pt_log), d
+        assert (work / f"exp/{d}/checkpoint_best.pt").is_file(), d
+    # the vq-wav2vec's units ('g0-g1' per frame): one line per utterance of the pretraining
+    # audio (train-clean-100 here) and of --pretrain-valid (dev-other), which the BERT read
+    for name, part in (("pretrain", "train_clean_100"), ("dev_other", "dev_other")):
+        units = read_table(work / f"exp/units_vq_tiny/{name}.txt")
+        assert sorted(units) == sorted(read_table(work / f"data/{part}/wav.scp")), name
+        for uid, toks in units.items():
+            assert toks and all(re.fullmatch(r"\d+-\d+", t) for t in toks.split()), uid
+    assert "arch: unit-bert" in (work / "exp/unit_bert_tiny/config.yaml").read_text()
+    tiny = ["--pretrain-preset", "tiny", "--ft-recipe", "tiny", *vq_bert,
             "--finetune-sets", "--max-update 4 --freeze-updates 1 --valid-interval 4 --threads 1",
             "--beam", "8", "--word-score", "5", "--st-keep", "0.5", "--st-nbest", "3",
             # the pseudo-labels' n-best rescored by a (barely trained) tiny Transformer LM
@@ -177,6 +192,22 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
     assert sorted(nframes) == sorted(read_table(work / "data/test_clean/wav.scp"))
     for uid, mat in kaldiio.load_scp(str(fdir / "feats.scp")).items():
         assert mat.shape[0] == nframes[uid] and mat.ndim == 2 and np.isfinite(mat).all()
+
+    # stage 4 with --vq-bert true: the unit BERT's features of the vq-wav2vec's codes, one
+    # vector of the BERT's width per 10 ms code frame, one matrix per utterance
+    import torch
+
+    bert = torch.load(work / "exp/unit_bert_tiny/checkpoint_best.pt", map_location="cpu", weights_only=False)
+    vdir = work / "data/feats_vqbert/test_clean"
+    assert (vdir / "frame_shift").read_text().strip() in ("0.01", "0.010")
+    vq_frames = {k: int(v) for k, v in read_table(vdir / "utt2num_frames").items()}
+    durs = {k: float(v) for k, v in read_table(work / "data/test_clean/utt2dur").items()}
+    mats = dict(kaldiio.load_scp(str(vdir / "feats.scp")))
+    assert sorted(mats) == sorted(vq_frames) == sorted(read_table(work / "data/test_clean/wav.scp"))
+    for uid, mat in mats.items():
+        assert mat.shape == (vq_frames[uid], bert["config"]["embed_dim"]) and np.isfinite(mat).all(), uid
+        # the encoder's 30 ms receptive field costs 2-3 frames of the 100 per second
+        assert 0 <= durs[uid] * 100 - mat.shape[0] < 3, (uid, durs[uid], mat.shape)
 
     # stages 5-6: every eval set decoded in shards with both decoders, scored, summarized
     results = (work / "exp/RESULTS").read_text()

@@ -71,6 +71,7 @@ st_rescore_grid="rescore_weight=0:2:0.25"   # chosen on --tune-set with the seed
 vq_bert=false            # true: vq-wav2vec + BERT on its units (stage 2), the BERT's features (stage 4)
 vq_preset=gumbel         # w2v pretrain --arch vq-wav2vec --preset (gumbel, kmeans; tiny for CPU tests)
 vq_conf=                 # optional YAML over it
+vq_update_freq=0         # 0: 8 / nproc, fairseq's 8-GPU batch
 bert_preset=base         # w2v pretrain --arch unit-bert --preset (base: RoBERTa BASE as published; tiny)
 bert_conf=               # optional YAML over it
 bert_update_freq=0       # 0: 128 / nproc, the published 128-GPU batch
@@ -89,7 +90,9 @@ help_message="Usage: $0 [options]   (defaults in the script; every variable abov
   --st-rescore true --st-lm-preset base   a Transformer LM rescores the pseudo-labels (needs
                             librispeech-lm-norm.txt(.gz) of openslr 11 in the --lm-dir)
   --vq-bert true --vq-preset gumbel --bert-preset base   vq-wav2vec + BERT on its units (stage 2),
-                            the BERT's features into data/feats_vqbert/<set> (stage 4)"
+                            the BERT's features into data/feats_vqbert/<set> (stage 4)
+  --vq-update-freq N --bert-update-freq N   their update_freq (0: the published 8- and 128-GPU
+                            batches on --nproc processes; small data needs 1)"
 
 # Paths on the command line are relative to where the script was started
 # (or to the recipe folder).
@@ -275,14 +278,15 @@ pretrain_run() {
 
 # pretrain_vq_bert: vq-wav2vec + BERT (Baevski et al. 2020, vq-wav2vec): the vq-wav2vec
 # on data/pretrain (validated on --pretrain-valid; fairseq trained it on 8 GPUs: kept here
-# by --update-freq), its units ('g0-g1' per 10 ms frame) of the pretraining audio and of
+# by --vq-update-freq), its units ('g0-g1' per 10 ms frame) of the pretraining audio and of
 # --pretrain-valid, $nj shards through $decode_cmd, then BERT on the units (validated on
 # --pretrain-valid's units; masked-unit accuracy picks checkpoint_best.pt).
 pretrain_vq_bert() {
   local vq=exp/pretrain_vq_$vq_preset bert=exp/unit_bert_$bert_preset units=exp/units_vq_$vq_preset
   local conf_opt=() uf set j n k
   [ -n "$vq_conf" ] && conf_opt=(--config "$vq_conf")
-  uf=$((8 / nproc)); [ "$uf" -ge 1 ] || uf=1
+  uf=$vq_update_freq
+  if [ "$uf" = 0 ]; then uf=$((8 / nproc)); [ "$uf" -ge 1 ] || uf=1; fi
   pretrain_run "$vq" "$uf" data/pretrain --valid "data/$(kaldi_name "$pretrain_valid")" --arch vq-wav2vec \
     --preset "$vq_preset" ${conf_opt[@]+"${conf_opt[@]}"}
   for set in pretrain "$(kaldi_name "$pretrain_valid")"; do
@@ -293,9 +297,10 @@ pretrain_vq_bert() {
     mkdir -p "$units/$set"
     cp "data/$set/wav.scp" "data/$set/utt2spk" "$units/$set/"
     "$here/utils/split_data.sh" "$units/$set" "$j"
-    $decode_cmd --gpu "$ngpu" JOB=1:$j "$units/log/quantize_$set.JOB.log" \
+    # one GPU per shard (quantize uses one), one thread per shard on a CPU
+    $decode_cmd --gpu $((ngpu > 0 ? 1 : 0)) JOB=1:$j "$units/log/quantize_$set.JOB.log" \
       w2v quantize "$units/$set/split$j/JOB/wav.scp" "$units/$set/JOB.txt" --model "$vq/checkpoint_best.pt" \
-        --device "$(train_device)"
+        --device "$(train_device)" --threads 1
     for ((k = 1; k <= j; k++)); do cat "$units/$set/$k.txt"; done >"$units/$set.txt.tmp"
     mv "$units/$set.txt.tmp" "$units/$set.txt"
     rm -rf "$units/$set"
