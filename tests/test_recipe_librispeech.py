@@ -195,9 +195,9 @@ def test_librispeech_fixture_end_to_end(tmp_path, shared_data):
 
     # stage 4 with --vq-bert true: the unit BERT's features of the vq-wav2vec's codes, one
     # vector of the BERT's width per 10 ms code frame, one matrix per utterance
-    import torch
+    from w2vtools.models.checkpoint import read_checkpoint
 
-    bert = torch.load(work / "exp/unit_bert_tiny/checkpoint_best.pt", map_location="cpu", weights_only=False)
+    bert = read_checkpoint(work / "exp/unit_bert_tiny/checkpoint_best.pt")  # our safe loader, no unpickling
     vdir = work / "data/feats_vqbert/test_clean"
     assert (vdir / "frame_shift").read_text().strip() in ("0.01", "0.010")
     vq_frames = {k: int(v) for k, v in read_table(vdir / "utt2num_frames").items()}
