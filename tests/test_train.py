@@ -474,3 +474,29 @@ def test_tie_break_metric_decides_between_equal_best_metrics(fsdd_manifest, tmp_
     script_validation(t, scripted)
     t.train()
     assert t.num_updates == 3
+
+
+def test_validation_after_updates_sees_the_new_weights_through_the_models_caches(fsdd_manifest, tmp_path):
+    # Without autograd the wav2vec 2.0 layers reuse folded weights (weight-normed positional
+    # conv, concatenated q/k/v) keyed on the parameters' version counters, which the fused
+    # Adam kernel does not bump: the trainer must, or every validation after the first runs
+    # on stale weights (this once picked the digits recipe's checkpoints).
+    from w2vtools.pretrain import build_model
+
+    cfg = resolve_config("wav2vec2", "tiny", sets=[
+        "optim.max_update=6", "run.valid_interval=3", "run.log_interval=1", "run.tensorboard=false",
+        "data.num_workers=0", "data.max_samples_per_batch=32000", "data.max_sample_size=8000",
+        "data.min_sample_size=3000", "optim.lr=0.005", "optim.warmup_updates=1",
+    ])
+    torch.manual_seed(0)
+    model, _, _ = build_model(cfg)
+    trainer = make_trainer(fsdd_manifest, tmp_path, cfg, model=model, valid=True,
+                           objective=PretrainObjective())
+    trainer.train()
+    valid = [r for r in trainer.history if r["kind"] == "valid"]
+    assert [r["update"] for r in valid] == [3, 6]
+    cached = [m for m in model.modules() if getattr(m, "_cache", None) is not None]
+    assert cached, "no layer cached a folded weight: the test no longer tests the caches"
+    for m in cached:
+        m._cache = None  # what a fresh process loading these weights would compute
+    assert trainer.validate()["loss"] == pytest.approx(valid[-1]["loss"], rel=1e-6)

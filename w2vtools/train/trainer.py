@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version
 
 from w2vtools.train.checkpoints import (
     TRAINER_STATE_VERSION, LoadFn, SaveFn, read_resume_state, resume_hint, write_checkpoints,
@@ -242,6 +243,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
+        # The fused Adam kernel writes the parameters without bumping their version counters, and
+        # the models' no-grad caches (folded weight norm, concatenated q/k/v) are keyed on them:
+        # bump them here, or validation would run on weights cached before this update.
+        increment_version(self.params)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self._last_step_updated = True
