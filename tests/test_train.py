@@ -480,7 +480,7 @@ def test_validation_after_updates_sees_the_new_weights_through_the_models_caches
     # Without autograd the wav2vec 2.0 layers reuse folded weights (weight-normed positional
     # conv, concatenated q/k/v) keyed on the parameters' version counters, which the fused
     # Adam kernel does not bump: the trainer must, or every validation after the first runs
-    # on stale weights (this once picked the digits recipe's checkpoints).
+    # on stale weights (the resume test in test_finetune.py first showed it).
     from w2vtools.pretrain import build_model
 
     cfg = resolve_config("wav2vec2", "tiny", sets=[
