@@ -549,7 +549,8 @@ def _optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.op
 
     PyTorch's fused kernel where it has one (CPU and CUDA): one pass over each tensor instead of
     the foreach path's chain of whole-tensor ops, which on the CPU was slower even than the
-    per-tensor loop (BENCHMARKS.md, "Optimizer step").
+    per-tensor loop (BENCHMARKS.md, "Optimizer step"). The fused kernel leaves the parameters'
+    version counters alone; :meth:`Trainer._update` bumps them after each step.
     """
     devices = {p.device.type for p in params}
     fused = bool(params) and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
