@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     # audio: reading and batching waveforms
     "w2vtools.audio": 1,
     "w2vtools.batching": 1,
+    "w2vtools.augment": 1,  # speed perturbation and noise of training audio
     # models: nn.Modules, their configs, loading and conversion
     "w2vtools.models.*": 2,
     # train / running: the update loop, emissions, process-wide tuning

@@ -203,6 +203,12 @@ def test_feature_route_trains_saves_and_decodes(fsdd, tmp_path, w2v):
     again = w2v("finetune", "--features", tmp_path / "train.h5", "--labels", data / "text", "--arch", "conv",
                 "--preset", "tiny", "--save-dir", save, check=False)
     assert again.returncode == 1 and "--resume" in again.stderr
+    # waveform augmentation cannot apply to stored features: one line, not a silent no-op
+    augmented = w2v("finetune", "--features", tmp_path / "train.h5", "--labels", data / "text", "--arch", "conv",
+                    "--preset", "tiny", "--save-dir", tmp_path / "aug", "--set", "data.speed_perturb=[0.9,1.1]",
+                    check=False)
+    assert augmented.returncode == 1 and "data.speed_perturb and data.noise_snr_db augment audio" in augmented.stderr
+    assert [line for line in augmented.stderr.splitlines() if "error" in line] == [augmented.stderr.splitlines()[-1]]
 
 
 @pytest.mark.slow

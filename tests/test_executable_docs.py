@@ -162,6 +162,9 @@ HOW: dict[str, How] = dict([
           _PRETRAIN, _SHORT),
     _plus("w2v pretrain data/train.tsv --valid data/valid.tsv --arch wav2vec2 --preset tiny --save-dir exp/tiny "
           "--set optim.max_update=300", _PRETRAIN, _SHORT),
+    _plus("w2v pretrain data/train.tsv --arch wav2vec2 --preset tiny --save-dir exp/pt_aug "
+          "--set 'data.speed_perturb=[0.9,1.0,1.1]' --set 'data.noise_snr_db=[10,30]'   # augmented training audio",
+          _PRETRAIN.replace(" --valid-interval 2", ""), _SHORT),
     _plus("w2v pretrain units_train.txt --valid units_valid.txt --arch unit-bert --preset tiny --save-dir exp/bert",
           _PRETRAIN, _SHORT),
     _plus("w2v finetune data/train_10h.tsv --labels ltr --valid data/dev_other.tsv --init exp/pt/checkpoint_best.pt "

@@ -118,6 +118,24 @@ def test_two_gloo_processes_equal_update_freq_and_resume_exactly(corpus, one_pro
         assert resumed[n] == pytest.approx(ddp[n], abs=1e-5), n
 
 
+def test_augmented_pretraining_resumes_exactly(corpus, tmp_path):
+    # speed perturbation and noise run in the loader's worker process, seeded per batch:
+    # a resumed run reads the same perturbed audio as the uninterrupted one
+    aug = [*FAST, "--max-update", "16", "--set", "data.speed_perturb=[0.9,1.0,1.1]",
+           "--set", "data.noise_snr_db=[10,30]", "--set", "data.noise_prob=0.5"]
+    full = tmp_path / "full"
+    proc = pretrain_cli(corpus[0], "--save-dir", full, *aug)
+    assert "train: augmented: Augmentation(speeds=(0.9, 1.0, 1.1), snr_db=(10.0, 30.0), noise_prob=0.5)" in proc.stderr
+    expected = losses(full)
+    cut = tmp_path / "cut"
+    pretrain_cli(corpus[0], "--save-dir", cut, "--stop-at-update", "6", *aug)
+    pretrain_cli(corpus[0], "--save-dir", cut, "--resume", *aug)
+    resumed = losses(cut)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 17))
+    for n in range(7, 17):
+        assert resumed[n] == pytest.approx(expected[n], abs=1e-5), n
+
+
 def test_outputs_config_checkpoints_and_errors(corpus, one_proc_uf2, tmp_path, w2v):
     import torch
 

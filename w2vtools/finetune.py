@@ -65,7 +65,7 @@ from w2vtools.models.downstream import ARCHES, DownstreamConfig, DownstreamModel
 from w2vtools.models.loading import load_model
 from w2vtools.models.presets import DOWNSTREAM_PRESETS, downstream_config
 from w2vtools.train.checkpoints import find_trainer_state
-from w2vtools.train.config import FINETUNE_PRESETS, TrainConfig, apply_dict, resolve_config
+from w2vtools.train.config import FINETUNE_PRESETS, TrainConfig, apply_dict, resolve_config, training_augmentation
 from w2vtools.train.data import AudioDataset, stable_seed
 from w2vtools.train.features_data import FeatureDataset
 from w2vtools.train.launch import check_model_overrides, start_run
@@ -586,7 +586,7 @@ def _audio_route(cfg: TrainConfig, data: _LabelledData, tokens: list[str], *, re
     def dataset(utts, targets, name: str) -> AudioDataset:
         return AudioDataset(utts, sample_rate=rate, min_sample_size=d.min_sample_size,
                             max_sample_size=d.max_sample_size, pad=True, labels=targets, seed=cfg.run.seed, name=name,
-                            verify=d.verify)
+                            verify=d.verify, augment=training_augmentation(d) if name == "train" else None)
 
     valid_set = None if data.valid_utts is None else dataset(data.valid_utts, data.valid_targets, "valid")
     return _RouteSetup(model, family, "ctc", dataset(data.train_utts, data.train_targets, "train"), valid_set,
@@ -597,6 +597,9 @@ def _feature_route(cfg: TrainConfig, data: _LabelledData, tokens: list[str], *, 
                    features: str, valid_features: str | None) -> _RouteSetup:
     """A downstream CTC model (new, continued or resumed) on stored features."""
     d = cfg.data
+    if training_augmentation(d) is not None:
+        raise W2VError(f"{features}: data.speed_perturb and data.noise_snr_db augment audio, and this run trains "
+                       "on stored features; augment the audio before featurizing, or drop them")
     train_set = FeatureDataset(features, data.train_targets, min_frames=d.min_sample_size,
                                max_frames=d.max_sample_size, name="train")
     valid_set = None

@@ -39,7 +39,7 @@ from w2vtools.models.registry import build_model as build, model_class_for
 from w2vtools.models.presets import get_preset
 from w2vtools.models.token_transformer import TokenTransformer
 from w2vtools.models.unit_bert import UnitBertConfig, unit_bert_preset
-from w2vtools.train.config import DataConfig, TrainConfig, resolve_config
+from w2vtools.train.config import DataConfig, TrainConfig, resolve_config, training_augmentation
 from w2vtools.train.data import AudioDataset, stable_seed
 from w2vtools.train.launch import TrainingRun, check_model_overrides, start_run
 from w2vtools.train.objectives import MaskedUnitObjective, PretrainObjective
@@ -137,7 +137,8 @@ def pretrain(
 
 def _audio_dataset(corpus: str | os.PathLike, d: DataConfig, seed: int, name: str) -> AudioDataset:
     return AudioDataset(read_corpus(corpus), sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
-                        max_sample_size=d.max_sample_size, pad=d.pad, seed=seed, name=name, verify=d.verify)
+                        max_sample_size=d.max_sample_size, pad=d.pad, seed=seed, name=name, verify=d.verify,
+                        augment=training_augmentation(d) if name == "train" else None)
 
 
 def unit_bert_config(cfg: TrainConfig, vocab_size: int) -> UnitBertConfig:
@@ -170,6 +171,9 @@ def _unit_symbols(units: dict[str, list[str]], run: TrainingRun) -> list[str]:
 
 def _pretrain_unit_bert(train, valid, cfg: TrainConfig, run: TrainingRun) -> dict[str, Any]:
     """BERT on unit files: vocabulary from the training units, masked-unit prediction."""
+    if training_augmentation(cfg.data) is not None:
+        raise W2VError(f"{train}: data.speed_perturb and data.noise_snr_db augment audio, and a unit BERT trains "
+                       "on units; augment the audio the units are made from, or drop them")
     units = read_units(train)
     valid_units = None if valid is None else read_units(valid)
     tokens = unit_vocabulary(_unit_symbols(units, run))

@@ -72,6 +72,11 @@ class DataConfig:
         num_workers: DataLoader worker processes reading and resampling audio.
         verify: before the first update, decode every utterance in full instead of
             reading its header only (``--verify``; :func:`w2vtools.train.data.check_utterances`).
+        speed_perturb: speed factors for the training audio, one drawn per utterance
+            (e.g. ``[0.9, 1.0, 1.1]``; empty: none). See :mod:`w2vtools.augment`.
+        noise_snr_db: ``[low, high]``: white noise added to the training audio at an SNR
+            drawn in this range (dB; empty: none), to a ``noise_prob`` share of the utterances.
+            Validation audio is never augmented.
     """
 
     sample_rate: int = 16000
@@ -82,6 +87,9 @@ class DataConfig:
     pad: bool = False
     num_workers: int = 2
     verify: bool = False
+    speed_perturb: list = field(default_factory=list)
+    noise_snr_db: list = field(default_factory=list)
+    noise_prob: float = 1.0
 
 
 @dataclass
@@ -654,3 +662,14 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise W2VError(msg)
+    try:
+        training_augmentation(d)
+    except (TypeError, ValueError) as e:
+        raise W2VError(f"data.speed_perturb / data.noise_snr_db / data.noise_prob: {e}") from None
+
+
+def training_augmentation(d: DataConfig):
+    """The :class:`~w2vtools.augment.Augmentation` the data section asks for, or ``None``."""
+    from w2vtools.augment import Augmentation
+
+    return Augmentation.from_lists(d.speed_perturb, d.noise_snr_db, d.noise_prob)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from w2vtools.audio import audio_info, is_command, load_utterance
+from w2vtools.augment import Augmentation
 from w2vtools.batching import SkipLog, utterance_length
 from w2vtools.errors import W2VError
 from w2vtools.formats.durations import format_duration
@@ -174,6 +175,10 @@ class AudioDataset(torch.utils.data.Dataset):
         name: for log messages ("train", "valid").
         lengths: the lengths at ``sample_rate`` if already known (skips the check pass).
         verify: decode every utterance in the check pass (:func:`check_utterances`).
+        augment: perturbs each utterance after loading (training sets; seeded with
+            ``seed``, epoch and batch index). A cropped batch still keeps to the lengths
+            it was planned with; a padded one is planned with the longest an
+            utterance can become (:attr:`~w2vtools.augment.Augmentation.max_stretch`).
 
     Without ``lengths``, :func:`check_utterances` runs first: unreadable utterances are
     left out (:attr:`num_unreadable`) and manifest lengths are checked against headers.
@@ -202,8 +207,10 @@ class AudioDataset(torch.utils.data.Dataset):
         name: str = "train",
         lengths: Sequence[int] | None = None,
         verify: bool = False,
+        augment: Augmentation | None = None,
     ) -> None:
         self.sample_rate = int(sample_rate)
+        self.augment = augment
         self.min_sample_size = int(min_sample_size)
         self.max_sample_size = int(max_sample_size) if max_sample_size else None
         self.pad = bool(pad)
@@ -251,12 +258,16 @@ class AudioDataset(torch.utils.data.Dataset):
             "%s: %d utterances, %s of audio at %d Hz",
             name, len(self.utterances), format_duration(self.sizes.sum() / self.sample_rate), self.sample_rate,
         )
+        if augment is not None:
+            log.info("%s: augmented: %s", name, augment)
 
     @property
     def sizes_for_batching(self) -> np.ndarray:
         """Each item's length as it will be in a batch (capped at the crop size)."""
         if self.max_sample_size and not self.pad:
             return np.minimum(self.sizes, self.max_sample_size)
+        if self.augment is not None and self.augment.max_stretch > 1:
+            return np.ceil(self.sizes * self.augment.max_stretch).astype(np.int64)
         return self.sizes
 
     def __len__(self) -> int:
@@ -283,6 +294,9 @@ class AudioDataset(torch.utils.data.Dataset):
             i, wav = self._substitute(key, skipped)
             ids, wavs = [i], [wav]
         key = dataclasses.replace(key, ids=tuple(ids))
+        if self.augment is not None:
+            rng = np.random.default_rng(stable_seed(self.seed, "augment", self.name, key.epoch, key.index))
+            wavs = [self.augment(w, rng, self.sample_rate) for w in wavs]
         batch = self._collate_padded(key, wavs) if self.pad else self._collate_cropped(key, wavs)
         batch["skipped"] = skipped
         return batch
@@ -310,6 +324,8 @@ class AudioDataset(torch.utils.data.Dataset):
         target = min(len(w) for w in wavs)
         if self.max_sample_size:
             target = min(target, self.max_sample_size)
+        if self.augment is not None:  # a slowed-down utterance must not make the batch outgrow its plan
+            target = min(target, int(self.sizes_for_batching[list(key.ids)].min()))
         rng = np.random.default_rng(stable_seed(self.seed, "crop", self.name, key.epoch, key.index))
         source = torch.empty(len(wavs), target, dtype=torch.float32)
         for row, w in enumerate(wavs):
