@@ -62,7 +62,7 @@ def test_noise_comes_at_the_drawn_snr(fsdd_utts):
     assert 70 < noisy < 130
 
 
-def test_config_turns_it_on_and_names_bad_settings(tmp_path):
+def test_config_turns_it_on_and_names_bad_settings():
     cfg = apply_sets(TrainConfig(), ["data.speed_perturb=[0.9, 1.0, 1.1]", "data.noise_snr_db=[10, 30]",
                                      "data.noise_prob=0.5"])
     validate_config(cfg)
@@ -103,3 +103,11 @@ def test_padded_batches_are_planned_for_the_longest_perturbed_length(fsdd_utts):
         batch = ds[BatchKey(0, 0, tuple(ids))]
         assert batch["source"].numel() <= 60_000
         assert batch["source"].shape[1] >= int(ds.sizes[list(ids)].max() / 0.9) - 1
+
+
+def test_unit_bert_refuses_audio_augmentation(tmp_path, w2v):
+    units = tmp_path / "units.txt"
+    units.write_text("u1 3-1 3-1 7-2 5-0\nu2 7-2 5-0 3-1\n")
+    proc = w2v("pretrain", units, "--arch", "unit-bert", "--preset", "tiny", "--save-dir", tmp_path / "bert",
+               "--set", "data.speed_perturb=[0.9,1.1]", check=False)
+    assert proc.returncode == 1 and "a unit BERT trains on units" in proc.stderr.splitlines()[-1]
