@@ -97,8 +97,9 @@ def test_unit_bert_beats_the_most_frequent_unit_on_held_out_takes(chain):
     assert [r["update"] for r in valid] == [BERT_UPDATES // 2, BERT_UPDATES]
     last = valid[-1]
     assert 0.3 < last["masked_fraction"] < 0.5, last  # spans of 10 starting at 5 % of the units
-    # the baseline: the training units' most frequent unit (silence, mostly) at every masked position
-    assert 0.2 < last["baseline_accuracy"] < 0.6, last
+    # the baseline: the training units' most frequent unit (silence, mostly) at every masked position;
+    # the codes depend on the CPU's kernels (0.194 on an AVX2-only CPU, above 0.2 on AVX-512 ones)
+    assert 0.1 < last["baseline_accuracy"] < 0.6, last
     assert last["accuracy"] > last["baseline_accuracy"] + 0.12, last
     assert last["accuracy"] > valid[0]["accuracy"], valid  # still learning
 
