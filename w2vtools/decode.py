@@ -52,7 +52,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+import torchaudio
 from torchaudio.models.decoder import ctc_decoder
 from tqdm import tqdm
 
@@ -260,6 +262,9 @@ def skip_blank_runs(log_probs: torch.Tensor, threshold: float) -> torch.Tensor:
 #: posterior of the 1-best is its softmax among these (with one, it would always be 1)
 POSTERIOR_NBEST = 10
 
+#: Token kinds for word confidences (:func:`_letter_confidences`); special tokens are 0.
+LETTER, BOUNDARY = 1, 2
+
 
 class BeamSearch:
     """torchaudio's flashlight CTC beam search, lexicon-constrained or lexicon-free.
@@ -295,7 +300,6 @@ class BeamSearch:
                 lexicon=lexicon,
                 tokens=self.tokens,
                 lm=opts.lm,
-                nbest=max(opts.nbest, min(POSTERIOR_NBEST, opts.beam)),
                 beam_size=opts.beam,
                 beam_size_token=opts.beam_size_token,
                 beam_threshold=opts.beam_threshold,
@@ -310,49 +314,96 @@ class BeamSearch:
             )
         except (RuntimeError, ValueError) as e:
             raise W2VError(f"cannot build the beam-search decoder ({opts.lm or 'no LM'}): {e}") from None
+        self.blank_id = self.tokens.index(self.blank)
+        self.num_results = max(opts.nbest, min(POSTERIOR_NBEST, opts.beam))  # _search takes these from flashlight
+        self.word_dict = getattr(self.decoder, "word_dict", None) if lexicon else None
+        self.token_kind = np.array([BOUNDARY if t == WORD_BOUNDARY else 0 if t in NOT_WORD_TOKENS else LETTER
+                                    for t in self.tokens])
+        self._flashlight = getattr(self.decoder, "decoder", None)
+        if not hasattr(self._flashlight, "decode"):
+            raise W2VError(f"torchaudio {torchaudio.__version__}'s ctc_decoder holds no flashlight decoder "
+                           "(.decoder.decode) for w2v to call: install the torchaudio of requirements.lock")
 
     def __call__(self, log_probs: torch.Tensor) -> list[Hypothesis]:
         if log_probs.shape[0] == 0:
             return [Hypothesis([], 0.0, [])]
         frames = skip_blank_runs(log_probs, self.opts.blank_skip)
-        emissions = log_probs[frames].to(torch.float32).contiguous().unsqueeze(0)
-        lengths = torch.tensor([emissions.shape[1]], dtype=torch.int32)
-        results = self.decoder(emissions, lengths)[0]
-        posteriors = torch.softmax(torch.tensor([float(h.score) for h in results], dtype=torch.float64), 0).tolist()
-        frame_of = frames.tolist()
+        emissions = log_probs[frames].to(torch.float32).contiguous()
+        results = self._search(emissions)
+        posteriors = torch.softmax(torch.tensor([float(r.score) for r in results], dtype=torch.float64), 0).tolist()
+        frame_of = frames.numpy()
         out = []
-        for hyp, posterior in zip(results[: self.opts.nbest], posteriors):
-            ids = hyp.tokens.tolist()
+        for result, posterior in zip(results[: self.opts.nbest], posteriors):
+            ids, steps = _emitted_tokens(result.tokens, self.blank_id)
             # flashlight pads the token sequence with a boundary at both ends, so its timesteps
             # count that pad: timestep t is frame t - 1, the first frame of the token's run
-            times = [frame_of[min(max(int(t) - 1, 0), len(frame_of) - 1)] for t in hyp.timesteps.tolist()]
-            pieces = [(self.tokens[i], int(t), int(t)) for i, t in zip(ids, times)]
-            words, frames = _words_from_tokens(pieces)
-            confs = _letter_confidences(log_probs, [(i, t) for i, t in zip(ids, times)], self.tokens, len(words))
-            if self.opts.decoder == "kenlm" and hyp.words:
-                if len(hyp.words) == len(words):
-                    words = list(hyp.words)
+            times = frame_of[np.clip(steps - 1, 0, len(frame_of) - 1)]
+            pieces = [(self.tokens[i], t, t) for i, t in zip(ids.tolist(), times.tolist())]
+            words, word_frames = _words_from_tokens(pieces)
+            confs = _letter_confidences(log_probs, ids, times, self.token_kind, len(words))
+            lm_words = [self.word_dict.get_entry(w) for w in result.words if w >= 0] if self.word_dict else []
+            if self.opts.decoder == "kenlm" and lm_words:
+                if len(lm_words) == len(words):
+                    words = lm_words
                 else:  # an <unk> word has no spelling: keep the LM's words, frames unknown
-                    words, frames, confs = list(hyp.words), [], []
+                    words, word_frames, confs = lm_words, [], []
             confs = confs or [posterior] * len(words)
-            out.append(Hypothesis(words, float(hyp.score), frames, confs, posterior))
+            out.append(Hypothesis(words, float(result.score), word_frames, confs, posterior))
         return out
 
+    def _search(self, emissions: torch.Tensor) -> list:
+        """flashlight's sorted results for one utterance's (frames, tokens) float32 emissions.
 
-def _letter_confidences(log_probs: torch.Tensor, emitted: Sequence[tuple[int, int]], tokens: Sequence[str],
+        torchaudio's public call turns every n-best entry into a ``CTCHypothesis`` in Python
+        (a loop over all frames for each), but only the 1-best needs that; the other entries
+        need only their scores, for the posterior. So the search is asked directly, through the
+        flashlight decoder that torchaudio's ``CTCDecoder`` holds (checked in ``__init__``).
+        """
+        found = self._flashlight.decode(emissions.data_ptr(), emissions.shape[0], emissions.shape[1])
+        return found[: self.num_results]
+
+
+def _emitted_tokens(frame_tokens: Sequence[int], blank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens a CTC path emits and the step each starts at (a repeat run counts once; blanks none).
+
+    Example:
+        >>> ids, steps = _emitted_tokens([0, 5, 5, 0, 5, 7, 7], blank=0)
+        >>> ids.tolist(), steps.tolist()
+        ([5, 5, 7], [1, 4, 5])
+    """
+    seq = np.asarray(frame_tokens, dtype=np.int64)
+    starts = np.ones(len(seq), dtype=bool)
+    starts[1:] = seq[1:] != seq[:-1]
+    keep = starts & (seq != blank)
+    return seq[keep], np.flatnonzero(keep)
+
+
+def _letter_confidences(log_probs: torch.Tensor, ids: np.ndarray, times: np.ndarray, kind: np.ndarray,
                         num_words: int) -> list[float]:
-    """Per word, the mean posterior of its letters at the frames the beam search emits them
-    (``emitted``: (token id, frame) pairs in order; ``|`` separates words)."""
-    confs: list[list[float]] = [[]]
-    for tok, t in emitted:
-        name = tokens[tok]
-        if name == WORD_BOUNDARY:
-            if confs[-1]:
-                confs.append([])
-        elif name not in NOT_WORD_TOKENS:
-            confs[-1].append(float(log_probs[t, tok].exp()))
-    means = [sum(c) / len(c) for c in confs if c]
-    return means if len(means) == num_words else []
+    """Per word, the mean posterior of its letters at the frames the beam search emits them.
+
+    ``ids`` are emitted at ``times``, in order; ``kind[id]`` is :data:`LETTER`, :data:`BOUNDARY`
+    (``|``, which separates words) or 0 (special tokens, passed over). Returns [] when the
+    words found are not ``num_words``.
+
+    Example:
+        >>> lp = torch.log(torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8], [0.0, 1.0, 0.0]]))
+        >>> kind = np.array([0, BOUNDARY, LETTER])  # <pad>, |, A
+        >>> _letter_confidences(lp, np.array([2, 1, 2]), np.array([1, 2, 0]), kind, 2)
+        [0.800000011920929, 0.0]
+    """
+    kinds = kind[ids]
+    ids, times, kinds = ids[kinds > 0], times[kinds > 0], kinds[kinds > 0]
+    is_letter = kinds == LETTER
+    # a word starts at a letter that follows a boundary or nothing
+    starts = is_letter & ~np.concatenate(([False], is_letter[:-1]))
+    word = np.cumsum(starts)[is_letter] - 1
+    if word.size == 0 or word[-1] + 1 != num_words:
+        return []
+    letters = torch.from_numpy(times[is_letter]), torch.from_numpy(ids[is_letter])
+    probs = log_probs[letters].exp().double().numpy()
+    sums = np.bincount(word, weights=probs, minlength=num_words)
+    return (sums / np.bincount(word, minlength=num_words)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
