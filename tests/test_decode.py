@@ -253,3 +253,15 @@ def test_blank_run_skipping_keeps_letters_apart():
     # the blank between the two L frames survives, so "LL" is not merged
     assert viterbi(lp[kept], tokens).words == viterbi(lp, tokens).words == ["LL"]
     assert skip_blank_runs(lp, 1.0).tolist() == list(range(7))
+
+
+def test_a_torchaudio_without_the_flashlight_decoder_inside_is_one_line(monkeypatch):
+    """BeamSearch asks flashlight for its n best directly (``CTCDecoder.decoder``); a torchaudio
+    that moved it gives one line naming the version and the fix, not an AttributeError mid-decode."""
+    import w2vtools.decode as decode_module
+    from w2vtools.errors import W2VError
+
+    monkeypatch.setattr(decode_module, "ctc_decoder", lambda **kw: object())
+    tokens = ctc_vocabulary(list("AB|"))
+    with pytest.raises(W2VError, match=r"torchaudio .*'s ctc_decoder holds no flashlight decoder .*requirements.lock"):
+        decode_module.BeamSearch(tokens, DecoderOptions("beam"))
