@@ -175,10 +175,15 @@ def viterbi(log_probs: torch.Tensor, tokens: Sequence[str]) -> Hypothesis:
         for t, s, e in zip(uniq[keep].tolist(), starts[keep].tolist(), ends[keep].tolist())
     ]
     words, frames = _words_from_tokens(pieces)
-    probs = best.exp() * (ids != 0)  # the best path's posterior on letter frames, 0 on blanks
-    letter = (ids != 0).to(probs.dtype)
-    confs = [float(probs[a : b + 1].sum() / letter[a : b + 1].sum().clamp_min(1)) for a, b in frames]
-    return Hypothesis(words, float(best.sum()), frames, confs)
+    # per word, the mean of the best path's posterior over its non-blank frames (cumulative
+    # sums: one pass, not two tensor slices per word)
+    letter = (ids != 0).numpy()
+    prob_sum = np.concatenate(([0.0], np.cumsum(np.where(letter, best.double().exp().numpy(), 0.0))))
+    letter_sum = np.concatenate(([0], np.cumsum(letter)))
+    spans = np.array(frames, dtype=np.int64).reshape(-1, 2)
+    first, after = spans[:, 0], spans[:, 1] + 1
+    confs = (prob_sum[after] - prob_sum[first]) / np.maximum(letter_sum[after] - letter_sum[first], 1)
+    return Hypothesis(words, float(best.sum()), frames, confs.tolist())
 
 
 # ---------------------------------------------------------------------------------------------
