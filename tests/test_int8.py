@@ -123,8 +123,8 @@ def test_int8_ctc_model_keeps_the_best_class(fsdd, ljspeech, tmp_path, monkeypat
     """Where float32's best letter clearly leads, int8 keeps it.
 
     A random tiny CTC model has many near ties, which any rounding flips, so the claim is
-    made where float32's best class leads the second by more than 0.25 nats (about 80 % of
-    these frames). ``native`` is this CPU's setting (8-bit activations with VNNI, 7-bit
+    made where float32's best class leads the second by more than 0.25 nats (75 % of these
+    frames on that CPU). ``native`` is this CPU's setting (8-bit activations with VNNI, 7-bit
     without); ``7`` forces the 7-bit path, so a VNNI machine tests what one without takes.
     Measured on a CPU without VNNI (2026-12-03): 99.8 % kept where the lead is over 0.25
     nats, 94.6 % of all frames; on VNNI machines all frames were above 95 %.

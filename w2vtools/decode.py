@@ -346,8 +346,9 @@ class BeamSearch:
             pieces = [(self.tokens[i], t, t) for i, t in zip(ids.tolist(), times.tolist())]
             words, word_frames = _words_from_tokens(pieces)
             confs = _letter_confidences(log_probs, ids, times, self.token_kind, len(words))
+            # the LM's words: only a lexicon decoder (kenlm) has a word dictionary
             lm_words = [self.word_dict.get_entry(w) for w in result.words if w >= 0] if self.word_dict else []
-            if self.opts.decoder == "kenlm" and lm_words:
+            if lm_words:
                 if len(lm_words) == len(words):
                     words = lm_words
                 else:  # an <unk> word has no spelling: keep the LM's words, frames unknown
