@@ -44,6 +44,28 @@ def test_batched_equals_alone_and_padding_does_not_leak(arch):
     torch.testing.assert_close(batched[1], alone_b[0], atol=1e-5, rtol=1e-5)
 
 
+def test_blstm_equals_torch_lstm_on_a_packed_sequence():
+    # The model runs each direction as its own LSTM over reversed-within-length
+    # utterances (oneDNN's kernel); nn.LSTM on a packed batch is the reference.
+    torch.manual_seed(0)
+    cfg = downstream_config("blstm", "tiny", input_dim=13, vocab_size=9, dropout=0.0)
+    model = DownstreamModel(cfg)
+    lengths = torch.tensor([23, 40, 1, 31])
+    x = torch.randn(4, 40, 64, requires_grad=True)
+    mask = torch.arange(40)[None, :] >= lengths[:, None]
+    ours = model._blstm(x, mask)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(model.lstm(packed)[0], batch_first=True, total_length=40)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    weights = torch.randn_like(ref)
+    inputs = [x, *model.lstm.parameters()]
+    ours_grad = torch.autograd.grad((ours * weights).sum(), inputs)
+    ref_grad = torch.autograd.grad((ref * weights).sum(), inputs)
+    for a, b in zip(ours_grad, ref_grad):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model._blstm(x, None), model.lstm(x)[0], atol=1e-6, rtol=1e-5)
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="odd"):
         DownstreamConfig(arch="conv", conv_channels=[8], conv_kernels=[4])

@@ -12,7 +12,7 @@ Two architectures, one module:
   (Collobert et al. 2016, Liptchinsky et al. 2017), each ``Conv1d(k) -> GLU ->
   dropout``, then a linear layer to the tokens;
 * ``blstm``: a convolutional front-end (same blocks, stride 1) and a
-  bidirectional LSTM (packed, so padding never reaches it), then a linear layer.
+  bidirectional LSTM (padding never reaches a real frame), then a linear layer.
 
 Inputs are normalized with per-dimension mean and standard deviation measured on
 the training features; both are buffers of the model, so a saved model carries
@@ -160,6 +160,42 @@ class DownstreamModel(nn.Module):
         self.proj = nn.Linear(dim, cfg.vocab_size)
         self.num_updates = 0
 
+    def _blstm(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The bidirectional LSTM over (B, T, C), padding never reaching a real frame.
+
+        Each direction runs as its own one-layer, one-direction LSTM over a padded
+        batch whose padding trails in that direction's time order (the backward
+        direction reads every utterance reversed within its length). That equals
+        ``nn.LSTM`` on a packed sequence, with the same parameters, but takes
+        oneDNN's whole-sequence kernel, which a packed sequence on a CPU cannot
+        (ATen then steps through time one small matrix product at a time): see
+        BENCHMARKS.md, "BiLSTM training step".
+        """
+        lstm = self.lstm
+        batch, total = x.shape[:2]
+        steps = torch.arange(total, device=x.device)
+        if padding_mask is None:
+            lengths = torch.full((batch,), total, device=x.device)
+        else:
+            lengths = (~padding_mask).sum(dim=1).clamp_min(1)
+        # reversed[b, t] = x[b, length_b - 1 - t] for t < length_b; padding stays where it is
+        rev = lengths[:, None] - 1 - steps[None, :]
+        rev = torch.where(rev >= 0, rev, steps[None, :])[..., None].expand(batch, total, lstm.hidden_size)
+        keep = (steps[None, :] < lengths[:, None])[..., None].to(x.dtype)
+        zeros = x.new_zeros(1, batch, lstm.hidden_size)
+        for layer in range(lstm.num_layers):
+            if layer > 0:
+                x = nn.functional.dropout(x, lstm.dropout, self.training)
+            outputs = []
+            for suffix in ("", "_reverse"):
+                weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
+                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = x if not suffix else x.gather(1, rev[..., :1].expand(-1, -1, x.shape[-1]))
+                out = torch.lstm(inp, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)[0]
+                outputs.append(out if not suffix else out.gather(1, rev))
+            x = torch.cat(outputs, dim=-1) * keep
+        return x
+
     @property
     def config(self) -> DownstreamConfig:
         return self.cfg
@@ -222,13 +258,6 @@ class DownstreamModel(nn.Module):
             x = block(x)
         x = x.transpose(1, 2)  # (B, T, C)
         if self.lstm is not None:
-            total = x.shape[1]
-            if padding_mask is not None:
-                lengths = (~padding_mask).sum(dim=1).clamp_min(1).cpu()
-                packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-                out, _ = self.lstm(packed)
-                x, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=total)
-            else:
-                x, _ = self.lstm(x)
+            x = self._blstm(x, padding_mask)
         x = self.final_dropout(x)
         return self.proj(x), padding_mask
