@@ -31,7 +31,8 @@ bench: setup
 	  && python benchmarks/bench_pretrain_step.py --rounds 3 --json $(BENCH_OUT)/pretrain_step.json \
 	  && python benchmarks/bench_optimizer_step.py --json $(BENCH_OUT)/optimizer_step.json \
 	  && python benchmarks/bench_int8.py --json $(BENCH_OUT)/int8.json \
+	  && python benchmarks/bench_small_train_step.py --json $(BENCH_OUT)/small_train_step.json \
 	  && python benchmarks/summary.py $(BENCH_OUT)/score.json $(BENCH_OUT)/decode.json \
 	       $(BENCH_OUT)/featurize.json $(BENCH_OUT)/pretrain_step.json $(BENCH_OUT)/optimizer_step.json \
-	       $(BENCH_OUT)/int8.json \
+	       $(BENCH_OUT)/int8.json $(BENCH_OUT)/small_train_step.json \
 	       | tee $(BENCH_OUT)/summary.md

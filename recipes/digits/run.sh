@@ -301,8 +301,8 @@ input_of() {
 }
 
 if stage_begin 4 "labeled-only systems ($base_systems) at $budgets % of the labels, seeds $seeds"; then
-  for sys in $base_systems; do # the slowest (fine-tuning on audio) first
-    for b in $budgets; do
+  for sys in $base_systems; do # the slowest first: fine-tuning on audio, the largest budgets
+    for b in $(printf '%s\n' $budgets | sort -rn); do
       for seed in $seeds; do
         in_parallel train_system "exp/${sys}_${b}pct_s$seed" "$(input_of "$sys")" "data/train_${b}pct" "$seed"
       done
@@ -434,9 +434,14 @@ if stage_begin 6 "self-training at${st_budgets:- no} % (fbank_st, pt_st), seeds 
     fi
     echo "$teacher" >"exp/pt_st_${b}pct.teacher"
     log "pt_st at $b %: teacher $teacher (mean dev WER pt_ft $(mean_dev_wer pt_ft "$b"), ptfeat_ds $(mean_dev_wer ptfeat_ds "$b"))"
+  done
+  # the longest units first (the largest budget; pt_st before fbank_st, as a student
+  # fine-tuned on audio takes twice a BiLSTM's time), so the last ones end together
+  for b in $(printf '%s\n' $st_budgets | sort -rn); do
+    teacher=$(cat "exp/pt_st_${b}pct.teacher")
     for seed in $seeds; do
-      in_parallel self_train "exp/fbank_ds_${b}pct_s$seed" "exp/fbank_st_${b}pct_s$seed" "$b" "$seed"
       in_parallel self_train "exp/${teacher}_${b}pct_s$seed" "exp/pt_st_${b}pct_s$seed" "$b" "$seed"
+      in_parallel self_train "exp/fbank_ds_${b}pct_s$seed" "exp/fbank_st_${b}pct_s$seed" "$b" "$seed"
     done
   done
   wait_parallel

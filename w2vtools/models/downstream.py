@@ -169,7 +169,7 @@ class DownstreamModel(nn.Module):
         ``nn.LSTM`` on a packed sequence, with the same parameters, but takes
         oneDNN's whole-sequence kernel, which a packed sequence on a CPU cannot
         (ATen then steps through time one small matrix product at a time): see
-        BENCHMARKS.md, "BiLSTM training step".
+        BENCHMARKS.md, "Small training steps".
         """
         lstm = self.lstm
         batch, total = x.shape[:2]
