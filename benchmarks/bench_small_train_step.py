@@ -52,7 +52,7 @@ def lengths_filling(budget: int, low: int, high: int, seed: int = 0) -> list[int
         lengths.append(n)
 
 
-def blstm_systems(threads: int):
+def blstm_systems():
     """(name -> step function) for the BiLSTM on 80-dim fbank frames, ours and nn.LSTM packed."""
     import torch
 
@@ -85,7 +85,7 @@ def blstm_systems(threads: int):
     return {"ours": step(ours), "torch-packed": step(packed)}, {"utterances": batch, "frames": total}
 
 
-def wav2vec2_systems(threads: int):
+def wav2vec2_systems():
     """(name -> step function) for the tiny wav2vec 2.0 CTC step, ours and torchaudio's model."""
     import torch
     import torchaudio
@@ -157,7 +157,7 @@ def main() -> None:
     ratios = []
     drivers: dict = {"threads": args.threads}
     for model, build in (("blstm", blstm_systems), ("wav2vec2", wav2vec2_systems)):
-        systems, shape = build(args.threads)
+        systems, shape = build()
         drivers[model] = shape
         times: dict[str, list[float]] = {name: [] for name in systems}
         for _ in range(args.rounds):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,19 +53,21 @@ class _MaskedGroupNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    def _group_means(channel_sums: torch.Tensor, groups: int, count: torch.Tensor) -> torch.Tensor:
+        """(B, C) sums over each channel's valid frames -> (B, C) mean over the channel's group."""
+        bsz, channels = channel_sums.shape
+        means = channel_sums.view(bsz, groups, channels // groups).sum(dim=2) / count
+        return means.repeat_interleave(channels // groups, dim=1)
+
+    @staticmethod
     def forward(ctx, x, valid, weight, bias, groups: int, eps: float):  # noqa: D102 (x: (B, C, T), valid: (B, T))
-        bsz, channels, _ = x.shape
-        per_group = channels // groups
-        count = (valid.sum(dim=1, keepdim=True) * per_group).clamp(min=1)  # (B, 1)
-
-        def per_channel(group_sums: torch.Tensor) -> torch.Tensor:  # (B, C) channel sums -> (B, C) group means
-            means = group_sums.view(bsz, groups, per_group).sum(dim=2) / count
-            return means.repeat_interleave(per_group, dim=1)
-
+        per_group = x.shape[1] // groups
+        count = (valid.sum(dim=1, keepdim=True) * per_group).clamp(min=1)  # (B, 1): values per group
+        group_means = _MaskedGroupNorm._group_means
         mask = valid[:, None, :]
-        mean = per_channel(torch.linalg.vecdot(x, mask))
+        mean = group_means(torch.linalg.vecdot(x, mask), groups, count)
         centered = (x - mean[..., None]).mul_(mask)  # zero at padded frames
-        rstd = torch.rsqrt(per_channel(torch.linalg.vecdot(centered, centered)) + eps)
+        rstd = torch.rsqrt(group_means(torch.linalg.vecdot(centered, centered), groups, count) + eps)
         scale = rstd if weight is None else rstd * weight
         y = centered * scale[..., None]
         if bias is not None:
@@ -74,23 +77,18 @@ class _MaskedGroupNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         centered, valid, rstd, weight = ctx.saved_tensors
-        bsz, channels, _ = centered.shape
         groups, count = ctx.groups, ctx.count
-        per_group = channels // groups
-
-        def per_channel(channel_sums: torch.Tensor) -> torch.Tensor:
-            means = channel_sums.view(bsz, groups, per_group).sum(dim=2) / count
-            return means.repeat_interleave(per_group, dim=1)
-
+        group_means = _MaskedGroupNorm._group_means
         mask = valid[:, None, :]
         grad_valid = torch.linalg.vecdot(grad, mask)  # sum of dy over valid frames
         grad_xhat = torch.linalg.vecdot(grad, centered) * rstd  # sum of dy * xhat (xhat is 0 at padding)
         w = torch.ones_like(rstd) if weight is None else weight.expand_as(rstd)
         # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) on valid frames, g = dy * w
-        mean_g = per_channel(w * grad_valid)
-        mean_gx = per_channel(w * grad_xhat)
+        mean_g = group_means(w * grad_valid, groups, count)
+        mean_gx = group_means(w * grad_xhat, groups, count)
         dx = (grad * (rstd * w)[..., None]).sub_((rstd * mean_g)[..., None])
         dx.addcmul_(centered, (-rstd * rstd * mean_gx)[..., None]).mul_(mask)
         dw = grad_xhat.sum(dim=0) if weight is not None else None
