@@ -178,22 +178,25 @@ class DownstreamModel(nn.Module):
             lengths = torch.full((batch,), total, device=x.device)
         else:
             lengths = (~padding_mask).sum(dim=1).clamp_min(1)
-        # reversed[b, t] = x[b, length_b - 1 - t] for t < length_b; padding stays where it is
-        rev = lengths[:, None] - 1 - steps[None, :]
-        rev = torch.where(rev >= 0, rev, steps[None, :])[..., None].expand(batch, total, lstm.hidden_size)
+        # frame t of a reversed row is frame length - 1 - t; padding stays where it is
+        source = lengths[:, None] - 1 - steps[None, :]
+        source = torch.where(source >= 0, source, steps[None, :])[..., None]  # (B, T, 1)
+
+        def reverse(t: torch.Tensor) -> torch.Tensor:  # its own inverse
+            return t.gather(1, source.expand_as(t))
+
         keep = (steps[None, :] < lengths[:, None])[..., None].to(x.dtype)
         zeros = x.new_zeros(1, batch, lstm.hidden_size)
+
+        def run(inp: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
+            weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            return torch.lstm(inp, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)[0]
+
         for layer in range(lstm.num_layers):
             if layer > 0:
                 x = nn.functional.dropout(x, lstm.dropout, self.training)
-            outputs = []
-            for suffix in ("", "_reverse"):
-                weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
-                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                inp = x if not suffix else x.gather(1, rev[..., :1].expand(-1, -1, x.shape[-1]))
-                out = torch.lstm(inp, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)[0]
-                outputs.append(out if not suffix else out.gather(1, rev))
-            x = torch.cat(outputs, dim=-1) * keep
+            x = torch.cat([run(x, layer, ""), reverse(run(reverse(x), layer, "_reverse"))], dim=-1) * keep
         return x
 
     @property
