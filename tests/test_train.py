@@ -359,6 +359,23 @@ def test_freezing_feature_encoder_and_first_updates(fsdd_manifest, tmp_path):
     assert not torch.equal(after3["context.weight"], model.state_dict()["context.weight"])
 
 
+def test_freeze_params_leaves_named_parameters_as_they_were(fsdd_manifest, tmp_path):
+    cfg = small_config(freeze_params=["feature_extractor.", "context.bias"], stop_at_update=3)
+    model = ToyContrastive()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    make_trainer(fsdd_manifest, tmp_path / "fp", cfg, model=model).train()
+    after = model.state_dict()
+    for name in ("feature_extractor.weight", "feature_extractor.bias", "context.bias"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("context.weight", "proj.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    assert all(p.requires_grad for p in model.parameters())  # given back as it came
+
+    misspelt = small_config(freeze_params=["feature_extracter."])
+    with pytest.raises(W2VError, match="feature_extracter"):
+        make_trainer(fsdd_manifest, tmp_path / "typo", misspelt, model=ToyContrastive())
+
+
 def test_update_freq_accumulates_like_a_larger_batch(fsdd_manifest, tmp_path):
     """update_freq 2 == the gradient of both micro-batches summed, divided by their total sample size."""
     cfg = small_config(stop_at_update=1)

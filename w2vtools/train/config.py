@@ -143,6 +143,11 @@ class RunConfig:
             (a time-boxed job; resume later with ``--resume``).
         threads: torch intra-op threads per process (0 = leave torch's default).
         freeze_feature_encoder: never update the CNN feature encoder.
+        freeze_params: never update the parameters whose name starts with one of these
+            prefixes (ESPnet's ``--freeze_param``), e.g.
+            ``["encoder.feature_extractor.conv_layers.0."]``: the CNN's first layer, so
+            autograd also skips the second layer's input gradient, the costliest part of a
+            small model's backward on audio.
         freeze_updates: for this many updates, train only parameters whose name
             starts with one of ``train_during_freeze`` (fine-tuning's frozen Transformer).
         train_during_freeze: the parameter-name prefixes trained while frozen.
@@ -171,6 +176,7 @@ class RunConfig:
     stop_at_update: int = 0
     threads: int = 0
     freeze_feature_encoder: bool = False
+    freeze_params: list[str] = field(default_factory=list)
     freeze_updates: int = 0
     train_during_freeze: list[str] = field(default_factory=list)
     collapse_warn_after: int = 0

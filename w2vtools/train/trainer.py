@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch.autograd.graph import increment_version
 
+from w2vtools.errors import W2VError
 from w2vtools.train.checkpoints import (
     TRAINER_STATE_VERSION, LoadFn, SaveFn, read_resume_state, resume_hint, write_checkpoints,
 )
@@ -114,6 +115,9 @@ class Trainer:
         self.model = wrap_model(self.core, self.dist)
         self.params = [p for p in self.core.parameters() if p.requires_grad]
         self.names = {p: n for n, p in self.core.named_parameters()}
+        for prefix in run.freeze_params:  # a misspelt prefix would otherwise freeze nothing, silently
+            if not any(n.startswith(prefix) for n in self.names.values()):
+                raise W2VError(f"run.freeze_params: no parameter of the model starts with {prefix!r}")
         self.optimizer = _optimizer(self.params, cfg.optim)
         self.schedule = _schedule(cfg.optim)
         self.update_freq = cfg.optim.update_freq
@@ -328,6 +332,8 @@ class Trainer:
         for p in self.params:
             name = self.names.get(p, "")
             if run.freeze_feature_encoder and name.startswith(self.feature_encoder_prefix):
+                frozen.add(p)
+            elif run.freeze_params and name.startswith(tuple(run.freeze_params)):
                 frozen.add(p)
             elif self.num_updates < run.freeze_updates and not name.startswith(tuple(run.train_during_freeze)):
                 frozen.add(p)
