@@ -19,8 +19,8 @@ What it does, per update (:meth:`Trainer._update`):
    every ``valid_interval`` a validation pass; every ``save_interval`` a checkpoint
    (:mod:`w2vtools.train.checkpoints`). Only rank 0 writes files.
 
-The trainer owns the freeze rule (``run.freeze_feature_encoder``, ``run.freeze_updates``
-with ``run.train_during_freeze``): see :meth:`Trainer._freeze`. ``best_metric`` with
+The trainer owns the freeze rule (``run.freeze_feature_encoder``, ``run.freeze_params``,
+``run.freeze_updates`` with ``run.train_during_freeze``): see :meth:`Trainer._freeze`. ``best_metric`` with
 its direction picks ``checkpoint_best.pt`` from the validation metrics (e.g. ``wer``).
 Process-wide settings (threads, malloc) belong to the launch
 (:func:`w2vtools.train.launch.set_process_state`), not to the trainer.
