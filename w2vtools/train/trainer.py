@@ -20,8 +20,8 @@ What it does, per update (:meth:`Trainer._update`):
    (:mod:`w2vtools.train.checkpoints`). Only rank 0 writes files.
 
 The trainer owns the freeze rule (``run.freeze_feature_encoder``, ``run.freeze_params``,
-``run.freeze_updates`` with ``run.train_during_freeze``): see :meth:`Trainer._freeze`. ``best_metric`` with
-its direction picks ``checkpoint_best.pt`` from the validation metrics (e.g. ``wer``).
+``run.freeze_updates`` with ``run.train_during_freeze``): see :meth:`Trainer._freeze`.
+``best_metric`` with its direction picks ``checkpoint_best.pt`` from the validation metrics (e.g. ``wer``).
 Process-wide settings (threads, malloc) belong to the launch
 (:func:`w2vtools.train.launch.set_process_state`), not to the trainer.
 
@@ -107,7 +107,6 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.save_fn, self.load_fn = save_fn, load_fn
         self.train_set, self.valid_set = train_set, valid_set
-        self.feature_encoder_prefix = feature_encoder_prefix
         self.amp_dtype = _amp_dtype(run.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16, init_scale=128.0)
 
@@ -118,6 +117,8 @@ class Trainer:
         for prefix in run.freeze_params:  # a misspelt prefix would otherwise freeze nothing, silently
             if not any(n.startswith(prefix) for n in self.names.values()):
                 raise W2VError(f"run.freeze_params: no parameter of the model starts with {prefix!r}")
+        # parameter-name prefixes never updated in this run
+        self.never_updated = tuple(run.freeze_params) + ((feature_encoder_prefix,) if run.freeze_feature_encoder else ())
         self.optimizer = _optimizer(self.params, cfg.optim)
         self.schedule = _schedule(cfg.optim)
         self.update_freq = cfg.optim.update_freq
@@ -331,9 +332,7 @@ class Trainer:
         frozen: set[torch.nn.Parameter] = set()
         for p in self.params:
             name = self.names.get(p, "")
-            if run.freeze_feature_encoder and name.startswith(self.feature_encoder_prefix):
-                frozen.add(p)
-            elif run.freeze_params and name.startswith(tuple(run.freeze_params)):
+            if name.startswith(self.never_updated):
                 frozen.add(p)
             elif self.num_updates < run.freeze_updates and not name.startswith(tuple(run.train_during_freeze)):
                 frozen.add(p)
