@@ -219,13 +219,14 @@ def worker_hf(x, args) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def worker_gemm(args) -> dict:
+def worker_gemm(args, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
     """Best GFLOP/s of float32 / bfloat16 matmuls (the Transformer's FFN shapes and 2048^3)."""
     import torch
 
     torch.set_num_threads(args.threads)
     rates = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for name in dtypes:
+        dtype = getattr(torch, name)
         best = 0.0
         for m, k, n in ((800, 768, 3072), (800, 3072, 768), (2048, 2048, 2048)):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)

@@ -215,6 +215,41 @@ def test_normalized_input_batched_equals_alone(tiny):
     assert torch.equal(codes[1, :t], codes_alone[0]) and codes[0].max() < 32 and codes[0].min() >= 0
 
 
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_first_convolution_as_gemm_in_inference_equals_onednn(ljspeech, monkeypatch, conv_bias):
+    """Inference computes the one-channel first convolution as GEMMs over its windows; the
+    features of real speech, batched with padding, equal oneDNN's convolution's to float32
+    rounding (to the bit without a bias on the AVX2 CPU measured; oneDNN adds a bias first)."""
+    from w2vtools import audio
+    from w2vtools.models import wav2vec2 as module
+
+    clips = sorted((ljspeech / "wavs").glob("*.flac"))[:2]
+    a, b = (torch.from_numpy(audio.load_audio(str(p), sample_rate=16000)) for p in clips)
+    batch = torch.zeros(2, max(len(a), len(b)))
+    batch[0, : len(a)], batch[1, : len(b)] = a, b
+    pad = torch.arange(batch.size(1)) >= torch.tensor([len(a), len(b)]).unsqueeze(1)
+    torch.manual_seed(0)
+    cfg = get_preset("wav2vec2", "tiny")
+    cfg.conv_bias = conv_bias
+    model = Wav2Vec2Model(cfg).eval()
+    if conv_bias:
+        torch.nn.init.normal_(model.feature_extractor.conv_layers[0][0].bias)
+    calls = []
+    gemm = module._waveform_conv_as_gemm
+    monkeypatch.setattr(module, "_waveform_conv_as_gemm", lambda *a: calls.append(1) or gemm(*a))
+    with torch.inference_mode():
+        fast = model.extract_features(batch, pad).features
+        assert calls == [1]
+        monkeypatch.setattr(module, "_gemm_first_conv", lambda conv, source: False)
+        onednn = model.extract_features(batch, pad).features
+    assert (fast - onednn).abs().max() <= 1e-5 * onednn.abs().max()
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "_waveform_conv_as_gemm", lambda *a: calls.append(2) or gemm(*a))
+    model.train()
+    model.extract_features(batch[:, :16000]).features.sum().backward()  # training: oneDNN's backward
+    assert calls == [1] and model.feature_extractor.conv_layers[0][0].weight.grad is not None
+
+
 # --------------------------------------------------------------------------- quantizers
 
 

@@ -299,8 +299,9 @@ class ConvFeatureExtractionModel(nn.Module):
         x = source.unsqueeze(1)  # (B, 1, S)
         for i, block in enumerate(self.conv_layers):
             # nn.Conv1d: oneDNN's direct convolution beats unfold + GEMM in float32 (measured on
-            # 2 threads); models/int8.py swaps in an int8 unfold + GEMM module, where it wins
-            x = block[0](x)
+            # 2 threads); models/int8.py swaps in an int8 unfold + GEMM module, where it wins.
+            # The exception is the first layer's single input channel in inference, below.
+            x = _waveform_conv_as_gemm(source, block[0]) if i == 0 and _gemm_first_conv(block[0], source) else block[0](x)
             x = block[1](x)
             if len(block) == 4:
                 norm = block[2]
@@ -320,6 +321,48 @@ class ConvFeatureExtractionModel(nn.Module):
         for _, k, s in self.layer_specs[:num_layers]:
             lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
         return torch.arange(num_frames, device=lengths.device).unsqueeze(0) >= lengths.clamp(min=1).unsqueeze(1)
+
+
+def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
+    """Whether :func:`_waveform_conv_as_gemm` computes ``conv`` on ``source``: a plain float32
+    one-channel convolution on the CPU, outside autograd and autocast. In training oneDNN's
+    backward (a weight gradient only) is faster than the GEMM's (BENCHMARKS.md, Featurize)."""
+    return (
+        type(conv) is nn.Conv1d
+        and conv.in_channels == 1
+        and conv.padding == (0,)
+        and conv.dilation == (1,)
+        and source.device.type == "cpu"
+        and source.dtype == torch.float32
+        and not (torch.is_grad_enabled() and conv.weight.requires_grad)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _waveform_conv_as_gemm(source: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """(B, S) waveform -> (B, C, T) ``conv(source)``, one GEMM per utterance over its windows.
+
+    A one-channel convolution has a reduction of only ``kernel`` (10) multiply-adds per output,
+    which oneDNN's direct convolution runs far below the machine's speed; as
+    ``weight (C, k) @ windows (k, T)`` it runs at the speed of writing its output.
+
+    Example:
+        >>> conv = nn.Conv1d(1, 8, 10, stride=5, bias=False)
+        >>> x = torch.randn(2, 400)
+        >>> with torch.no_grad():
+        ...     torch.allclose(_waveform_conv_as_gemm(x, conv), conv(x.unsqueeze(1)), atol=1e-6)
+        True
+    """
+    (k,), (stride,) = conv.kernel_size, conv.stride
+    windows = source.unfold(1, k, stride)  # (B, T, k), a view
+    weight = conv.weight.view(conv.out_channels, k)
+    out = source.new_empty(source.size(0), conv.out_channels, windows.size(1))
+    for b in range(source.size(0)):  # batched matmul of a broadcast weight is 1.3-2x slower
+        if conv.bias is None:
+            torch.mm(weight, windows[b].t(), out=out[b])
+        else:
+            torch.addmm(conv.bias.unsqueeze(1), weight, windows[b].t(), out=out[b])
+    return out
 
 
 class WeightNormConv1d(nn.Module):
