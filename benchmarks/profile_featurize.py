@@ -42,7 +42,7 @@ def op_group(name: str, shapes) -> str:
         return "GEMMs and attention (mm, addmm, bmm, SDPA)"
     if name in ("aten::mkldnn_convolution", "aten::convolution", "aten::_convolution", "aten::conv1d"):
         # the positional convolution is the only one on the Transformer's 768 channels
-        channels = shapes[0][1] if shapes and len(shapes[0]) == 3 else None
+        channels = shapes[0][1] if shapes and len(shapes[0]) >= 3 else None  # conv1d runs as (B, C, 1, T)
         return "positional convolution (grouped, kernel 128)" if channels == 768 else "feature encoder convolutions"
     if name in ("aten::native_layer_norm", "aten::native_group_norm", "aten::layer_norm", "aten::group_norm"):
         return "layer and group norms"
