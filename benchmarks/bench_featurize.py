@@ -332,7 +332,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         if rate is None:  # the best of the Transformer's GEMM shapes, same threads, in its own process
             p = subprocess.run([sys.executable, "-c", "import sys, argparse, json; sys.path.insert(0, sys.argv[1]); "
                                 "from bench_pretrain_step import worker_gemm; "
-                                "print(json.dumps(worker_gemm(argparse.Namespace(threads=int(sys.argv[2])))))",
+                                "print(json.dumps(worker_gemm(argparse.Namespace(threads=int(sys.argv[2])), dtypes=('float32',))))",
                                 str(Path(__file__).parent), str(args.threads)], capture_output=True, text=True, check=True)
             rate = json.loads(p.stdout.strip().splitlines()[-1])["float32"]
         floor = args.gflops_per_audio_s / rate
