@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "w2vtools.encoders": 3,
     "w2vtools.malloc": 3,
     "w2vtools.threads": 3,  # default thread count of a command
+    "w2vtools.autocast": 3,  # whether bf16 autocast pays on this CPU (--amp, run.amp=bf16)
     "w2vtools.runner": 3,  # a model over a corpus: batches, windows, streams (featurize, quantize, decode, align)
     # commands: one module per `w2v` subcommand
     "w2vtools.manifest": 4,

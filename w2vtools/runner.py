@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from w2vtools.audio import RecordingWindows
+from w2vtools.autocast import warn_if_bf16_is_slow
 from w2vtools import malloc
 from w2vtools.batching import (
     Job,
@@ -252,6 +253,8 @@ class Runner:
         self.hop = int(round(frame_shift * self.sample_rate))
         self.device = torch.device(device)
         self.amp = amp
+        if amp:
+            warn_if_bf16_is_slow(self.device, "--amp")
         self.chunk_seconds = float(chunk_seconds)
         self.chunk_samples = int(chunk_seconds * self.sample_rate)
         self.overlap_samples = int(chunk_overlap * self.sample_rate)

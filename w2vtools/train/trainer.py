@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch.autograd.graph import increment_version
 
+from w2vtools.autocast import warn_if_bf16_is_slow
 from w2vtools.errors import W2VError
 from w2vtools.train.checkpoints import (
     TRAINER_STATE_VERSION, LoadFn, SaveFn, read_resume_state, resume_hint, write_checkpoints,
@@ -108,6 +109,8 @@ class Trainer:
         self.save_fn, self.load_fn = save_fn, load_fn
         self.train_set, self.valid_set = train_set, valid_set
         self.amp_dtype = _amp_dtype(run.amp, self.device)
+        if self.amp_dtype == torch.bfloat16:
+            warn_if_bf16_is_slow(self.device, "run.amp=bf16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16, init_scale=128.0)
 
         self.core = model.to(self.device)
