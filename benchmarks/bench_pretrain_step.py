@@ -223,7 +223,7 @@ def worker_gemm(args, dtypes: tuple[str, ...] = ("float32", "bfloat16"), budget_
     """Best GFLOP/s of float32 / bfloat16 matmuls (the Transformer's FFN shapes and 2048^3).
 
     Each dtype stops after about ``budget_s`` seconds: on a CPU without bf16 instructions
-    (AVX2 only) a bf16 matmul is a single-threaded fallback tens of times slower than float32,
+    (AVX2 only) a bf16 matmul is a single-threaded fallback two orders of magnitude slower than float32,
     and the full set of rounds would take many minutes there.
     """
     import torch

@@ -3,7 +3,7 @@
 On a CPU with bf16 instructions (AVX512-BF16, AMX) autocast runs the matmuls and
 convolutions in bfloat16 about twice as fast as float32 or more. On one without them
 (AVX2 only, as on many cloud VMs and laptops) PyTorch falls back to a single-threaded
-bf16 matmul that is far *slower* than float32 (BENCHMARKS.md, "Pretraining step"), and
+bf16 matmul that is far *slower* than float32 (BENCHMARKS.md, "Current"), and
 a user who asked for speed would get a job that crawls. So
 before a command autocasts on the CPU it measures one small product in each dtype
 and warns when bf16 is the slower one.

@@ -326,7 +326,7 @@ class ConvFeatureExtractionModel(nn.Module):
 def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
     """Whether :func:`_waveform_conv_as_gemm` computes ``conv`` on ``source``: a plain float32
     one-channel convolution on the CPU, outside autograd and autocast. In training oneDNN's
-    backward (a weight gradient only) is faster than the GEMM's (BENCHMARKS.md, Featurize)."""
+    backward (a weight gradient only) measured faster than autograd's through the GEMMs."""
     return (
         type(conv) is nn.Conv1d
         and conv.in_channels == 1
@@ -357,7 +357,7 @@ def _waveform_conv_as_gemm(source: torch.Tensor, conv: nn.Conv1d) -> torch.Tenso
     windows = source.unfold(1, k, stride)  # (B, T, k), a view
     weight = conv.weight.view(conv.out_channels, k)
     out = source.new_empty(source.size(0), conv.out_channels, windows.size(1))
-    for b in range(source.size(0)):  # batched matmul of a broadcast weight is 1.3-2x slower
+    for b in range(source.size(0)):  # a batched matmul with a broadcast weight measured slower
         if conv.bias is None:
             torch.mm(weight, windows[b].t(), out=out[b])
         else:
