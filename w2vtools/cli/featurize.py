@@ -24,7 +24,8 @@ from w2vtools.cli.runner_options import INT8_OPTION
 @click.option("--output", "output", type=click.Choice(["c", "z", "q"]), default=None,
               help="wav2vec/vq-wav2vec: context c (default), encoder z, quantized q; wav2vec 2.0: z = CNN output.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--amp", is_flag=True, help="Autocast the model (float16 on CUDA, bfloat16 on CPU).")
+@click.option("--amp", is_flag=True, help="Autocast the model (float16 on CUDA, bfloat16 on CPU; on a CPU without bf16 "
+              "instructions that is slower, and w2v warns).")
 @INT8_OPTION
 @click.option("--batch-seconds", type=float, default=None,
               help="Padded audio seconds per batch (memory bound). Default: 200 on a GPU, 5 on a CPU.")
