@@ -43,11 +43,16 @@ def kaldi_edit_distance(ref, hyp):
     return e[-1]["cost"], e[-1]["ins"], e[-1]["del"], e[-1]["sub"]
 
 
-def test_edit_counts_match_kaldi_algorithm_including_ties():
+@pytest.mark.parametrize("dtypes", ["narrow", "wide"])
+def test_edit_counts_match_kaldi_algorithm_including_ties(dtypes, monkeypatch):
     # A 3-symbol alphabet makes ties between alignments frequent.
     rng = random.Random(7)
-    refs = [[rng.randrange(3) for _ in range(rng.randrange(0, 14))] for _ in range(2500)]
-    hyps = [[rng.randrange(3) for _ in range(rng.randrange(0, 14))] for _ in range(2500)]
+    first = 0
+    if dtypes == "wide":  # ids past int32, and int32 costs (as for sequences of 2**15 and more)
+        first = 2**40
+        monkeypatch.setattr("w2vtools.score._UNREACHABLE16", 8)
+    refs = [[first + rng.randrange(3) for _ in range(rng.randrange(0, 14))] for _ in range(2500)]
+    hyps = [[first + rng.randrange(3) for _ in range(rng.randrange(0, 14))] for _ in range(2500)]
     counts = edit_counts(refs, hyps)
     got = list(zip(counts.errors.tolist(), counts.ins.tolist(), counts.dels.tolist(), counts.subs.tolist()))
     want = [kaldi_edit_distance(r, h) for r, h in zip(refs, hyps)]

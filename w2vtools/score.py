@@ -59,7 +59,7 @@ EPS = "***"  # the empty side of an insertion/deletion in alignments, as in Kald
 # Kaldi's non-word tokens: <unk>, <noise>, [laughter], [noise], <sil>, ...
 NONWORD = re.compile(r"^(<[^<>\s]*>|\[[^\[\]\s]*\])$")
 
-# Cells per numpy block in the batched dynamic programme (bounds memory to ~100 MB).
+# Cells per numpy block in the batched dynamic programme: bounds its work and memory (tens of MB).
 _BLOCK_CELLS = 2_000_000
 
 
@@ -164,6 +164,7 @@ def edit_counts(refs: Sequence[Sequence[int] | str], hyps: Sequence[Sequence[int
 
 
 _UNREACHABLE = 1 << 28
+_UNREACHABLE16 = (1 << 15) - 2  # + 1 on a step still fits in int16
 
 
 def _edit_block(refs: list, hyps: list, max_r: int, max_h: int, band_lo: int, band_hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -175,62 +176,71 @@ def _edit_block(refs: list, hyps: list, max_r: int, max_h: int, band_lo: int, ba
     outside the band are marked unreachable. Only the total cost and the
     substitution count of each cell's chosen path are kept: insertions and
     deletions follow from them and the cell's position.
+
+    Arrays are position-major, pair-minor (``[h, pair]``): a band of a few dozen
+    cells is then one contiguous run of ``band x pairs`` elements for numpy, not
+    ``pairs`` short rows, and the dtypes are as narrow as the values allow.
     """
     b = len(refs)
     width = max_h + 1
-    hyp = np.full((b, max_h), -2, dtype=np.int64)
-    # ref[j] sits at ext[:, j + width]; everything outside 0..max_r-1 is padding, so the
+    ids = np.int32 if all(isinstance(r, str) or not r or max(r) < 2**31 for r in refs + hyps) else np.int64
+    counts = np.int16 if max_h + max_r + 2 < _UNREACHABLE16 else np.int32
+    unreachable = _UNREACHABLE16 if counts is np.int16 else _UNREACHABLE
+    hyp = np.full((max_h, b), -2, dtype=ids)
+    # ref[j] sits at ext[j + width]; everything outside 0..max_r-1 is padding, so the
     # reference positions of diagonal k's cells are one reversed slice.
-    ext = np.full((b, max_r + 2 * width), -1, dtype=np.int64)
+    ext = np.full((max_r + 2 * width, b), -1, dtype=ids)
     rl = np.fromiter((len(r) for r in refs), dtype=np.int64, count=b)
     hl = np.fromiter((len(h) for h in hyps), dtype=np.int64, count=b)
     for i, (r, h) in enumerate(zip(refs, hyps)):
         if isinstance(r, str):  # characters: their code points
             r = np.frombuffer(r.encode("utf-32-le"), dtype=np.uint32)
             h = np.frombuffer(h.encode("utf-32-le"), dtype=np.uint32)
-        ext[i, width : width + len(r)] = r
-        hyp[i, : len(h)] = h
+        ext[width : width + len(r), i] = r
+        hyp[: len(h), i] = h
     final_k = hl + rl
     rows_by_k = {int(k): np.nonzero(final_k == k)[0] for k in np.unique(final_k)}
     out_cost = np.zeros(b, dtype=np.int64)
     out_sub = np.zeros(b, dtype=np.int64)
-    # diagonal 0: cell (0, 0); diagonal 1: cells (0, 1) and (1, 0)
-    cost2 = np.zeros((b, width), dtype=np.int32)
-    sub2 = np.zeros((b, width), dtype=np.int32)
-    cost1 = np.ones((b, width), dtype=np.int32)
-    sub1 = np.zeros((b, width), dtype=np.int32)
+    # Three diagonals in rotation: k-2, k-1 and k. Cells a diagonal does not write are
+    # never read from it: reads stay within the previous band and its two edges.
+    cost2, cost1, cost = (np.zeros((width, b), dtype=counts) for _ in range(3))
+    sub2, sub1, sub = (np.zeros((width, b), dtype=counts) for _ in range(3))
+    cost1[:] = 1  # diagonal 0: cell (0, 0); diagonal 1: cells (0, 1) and (1, 0)
     for k in range(2, max_h + max_r + 1):
-        cost = np.empty((b, width), dtype=np.int32)
-        sub = np.empty((b, width), dtype=np.int32)
         # interior cells: h >= 1, r = k - h >= 1, and h - r = 2h - k within the band
         lo = max(1, k - max_r, -((-(k + band_lo)) // 2))
         hi = min(max_h, k - 1, (k + band_hi) // 2)
         if lo <= hi:
             sl, pl = slice(lo, hi + 1), slice(lo - 1, hi)
-            ref_k = ext[:, width + k - hi - 1 : width + k - lo][:, ::-1]  # ref[k-h-1] for h = lo..hi
-            neq = (hyp[:, pl] != ref_k).astype(np.int32)
-            c_ins = cost1[:, pl] + 1
-            c_del = cost1[:, sl] + 1
-            c_sub = cost2[:, pl] + neq
-            take_sub = (c_sub < c_ins) & (c_sub < c_del)
-            take_del = (c_del < c_ins) & ~take_sub
-            cost[:, sl] = np.minimum(np.minimum(c_sub, c_del), c_ins)
-            sub[:, sl] = np.where(take_sub, sub2[:, pl] + neq, np.where(take_del, sub1[:, sl], sub1[:, pl]))
+            ref_k = ext[width + k - hi - 1 : width + k - lo][::-1]  # ref[k-h-1] for h = lo..hi
+            neq = hyp[pl] != ref_k
+            # Kaldi's order of preference on ties: substitution (or match), deletion, insertion
+            take_del = cost1[sl] < cost1[pl]
+            c_edit = np.minimum(cost1[pl], cost1[sl])
+            c_edit += 1
+            c_sub = cost2[pl] + neq
+            take_sub = c_sub < c_edit
+            np.minimum(c_sub, c_edit, out=cost[sl])
+            s = sub[sl]
+            s[...] = sub1[pl]
+            np.copyto(s, sub1[sl], where=take_del)
+            np.copyto(s, sub2[pl] + neq, where=take_sub)
         for edge in (lo - 1, hi + 1):
             if 0 <= edge < width:
-                cost[:, edge] = _UNREACHABLE
-                sub[:, edge] = 0
+                cost[edge] = unreachable
+                sub[edge] = 0
         if k <= max_r:
-            cost[:, 0] = k  # (0, k): deletions only
-            sub[:, 0] = 0
+            cost[0] = k  # (0, k): deletions only
+            sub[0] = 0
         if k <= max_h:
-            cost[:, k] = k  # (k, 0): insertions only
-            sub[:, k] = 0
+            cost[k] = k  # (k, 0): insertions only
+            sub[k] = 0
         rows = rows_by_k.get(k)
         if rows is not None:
-            out_cost[rows] = cost[rows, hl[rows]]
-            out_sub[rows] = sub[rows, hl[rows]]
-        cost2, sub2, cost1, sub1 = cost1, sub1, cost, sub
+            out_cost[rows] = cost[hl[rows], rows]
+            out_sub[rows] = sub[hl[rows], rows]
+        cost2, sub2, cost1, sub1, cost, sub = cost1, sub1, cost, sub, cost2, sub2
     return out_cost, out_sub
 
 
