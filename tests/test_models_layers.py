@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from w2vtools.models.layers import Fp32GroupNorm, masked_group_norm
+from w2vtools.models.layers import Fp32GroupNorm, _TimeMajorConv, conv1d_time_major, masked_group_norm
 
 
 def test_fp32_group_norm_without_padding_is_torch_group_norm():
@@ -63,3 +64,32 @@ def test_masked_group_norm_gives_the_bias_at_padded_frames_and_ignores_what_was_
     out = masked_group_norm(x, norm, mask)
     torch.testing.assert_close(out, masked_group_norm(garbage, norm, mask))
     torch.testing.assert_close(out[1, :, 5:], norm.bias.detach()[:, None].expand(4, 4))
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,frames",
+    # wav2vec 2.0's layers (10/5, 3/2, 2/2), vq-wav2vec's (8/4, 4/2), a kernel of three
+    # stride blocks (3/1), a stride past the kernel (2/3); odd and even lengths
+    [(10, 5, 63), (3, 2, 41), (3, 2, 40), (2, 2, 40), (2, 2, 41), (8, 4, 37), (4, 2, 30), (3, 1, 12), (2, 3, 17)],
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_time_major_convolution_is_conv1d_forward_and_backward(kernel, stride, frames, bias):
+    """The GEMM convolution on (B, S, C) frames gives conv1d's output and gradients, and its
+    backward is the derivative of its forward (finite differences, float64)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(5, 7, kernel, stride=stride, bias=bias).double()
+    x = torch.randn(3, frames, 5, dtype=torch.float64, requires_grad=True)
+    ours = conv1d_time_major(x, conv)
+    x_ref = x.detach().transpose(1, 2).requires_grad_()
+    ref = conv(x_ref).transpose(1, 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, [x, *conv.parameters()], grad)
+    ref_grads = torch.autograd.grad(ref, [x_ref, *conv.parameters()], grad)
+    torch.testing.assert_close(ours_grads[0], ref_grads[0].transpose(1, 2), rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours_grads[1:], ref_grads[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    small = torch.randn(1, kernel + 2 * stride, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, kernel, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(lambda *t: _TimeMajorConv.apply(*t, stride), (small, w, b))

@@ -250,6 +250,50 @@ def test_first_convolution_as_gemm_in_inference_equals_onednn(ljspeech, monkeypa
     assert calls == [1] and model.feature_extractor.conv_layers[0][0].weight.grad is not None
 
 
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+def test_feature_encoder_as_time_major_gemms_equals_onednn_in_training(ljspeech, monkeypatch, mode):
+    """On the CPU in float32, the strided convolutions after the first run as GEMMs on
+    time-major frames (layers.conv1d_time_major); on two real utterances batched with
+    padding, the features and every parameter's and the waveform's gradients are as close to
+    a float64 computation as those of oneDNN's channels-first convolutions."""
+    from w2vtools import audio
+    from w2vtools.models import wav2vec2 as module
+
+    clips = sorted((ljspeech / "wavs").glob("*.flac"))[2:4]
+    a, b = (torch.from_numpy(audio.load_audio(str(p), sample_rate=16000)[:24000]) for p in clips)
+    batch = torch.zeros(2, max(len(a), len(b)))
+    batch[0, : len(a)], batch[1, : len(b)] = a, b
+    lengths = torch.tensor([len(a), len(b)])
+    torch.manual_seed(0)
+    cfg = get_preset("wav2vec2", "tiny")
+    cfg.extractor_mode, cfg.conv_bias = mode, mode == "layer_norm"
+    encoder = Wav2Vec2Model(cfg).feature_extractor.train()
+    for p in encoder.parameters():
+        if p.dim() == 1:  # norms and biases away from their initial values
+            torch.nn.init.normal_(p, 0.5, 0.2)
+
+    def run():
+        wav = batch.to(encoder.conv_layers[0][0].weight.dtype, copy=True).requires_grad_()
+        encoder.zero_grad()
+        features = encoder(wav, lengths)
+        (features * torch.linspace(-1, 1, features.numel(), dtype=wav.dtype).view_as(features)).sum().backward()
+        return [features.detach(), wav.grad] + [p.grad.clone() for p in encoder.parameters()]
+
+    calls = []
+    gemm = module.conv1d_time_major
+    monkeypatch.setattr(module, "conv1d_time_major", lambda *a: calls.append(1) or gemm(*a))
+    ours = run()
+    assert len(calls) == len(cfg.conv_feature_layers) - 1
+    monkeypatch.setattr(module, "time_major_conv_applies", lambda conv, x: False)
+    onednn = run()
+    assert len(calls) == len(cfg.conv_feature_layers) - 1
+    encoder.double()
+    truth = [t.float() for t in run()]
+    for x, y, t in zip(ours, onednn, truth):
+        scale = t.abs().max()
+        assert (x - t).abs().max() <= max(2 * (y - t).abs().max(), 1e-6 * scale), (x - t).abs().max() / scale
+
+
 # --------------------------------------------------------------------------- quantizers
 
 

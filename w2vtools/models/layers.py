@@ -112,6 +112,108 @@ class Fp32GroupNorm(nn.GroupNorm):
         return masked_group_norm(x, self, padding_mask)
 
 
+# --------------------------------------------------------------------------- strided convolutions
+
+
+def time_major_conv_applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`conv1d_time_major` computes ``conv`` on ``x``: a plain float32
+    convolution (no padding, dilation or groups) on the CPU, outside autocast. Elsewhere
+    (cuDNN on GPU, bf16 autocast, the int8 modules) the convolution runs as it is."""
+    return (
+        type(conv) is nn.Conv1d
+        and conv.padding == (0,)
+        and conv.dilation == (1,)
+        and conv.groups == 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` on time-major frames: (B, S, C) -> (B, T, C'), forward and backward as GEMMs.
+
+    A frame-strided convolution is a GEMM over windows of ``k`` frames. In time-major memory
+    the windows that start every ``stride`` frames are rows ``stride * C`` apart, a matrix
+    BLAS reads in place, so no window is ever copied: the ``k`` taps split into
+    ``ceil(k / stride)`` blocks of at most ``stride`` frames, each one strided matrix. The
+    input and weight gradients are GEMMs over the same views, the input's accumulated in
+    place. oneDNN's direct convolution computes the same sums in another order; its
+    backward pass, plus the layout copies it makes, is what this replaces (BENCHMARKS.md,
+    "Pretraining step").
+
+    Example:
+        >>> conv = nn.Conv1d(4, 6, 3, stride=2)
+        >>> x = torch.randn(2, 11, 4)
+        >>> torch.allclose(conv1d_time_major(x, conv), conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-6)
+        True
+    """
+    return _TimeMajorConv.apply(x.contiguous(), conv.weight, conv.bias, conv.stride[0])
+
+
+def _tap_blocks(x: torch.Tensor, kernel: int, stride: int, frames: int):
+    """For each utterance, ``[(view, first_tap, taps)]``: the (frames, taps * C) matrices whose
+    row t is frames ``t * stride + first_tap ... + taps - 1`` of ``x`` (B, S, C), flattened."""
+    channels = x.size(2)
+    blocks = []
+    for b in range(x.size(0)):
+        xb = x[b]
+        views = []
+        for first in range(0, kernel, stride):
+            taps = min(stride, kernel - first)
+            view = xb.as_strided((frames, taps * channels), (stride * channels, 1), xb.storage_offset() + first * channels)
+            views.append((view, first, taps))
+        blocks.append(views)
+    return blocks
+
+
+class _TimeMajorConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride):
+        out_channels, channels, kernel = weight.shape
+        frames = (x.size(1) - kernel) // stride + 1
+        if frames <= 0:
+            raise ValueError(f"{x.size(1)} frames are fewer than the kernel ({kernel})")
+        w = weight.permute(0, 2, 1).reshape(out_channels, kernel * channels)  # column j*C + c: tap j, channel c
+        y = x.new_empty(x.size(0), frames, out_channels)
+        for b, views in enumerate(_tap_blocks(x, kernel, stride, frames)):
+            for n, (view, first, taps) in enumerate(views):
+                wq = w[:, first * channels : (first + taps) * channels].t()
+                if n == 0 and bias is not None:
+                    torch.addmm(bias, view, wq, out=y[b])
+                elif n == 0:
+                    torch.mm(view, wq, out=y[b])
+                else:
+                    y[b].addmm_(view, wq)
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        out_channels, channels, kernel = weight.shape
+        grad = grad.contiguous()
+        frames = grad.size(1)
+        w = weight.permute(0, 2, 1).reshape(out_channels, kernel * channels)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.zeros_like(x)
+            for b, views in enumerate(_tap_blocks(dx, kernel, ctx.stride, frames)):
+                for view, first, taps in views:
+                    view.addmm_(grad[b], w[:, first * channels : (first + taps) * channels])
+        if ctx.needs_input_grad[1]:
+            dw_flat = x.new_zeros(out_channels, kernel * channels)
+            for b, views in enumerate(_tap_blocks(x, kernel, ctx.stride, frames)):
+                for view, first, taps in views:
+                    dw_flat[:, first * channels : (first + taps) * channels].addmm_(grad[b].t(), view)
+            dw = dw_flat.view(out_channels, kernel, channels).permute(0, 2, 1).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad.sum(dim=(0, 1))
+        return dx, dw, db, None
+
+
 # --------------------------------------------------------------------------- Transformer blocks
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}

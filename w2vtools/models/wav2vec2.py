@@ -38,7 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2vtools.models import FeatureOutput
-from w2vtools.models.layers import ACTIVATIONS, Dropout, TransformerSentenceEncoderLayer, dropout, masked_group_norm
+from w2vtools.models.layers import (
+    ACTIVATIONS,
+    Dropout,
+    TransformerSentenceEncoderLayer,
+    conv1d_time_major,
+    dropout,
+    masked_group_norm,
+    time_major_conv_applies,
+)
 from w2vtools.models.quantizers import GumbelVectorQuantizer
 
 BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -297,22 +305,35 @@ class ConvFeatureExtractionModel(nn.Module):
                 only by the first block's group norm (statistics over valid frames).
         """
         x = source.unsqueeze(1)  # (B, 1, S)
+        time_major = False  # x is (B, C, T) until a convolution runs as GEMMs, then (B, T, C)
         for i, block in enumerate(self.conv_layers):
-            # nn.Conv1d: oneDNN's direct convolution beats unfold + GEMM in float32 (measured on
-            # 2 threads); models/int8.py swaps in an int8 unfold + GEMM module, where it wins.
-            # The exception is the first layer's single input channel in inference, below.
-            x = _waveform_conv_as_gemm(source, block[0]) if i == 0 and _gemm_first_conv(block[0], source) else block[0](x)
+            conv = block[0]
+            if i == 0:
+                # One input channel: GEMMs over the waveform's windows in inference; in
+                # training oneDNN, whose backward (a weight gradient only) measured faster.
+                x = _waveform_conv_as_gemm(source, conv) if _gemm_first_conv(conv, source) else conv(x)
+            elif time_major_conv_applies(conv, x):
+                x = conv1d_time_major(x if time_major else x.transpose(1, 2), conv)
+                time_major = True
+            else:  # cuDNN, autocast, the int8 modules: channels first
+                x = conv(x.transpose(1, 2) if time_major else x)
+                time_major = False
             x = block[1](x)
             if len(block) == 4:
                 norm = block[2]
                 if isinstance(norm, nn.GroupNorm):
+                    if time_major:
+                        x, time_major = x.transpose(1, 2), False
                     x = masked_group_norm(x, norm, self._padding_after(lengths, i + 1, x.size(2)))
                 else:
                     ln = norm[1]
-                    x = F.layer_norm(x.transpose(1, 2).float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-                    x = x.type_as(source).transpose(1, 2)
+                    x = x if time_major else x.transpose(1, 2)
+                    x = F.layer_norm(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
+                                     ln.normalized_shape, ln.weight, ln.bias, ln.eps).type_as(source)
+                    if not time_major:
+                        x = x.transpose(1, 2)
             x = F.gelu(x)
-        return x.transpose(1, 2)
+        return x if time_major else x.transpose(1, 2)
 
     def _padding_after(self, lengths: torch.Tensor | None, num_layers: int, num_frames: int) -> torch.Tensor | None:
         """(B, T) padding mask after the first ``num_layers`` convolutions (None without lengths)."""
