@@ -52,6 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Result, add_common_args, fairseq_python  # noqa: E402
 
+# each precision against the peers' float32 step and the peer's own step in that precision
+RATIO_PAIRS = [("ours-fp32", "fairseq"), ("ours-fp32", "huggingface"),
+               ("ours-bf16", "fairseq-bf16"), ("ours-bf16", "fairseq"), ("ours-bf16", "huggingface"),
+               ("ours-fp16", "fairseq-fp16"), ("ours-fp16", "fairseq"), ("ours-fp16", "huggingface")]
 FAULTS_PER_STEP: list[float] = []  # filled by _time_steps in a worker: minor page faults per timed step
 
 
@@ -137,8 +141,14 @@ def worker_ours(x, args, amp: str) -> dict:
     return {"times": times, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def worker_fairseq(x, args, fp16: bool = False) -> dict:
-    """fairseq's model, criterion and Adam; ``fp16``: autocast with a GradScaler (on CUDA)."""
+def worker_fairseq(x, args, half: str | None = None) -> dict:
+    """fairseq's model, criterion and Adam, as its trainer runs them.
+
+    ``half`` is fairseq's ``--fp16`` or ``--bf16``: the model and the batch in half precision, an
+    ``FP16Optimizer`` keeping float32 master weights, and for fp16 its dynamic loss scaler (a step
+    that overflows is skipped, as the trainer does). fairseq's ``--amp`` (autocast) cannot run this
+    model: ``apply_mask`` writes the float32 ``mask_emb`` into the half-precision features.
+    """
     import torch
 
     torch.set_num_threads(args.threads)
@@ -151,26 +161,48 @@ def worker_fairseq(x, args, fp16: bool = False) -> dict:
     cfg = Wav2Vec2Config(quantize_targets=True, final_dim=256, encoder_layerdrop=0.05, dropout_input=0.1,
                          dropout_features=0.1, feature_grad_mult=0.1)
     device = torch.device(args.device)
-    model = Wav2Vec2Model(cfg).train().to(device)
+    dtype = {None: torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[half]
+    model = Wav2Vec2Model(cfg).train().to(device, dtype)
     crit = Wav2vecCriterion(task=None, infonce=True, loss_weights=[0.1, 10],
                             log_keys=["prob_perplexity", "code_perplexity", "temp"])
-    opt = Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    source = torch.from_numpy(x).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if half:
+        from omegaconf import OmegaConf
+
+        from fairseq.dataclass.configs import FairseqConfig
+        from fairseq.optim.adam import FairseqAdamConfig
+        from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+        fcfg = OmegaConf.structured(FairseqConfig)
+        fcfg.common.fp16, fcfg.common.bf16 = half == "fp16", half == "bf16"
+        # fairseq flattens the master weights only on CUDA (the CPU is for a dry run of this code)
+        fcfg.common.fp16_no_flatten_grads = device.type != "cuda"
+        fcfg.optimizer = OmegaConf.structured(FairseqAdamConfig(_name="adam", lr=[5e-4], adam_betas="(0.9, 0.98)",
+                                                                adam_eps=1e-6, weight_decay=0.01))
+        opt = FP16Optimizer.build_optimizer(fcfg, params)
+    else:
+        opt = Adam(params, lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    source = torch.from_numpy(x).to(device, dtype)
     sample = {"id": torch.arange(source.size(0)), "net_input": {"source": source, "padding_mask": None}}
-    state = {"n": 0}
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    state = {"n": 0, "overflows": 0}
 
     def step():
-        with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
-            loss, sample_size, _ = crit(model, sample)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt._optimizer if hasattr(opt, "_optimizer") else opt)
-        for p in model.parameters():  # the fairseq trainer's multiply_grads(1 / sample_size)
-            if p.grad is not None:
-                p.grad.mul_(1.0 / sample_size)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        scaler.step(opt._optimizer if hasattr(opt, "_optimizer") else opt)
-        scaler.update()
+        loss, sample_size, _ = crit(model, sample)
+        if half:
+            opt.backward(loss)  # scales the loss (fp16)
+            opt.multiply_grads(1.0 / sample_size)  # the trainer's multiply_grads(1 / sample_size)
+            try:
+                opt.clip_grad_norm(0)  # measures the norm and raises OverflowError on inf/nan
+                opt.step()
+            except OverflowError:
+                state["overflows"] += 1
+        else:
+            loss.backward()
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / sample_size)
+            torch.nn.utils.clip_grad_norm_(params, float("inf"))
+            opt.step()
         opt.zero_grad()
         state["n"] += 1
         model.set_num_updates(state["n"])
@@ -179,7 +211,7 @@ def worker_fairseq(x, args, fp16: bool = False) -> dict:
 
     times = _time_steps(step, args.warmup, args.steps)
     return {"times": times, "torch": torch.__version__, "fairseq": fairseq.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), **({"overflow steps": state["overflows"]} if half == "fp16" else {})}
 
 
 def worker_hf(x, args) -> dict:
@@ -229,21 +261,29 @@ def worker_gemm(args, dtypes: tuple[str, ...] = ("float32", "bfloat16"), budget_
     import torch
 
     torch.set_num_threads(args.threads)
+    device = torch.device(getattr(args, "device", "cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # the FFN's shapes at the batch's frame count, and a square one; a GPU needs larger ones to be busy
+    rows = 800 if device.type == "cpu" else 6000
+    shapes = ((rows, 768, 3072), (rows, 3072, 768), (2048, 2048, 2048) if device.type == "cpu" else (8192, 8192, 8192))
     rates = {}
     for name in dtypes:
         dtype = getattr(torch, name)
         best, start = 0.0, time.perf_counter()
-        for m, k, n in ((800, 768, 3072), (800, 3072, 768), (2048, 2048, 2048)):
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
             for _ in range(5):  # rounds: the best one is the machine's rate
                 if best and time.perf_counter() - start > budget_s:
                     break
+                sync()
                 t0 = time.perf_counter()
                 a @ b  # warm-up, and how many products fit in a fifth of a second
-                reps = max(1, min(5, int(0.2 / max(time.perf_counter() - t0, 1e-6))))
+                sync()
+                reps = max(1, min(50, int(0.2 / max(time.perf_counter() - t0, 1e-6))))
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     a @ b
+                sync()
                 best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
         rates[name] = best
     return {"times": [], **rates}
@@ -263,7 +303,9 @@ def run_worker(name: str, args) -> None:
     elif name == "fairseq":
         res = worker_fairseq(x, args)
     elif name == "fairseq-fp16":
-        res = worker_fairseq(x, args, fp16=True)
+        res = worker_fairseq(x, args, half="fp16")
+    elif name == "fairseq-bf16":
+        res = worker_fairseq(x, args, half="bf16")
     elif name == "huggingface":
         res = worker_hf(x, args)
     else:
@@ -300,8 +342,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved")
     ap.add_argument("--gflops-per-audio-s", type=float, default=42.6)
     ap.add_argument("--only", default=None,
-                    help="comma-separated subset: ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,huggingface "
-                    "(default: all but the fp16 ones, which need CUDA)")
+                    help="comma-separated subset: ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,fairseq-bf16,huggingface "
+                    "(default: the float32 ones and ours-bf16; the half-precision peers are for CUDA)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where every system runs")
     ap.add_argument("--preset", default="base", choices=["base", "tiny"],
                     help="our architecture (tiny: a quick check that the step runs; the peers are BASE only)")
@@ -317,7 +359,7 @@ def main() -> None:
         return
 
     audio_s = args.batch * args.seconds
-    print(f"wav2vec 2.0 BASE pretraining step on CPU: {args.batch} x {args.seconds:g} s, {args.threads} threads, "
+    print(f"wav2vec 2.0 {args.preset.upper()} pretraining step on {args.device}: {args.batch} x {args.seconds:g} s, {args.threads} threads, "
           f"median of {args.rounds} x {args.steps} steps, each round after {args.warmup} warm-up")
     peers = [("ours-fp32", sys.executable), ("ours-bf16", sys.executable), ("ours-fp16", sys.executable)]
     fs = fairseq_python(args.fairseq_python)
@@ -327,13 +369,13 @@ def main() -> None:
         fs = sys.executable
     except ImportError:
         pass
-    peers += [("fairseq", fs), ("fairseq-fp16", fs), ("huggingface", sys.executable)]
+    peers += [("fairseq", fs), ("fairseq-fp16", fs), ("fairseq-bf16", fs), ("huggingface", sys.executable)]
     keep = set(args.only.split(",")) if args.only else {"ours-fp32", "ours-bf16", "fairseq", "huggingface"}
     peers = [p for p in peers if p[0] in keep]
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # the floor is BASE's FLOPs at this CPU's GEMM rate, measured before the systems run
-        gemm = spawn("gemm", sys.executable, args, Path(tmp) / "none.npy") if args.device == "cpu" and args.preset == "base" else None
+        gemm = spawn("gemm", sys.executable, args, Path(tmp) / "none.npy") if args.preset == "base" else None
     if gemm and gemm["bfloat16"] < gemm["float32"] and not args.only and any(p[0] == "ours-bf16" for p in peers):
         peers = [p for p in peers if p[0] != "ours-bf16"]
         print(f"ours-bf16    skipped: this CPU's bf16 GEMM ({gemm['bfloat16']:.0f} GFLOP/s) is slower than its float32 one "
@@ -368,15 +410,13 @@ def main() -> None:
                 floors[ours] = results[ours] / floor
             print(f"{'floor ' + ('fp32' if dtype == 'float32' else 'bf16'):<12} {floor:6.2f} audio-s/s   ({args.gflops_per_audio_s:g} GFLOP per audio-s at "
                   f"{gemm[dtype]:.0f} GFLOP/s, the best {dtype} GEMM here{reached})")
-    for ours in ("ours-fp32", "ours-bf16", "ours-fp16"):
-        for peer in ("fairseq", "fairseq-fp16", "huggingface"):
-            if ours in results and peer in results:
-                print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
+    pairs = [(o, p) for o, p in RATIO_PAIRS if o in results and p in results]
+    for ours, peer in pairs:
+        print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
     per_step = {name: float(np.median([f for f in fs_ if f is not None] or [float("nan")])) for name, fs_ in faults.items()}
     print("minor page faults per step: " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
     Result("pretrain step", "audio-s/s", results,
-           ratios=[(o, p) for o in ("ours-fp32", "ours-bf16", "ours-fp16") for p in ("fairseq", "fairseq-fp16", "huggingface")
-                   if o in results and p in results],
+           ratios=pairs,
            floor=floors,
            drivers={"gemm_gflops_fp32": gemm and gemm["float32"], "gemm_gflops_bf16": gemm and gemm["bfloat16"],
                     "threads": args.threads, "page_faults_per_step": per_step}).write(args.json, args.threads)

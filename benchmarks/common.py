@@ -54,6 +54,9 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes); ``$W2V_COMMIT`` for a copy without .git."""
+    if os.environ.get("W2V_COMMIT"):
+        return os.environ["W2V_COMMIT"]
     p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
@@ -70,10 +73,12 @@ def machine_facts(threads: int | None = None) -> dict:
         import torch
 
         torch_version = torch.__version__
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
-        torch_version = None
+        torch_version = gpu = None
     return {
         "cpu": cpu_model(),
+        "gpu": gpu,
         "cpus": os.cpu_count(),
         "threads": threads,
         "load_average": [round(x, 2) for x in os.getloadavg()],

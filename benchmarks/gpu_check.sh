@@ -7,7 +7,7 @@
 #   2 featurize   wav2vec 2.0 BASE fp32 and --amp (bf16) against transformers (fp32, bf16 autocast)
 #                 and torchaudio on the same weights and audio (benchmarks/bench_featurize.py)
 #   3 pretrain    one BASE training step: ours fp32 / bf16 / fp16 (GradScaler) against fairseq
-#                 fp32 / fp16 and transformers (benchmarks/bench_pretrain_step.py)
+#                 fp32 / --fp16 / --bf16 and transformers fp32 (benchmarks/bench_pretrain_step.py)
 #   4 ddp         2 training processes for 20 updates against 1 process with --update-freq 2:
 #                 the loss trajectories must match. NCCL needs a GPU per rank: with one GPU the
 #                 two ranks run on it over gloo (W2V_DIST_BACKEND=gloo), with two or more, NCCL.
@@ -18,6 +18,7 @@
 #               suite runs this, so the script cannot rot while no GPU is around
 # Needs ../shared/data (or $W2V_SHARED_DATA): FSDD and LJ Speech. fairseq comes from
 # benchmarks/setup_peers.sh ($W2V_FAIRSEQ_PYTHON); without it those rows say "not run".
+# $W2V_COMMIT names the commit where the tree is a copy without .git.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dry=0
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,7 +45,7 @@ if [ "$dry" = 1 ]; then
   step_systems="ours-fp32,ours-bf16"; ft_updates=4; ddp_updates=4; ddp_device=cpu
 else
   device=cuda; preset=base; feat_utts=60; step_args="--batch 8 --seconds 15 --warmup 2 --steps 5"
-  step_systems="ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,huggingface"; ft_updates=100; ddp_updates=20
+  step_systems="ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,fairseq-bf16,huggingface"; ft_updates=100; ddp_updates=20
   ddp_device=cuda
 fi
 
@@ -117,7 +118,7 @@ step ddp ddp_check
 step decode decode_check
 
 {
-  echo "gpu_check $( [ "$dry" = 1 ] && echo '(dry run on the CPU)' ) at commit $(git -C "$repo" rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "gpu_check $( [ "$dry" = 1 ] && echo '(dry run on the CPU)' ) at commit ${W2V_COMMIT:-$(git -C "$repo" rev-parse --short HEAD)}, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "| step | status | time | result |"
   echo "|---|---|---|---|"

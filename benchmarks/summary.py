@@ -55,9 +55,10 @@ def main(paths: list[str]) -> None:
     table = [header, ["---"] * len(header)] + [r for res in results for r in rows(res)]
     for line in table:
         print("| " + " | ".join(line) + " |")
-    machines = {(r["machine"]["cpu"], r["machine"]["cpus"], r["machine"]["torch"], r["machine"]["commit"]) for r in results}
-    for cpu, cpus, torch, commit in sorted(machines):
-        print(f"\nmachine: {cpu}, {cpus} CPUs; torch {torch}; commit {commit}")
+    machines = {(r["machine"]["cpu"], r["machine"]["cpus"], r["machine"].get("gpu"), r["machine"]["torch"],
+                 r["machine"]["commit"]) for r in results}
+    for cpu, cpus, gpu, torch, commit in sorted(machines, key=str):
+        print(f"\nmachine: {cpu}, {cpus} CPUs{f', {gpu}' if gpu else ''}; torch {torch}; commit {commit}")
     loads = [r["machine"]["load_average"][0] for r in results]
     print(f"load average (1 min) at the end of each benchmark: {', '.join(f'{x:.1f}' for x in loads)}")
     for r in results:
