@@ -63,7 +63,8 @@ summary_of() {  # the line of each step's log that says what it found
     doctor) grep -E '^ +ok +torch ' "$out/doctor.log" | sed 's/^ *ok *torch *//' ;;
     featurize) grep -E '^ratio ours / (transformers|torchaudio)' "$out/$1.log" | head -3 | paste -sd';' ;;
     pretrain) grep -E '^(ratio |ours-[a-z0-9]+ +[0-9.]+ audio-s/s)' "$out/$1.log" | cut -c1-40 | tail -4 | paste -sd';' ;;
-    decode) grep -E 'real-time factor' "$out/decode.log" | tail -1 | sed 's/^w2v: //' ;;
+    decode) { grep -E 'real-time factor' "$out/decode.log" | tail -1 | sed 's/^w2v: //'
+              grep -E '^%WER' "$out/decode.log" | cut -d'[' -f1-2; } | paste -sd';' ;;
     ddp) tail -1 "$out/ddp.log" ;;
   esac
 }
@@ -79,9 +80,10 @@ decode_check() {
       --save-dir "$ft" --device "$device" \
       --set optim.max_update="$ft_updates" --set run.valid_interval=0 --set run.save_interval=0 \
       --set run.tensorboard=false --set data.num_workers=0 &&
-  # dev: the recipe makes its test set only in its final stages, for the final numbers
-  w2v decode "$m/dev.tsv" --model "$ft/checkpoint_last.pt" --device "$device" -o "$work/hyp.txt" &&
-  w2v score "$work/digits/data/dev/text" "$work/hyp.txt" --mode present
+  # dev: the recipe makes its test set only in its final stages, for the final numbers. The Kaldi
+  # dir, as the recipe decodes it: its utterance ids are the ones data/dev/text holds
+  w2v decode "$work/digits/data/dev" --model "$ft/checkpoint_last.pt" --device "$device" -o "$work/hyp.txt" &&
+  w2v score "$work/digits/data/dev/text" "$work/hyp.txt"
 }
 
 ddp_check() {  # same seed and data: 2 ranks x update_freq 1 must train like 1 rank x update_freq 2

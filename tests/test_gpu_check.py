@@ -21,5 +21,5 @@ def test_gpu_check_dry_run(tmp_path, shared_data, kenlm_tools):
     table = (tmp_path / "out" / "gpu_check.md").read_text()
     for step in ("doctor", "data", "featurize", "pretrain", "ddp", "decode"):
         assert f"| {step} | ok |" in table, table
-    assert "max relative loss difference" in table and "real-time factor" in table
+    assert "max relative loss difference" in table and "real-time factor" in table and "%WER" in table
     assert (tmp_path / "out" / "featurize.json").is_file() and (tmp_path / "out" / "pretrain_step.json").is_file()

@@ -89,6 +89,15 @@ def test_compute_wer_lines_and_modes(tmp_path, w2v):
     assert strict.returncode == 1 and "u3" in strict.stderr and strict.stderr.count("\n") == 1
     both = w2v("score", "-", "-", check=False, input="")
     assert both.returncode == 1 and "both" in both.stderr
+    # Kaldi dirs name utterances <speaker>-<file>; a TSV manifest decodes to bare file stems
+    stems = tmp_path / "stems.txt"
+    stems.write_text("".join(f"{u.split('-', 1)[1]} ZERO\n" for u in ("george-0_george_5", "jackson-0_jackson_1")))
+    kaldi = tmp_path / "text"
+    kaldi.write_text("george-0_george_5 ZERO\njackson-0_jackson_1 ZERO\n")
+    for mode in ("present", "all", "strict"):
+        p = w2v("score", kaldi, stems, "--mode", mode, check=False)
+        assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+        assert "none of its 2 utterance ids" in p.stderr and "'0_george_5' vs 'george-0_george_5'" in p.stderr
 
 
 def test_kaldi_percent_rounding_and_filters():

@@ -358,7 +358,8 @@ def score_tables(
     """Score hypotheses against references (``{uid: words}``), as ``compute-wer --text --mode=MODE``.
 
     Raises:
-        W2VError: ``mode="strict"`` and a reference has no hypothesis.
+        W2VError: ``mode="strict"`` and a reference has no hypothesis; or no hypothesis id is
+            a reference id at all (the tables name utterances differently).
 
     Example:
         >>> r = score_tables({"a": ["X"], "b": ["Y"]}, {"a": ["X"]}, mode="present")
@@ -367,6 +368,10 @@ def score_tables(
     """
     if mode not in MODES:
         raise W2VError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if hyp and ref and not any(uid in ref for uid in hyp):
+        # ids are the join key: no overlap at all is a naming mismatch, not a 100 % (or empty) WER
+        raise W2VError(f"{hyp_name}: none of its {len(hyp)} utterance ids is in {ref_name} "
+                       f"(e.g. {next(iter(hyp))!r} vs {next(iter(ref))!r})")
     uids: list[str] = []
     absent = 0
     ref_seqs: list[list[str]] = []
