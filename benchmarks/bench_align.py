@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 
 UID = "librispeech-121-121726-0000"
 
@@ -86,7 +86,7 @@ def peak_rss_mb(data: Path, times: int, system: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(shared_data()))
     ap.add_argument("--times", default="1,10,50", help="concatenations of the real emission to align")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

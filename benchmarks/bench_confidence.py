@@ -31,7 +31,6 @@ Needs KenLM's lmplz (tools/install_kenlm.sh). This is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 from bench_decode import UID, frame_banks, splice  # noqa: E402
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -67,7 +66,7 @@ def kept_wer(conf: dict, errors: dict, words: dict, keep: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(shared_data()))
     ap.add_argument("--variants", type=int, default=4, help="spliced emissions per LJ sentence")
     ap.add_argument("--max-sub", type=float, default=0.3)
     ap.add_argument("--max-noise", type=float, default=2.5)

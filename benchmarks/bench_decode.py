@@ -44,7 +44,6 @@ Needs KenLM's lmplz (tools/install_kenlm.sh). This is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 UID = "librispeech-121-121726-0000"
@@ -119,7 +118,7 @@ def splice(sentence: str, banks, blanks, lead, rng, p_sub: float, p_del: float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(shared_data()))
     ap.add_argument("--variants", type=int, default=3, help="spliced emissions per LJ sentence")
     ap.add_argument("--p-sub", type=float, default=0.08)
     ap.add_argument("--p-del", type=float, default=0.03)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 
 
 def make_recordings(data: Path, minutes: list[float], folder: Path) -> dict[float, Path]:
@@ -88,7 +88,7 @@ def decode_peak(scp: Path, model: Path, out: Path, *options: str) -> tuple[float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(shared_data()))
     ap.add_argument("--minutes", default="1,5,20,60")
     ap.add_argument("--whole-up-to", type=float, default=1.0, help="also decode these in one piece (minutes)")
     add_common_args(ap)

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Result, add_common_args, page_faults  # noqa: E402
+from common import add_common_args, page_faults, Result, shared_data  # noqa: E402
 
 
 def make_corpus(lj_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--preset", default="base", choices=["base", "large", "tiny"],
                     help="the wav2vec 2.0 architecture timed (tiny: a quick check that everything runs)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where every system runs (the floor line is CPU-only)")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=shared_data())
     ap.add_argument("--gflops-per-audio-s", type=float, default=14.0)
     ap.add_argument("--matmul-gflops", type=float, default=None,
                     help="the machine's float32 GEMM rate for the floor line (default: measured, in its own process)")

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_featurize import make_corpus  # noqa: E402
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 
 PRECISIONS = ("float32", "int8")
 
@@ -209,7 +209,7 @@ def main() -> None:
                     help="utterances for the model-alone speed and the per-layer feature error")
     ap.add_argument("--skip-featurize", action="store_true", help="only the model-alone speed, errors and WER")
     ap.add_argument("--repeats", type=int, default=3, help="passes of the model-alone timing (the best counts)")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=shared_data())
     ap.add_argument("--ctc", type=Path, default=None, help="a CTC checkpoint for the WER part")
     ap.add_argument("--test", type=Path, default=None, help="a Kaldi data dir (wav.scp, text) for the WER part")
     add_common_args(ap)

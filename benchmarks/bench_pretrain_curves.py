@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_common_args, fairseq_python, machine_facts  # noqa: E402
+from common import add_common_args, fairseq_python, machine_facts, shared_data  # noqa: E402
 
 RATE = 16000
 METRICS = ("loss", "accuracy", "code_perplexity", "prob_perplexity")
@@ -299,7 +299,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/w2v_bench_pretrain_curves"),
                     help="data, initial weights and run folders (kept: a finished seed is not rerun)")
-    ap.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--shared-data", type=Path, default=shared_data())
     ap.add_argument("--fairseq-python", default=None)
     ap.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_curves.png")
     add_common_args(ap)

@@ -50,7 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Result, add_common_args, fairseq_python  # noqa: E402
+from common import add_common_args, fairseq_python, Result, shared_data  # noqa: E402
 
 # each precision against the peers' float32 step and the peer's own step in that precision
 RATIO_PAIRS = [("ours-fp32", "fairseq"), ("ours-fp32", "huggingface"),
@@ -64,7 +64,7 @@ def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
     sys.path.insert(0, str(REPO))
     from w2vtools.audio import load_audio
 
-    data = Path(os.environ.get("W2V_SHARED_DATA", REPO.parent / "shared" / "data"))
+    data = shared_data()
     clips = [load_audio(str(p), sample_rate=16000) for p in sorted((data / "ljspeech" / "wavs").glob("*.flac"))]
     n = int(seconds * 16000)
     if clips:

@@ -24,7 +24,6 @@ This is a benchmark, not a test: numbers depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Result, add_common_args  # noqa: E402
+from common import add_common_args, Result, shared_data  # noqa: E402
 
 
 def best_time(fn, repeat: int):
@@ -53,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--num-pairs", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--data", default=os.environ.get("W2V_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(shared_data()))
     add_common_args(ap)
     args = ap.parse_args()
 

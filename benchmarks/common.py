@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 PEERS = Path(os.environ.get("W2V_PEERS") or REPO / ".peers")
 
 
+def shared_data() -> Path:
+    """The shared corpora: ``$W2V_SHARED_DATA``, else ../shared/data beside the checkout (as the tests)."""
+    return Path(os.environ.get("W2V_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
 def fairseq_python(option: str | None = None) -> str | None:
     """The interpreter of the fairseq venv: ``--fairseq-python``, ``$W2V_FAIRSEQ_PYTHON``, then
     ``.peers/fairseq/bin/python`` (what ``benchmarks/setup_peers.sh`` builds); None when absent."""

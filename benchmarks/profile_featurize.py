@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_featurize  # noqa: E402
 from bench_pretrain_step import worker_gemm  # noqa: E402
+from common import shared_data  # noqa: E402
 
 
 def op_group(name: str, shapes) -> str:
@@ -57,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--num-utts", type=int, default=12)
     ap.add_argument("--preset", default="base", choices=["base", "tiny"])
-    ap.add_argument("--lj-dir", default=str(REPO.parent / "shared" / "data" / "ljspeech"))
+    ap.add_argument("--lj-dir", default=str(shared_data() / "ljspeech"))
     args = ap.parse_args()
 
     import torch

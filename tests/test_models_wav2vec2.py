@@ -139,6 +139,26 @@ def test_logits_equal_cosines_of_gathered_distractors(tiny, cross):
     torch.testing.assert_close(gy, ey, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_duplicate_distractors_in_half_precision(tiny, dtype):
+    """Under fp16/bf16 autocast the logits are half precision: a duplicate target still gets -inf
+    (a finite 'large' fill such as -2**30 overflows float16), and the loss and its gradient stay finite."""
+    tiny.cfg.num_negatives, tiny.cfg.cross_sample_negatives = 5, 0
+    torch.manual_seed(1)
+    b, m, c = 2, 6, 8
+    x = torch.randn(b, m, c, dtype=dtype, requires_grad=True)
+    y = torch.randn(b, m, c, dtype=dtype)
+    y[0, 3] = y[0, 1]
+    y.requires_grad_()
+    idx = tiny.sample_negatives(y, m)
+    idx[0, 1, 0] = 3
+    logits = tiny.compute_preds(x, y, idx)
+    assert logits.dtype == dtype and logits[1, 0, 1] == float("-inf")
+    loss = F.cross_entropy(logits.permute(1, 2, 0).reshape(b * m, -1).float(), torch.zeros(b * m, dtype=torch.long))
+    gx, gy = torch.autograd.grad(loss, (x, y))
+    assert torch.isfinite(loss) and torch.isfinite(gx).all() and torch.isfinite(gy).all()
+
+
 def test_pretraining_loss_is_fairseq_sum(tiny):
     tiny.train()
     torch.manual_seed(5)

@@ -805,9 +805,8 @@ class Wav2Vec2Model(nn.Module):
         # exact duplicates of the target: the same row id after torch.unique
         row_id = torch.unique(y.detach().reshape(b * m, c), dim=0, return_inverse=True)[1]
         neg_is_pos = row_id[neg_idx] == row_id.view(b, m, 1)
-        if bool(neg_is_pos.any()):
-            fill = -float(2**30) if logits.dtype == torch.float16 else float("-inf")
-            logits = torch.cat([logits[..., :1], logits[..., 1:].masked_fill(neg_is_pos, fill)], dim=-1)
+        if bool(neg_is_pos.any()):  # -inf in every dtype (fairseq's -2**30 is for XLA; it overflows float16)
+            logits = torch.cat([logits[..., :1], logits[..., 1:].masked_fill(neg_is_pos, float("-inf"))], dim=-1)
         return logits.permute(2, 0, 1)
 
     def forward(self, source: torch.Tensor, padding_mask: torch.Tensor | None = None) -> dict:
