@@ -159,6 +159,18 @@ def test_duplicate_distractors_in_half_precision(tiny, dtype):
     assert torch.isfinite(loss) and torch.isfinite(gx).all() and torch.isfinite(gy).all()
 
 
+def test_positional_convolution_runs_in_float32_under_autocast(tiny):
+    conv = tiny.encoder.pos_conv[0]
+    x = torch.randn(2, conv.channels, 50, requires_grad=True)
+    expected = conv(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+        assert torch.mm(x[0, :2], x[0, :2].t()).dtype == torch.bfloat16  # autocast is on around it
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    got.sum().backward()
+    assert conv.weight_v.grad.dtype == torch.float32 and torch.isfinite(conv.weight_v.grad).all()
+
+
 def test_pretraining_loss_is_fairseq_sum(tiny):
     tiny.train()
     torch.manual_seed(5)

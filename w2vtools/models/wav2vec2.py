@@ -423,7 +423,13 @@ class WeightNormConv1d(nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T) -> (B, C, T + 1 - kernel % 2)."""
+        """(B, C, T) -> (B, C, T + 1 - kernel % 2); in float32 under autocast too."""
+        if torch.is_autocast_enabled(x.device.type):
+            # cuDNN's bf16 kernels for this grouped 128-tap convolution took most of a bf16 forward
+            # on an H200 (BENCHMARKS.md, GPU); float32 is also the faster one on CPUs without bf16
+            with torch.autocast(x.device.type, enabled=False):
+                return F.conv1d(x.float(), self.weight().float(), self.bias.float(), padding=self.padding,
+                                groups=self.groups)
         return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
 
 
