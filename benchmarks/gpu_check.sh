@@ -12,6 +12,7 @@
 #                 the loss trajectories must match. NCCL needs a GPU per rank: with one GPU the
 #                 two ranks run on it over gloo (W2V_DIST_BACKEND=gloo), with two or more, NCCL.
 #   5 decode      that tiny model fine-tuned with CTC for a few updates on FSDD, decoded from audio
+#   6 amp         where bf16 autocast spends a forward, float32 against bf16 (benchmarks/profile_amp.py)
 #
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
 #   --dry-run   every step on the CPU at toy sizes (tiny models, a few utterances): the test
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -41,10 +42,11 @@ export PATH="$repo/bin:$repo/tools/bin:$PATH" PYTHONUNBUFFERED=1 W2V_PYTHON="$py
 work="$out/work"
 
 if [ "$dry" = 1 ]; then
-  device=cpu; preset=tiny; feat_utts=2; step_args="--batch 1 --seconds 1 --warmup 0 --steps 1"
+  device=cpu; preset=tiny; feat_utts=2; amp_utts=2; step_args="--batch 1 --seconds 1 --warmup 0 --steps 1"
   step_systems="ours-fp32,ours-bf16"; ft_updates=4; ddp_updates=4; ddp_device=cpu
 else
-  device=cuda; preset=base; feat_utts=60; step_args="--batch 8 --seconds 15 --warmup 2 --steps 5"
+  # 300 utterances (about 2500 s): at 60 the H200 took under 2 s a system, mostly first-shape costs
+  device=cuda; preset=base; feat_utts=300; amp_utts=30; step_args="--batch 8 --seconds 15 --warmup 2 --steps 5"
   step_systems="ours-fp32,ours-bf16,ours-fp16,fairseq,fairseq-fp16,fairseq-bf16,huggingface"; ft_updates=100; ddp_updates=20
   ddp_device=cuda
 fi
@@ -66,6 +68,7 @@ summary_of() {  # the line of each step's log that says what it found
     decode) { grep -E 'real-time factor' "$out/decode.log" | tail -1 | sed 's/^w2v: //'
               grep -E '^%WER' "$out/decode.log" | cut -d'[' -f1-2; } | paste -sd';' ;;
     ddp) tail -1 "$out/ddp.log" ;;
+    amp) grep -E '^model +(fp32|bf16)' "$out/amp.log" | tail -2 | sed 's/: first pass.*second pass */ /' | paste -sd';' ;;
   esac
 }
 
@@ -118,6 +121,7 @@ step pretrain "$python" "$repo/benchmarks/bench_pretrain_step.py" --device "$dev
     --only "$step_systems" --json "$out/pretrain_step.json"
 step ddp ddp_check
 step decode decode_check
+step amp "$python" "$repo/benchmarks/profile_amp.py" --device "$device" --preset "$preset" --num-utts "$amp_utts"
 
 {
   echo "gpu_check $( [ "$dry" = 1 ] && echo '(dry run on the CPU)' ) at commit ${W2V_COMMIT:-$(git -C "$repo" rev-parse --short HEAD)}, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where bf16 autocast spends a wav2vec 2.0 forward: float32 vs bf16, feature encoder vs whole model.
 
-The model (random weights, ``--preset``) runs over 30 utterances of distinct lengths (2-15 s),
+The model (random weights, ``--preset``) runs over ``--num-utts`` (30) utterances of distinct lengths (2-15 s),
 twice per setting: the first pass meets new shapes (cuDNN/oneDNN pick their kernels), the second
 repeats them, so first-pass costs and steady-state costs show apart. Then a ``torch.profiler``
 table of one bf16 pass over new shapes (CUDA only). This is how the bf16 positional convolution
@@ -30,11 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="base")
+    ap.add_argument("--num-utts", type=int, default=30)
     args = ap.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = Wav2Vec2Model(get_preset("wav2vec2", args.preset)).eval().to(dev)
-    lengths = [int(16000 * (2 + 13 * i / 29)) for i in range(30)]
+    n = max(2, args.num_utts)
+    lengths = [int(16000 * (2 + 13 * i / (n - 1))) for i in range(n)]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def run(waves, dtype: str, part: str) -> float:
