@@ -106,9 +106,9 @@ def build_models(tmp: Path, preset: str = "base") -> None:
 SYSTEMS = {
     "w2v featurize": (False, {}),
     "w2v featurize --streams 1": (False, {"streams": 1}),
-    "w2v featurize --amp (bf16)": (False, {"amp": True}),
+    "w2v featurize --amp": (False, {"amp": True}),
     "transformers Wav2Vec2Model": (True, {}),
-    "transformers Wav2Vec2Model (bf16 autocast)": (True, {}),
+    "transformers Wav2Vec2Model (autocast)": (True, {}),
     "torchaudio wav2vec2": (True, {}),
 }
 
@@ -116,6 +116,8 @@ SYSTEMS = {
 def speed_child(args) -> None:
     """Time one system on one round's utterances in this fresh process; print JSON."""
     import torch
+
+    from w2vtools.autocast import inference_dtype
 
     torch.set_num_threads(args.threads)
     tmp = Path(args.out).parent
@@ -130,7 +132,7 @@ def speed_child(args) -> None:
         device = torch.device(args.device)
         hf = HFWav2Vec2Model.from_pretrained(str(tmp / "hf")).eval().to(device)
         if name.startswith("transformers"):
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in name)
+            autocast = torch.autocast(device.type, dtype=inference_dtype(device.type), enabled="autocast" in name)
 
             def fn(x):
                 with autocast:
@@ -159,8 +161,11 @@ def speed_child(args) -> None:
         model = model_class_for("wav2vec2")(get_preset("wav2vec2", args.preset)).eval()
         model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
         enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
-        with torch.inference_mode():
-            model.to(args.device).extract_features(torch.zeros(1, 32000, device=args.device))  # warm-up, not timed
+        amp = bool(SYSTEMS[name][1].get("amp"))
+        with torch.inference_mode(), torch.autocast(torch.device(args.device).type,
+                                                    dtype=inference_dtype(torch.device(args.device).type), enabled=amp):
+            # warm-up, not timed, in the precision of the run: the peers warm up the same way
+            model.to(args.device).extract_features(torch.zeros(1, 32000, device=args.device))
         t0 = time.perf_counter()
         summary = featurize(args.scp, args.out, model=enc, threads=args.threads, batch_seconds=args.batch_seconds,
                             progress=False, device=args.device, **{"streams": args.streams, **SYSTEMS[name][1]})
@@ -233,7 +238,8 @@ def main() -> None:
     ap.add_argument("--compare-streams", action="store_true",
                     help="also time ours with one stream of --threads-threaded ops")
     ap.add_argument("--compare-amp", action="store_true",
-                    help="also time ours with --amp (bfloat16 autocast on CPU; outputs differ at bf16 precision)")
+                    help="also time ours with --amp and transformers under the same autocast (bfloat16 on a CPU, "
+                         "float16 on CUDA); outputs differ at that precision")
     ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-speed", action="store_true", help="only the memory measurement")
@@ -278,10 +284,10 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
     if args.compare_streams:
         names.append("w2v featurize --streams 1")
     if args.compare_amp:
-        names.append("w2v featurize --amp (bf16)")
+        names.append("w2v featurize --amp")
     if not args.skip_peers:
         names += ["transformers Wav2Vec2Model", "torchaudio wav2vec2"]
-        names += ["transformers Wav2Vec2Model (bf16 autocast)"] if args.compare_amp else []
+        names += ["transformers Wav2Vec2Model (autocast)"] if args.compare_amp else []
     results = dict.fromkeys(names, 0.0)
     feats: dict[str, dict] = {n: {} for n in names}
     # Interleave: the corpus is cut into rounds and every system runs each round in turn,
@@ -319,11 +325,11 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         if name != "w2v featurize":
             print(f"ratio ours / {name}: {ours / (audio_s / t):.2f}x")
     if args.compare_amp:
-        amp_t = results["w2v featurize --amp (bf16)"]
+        amp_t = results["w2v featurize --amp"]
         for name, t in results.items():
             if not name.startswith("w2v"):
                 print(f"ratio ours --amp / {name}: {t / amp_t:.2f}x")
-        amp = feats["w2v featurize --amp (bf16)"]
+        amp = feats["w2v featurize --amp"]
         rel = [float(np.linalg.norm(amp[k] - x) / np.linalg.norm(x)) for k, x in ours_feats.items()]
         print(f"--amp vs float32 features: relative error {np.median(rel):.2e} median, {max(rel):.2e} max")
     print("load average (1, 5, 15 min) at the end: %.1f %.1f %.1f on %d CPUs" % (*os.getloadavg(), os.cpu_count()))
@@ -341,7 +347,7 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
               f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
     ratios = [("w2v featurize", n) for n in results if not n.startswith("w2v")]
-    ratios += [("w2v featurize --amp (bf16)", n) for n in results if args.compare_amp and not n.startswith("w2v")]
+    ratios += [("w2v featurize --amp", n) for n in results if args.compare_amp and not n.startswith("w2v")]
     Result("featurize", "audio-s/s", {n: audio_s / t for n, t in results.items()}, ratios=ratios,
            floor=floor_fraction,
            drivers={"gemm_gflops_fp32": rate, "threads": args.threads, "audio_s": audio_s, "device": args.device,

@@ -4,15 +4,17 @@
 # with every step's log and JSON, under benchmarks/results/gpu_check-<time>/.
 #
 #   1 doctor      what w2v sees (torch build, devices, KenLM, the lock)
-#   2 featurize   wav2vec 2.0 BASE fp32 and --amp (bf16) against transformers (fp32, bf16 autocast)
-#                 and torchaudio on the same weights and audio (benchmarks/bench_featurize.py)
+#   2 featurize   wav2vec 2.0 BASE fp32 and --amp (float16 on CUDA) against transformers (fp32, and
+#                 under the same autocast) and torchaudio on the same weights and audio
+#                 (benchmarks/bench_featurize.py)
 #   3 pretrain    one BASE training step: ours fp32 / bf16 / fp16 (GradScaler) against fairseq
 #                 fp32 / --fp16 / --bf16 and transformers fp32 (benchmarks/bench_pretrain_step.py)
 #   4 ddp         2 training processes for 20 updates against 1 process with --update-freq 2:
 #                 the loss trajectories must match. NCCL needs a GPU per rank: with one GPU the
 #                 two ranks run on it over gloo (W2V_DIST_BACKEND=gloo), with two or more, NCCL.
 #   5 decode      that tiny model fine-tuned with CTC for a few updates on FSDD, decoded from audio
-#   6 amp         where bf16 autocast spends a forward, float32 against bf16 (benchmarks/profile_amp.py)
+#   6 amp         where autocast spends a forward, float32 against bf16 and fp16, and whole featurize
+#                 calls in one process (benchmarks/profile_amp.py)
 #
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
 #   --dry-run   every step on the CPU at toy sizes (tiny models, a few utterances): the test
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -63,12 +65,14 @@ step() {  # step NAME COMMAND...: run, time, log to $out/NAME.log, one table row
 summary_of() {  # the line of each step's log that says what it found
   case "$1" in
     doctor) grep -E '^ +ok +torch ' "$out/doctor.log" | sed 's/^ *ok *torch *//' ;;
-    featurize) grep -E '^ratio ours / (transformers|torchaudio)' "$out/$1.log" | head -3 | paste -sd';' ;;
+    featurize) grep -E '^ratio ours / (transformers Wav2Vec2Model|torchaudio wav2vec2):|^ratio ours --amp / transformers Wav2Vec2Model \(autocast\):' \
+                 "$out/$1.log" | paste -sd';' ;;
     pretrain) grep -E '^(ratio |ours-[a-z0-9]+ +[0-9.]+ audio-s/s)' "$out/$1.log" | cut -c1-40 | tail -4 | paste -sd';' ;;
     decode) { grep -E 'real-time factor' "$out/decode.log" | tail -1 | sed 's/^w2v: //'
               grep -E '^%WER' "$out/decode.log" | cut -d'[' -f1-2; } | paste -sd';' ;;
     ddp) tail -1 "$out/ddp.log" ;;
-    amp) grep -E '^model +(fp32|bf16)' "$out/amp.log" | tail -2 | sed 's/: first pass.*second pass */ /' | paste -sd';' ;;
+    amp) { grep -E '^model ' "$out/amp.log" | tac | awk '!seen[$2]++' | tac | sed 's/: first pass.*second pass */ /'
+           grep -E '^featurize .*same lengths' "$out/amp.log" | sed 's/ corpus B (same lengths) */ /'; } | paste -sd';' ;;
   esac
 }
 

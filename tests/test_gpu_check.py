@@ -22,4 +22,5 @@ def test_gpu_check_dry_run(tmp_path, shared_data, kenlm_tools):
     for step in ("doctor", "data", "featurize", "pretrain", "ddp", "decode", "amp"):
         assert f"| {step} | ok |" in table, table
     assert "max relative loss difference" in table and "real-time factor" in table and "%WER" in table
+    assert "featurize --amp" in table and "model    bf16" in table  # the amp step: model and whole featurize calls
     assert (tmp_path / "out" / "featurize.json").is_file() and (tmp_path / "out" / "pretrain_step.json").is_file()

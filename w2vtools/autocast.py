@@ -1,4 +1,5 @@
-"""Whether bfloat16 autocast pays on this CPU: the one check behind ``--amp`` and ``run.amp=bf16``.
+"""Autocast at inference: its dtype per device, and whether bfloat16 pays on this CPU (the one
+check behind ``--amp`` and ``run.amp=bf16``).
 
 On a CPU with bf16 instructions (AVX512-BF16, AMX) autocast runs the matmuls and
 convolutions in bfloat16 about twice as fast as float32 or more. On one without them
@@ -42,6 +43,17 @@ def cpu_bf16_slowdown() -> float:
         return max(min(times), 1e-9)
 
     return best(a.bfloat16(), b.bfloat16()) / best(a, b)
+
+
+def inference_dtype(device_type: str) -> torch.dtype:
+    """The autocast dtype of ``--amp`` at inference on ``device_type``: float16 on CUDA, as
+    fairseq and transformers run it there, bfloat16 on a CPU (which has no fast float16).
+
+    Example:
+        >>> inference_dtype("cuda"), inference_dtype("cpu")
+        (torch.float16, torch.bfloat16)
+    """
+    return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
 def warn_if_bf16_is_slow(device: torch.device | str, setting: str) -> None:

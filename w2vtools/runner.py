@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from w2vtools.audio import RecordingWindows
-from w2vtools.autocast import warn_if_bf16_is_slow
+from w2vtools.autocast import inference_dtype, warn_if_bf16_is_slow
 from w2vtools import malloc
 from w2vtools.batching import (
     Job,
@@ -264,8 +264,7 @@ class Runner:
     def _autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=inference_dtype(self.device.type))
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(T_i, ...) output for each waveform, computed as one padded batch."""
