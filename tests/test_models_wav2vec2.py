@@ -400,6 +400,26 @@ def test_cpu_training_attention_is_sdpa_with_dropout(monkeypatch):
     assert not torch.allclose(attn(x, mask), ref, atol=1e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masked_half_attention_on_cuda_avoids_cudnn():
+    """A padded batch in float16 on CUDA runs SDPA without the cuDNN backend (masked_cuda_sdpa),
+    and gives what the float32 math path gives."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    attn = MultiheadAttention(64, 4).eval().cuda()
+    x = torch.randn(3, 50, 64, device="cuda")
+    mask = torch.ones(3, 1, 1, 50, dtype=torch.bool, device="cuda")
+    mask[1, ..., 30:] = False
+    ref = attn(x, mask)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16), profile(
+        activities=[ProfilerActivity.CPU]
+    ) as prof:
+        out = attn(x, mask)
+    assert not any("cudnn_attention" in e.key for e in prof.key_averages())
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
 # --------------------------------------------------------------------------- CTC
 
 

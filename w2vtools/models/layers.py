@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -285,10 +287,27 @@ class MultiheadAttention(nn.Module):
                 scores = scores.masked_fill(~attn_mask, float("-inf"))
             out = torch.matmul(dropout(scores.softmax(-1), self.dropout, True).to(v.dtype), v)
         else:
-            out = F.scaled_dot_product_attention(
-                qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            with masked_cuda_sdpa() if attn_mask is not None and x.is_cuda else contextlib.nullcontext():
+                out = F.scaled_dot_product_attention(
+                    qkv[0], qkv[1], qkv[2], attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+                )
         return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+def masked_cuda_sdpa():
+    """SDPA's backends for a padded batch on CUDA: every one but cuDNN's.
+
+    In half precision on an H200 (torch 2.11), PyTorch picks cuDNN attention for a masked call
+    too, and there each call cost about 4 ms of host time even on shapes already seen: 12 layers
+    of a padded batch then took longer on the CPU than the whole forward on the GPU, and
+    ``featurize --amp`` ran at half the speed of float32 (BENCHMARKS.md, GPU). Without cuDNN's
+    (the memory-efficient kernel takes the mask) it ran as fast as float32. Unmasked calls
+    (fixed-size training batches, one utterance alone) keep PyTorch's choice: there cuDNN's
+    graph is cached per shape.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class TransformerSentenceEncoderLayer(nn.Module):
