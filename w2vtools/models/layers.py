@@ -303,7 +303,9 @@ def masked_cuda_sdpa():
     ``featurize --amp`` ran at half the speed of float32 (BENCHMARKS.md, GPU). Without cuDNN's
     (the memory-efficient kernel takes the mask) it ran as fast as float32. Unmasked calls
     (fixed-size training batches, one utterance alone) keep PyTorch's choice: there cuDNN's
-    graph is cached per shape.
+    graph is cached per shape. ``sdpa_kernel`` sets process-wide flags: with several GPU streams
+    (``--streams``) their entries and exits can interleave, which changes only which kernel
+    computes a call (the same attention, up to rounding).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
