@@ -161,9 +161,9 @@ def speed_child(args) -> None:
         model = model_class_for("wav2vec2")(get_preset("wav2vec2", args.preset)).eval()
         model.load_state_dict(torch.load(tmp / "ours.pt", weights_only=True))
         enc = encoder_from_module(model, "wav2vec2-base(random)", "wav2vec2")
+        device_type = torch.device(args.device).type
         amp = bool(SYSTEMS[name][1].get("amp"))
-        with torch.inference_mode(), torch.autocast(torch.device(args.device).type,
-                                                    dtype=inference_dtype(torch.device(args.device).type), enabled=amp):
+        with torch.inference_mode(), torch.autocast(device_type, dtype=inference_dtype(device_type), enabled=amp):
             # warm-up, not timed, in the precision of the run: the peers warm up the same way
             model.to(args.device).extract_features(torch.zeros(1, 32000, device=args.device))
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -307,9 +308,10 @@ def masked_cuda_sdpa():
     (``--streams``) their entries and exits can interleave, which changes only which kernel
     computes a call (the same attention, up to rounding).
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(_MASKED_CUDA_BACKENDS)
 
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+_MASKED_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class TransformerSentenceEncoderLayer(nn.Module):
