@@ -69,7 +69,7 @@ def test_int8_linear_is_the_linear():
     linear = nn.Linear(256, 64)
     x = torch.randn(3, 17, 256)
     with torch.inference_mode():
-        assert relative_error(Int8Linear(linear)(x), linear(x)) < 0.03
+        assert relative_error(Int8Linear.from_linear(linear)(x), linear(x)) < 0.03
 
 
 def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():

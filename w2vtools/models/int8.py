@@ -3,9 +3,9 @@
 :func:`quantize_int8` rewrites a model in place so that its big matrix products run as
 int8 x int8 -> int32 GEMMs (fbgemm / oneDNN, VNNI on AVX-512 CPUs):
 
-* every ``nn.Linear`` becomes a dynamically quantized linear
-  (``torch.ao.nn.quantized.dynamic.Linear``): weights int8 with one scale per output
-  channel, stored once; activations quantized per call with the range of that call's
+* every ``nn.Linear`` becomes an :class:`Int8Linear`, torch's dynamically quantized linear
+  kernel (``quantized::linear_dynamic``): weights int8 with one scale per output
+  channel, packed once; activations quantized per call with the range of that call's
   input (no calibration data needed);
 * the attention's q, k and v projections are first fused into one ``qkv_proj`` linear
   (:class:`~w2vtools.models.layers.MultiheadAttention` runs the fused GEMM either way);
@@ -54,7 +54,7 @@ MIN_CONV_DEPTH = 64
 
 
 def _quantization_api():
-    """``torch.ao.quantization`` and its dynamic Linear, without the deprecation notices.
+    """``torch.ao.quantization``, without the deprecation notices.
 
     torch 2.10+ marks eager-mode quantization deprecated in favour of torchao (not a
     dependency here); the kernels are unchanged, so the notice would only be noise on
@@ -62,9 +62,8 @@ def _quantization_api():
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import torch.ao.nn.quantized.dynamic as qdynamic
         import torch.ao.quantization as tq
-    return tq, qdynamic
+    return tq
 
 
 def full_range_activations() -> bool:
@@ -80,33 +79,50 @@ def full_range_activations() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """``nn.Linear`` with int8 weights (one scale per output channel) and int8 activations
+    """A linear layer with int8 weights (one scale per output channel) and int8 activations
     quantized per call with that call's range; float32 in and out.
+
+    Args:
+        weight: the float (out_features, in_features) weight.
+        bias: the float (out_features,) bias, or None.
+
+    The weights are quantized as torch's ``per_channel_dynamic_qconfig`` would (the same
+    integers) and packed for fbgemm once, straight from the tensors: going through
+    ``torch.ao.nn.quantized.dynamic.Linear.from_float`` packed each weight three times and
+    built a float ``nn.Linear`` first (measured in BENCHMARKS.md, section int8).
 
     Example:
         >>> lin = nn.Linear(16, 4)
         >>> x = torch.randn(3, 16)
-        >>> bool((Int8Linear(lin)(x) - lin(x)).norm() < 0.05 * lin(x).norm())
+        >>> bool((Int8Linear.from_linear(lin)(x) - lin(x)).norm() < 0.05 * lin(x).norm())
         True
     """
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
-        tq, qdynamic = _quantization_api()
-        # skip_init: the weights are copied in next (a random init of BASE's would take seconds)
-        float_linear = nn.utils.skip_init(nn.Linear, linear.in_features, linear.out_features,
-                                          bias=linear.bias is not None)
-        float_linear.load_state_dict({k: v.detach().float() for k, v in linear.state_dict().items()})
-        float_linear.qconfig = tq.per_channel_dynamic_qconfig
+        tq = _quantization_api()
+        weight = weight.detach().float().contiguous()
+        observer = tq.per_channel_dynamic_qconfig.weight()
+        observer(weight)
+        scales, zero_points = observer.calculate_qparams()
+        # w * (1 / scale), rounded half to even: fbgemm's own rule, so the integers equal
+        # torch.quantize_per_channel's (which takes 4x longer)
+        integers = torch.round(weight * (1.0 / scales)[:, None]).clamp_(-128, 127).to(torch.int8)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.quantized = qdynamic.Linear.from_float(float_linear)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
+            qweight = torch._make_per_channel_quantized_tensor(integers, scales.double(), zero_points.long(), 0)
+            self.packed = torch.ops.quantized.linear_prepack(
+                qweight, None if bias is None else bias.detach().float().contiguous())
+        self.out_features, self.in_features = weight.shape
         self.reduce_range = not full_range_activations()
 
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+        """The int8 twin of ``linear``."""
+        return cls(linear.weight, linear.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.quantized._packed_params._packed_params
-        return torch.ops.quantized.linear_dynamic(x.float(), packed, reduce_range=self.reduce_range)
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=self.reduce_range)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -141,10 +157,7 @@ class Int8Conv1d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size[0], conv.stride[0]
         # (C', C, k) -> (C', k * C): the order of a channels-last window's values
-        linear = nn.utils.skip_init(nn.Linear, self.kernel_size * self.in_channels, self.out_channels, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(conv.weight.detach().float().permute(0, 2, 1).reshape(self.out_channels, -1))
-        self.linear = Int8Linear(linear)
+        self.linear = Int8Linear(conv.weight.detach().float().permute(0, 2, 1).reshape(self.out_channels, -1))
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().float().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,14 +182,11 @@ class Int8Conv1d(nn.Module):
 
 
 def _fuse_attention(attn: MultiheadAttention) -> None:
-    """Replace q/k/v_proj by one (3C, C) ``qkv_proj`` linear (float; quantized with the others)."""
+    """Replace q/k/v_proj by one int8 (3C, C) ``qkv_proj``."""
     weight, bias = attn._qkv_weights()
-    fused = nn.utils.skip_init(nn.Linear, weight.size(1), weight.size(0))
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        fused.bias.copy_(bias)
     del attn.q_proj, attn.k_proj, attn.v_proj
-    attn.qkv_proj = fused
+    attn._cache = None  # the float copy of the fused weights
+    attn.qkv_proj = Int8Linear(weight, bias)
 
 
 def _convertible_conv(module: nn.Module) -> bool:
@@ -206,16 +216,17 @@ def quantize_int8(model: nn.Module, *, convs: bool = True) -> dict[str, int]:
         raise ValueError("int8 quantization runs on a CPU only; move the model to the CPU first")
     model.eval()
     counts = {"linear": 0, "conv": 0}
-    for module in list(model.modules()):
-        if isinstance(module, MultiheadAttention) and getattr(module, "qkv_proj", None) is None:
-            _fuse_attention(module)
     keep = {id(m) for kept in model.modules() if isinstance(kept, KEEP_FLOAT) for m in kept.modules()}
+    for module in list(model.modules()):
+        if isinstance(module, MultiheadAttention) and getattr(module, "qkv_proj", None) is None and id(module) not in keep:
+            _fuse_attention(module)
+            counts["linear"] += 1
     for parent in list(model.modules()):
         if id(parent) in keep:
             continue
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, Int8Linear.from_linear(child))
                 counts["linear"] += 1
             elif convs and _convertible_conv(child):
                 setattr(parent, name, Int8Conv1d(child))
