@@ -72,6 +72,26 @@ def test_int8_linear_is_the_linear():
         assert relative_error(Int8Linear.from_linear(linear)(x), linear(x)) < 0.03
 
 
+def test_int8_linear_weights_are_torchs_per_channel_quantization():
+    """Our packing shortcut stores the integers and scales torch's dynamic Linear would."""
+    import warnings
+
+    import torch.ao.quantization as tq
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 80) * torch.logspace(-3, 1, 96)[:, None]  # channels from quiet to loud
+    observer = tq.per_channel_dynamic_qconfig.weight()
+    observer(weight)
+    scales, zero_points = observer.calculate_qparams()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch.quantize_per_channel(weight, scales.double(), zero_points.long(), 0, torch.qint8)
+        packed, bias = torch.ops.quantized.linear_unpack(Int8Linear(weight).packed)
+    assert bias is None
+    assert torch.equal(packed.int_repr(), reference.int_repr())
+    assert torch.equal(packed.q_per_channel_scales(), reference.q_per_channel_scales())
+
+
 def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():
     torch.manual_seed(0)
     model = model_class_for("wav2vec2")(get_preset("wav2vec2", "tiny")).eval()
