@@ -308,10 +308,18 @@ class ConvFeatureExtractionModel(nn.Module):
         time_major = False  # x is (B, C, T) until a convolution runs as GEMMs, then (B, T, C)
         for i, block in enumerate(self.conv_layers):
             conv = block[0]
-            if i == 0:
-                # One input channel: GEMMs over the waveform's windows in inference; in
-                # training oneDNN, whose backward (a weight gradient only) measured faster.
-                x = _waveform_conv_as_gemm(source, conv) if _gemm_first_conv(conv, source) else conv(x)
+            if i == 0 and _gemm_first_conv(conv, source):
+                # One input channel: GEMMs over the waveform's windows in inference (in training
+                # oneDNN, whose backward, a weight gradient only, measured faster), time-major
+                # from here on; with its group norm folded into the same GEMM when it can be.
+                norm = block[2] if len(block) == 4 else None
+                if _foldable_group_norm(norm, block[1]):
+                    x = F.gelu(_waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1)))
+                    time_major = True
+                    continue
+                x, time_major = _waveform_conv_as_gemm(source, conv), True
+            elif i == 0:
+                x = conv(x)
             elif time_major_conv_applies(conv, x):
                 x = conv1d_time_major(x if time_major else x.transpose(1, 2), conv)
                 time_major = True
@@ -335,13 +343,20 @@ class ConvFeatureExtractionModel(nn.Module):
             x = F.gelu(x)
         return x if time_major else x.transpose(1, 2)
 
-    def _padding_after(self, lengths: torch.Tensor | None, num_layers: int, num_frames: int) -> torch.Tensor | None:
-        """(B, T) padding mask after the first ``num_layers`` convolutions (None without lengths)."""
+    def _frames_after(self, lengths: torch.Tensor | None, num_layers: int) -> torch.Tensor | None:
+        """(B,) valid frames after the first ``num_layers`` convolutions, at least 1 (None without lengths)."""
         if lengths is None:
             return None
         for _, k, s in self.layer_specs[:num_layers]:
             lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
-        return torch.arange(num_frames, device=lengths.device).unsqueeze(0) >= lengths.clamp(min=1).unsqueeze(1)
+        return lengths.clamp(min=1)
+
+    def _padding_after(self, lengths: torch.Tensor | None, num_layers: int, num_frames: int) -> torch.Tensor | None:
+        """(B, T) padding mask after the first ``num_layers`` convolutions (None without lengths)."""
+        frames = self._frames_after(lengths, num_layers)
+        if frames is None:
+            return None
+        return torch.arange(num_frames, device=frames.device).unsqueeze(0) >= frames.unsqueeze(1)
 
 
 def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
@@ -361,28 +376,96 @@ def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
 
 
 def _waveform_conv_as_gemm(source: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """(B, S) waveform -> (B, C, T) ``conv(source)``, one GEMM per utterance over its windows.
+    """(B, S) waveform -> (B, T, C) ``conv(source)``, time-major, one GEMM per utterance over its windows.
 
     A one-channel convolution has a reduction of only ``kernel`` (10) multiply-adds per output,
     which oneDNN's direct convolution runs far below the machine's speed; as
-    ``weight (C, k) @ windows (k, T)`` it runs at the speed of writing its output.
+    ``windows (T, k) @ weight.T (k, C)`` it runs at the speed of writing its output, already
+    in the layout the next layers read.
 
     Example:
         >>> conv = nn.Conv1d(1, 8, 10, stride=5, bias=False)
         >>> x = torch.randn(2, 400)
         >>> with torch.no_grad():
-        ...     torch.allclose(_waveform_conv_as_gemm(x, conv), conv(x.unsqueeze(1)), atol=1e-6)
+        ...     torch.allclose(_waveform_conv_as_gemm(x, conv), conv(x.unsqueeze(1)).transpose(1, 2), atol=1e-6)
         True
     """
     (k,), (stride,) = conv.kernel_size, conv.stride
     windows = source.unfold(1, k, stride)  # (B, T, k), a view
-    weight = conv.weight.view(conv.out_channels, k)
-    out = source.new_empty(source.size(0), conv.out_channels, windows.size(1))
+    weight = conv.weight.view(conv.out_channels, k).t()
+    out = source.new_empty(source.size(0), windows.size(1), conv.out_channels)
     for b in range(source.size(0)):  # a batched matmul with a broadcast weight measured slower
         if conv.bias is None:
-            torch.mm(weight, windows[b].t(), out=out[b])
+            torch.mm(windows[b], weight, out=out[b])
         else:
-            torch.addmm(conv.bias.unsqueeze(1), weight, windows[b].t(), out=out[b])
+            torch.addmm(conv.bias, windows[b], weight, out=out[b])
+    return out
+
+
+def _foldable_group_norm(norm: nn.Module | None, drop: nn.Module) -> bool:
+    """Whether :func:`_waveform_conv_norm_as_gemm` computes the first block's convolution and
+    ``norm``: a GroupNorm with one channel per group (wav2vec 2.0's ``mode="default"``), and no
+    dropout between them."""
+    return (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+            and (not drop.training or drop.p == 0))
+
+
+def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm,
+                                frames: torch.Tensor | None) -> torch.Tensor:
+    """(B, S) waveform -> (B, T, C) ``norm(conv(source))``, time-major, as one GEMM per utterance.
+
+    A one-channel convolution's output channel ``c`` is ``w_c . window``, so its mean and
+    variance over an utterance's frames are ``w_c . mu`` and ``w_c' Sigma w_c``, where ``mu`` and
+    ``Sigma`` (k x k) are the mean and covariance of the utterance's ``k``-sample windows:
+    the statistics of all C channels cost a (k x k) product instead of passes over (C, T).
+    Normalizing is then affine per channel and folds into the weights, so convolution and
+    norm are one GEMM, and nothing is written but the output. The windows are taken from the
+    waveform less its mean (the norm does not see a constant shift) and the statistics are
+    float64, so a DC offset cancels before float32 sums (oneDNN's convolution plus
+    ``F.group_norm`` is no closer to a float64 computation: ``tests/test_models_wav2vec2.py``).
+
+    Args:
+        source: (B, S) float32 samples.
+        conv: the one-channel first convolution.
+        norm: ``GroupNorm(C, C)`` (:func:`_foldable_group_norm`).
+        frames: (B,) valid frames per utterance (statistics over those only; the rest come out
+            as the norm's bias, as :func:`~w2vtools.models.layers.masked_group_norm` gives), or
+            None when nothing is padded.
+
+    Example:
+        >>> conv, norm = nn.Conv1d(1, 8, 10, stride=5, bias=False), nn.GroupNorm(8, 8)
+        >>> x = torch.randn(2, 400)
+        >>> with torch.no_grad():
+        ...     ref = norm(conv(x.unsqueeze(1))).transpose(1, 2)
+        ...     torch.allclose(_waveform_conv_norm_as_gemm(x, conv, norm, None), ref, atol=1e-5)
+        True
+    """
+    (k,), (stride,) = conv.kernel_size, conv.stride
+    channels = conv.out_channels
+    num_frames = max(0, (source.size(1) - k) // stride + 1)
+    weight = conv.weight.detach().view(channels, k).double()
+    gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones(channels, dtype=torch.float64)
+    beta = norm.bias.detach().float() if norm.bias is not None else source.new_zeros(channels)
+    out = source.new_empty(source.size(0), num_frames, channels)
+    for b in range(source.size(0)):
+        n = num_frames if frames is None else min(int(frames[b]), num_frames)
+        if n == 0:
+            continue
+        used = (n - 1) * stride + k  # the samples the valid frames read
+        centered = source[b, :used] - source[b, :used].mean()
+        # (n, k + 1): the windows and a column of ones, which carries the shift through the
+        # GEMM (addmm would first write the shift into every output row: a whole pass more)
+        windows = source.new_ones(n, k + 1)
+        windows[:, :k] = centered.unfold(0, k, stride)
+        wins = windows[:, :k].double()
+        mu = wins.mean(dim=0)
+        sigma = torch.mm((wins - mu).t(), wins - mu) / n
+        var = (torch.mm(weight, sigma) * weight).sum(dim=1)  # (C,): w_c' Sigma w_c
+        scale = gamma * torch.rsqrt(var + norm.eps)
+        # y = (x - mean) * scale + beta, x = windows @ w_c (+ the conv's bias, which the mean removes)
+        folded = torch.cat([weight * scale[:, None], (beta.double() - torch.mv(weight, mu) * scale)[:, None]], dim=1)
+        torch.mm(windows, folded.t().float(), out=out[b, :n])
+        out[b, n:] = beta
     return out
 
 
