@@ -228,15 +228,16 @@ def main() -> None:
     import torch
 
     from w2vtools.audio import load_audio
-    from w2vtools.models.int8 import full_range_activations
+    from w2vtools.models.int8 import full_range_activations, onednn_available
 
     tmp = Path(tempfile.mkdtemp(prefix="w2v-bench-int8-"))
     scp = make_corpus(args.data / "ljspeech", tmp / "audio", args.num_utts)
     audio_s = sum(len(load_audio(line.split(" ", 1)[1], sample_rate=16000))
                   for line in scp.read_text().splitlines()) / 16000
     vnni = full_range_activations()
+    kernels = "oneDNN" if onednn_available() else f"fbgemm (engine {torch.backends.quantized.engine})"
     print(f"inputs: {args.num_utts} utterances, {audio_s:.1f} s of audio (2-15 s each), {args.threads} threads, "
-          f"torch {torch.__version__}, engine {torch.backends.quantized.engine}, VNNI {vnni} "
+          f"torch {torch.__version__}, int8 kernels {kernels}, VNNI {vnni} "
           f"({'8' if vnni else '7'}-bit activations); load average at the start %.1f %.1f %.1f" % os.getloadavg())
 
     speeds: dict[str, float] = {}
@@ -269,7 +270,7 @@ def main() -> None:
 
     for p in PRECISIONS:
         speeds[f"model alone {p}"] = 1.0 / model[p]["whole model wall"]
-    drivers = {"threads": args.threads, "audio_s": audio_s, "vnni": vnni, "preset": args.preset,
+    drivers = {"threads": args.threads, "audio_s": audio_s, "vnni": vnni, "int8_kernels": kernels, "preset": args.preset,
                "model_alone_s_per_audio_s": model, "feature_error": errors}
     if args.ctc is not None:
         w = wer(args, tmp)

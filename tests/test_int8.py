@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from w2vtools.audio import load_audio
 from w2vtools.errors import W2VError
-from w2vtools.models.int8 import Int8Conv1d, Int8Linear, KEEP_FLOAT, quantize_int8
+from w2vtools.models.int8 import (Int8Conv1d, Int8Linear, Int8PositionalConv, KEEP_FLOAT, full_range_activations,
+                                  onednn_available, quantize_int8)
 from w2vtools.models.layers import MultiheadAttention
 from w2vtools.models.presets import get_preset
 from w2vtools.models.registry import model_class_for
@@ -64,12 +65,20 @@ def test_int8_conv_is_the_convolution(kernel, stride, bias):
     assert Int8Conv1d(conv)(torch.randn(1, 48, kernel - 1)).shape == (1, 32, 0)
 
 
-def test_int8_linear_is_the_linear():
+BACKENDS = [pytest.param(True, id="onednn", marks=pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN's int8 matmul")),
+            pytest.param(False, id="fbgemm")]
+
+
+@pytest.mark.parametrize("onednn", BACKENDS)
+def test_int8_linear_is_the_linear(onednn):
     torch.manual_seed(0)
     linear = nn.Linear(256, 64)
     x = torch.randn(3, 17, 256)
     with torch.inference_mode():
-        assert relative_error(Int8Linear.from_linear(linear)(x), linear(x)) < 0.03
+        out = Int8Linear.from_linear(linear, onednn=onednn)(x)
+        assert out.shape == (3, 17, 64)
+        assert relative_error(out, linear(x)) < 0.03
+        assert Int8Linear.from_linear(linear, onednn=onednn)(x[:, :0]).shape == (3, 0, 64)
 
 
 def test_int8_linear_weights_are_torchs_per_channel_quantization():
@@ -86,10 +95,55 @@ def test_int8_linear_weights_are_torchs_per_channel_quantization():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = torch.quantize_per_channel(weight, scales.double(), zero_points.long(), 0, torch.qint8)
-        packed, bias = torch.ops.quantized.linear_unpack(Int8Linear(weight).packed)
+        packed, bias = torch.ops.quantized.linear_unpack(Int8Linear(weight, onednn=False).packed)
     assert bias is None
     assert torch.equal(packed.int_repr(), reference.int_repr())
     assert torch.equal(packed.q_per_channel_scales(), reference.q_per_channel_scales())
+    ours = Int8Linear(weight, onednn=onednn_available())  # what oneDNN is given: the same numbers
+    assert torch.equal(ours.integers, reference.int_repr())
+    assert torch.equal(ours.scales.double(), reference.q_per_channel_scales())
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN's int8 matmul")
+@pytest.mark.parametrize("levels", [127, 255])
+def test_int8_linear_does_not_saturate_at_its_activation_levels(monkeypatch, levels):
+    """The loudest activations times the extreme weights, summed exactly.
+
+    Without VNNI, x86 int8 kernels add pairs of u8 x s8 products in int16, which saturates
+    above 32767; with 7-bit activations (127 levels, what such CPUs get) no pair can. So
+    on a CPU without VNNI the 255 case must not be asked for (it is skipped there).
+    """
+    import w2vtools.models.int8 as int8_module
+
+    if levels == 255 and not full_range_activations():
+        pytest.skip("8-bit activations need VNNI, which this CPU lacks")
+    monkeypatch.setattr(int8_module, "full_range_activations", lambda: levels == 255)
+    weight = torch.ones(8, 64)
+    weight[1:, 1::2] = -1.0
+    layer = Int8Linear(weight, onednn=True)
+    assert int(layer.integers.max()) == 127 and int(layer.integers.min()) <= -127  # the extremes
+    rows = torch.full((4, 64), levels, dtype=torch.uint8)
+    rows[1, 1::2] = 0
+    out = layer.matmul(rows, 1.0, 0)
+    sums = rows.long() @ layer.integers.long().T  # exact integer sums
+    exact = sums.double() * layer.scales.double()
+    assert torch.allclose(out.double(), exact, rtol=1e-6, atol=1e-3), (out - exact).abs().max()
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN's int8 convolution")
+def test_int8_positional_convolution_is_the_convolution():
+    from w2vtools.models.wav2vec2 import SamePad, WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(64, 16, groups=8)
+    x = torch.randn(3, 64, 57)
+    x[2, :, 30:] = 0.0  # padding, as the Transformer's input has it
+    with torch.inference_mode():
+        ref = SamePad(16)(conv(x))
+        out = SamePad(16)(Int8PositionalConv(conv)(x))
+    assert out.shape == ref.shape == (3, 64, 57)
+    assert relative_error(out, ref) < 0.03
+    assert relative_error(out[2, :, :20], ref[2, :, :20]) < 0.03
 
 
 def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():
@@ -99,7 +153,9 @@ def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():
     cfg = model.cfg
     # per block: fused qkv, out_proj, fc1, fc2; plus final_proj and project_q (post_extract_proj when present)
     assert counts["linear"] >= 4 * cfg.encoder_layers + 2
-    assert counts["conv"] == len(cfg.conv_feature_layers) - 1  # all but the one-channel first
+    # the feature encoder's convolutions but the one-channel first, and the positional one (oneDNN's)
+    assert counts["conv"] == len(cfg.conv_feature_layers) - 1 + onednn_available()
+    assert isinstance(model.encoder.pos_conv[0], Int8PositionalConv) == onednn_available()
     in_quantizer = {id(m) for q in model.modules() if isinstance(q, KEEP_FLOAT) for m in q.modules()}
     float_linears = [m for m in model.modules() if type(m) is nn.Linear]
     assert float_linears and all(id(m) in in_quantizer for m in float_linears)  # codes are picked in float32
@@ -191,7 +247,7 @@ def test_featurize_int8(w2v, corpus, tmp_path):
     model = tiny_wav2vec2(tmp_path / "pt.pt")
     w2v("featurize", corpus / "wav.scp", tmp_path / "f32.h5", "--model", model, "--threads", "1")
     p = w2v("featurize", corpus / "wav.scp", tmp_path / "i8.h5", "--model", model, "--int8", "--threads", "1")
-    assert re.search(r"pt.pt: int8: [1-9]\d* linear and 6 convolution layers quantized", p.stderr)
+    assert re.search(rf"pt.pt: int8: [1-9]\d* linear and {6 + onednn_available()} convolution layers quantized", p.stderr)
     with h5py.File(tmp_path / "f32.h5") as f, h5py.File(tmp_path / "i8.h5") as g:
         assert sorted(f) == sorted(g) and len(g) == 6
         assert g.attrs["model_precision"] == "int8" and "model_precision" not in f.attrs
@@ -207,7 +263,7 @@ def test_decode_and_align_int8(w2v, corpus, tmp_path):
         "--dump-emissions", tmp_path / "f32.h5")
     p = w2v("decode", corpus / "wav.scp", "--model", model, "--int8", "-o", tmp_path / "i8.txt",
             "--dump-emissions", tmp_path / "i8.h5")
-    assert re.search(r"ctc.pt: int8: [1-9]\d* linear and 6 convolution layers quantized", p.stderr)
+    assert re.search(rf"ctc.pt: int8: [1-9]\d* linear and {6 + onednn_available()} convolution layers quantized", p.stderr)
     assert [line.split()[0] for line in (tmp_path / "i8.txt").read_text().splitlines()] == \
         [line.split()[0] for line in (tmp_path / "f32.txt").read_text().splitlines()]
     with h5py.File(tmp_path / "f32.h5") as f, h5py.File(tmp_path / "i8.h5") as g:

@@ -1,10 +1,9 @@
 """Dynamic int8 quantization of a model for CPU inference (``--int8`` of featurize, decode, align).
 
 :func:`quantize_int8` rewrites a model in place so that its big matrix products run as
-int8 x int8 -> int32 GEMMs (fbgemm / oneDNN, VNNI on AVX-512 CPUs):
+int8 x int8 -> int32 GEMMs (oneDNN on x86, fbgemm elsewhere; VNNI where the CPU has it):
 
-* every ``nn.Linear`` becomes an :class:`Int8Linear`, torch's dynamically quantized linear
-  kernel (``quantized::linear_dynamic``): weights int8 with one scale per output
+* every ``nn.Linear`` becomes an :class:`Int8Linear`: weights int8 with one scale per output
   channel, packed once; activations quantized per call with the range of that call's
   input (no calibration data needed);
 * the attention's q, k and v projections are first fused into one ``qkv_proj`` linear
@@ -13,12 +12,15 @@ int8 x int8 -> int32 GEMMs (fbgemm / oneDNN, VNNI on AVX-512 CPUs):
   :data:`MIN_CONV_DEPTH`: the wav2vec 2.0 feature encoder's layers 2-7, wav2vec's encoder and
   aggregator) becomes :class:`Int8Conv1d`: the same convolution as windows of frames times
   an int8 weight matrix. Torch's own dynamic ``Conv1d`` is not used: on torch 2.14 its
-  output is wrong (70 % relative error against float32 on the BASE feature encoder's shape).
+  output is wrong (70 % relative error against float32 on the BASE feature encoder's shape);
+* wav2vec 2.0's grouped positional convolution becomes :class:`Int8PositionalConv`, oneDNN's
+  int8 convolution (where torch has oneDNN's int8 kernels; float32 otherwise).
+
+Activations use 8 bits on CPUs with VNNI and 7 without (:func:`full_range_activations`).
 
 What stays float32: norms, activations, attention scores (softmax), vector quantizers
-(:data:`KEEP_FLOAT`), the first convolution
-of the feature encoder (one input channel: its GEMM is tiny, its cost is the norm that
-follows), the grouped positional convolution, and LSTMs. Speed and error against
+(:data:`KEEP_FLOAT`), the first convolution of the feature encoder (one input channel: its
+GEMM is tiny, its cost is the norm that follows), and LSTMs. Speed and error against
 float32 are measured in BENCHMARKS.md (``benchmarks/bench_int8.py``).
 
 The quantized model is for inference on a CPU only: quantized kernels have no CUDA or
@@ -36,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import platform
 import warnings
 
 import torch
@@ -43,6 +46,7 @@ import torch.nn as nn
 
 from w2vtools.models.layers import MultiheadAttention
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
+from w2vtools.models.wav2vec2 import WeightNormConv1d
 
 #: Modules left in float32 with everything inside them: a vector quantizer picks a discrete
 #: code by argmax, and int8 noise would flip the near ties (its layers cost little).
@@ -78,6 +82,73 @@ def full_range_activations() -> bool:
     return bool(supported()) if supported is not None else False
 
 
+def onednn_available() -> bool:
+    """Whether torch has oneDNN's int8 matmul (``onednn::qlinear_pointwise``): x86 builds do.
+
+    oneDNN takes int8 activations that we quantize ourselves, so a caller that knows its
+    activations' range (:class:`Int8Conv1d`) skips the range-finding pass, and its GEMMs ran
+    faster than fbgemm's on the shapes of wav2vec 2.0 (BENCHMARKS.md, section int8).
+    """
+    op = getattr(torch.ops.onednn, "qlinear_pointwise", None)
+    return op is not None and torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+
+
+def activation_levels() -> int:
+    """The largest unsigned activation integer: 255 with VNNI, 127 without (see
+    :func:`full_range_activations`)."""
+    return 255 if full_range_activations() else 127
+
+
+def _uint8_view(q: torch.Tensor) -> torch.Tensor:
+    """The integers of a quint8 tensor as a plain uint8 tensor on the same memory (``int_repr``
+    copies)."""
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+
+
+def quantize_activations(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``round(x / scale) + zero_point`` as uint8, clamped to [0, 255], in one pass (fbgemm's
+    vectorized quantizer; ``torch.round(...).to(torch.uint8)`` takes three times as long)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
+        return _uint8_view(torch.quantize_per_tensor(x, scale, zero_point, torch.quint8))
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization with one scale per output channel (dim 0), as torch's
+    ``per_channel_dynamic_qconfig`` does it: ``(int8 integers, float32 scales)``,
+    ``weight ~ integers * scales``.
+
+    Example:
+        >>> integers, scales = quantize_weight(torch.tensor([[0.5, -1.0], [2.0, 1.0]]))
+        >>> integers.tolist()
+        [[64, -127], [127, 64]]
+    """
+    observer = _quantization_api().per_channel_dynamic_qconfig.weight()
+    flat = weight.detach().float().reshape(weight.size(0), -1)
+    observer(flat)
+    scales = observer.calculate_qparams()[0].float()
+    # w * (1 / scale), rounded half to even: fbgemm's own rule, so the integers equal
+    # torch.quantize_per_channel's (which takes 4x longer)
+    integers = torch.round(flat * (1.0 / scales)[:, None]).clamp_(-128, 127).to(torch.int8)
+    return integers.view(weight.shape), scales
+
+
+def dynamic_quantize(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, float, int]:
+    """Quantize ``x`` with its own range (widened to hold 0, so padding and zeros stay exact)
+    in ``levels`` steps: ``(uint8 integers, scale, zero point)``, ``x ~ (q - zero_point) * scale``.
+
+    Example:
+        >>> q, scale, zero_point = dynamic_quantize(torch.tensor([-1.0, 0.0, 3.0]), 255)
+        >>> q.tolist(), zero_point
+        ([0, 64, 255], 64)
+    """
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / levels or 1.0
+    zero_point = round(-lo / scale)
+    return quantize_activations(x, scale, zero_point), scale, zero_point
+
+
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights (one scale per output channel) and int8 activations
     quantized per call with that call's range; float32 in and out.
@@ -85,9 +156,11 @@ class Int8Linear(nn.Module):
     Args:
         weight: the float (out_features, in_features) weight.
         bias: the float (out_features,) bias, or None.
+        onednn: run oneDNN's int8 matmul (default: where torch has it, see
+            :func:`onednn_available`); otherwise fbgemm's ``quantized::linear_dynamic``.
 
     The weights are quantized as torch's ``per_channel_dynamic_qconfig`` would (the same
-    integers) and packed for fbgemm once, straight from the tensors: going through
+    integers) and packed once, straight from the tensors: going through
     ``torch.ao.nn.quantized.dynamic.Linear.from_float`` packed each weight three times and
     built a float ``nn.Linear`` first (measured in BENCHMARKS.md, section int8).
 
@@ -98,31 +171,43 @@ class Int8Linear(nn.Module):
         True
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, onednn: bool | None = None):
         super().__init__()
-        tq = _quantization_api()
         weight = weight.detach().float().contiguous()
-        observer = tq.per_channel_dynamic_qconfig.weight()
-        observer(weight)
-        scales, zero_points = observer.calculate_qparams()
-        # w * (1 / scale), rounded half to even: fbgemm's own rule, so the integers equal
-        # torch.quantize_per_channel's (which takes 4x longer)
-        integers = torch.round(weight * (1.0 / scales)[:, None]).clamp_(-128, 127).to(torch.int8)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
-            qweight = torch._make_per_channel_quantized_tensor(integers, scales.double(), zero_points.long(), 0)
-            self.packed = torch.ops.quantized.linear_prepack(
-                qweight, None if bias is None else bias.detach().float().contiguous())
+        self.integers, self.scales = quantize_weight(weight)
+        self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_features, self.in_features = weight.shape
-        self.reduce_range = not full_range_activations()
+        self.levels = activation_levels()
+        self.onednn = onednn_available() if onednn is None else onednn
+        if self.onednn:
+            self.packed = torch.ops.onednn.qlinear_prepack(self.integers, None)
+            self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
+                qweight = torch._make_per_channel_quantized_tensor(
+                    self.integers, self.scales.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+                self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "Int8Linear":
         """The int8 twin of ``linear``."""
-        return cls(linear.weight, linear.bias)
+        return cls(linear.weight, linear.bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=self.reduce_range)
+        if not self.onednn:
+            return torch.ops.quantized.linear_dynamic(x.float(), self.packed, reduce_range=self.levels < 255)
+        rows = x.float().reshape(-1, self.in_features)
+        if rows.size(0) == 0:
+            return x.new_zeros(*x.shape[:-1], self.out_features, dtype=torch.float32)
+        out = self.matmul(*dynamic_quantize(rows, self.levels))
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def matmul(self, rows: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+        """(M, in_features) uint8 activations ``(rows - zero_point) * scale`` times the weights,
+        plus the bias: (M, out_features) float32. oneDNN only."""
+        return torch.ops.onednn.qlinear_pointwise(rows, scale, zero_point, self.packed, self.scales, self.zero_points,
+                                                  self.bias, 1.0, 0, torch.float32, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -172,13 +257,54 @@ class Int8Conv1d(nn.Module):
         peak = torch.maximum(frames.amax(dim=2), frames.amin(dim=2).neg())
         scale = peak.unfold(1, k, self.stride).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)  # per window
         windows = frames.unfold(1, k, self.stride).transpose(2, 3)  # (B, T', k, C), a view
-        rows = torch.div(windows, scale[:, :, None, None]).view(b, scale.size(1), k * self.in_channels)
-        out = self.linear(rows)
+        rows = torch.div(windows, scale[:, :, None, None]).view(b * scale.size(1), k * self.in_channels)
+        if self.linear.onednn:  # rows lie in [-1, 1], known without a pass over them: onto [1, levels]
+            half = self.linear.levels // 2
+            out = self.linear.matmul(quantize_activations(rows, 1.0 / half, half + 1), 1.0 / half, half + 1)
+        else:
+            out = self.linear(rows)
+        out = out.view(b, scale.size(1), self.out_channels)
         out = out * scale[:, :, None] if self.bias is None else torch.addcmul(self.bias, out, scale[:, :, None])
         return out.transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, int8"
+
+
+class Int8PositionalConv(nn.Module):
+    """wav2vec 2.0's positional convolution (:class:`~w2vtools.models.wav2vec2.WeightNormConv1d`:
+    grouped, padded) as oneDNN's int8 convolution, activations quantized per call with that
+    call's range, weights per output channel. Same input and output as the float module.
+
+    Its input is the Transformer's input, whose range is even across time (unlike the feature
+    encoder's, see :class:`Int8Conv1d`), so one scale per call serves.
+
+    Example:
+        >>> from w2vtools.models.wav2vec2 import WeightNormConv1d
+        >>> conv = WeightNormConv1d(32, 16, groups=4)
+        >>> x = torch.randn(2, 32, 40)
+        >>> bool((Int8PositionalConv(conv)(x) - conv(x)).norm() < 0.05 * conv(x).norm())
+        True
+    """
+
+    def __init__(self, conv: WeightNormConv1d):
+        super().__init__()
+        with torch.no_grad():
+            integers, self.scales = quantize_weight(conv.weight())
+        self.groups, self.padding = conv.groups, conv.padding
+        self.zero_points = torch.zeros(integers.size(0), dtype=torch.long)
+        self.bias = conv.bias.detach().float().contiguous()
+        self.levels = activation_levels()
+        # the activation scale given here only seeds oneDNN's choice of kernel; each call passes its own
+        self.packed = torch.ops.onednn.qconv_prepack(integers, self.scales, 1.0 / 127, 128, [1], [self.padding], [1],
+                                                     self.groups, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, C, T + 1 - kernel % 2), a transposed view of channels-last memory."""
+        q, scale, zero_point = dynamic_quantize(x.float(), self.levels)
+        return torch.ops.onednn.qconv1d_pointwise(q, scale, zero_point, self.packed, self.scales, self.zero_points,
+                                                  self.bias, [1], [self.padding], [1], self.groups, 1.0, 0,
+                                                  torch.float32, "none", [], "")
 
 
 def _fuse_attention(attn: MultiheadAttention) -> None:
@@ -230,5 +356,8 @@ def quantize_int8(model: nn.Module, *, convs: bool = True) -> dict[str, int]:
                 counts["linear"] += 1
             elif convs and _convertible_conv(child):
                 setattr(parent, name, Int8Conv1d(child))
+                counts["conv"] += 1
+            elif convs and type(child) is WeightNormConv1d and onednn_available():
+                setattr(parent, name, Int8PositionalConv(child))
                 counts["conv"] += 1
     return counts
