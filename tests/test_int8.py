@@ -194,6 +194,25 @@ def test_int8_features_close_to_float32_on_real_speech(fsdd, ljspeech, family, t
         assert cosine > (0.998 if family == "wav2vec2" else 0.9995)
 
 
+def test_int8_and_float32_refuse_input_shorter_than_the_receptive_field_alike(fsdd):
+    """A cut shorter than one frame's receptive field fails before any layer, with the same
+    line for both (int8's layers used to fail inside their range pass, on empty rows);
+    the shortest input gives one frame."""
+    torch.manual_seed(0)
+    model = model_class_for("wav2vec2")(get_preset("wav2vec2", "tiny")).eval()
+    quantized = copy.deepcopy(model)
+    quantize_int8(quantized)
+    shortest = model.feature_extractor.receptive_field
+    wave = torch.from_numpy(load_audio(str(fsdd / "3_jackson_7.wav"), sample_rate=16000))
+    for m in (model, quantized):
+        with torch.inference_mode():
+            with pytest.raises(W2VError, match=rf"^input of {shortest - 1} samples is shorter than the feature "
+                                                rf"encoder's receptive field \({shortest} samples\)$"):
+                m.extract_features(wave[2000:2000 + shortest - 1][None])
+            assert m.extract_features(wave[2000:2000 + shortest][None]).features.shape[1] == 1
+    assert shortest == round(model.receptive_field * 16000) == 400
+
+
 @pytest.mark.parametrize("activation_bits", ["native", "7"])
 def test_int8_ctc_model_keeps_the_best_class(fsdd, ljspeech, tmp_path, monkeypatch, activation_bits):
     """Where float32's best letter clearly leads, int8 keeps it.

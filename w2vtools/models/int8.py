@@ -179,14 +179,14 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.levels = activation_levels()
         self.onednn = onednn_available() if onednn is None else onednn
+        self.zero_points = torch.zeros(self.out_features, dtype=torch.long)  # symmetric weights
         if self.onednn:
             self.packed = torch.ops.onednn.qlinear_prepack(self.integers, None)
-            self.zero_points = torch.zeros(self.out_features, dtype=torch.long)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
-                qweight = torch._make_per_channel_quantized_tensor(
-                    self.integers, self.scales.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+                qweight = torch._make_per_channel_quantized_tensor(self.integers, self.scales.double(),
+                                                                   self.zero_points, 0)
                 self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     @classmethod

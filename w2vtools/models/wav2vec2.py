@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2vtools.errors import W2VError
 from w2vtools.models import FeatureOutput
 from w2vtools.models.layers import (
     ACTIVATIONS,
@@ -290,6 +291,15 @@ class ConvFeatureExtractionModel(nn.Module):
             self.conv_layers.append(nn.Sequential(*blocks))
             in_d = dim
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame (400 for the standard encoder): the shortest input."""
+        rf, jump = 1, 1
+        for _, k, s in self.layer_specs:
+            rf += (k - 1) * jump
+            jump *= s
+        return rf
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced for inputs of ``lengths`` samples (floor((L - k) / s) + 1 per layer)."""
         for _, k, s in self.layer_specs:
@@ -304,6 +314,9 @@ class ConvFeatureExtractionModel(nn.Module):
             lengths: (B,) valid samples per row, or None when nothing is padded. Used
                 only by the first block's group norm (statistics over valid frames).
         """
+        if source.size(1) < self.receptive_field:  # before any layer, float or int8, meets too few frames
+            raise W2VError(f"input of {source.size(1)} samples is shorter than the feature encoder's receptive "
+                           f"field ({self.receptive_field} samples)")
         x = source.unsqueeze(1)  # (B, 1, S)
         time_major = False  # x is (B, C, T) until a convolution runs as GEMMs, then (B, T, C)
         for i, block in enumerate(self.conv_layers):
@@ -666,11 +679,7 @@ class Wav2Vec2Model(nn.Module):
     @property
     def receptive_field(self) -> float:
         """Seconds of audio seen by one output frame of the feature encoder (0.025)."""
-        rf, jump = 1, 1
-        for _, k, s in self.cfg.conv_feature_layers:
-            rf += (k - 1) * jump
-            jump *= s
-        return rf / self.sample_rate
+        return self.feature_extractor.receptive_field / self.sample_rate
 
     @property
     def num_layers(self) -> int:
