@@ -93,3 +93,21 @@ def test_time_major_convolution_is_conv1d_forward_and_backward(kernel, stride, f
     w = torch.randn(3, 2, kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True) if bias else None
     assert torch.autograd.gradcheck(lambda *t: _TimeMajorConv.apply(*t, stride), (small, w, b))
+
+
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_time_major_convolution_returns_the_input_gradient_in_the_inputs_layout(channels_first):
+    """Given channels-first memory seen time-major (the first block's output in training), the
+    input gradient comes back in that memory layout, so the elementwise backward ops before it
+    (GELU, the group norm) read gradient and saved tensors alike; values as for contiguous input."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 4, 3, stride=2).double()
+    base = torch.randn(2, 6, 25, dtype=torch.float64) if channels_first else torch.randn(2, 25, 6, dtype=torch.float64)
+    x = (base.transpose(1, 2) if channels_first else base).requires_grad_()
+    grad = torch.randn(2, 12, 4, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(conv1d_time_major(x, conv), [x], grad)
+    assert dx.stride() == x.stride()
+    x_ref = x.detach().contiguous().requires_grad_()
+    (ref,) = torch.autograd.grad(conv1d_time_major(x_ref, conv), [x_ref], grad)
+    assert ref.is_contiguous()
+    torch.testing.assert_close(dx, ref, rtol=0, atol=0)

@@ -151,7 +151,7 @@ def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
         >>> torch.allclose(conv1d_time_major(x, conv), conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-6)
         True
     """
-    return _TimeMajorConv.apply(x.contiguous(), conv.weight, conv.bias, conv.stride[0])
+    return _TimeMajorConv.apply(x, conv.weight, conv.bias, conv.stride[0])
 
 
 def _tap_blocks(x: torch.Tensor, kernel: int, stride: int, frames: int):
@@ -177,6 +177,12 @@ class _TimeMajorConv(torch.autograd.Function):
         frames = (x.size(1) - kernel) // stride + 1
         if frames <= 0:
             raise ValueError(f"{x.size(1)} frames are fewer than the kernel ({kernel})")
+        # The input gradient goes back in the input's layout: given channels-first memory (the
+        # first block's norm and GELU), a time-major gradient would reach their backward ops with
+        # strides unlike their saved tensors', which makes elementwise kernels 4-8x slower
+        # (BENCHMARKS.md, "Small training steps"); one copy here costs less.
+        ctx.channels_first = not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
+        x = x.contiguous()
         w = weight.permute(0, 2, 1).reshape(out_channels, kernel * channels)  # column j*C + c: tap j, channel c
         y = x.new_empty(x.size(0), frames, out_channels)
         for b, views in enumerate(_tap_blocks(x, kernel, stride, frames)):
@@ -206,6 +212,8 @@ class _TimeMajorConv(torch.autograd.Function):
             for b, views in enumerate(_tap_blocks(dx, kernel, ctx.stride, frames)):
                 for view, first, taps in views:
                     view.addmm_(grad[b], w[:, first * channels : (first + taps) * channels])
+            if ctx.channels_first:
+                dx = dx.transpose(1, 2).contiguous().transpose(1, 2)
         if ctx.needs_input_grad[1]:
             dw_flat = x.new_zeros(out_channels, kernel * channels)
             for b, views in enumerate(_tap_blocks(x, kernel, ctx.stride, frames)):
