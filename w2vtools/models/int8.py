@@ -174,18 +174,18 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, onednn: bool | None = None):
         super().__init__()
         weight = weight.detach().float().contiguous()
-        self.integers, self.scales = quantize_weight(weight)
+        integers, self.scales = quantize_weight(weight)  # not kept: the packed copy is all that runs
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_features, self.in_features = weight.shape
         self.levels = activation_levels()
         self.onednn = onednn_available() if onednn is None else onednn
         self.zero_points = torch.zeros(self.out_features, dtype=torch.long)  # symmetric weights
         if self.onednn:
-            self.packed = torch.ops.onednn.qlinear_prepack(self.integers, None)
+            self.packed = torch.ops.onednn.qlinear_prepack(integers, None)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch 2.10+ (see above)
-                qweight = torch._make_per_channel_quantized_tensor(self.integers, self.scales.double(),
+                qweight = torch._make_per_channel_quantized_tensor(integers, self.scales.double(),
                                                                    self.zero_points, 0)
                 self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
