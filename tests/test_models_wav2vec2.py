@@ -274,7 +274,8 @@ def test_first_convolution_as_gemm_in_inference_equals_onednn(ljspeech, monkeypa
             torch.nn.init.normal_(prm, 0.5, 0.2)
     calls = []
     for name, tag in (("_waveform_conv_as_gemm", "conv"), ("_waveform_conv_norm_as_gemm", "conv+norm")):
-        monkeypatch.setattr(module, name, lambda *a, f=getattr(module, name), tag=tag: calls.append(tag) or f(*a))
+        monkeypatch.setattr(module, name,
+                            lambda *a, f=getattr(module, name), tag=tag, **k: calls.append(tag) or f(*a, **k))
     with torch.inference_mode():
         fast = model.feature_extractor(batch, lengths)
         assert calls == (["conv+norm"] if mode == "default" else ["conv"])
@@ -288,7 +289,7 @@ def test_first_convolution_as_gemm_in_inference_equals_onednn(ljspeech, monkeypa
     monkeypatch.undo()
     calls.clear()
     for name in ("_waveform_conv_as_gemm", "_waveform_conv_norm_as_gemm"):
-        monkeypatch.setattr(module, name, lambda *a, f=getattr(module, name): calls.append(1) or f(*a))
+        monkeypatch.setattr(module, name, lambda *a, f=getattr(module, name), **k: calls.append(1) or f(*a, **k))
     model.train()
     model.extract_features(batch[:, :16000]).features.sum().backward()  # training: oneDNN's backward
     assert calls == [] and model.feature_extractor.conv_layers[0][0].weight.grad is not None

@@ -327,7 +327,7 @@ class ConvFeatureExtractionModel(nn.Module):
                 # from here on; with its group norm folded into the same GEMM when it can be.
                 norm = block[2] if len(block) == 4 else None
                 if _foldable_group_norm(norm, block[1]):
-                    x = F.gelu(_waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1)))
+                    x = _waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1), gelu=True)
                     time_major = True
                     continue
                 x, time_major = _waveform_conv_as_gemm(source, conv), True
@@ -424,7 +424,7 @@ def _foldable_group_norm(norm: nn.Module | None, drop: nn.Module) -> bool:
 
 
 def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm,
-                                frames: torch.Tensor | None) -> torch.Tensor:
+                                frames: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
     """(B, S) waveform -> (B, T, C) ``norm(conv(source))``, time-major, as one GEMM per utterance.
 
     A one-channel convolution's output channel ``c`` is ``w_c . window``, so its mean and
@@ -444,6 +444,9 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
         frames: (B,) valid frames per utterance (statistics over those only; the rest come out
             as the norm's bias, as :func:`~w2vtools.models.layers.masked_group_norm` gives), or
             None when nothing is padded.
+        gelu: return ``F.gelu`` of that, applied to each block of rows while the GEMM's output
+            is still in cache (inference only: in place). This layer's output is the model's
+            largest tensor, so a separate pass over it ran from memory (BENCHMARKS.md, "Floor goals").
 
     Example:
         >>> conv, norm = nn.Conv1d(1, 8, 10, stride=5, bias=False), nn.GroupNorm(8, 8)
@@ -477,9 +480,17 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
         scale = gamma * torch.rsqrt(var + norm.eps)
         # y = (x - mean) * scale + beta, x = windows @ w_c (+ the conv's bias, which the mean removes)
         folded = torch.cat([weight * scale[:, None], (beta.double() - torch.mv(weight, mu) * scale)[:, None]], dim=1)
-        torch.mm(windows, folded.t().float(), out=out[b, :n])
-        out[b, n:] = beta
+        folded = folded.t().float()
+        for i in range(0, n, _ROWS_IN_CACHE if gelu else n):
+            block = out[b, i : min(i + _ROWS_IN_CACHE, n) if gelu else n]
+            torch.mm(windows[i : i + block.size(0)], folded, out=block)
+            if gelu:
+                torch.ops.aten.gelu_(block)
+        out[b, n:] = F.gelu(beta) if gelu else beta
     return out
+
+
+_ROWS_IN_CACHE = 512  # output rows per GEMM when the activation follows (C = 512: 1 MB, an L2's size)
 
 
 class WeightNormConv1d(nn.Module):
