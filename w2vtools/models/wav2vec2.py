@@ -481,8 +481,9 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
         # y = (x - mean) * scale + beta, x = windows @ w_c (+ the conv's bias, which the mean removes)
         folded = torch.cat([weight * scale[:, None], (beta.double() - torch.mv(weight, mu) * scale)[:, None]], dim=1)
         folded = folded.t().float()
-        for i in range(0, n, _ROWS_IN_CACHE if gelu else n):
-            block = out[b, i : min(i + _ROWS_IN_CACHE, n) if gelu else n]
+        rows = _ROWS_IN_CACHE if gelu else n
+        for i in range(0, n, rows):
+            block = out[b, i : min(i + rows, n)]
             torch.mm(windows[i : i + block.size(0)], folded, out=block)
             if gelu:
                 torch.ops.aten.gelu_(block)
