@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from w2vtools.errors import W2VError
 from w2vtools.models.presets import PRESETS, get_preset
-from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel, Wav2VecPredictionsModel, _receptive_field
+from w2vtools.models.layers import receptive_field
+from w2vtools.models.wav2vec import Wav2VecConfig, Wav2VecModel, Wav2VecPredictionsModel
 
 TINY = ["wav2vec-tiny", "vq-wav2vec-gumbel-tiny", "vq-wav2vec-kmeans-tiny"]
 
@@ -31,7 +32,7 @@ def test_published_geometry():
     base = get_preset("wav2vec-base")
     # encoder: kernels (10, 8, 4, 4, 4), strides (5, 4, 2, 2, 2): 10 ms hop, ~30 ms receptive field
     assert [(k, s) for _, k, s in base.conv_feature_layers] == [(10, 5), (8, 4), (4, 2), (4, 2), (4, 2)]
-    rf = _receptive_field(base.conv_feature_layers)
+    rf = receptive_field(base.conv_feature_layers)
     assert rf == 465 and 0.025 < rf / 16000 < 0.031
     model = Wav2VecModel(base)
     assert model.frame_shift == pytest.approx(0.010)

@@ -17,6 +17,21 @@ from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
+def receptive_field(layers) -> int:
+    """Input steps that one output frame of a stack of ``(channels, kernel, stride)``
+    convolutions sees: the shortest input that gives a frame.
+
+    Example:
+        >>> receptive_field([(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2)  # wav2vec 2.0
+        400
+    """
+    rf, jump = 1, 1
+    for _, kernel, stride in layers:
+        rf += (kernel - 1) * jump
+        jump *= stride
+    return rf
+
+
 def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``norm`` applied to (B, C, T) in float32, statistics over each row's valid frames only.
 

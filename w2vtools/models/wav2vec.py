@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from w2vtools.errors import W2VError
 from w2vtools.models import FeatureOutput
-from w2vtools.models.layers import Fp32GroupNorm
+from w2vtools.models.layers import Fp32GroupNorm, receptive_field
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 
 ConvSpec = tuple[int, int, int]  # (channels, kernel, stride)
@@ -555,7 +555,7 @@ class Wav2VecModel(nn.Module):
 
     def _check_length(self, source: torch.Tensor) -> None:
         if self.num_frames(source.size(1)) < 1:
-            rf = _receptive_field(self.cfg.conv_feature_layers)
+            rf = receptive_field(self.cfg.conv_feature_layers)
             raise W2VError(
                 f"input of {source.size(1)} samples is shorter than the wav2vec encoder's receptive field "
                 f"({rf} samples)"
@@ -762,11 +762,3 @@ class Wav2VecModel(nn.Module):
                 v = net_output[key]
                 stats[key] = float(v.detach()) if torch.is_tensor(v) else float(v)
         return loss, sample_size, stats
-
-
-def _receptive_field(layers: list[ConvSpec]) -> int:
-    rf, jump = 1, 1
-    for _, k, stride in layers:
-        rf += (k - 1) * jump
-        jump *= stride
-    return rf

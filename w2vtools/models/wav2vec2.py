@@ -46,6 +46,7 @@ from w2vtools.models.layers import (
     conv1d_time_major,
     dropout,
     masked_group_norm,
+    receptive_field,
     time_major_conv_applies,
 )
 from w2vtools.models.quantizers import GumbelVectorQuantizer
@@ -294,11 +295,7 @@ class ConvFeatureExtractionModel(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples seen by one output frame (400 for the standard encoder): the shortest input."""
-        rf, jump = 1, 1
-        for _, k, s in self.layer_specs:
-            rf += (k - 1) * jump
-            jump *= s
-        return rf
+        return receptive_field(self.layer_specs)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced for inputs of ``lengths`` samples (floor((L - k) / s) + 1 per layer)."""
