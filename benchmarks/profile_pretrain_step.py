@@ -10,9 +10,10 @@ lands on whichever op touches new memory. The table groups the ops; the last lin
 what the step would take if every GEMM and convolution ran at the machine's best GEMM rate
 (measured here, as the benchmark measures its floor) and nothing else changed.
 
-Why not ``torch.profiler``: on this step its own bookkeeping made the first convolution
-block's elementwise ops look 20-40x slower than they run (the group norm's backward 0.41 s in
-its table, 10 ms timed here), so its shares were wrong; the ops' times here add up to the step's.
+Why not ``torch.profiler``: under it the first convolution block's elementwise ops took
+20-40x what they take timed here (the group norm's backward 0.41 s against 10 ms), and its ops'
+times added up to 5.5 s for a 4.1 s step (its own cost, or the page faults its allocations
+cause); the ops' times here add up to the step's.
 
 Run:  python benchmarks/profile_pretrain_step.py [--amp bf16] [--threads 2] [--preset base]
 """
