@@ -47,7 +47,7 @@ def op_group(name: str) -> str:
     if name in GEMMS:
         return "GEMMs and attention"
     if name in CONVOLUTIONS:
-        return "convolutions (positional, and the first layer in training)"
+        return "convolutions left to oneDNN (all of them under bf16 autocast)"
     if name in COPIES:
         return "copies (layout, dtype)"
     if name in RANDOM:
