@@ -61,39 +61,25 @@ def op_group(name: str) -> str:
     return "other elementwise and bookkeeping"
 
 
-def op_flops(name: str, args, out) -> int:
-    """FLOPs of a GEMM, attention or convolution call (0 for anything else).
+def _convolution_backward_flops(grad_out, x, weight, *args, out_val=None, **kwargs) -> int:
+    """Input and weight gradients, each a forward's FLOPs. torch 2.14's own formula ignores
+    ``groups``: 129 GFLOP for the positional convolution's backward (16 groups) instead of 15."""
+    output_mask = args[-1]
+    forward = 2 * grad_out.numel() * weight[0].numel()  # weight[0]: (C_in / groups, kernel)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
-    Example: ``mm`` of (796, 768) by (768, 3072) is 2 * 796 * 768 * 3072 = 3.76 GFLOP.
-    """
-    shape = [tuple(a.shape) if hasattr(a, "shape") else None for a in args]
-    if name == "mm":
-        (m, k), (_, n) = shape[0], shape[1]
-        return 2 * m * k * n
-    if name in ("addmm", "addmm_"):
-        (m, k), (_, n) = shape[1], shape[2]
-        return 2 * m * k * n
-    if name == "bmm":
-        (b, m, k), (_, _, n) = shape[0], shape[1]
-        return 2 * b * m * k * n
-    if name == "baddbmm":
-        (b, m, k), (_, _, n) = shape[1], shape[2]
-        return 2 * b * m * k * n
-    if name.startswith("_scaled_dot_product_flash_attention_for_cpu"):
-        q, k = (shape[1], shape[2]) if name.endswith("backward") else (shape[0], shape[1])
-        batch, heads, queries, dim = q
-        forward = 4 * batch * heads * queries * k[2] * dim  # Q K^T and P V
-        return 2 * forward if name.endswith("backward") else forward
-    if name in ("convolution", "_convolution", "mkldnn_convolution"):
-        result = out[0] if isinstance(out, (tuple, list)) else out
-        weight = shape[1]  # (C_out, C_in / groups, *kernel)
-        return 2 * result.numel() * int(np.prod(weight[1:]))
-    if name == "convolution_backward":  # (grad, input, weight, ...): input and weight gradients
-        weight = shape[2]
-        forward = 2 * int(np.prod(shape[0])) * int(np.prod(weight[1:]))
-        mask = args[-1] if isinstance(args[-1], (list, tuple)) else (True, True, False)
-        return forward * (int(bool(mask[0])) + int(bool(mask[1])))
-    return 0
+
+def flop_formulas() -> dict:
+    """FLOP formulas of GEMMs, attention and convolutions, keyed by op: torch's, with the two
+    that torch 2.14 lacks from ``profile_featurize.uncounted_flops`` (``addmm_``, CPU SDPA) and
+    a convolution backward that counts groups. Called as ``formula(*args, out_val=out, **kwargs)``."""
+    import torch
+    from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+    from profile_featurize import uncounted_flops
+
+    return {**flop_registry, **{op: shape_wrapper(f) for op, f in uncounted_flops().items()},
+            torch.ops.aten.convolution_backward: _convolution_backward_flops}
 
 
 def main() -> None:
@@ -111,15 +97,19 @@ def main() -> None:
 
     seconds = collections.Counter()  # of the step being timed
     flops = collections.Counter()
+    formulas = flop_formulas()
 
     class OpTimer(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             t0 = time.perf_counter()
-            out = func(*args, **(kwargs or {}))
-            name = func._overloadpacket.__name__
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            elapsed = time.perf_counter() - t0
             shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))[:3]
-            seconds[(name, shapes)] += time.perf_counter() - t0
-            flops[(name, shapes)] += op_flops(name, args, out)
+            key = (func._overloadpacket.__name__, shapes)
+            seconds[key] += elapsed
+            if func._overloadpacket in formulas:
+                flops[key] += formulas[func._overloadpacket](*args, out_val=out, **kwargs)
             return out
 
     x = np.load(bench.make_batch(Path(tempfile.mkdtemp()) / "x.npy", 4, 4.0))
