@@ -148,6 +148,43 @@ def test_int8_positional_convolution_is_the_convolution():
     assert relative_error(out[2, :, :20], ref[2, :, :20]) < 0.03
 
 
+@pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN's int8 convolution")
+def test_int8_positional_convolution_at_base_size_runs_int8():
+    """BASE's shape (768 channels, 16 groups, kernel 128) passes the kernel check on every CPU
+    measured, and runs in int8 at lengths that each need a kernel of their own."""
+    from w2vtools.models.wav2vec2 import WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(768, 128, 16)
+    layer = Int8PositionalConv(conv)
+    assert layer.float_weight is None
+    with torch.inference_mode():
+        for frames in (99, 250, 251):
+            x = torch.randn(2, 768, frames)
+            ref, out = conv(x), layer(x)
+            assert out.shape == ref.shape == (2, 768, frames + 1)
+            assert 0 < relative_error(out, ref) < 0.03  # int8 ran: close to float32, not equal
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN's int8 convolution")
+def test_int8_positional_convolution_keeps_float32_where_onednn_is_wrong(monkeypatch, caplog):
+    """A packed kernel whose sums are off (as oneDNN's were for 16 channels per group on an
+    AMX Xeon) is caught when the layer is built: the layer stays float32, with a warning."""
+    from w2vtools.models.wav2vec2 import WeightNormConv1d
+
+    right = Int8PositionalConv._qconv
+    monkeypatch.setattr(Int8PositionalConv, "_qconv", lambda self, q, s, z: right(self, q, s, z) * 1.01)
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(64, 16, groups=4)
+    with caplog.at_level("WARNING", logger="w2v.int8"):
+        layer = Int8PositionalConv(conv)
+    assert layer.float_weight is not None
+    assert "stays float32" in caplog.text
+    x = torch.randn(2, 64, 40)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), conv(x), atol=1e-6)
+
+
 def test_quantize_int8_replaces_layers_and_keeps_quantizers_float():
     torch.manual_seed(0)
     model = model_class_for("wav2vec2")(get_preset("wav2vec2", "tiny")).eval()

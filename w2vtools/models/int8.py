@@ -38,15 +38,19 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import platform
 import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from w2vtools.models.layers import MultiheadAttention
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 from w2vtools.models.wav2vec2 import WeightNormConv1d
+
+log = logging.getLogger("w2v.int8")
 
 #: Modules left in float32 with everything inside them: a vector quantizer picks a discrete
 #: code by argmax, and int8 noise would flip the near ties (its layers cost little).
@@ -279,6 +283,12 @@ class Int8PositionalConv(nn.Module):
     Its input is the Transformer's input, whose range is even across time (unlike the feature
     encoder's, see :class:`Int8Conv1d`), so one scale per call serves.
 
+    oneDNN's int8 grouped convolution returns wrong sums for some shapes on some CPUs (on an
+    AMX Xeon with torch 2.14: 16 channels per group, as the tiny preset has, or one group of
+    768, off by several times the output's norm; BASE's 48 per group is exact). So the packed
+    kernel is checked once against exact integer sums (:meth:`_exact_here`), and where it is
+    wrong the layer stays float32 (``self.float_weight``) with a warning.
+
     Example:
         >>> from w2vtools.models.wav2vec2 import WeightNormConv1d
         >>> conv = WeightNormConv1d(32, 16, groups=4)
@@ -296,15 +306,53 @@ class Int8PositionalConv(nn.Module):
         self.bias = conv.bias.detach().float().contiguous()
         self.levels = activation_levels()
         # the activation scale given here only seeds oneDNN's choice of kernel; each call passes its own
-        self.packed = torch.ops.onednn.qconv_prepack(integers, self.scales, 1.0 / 127, 128, [1], [self.padding], [1],
+        self.packed = torch.ops.onednn.qconv_prepack(integers, self.scales, 1.0 / 127, 128, [1], [0], [1],
                                                      self.groups, None)
+        self.float_weight = None
+        if not self._exact_here(integers):
+            log.warning("oneDNN's int8 grouped convolution is wrong on this CPU for %d channels in %d groups, "
+                        "kernel %d; the positional convolution stays float32", integers.size(0), self.groups,
+                        integers.size(2))
+            self.float_weight = conv.weight().detach().float().contiguous()
+
+    def _exact_here(self, integers: torch.Tensor) -> bool:
+        """Whether the packed kernel gives the integer sums (up to float32 rounding: 1e-4 of the
+        norm, against int8's 1e-2) on pseudo-random activations at two lengths; on the AMX Xeon
+        a wrong shape was right at one output frame and wrong from about 20 on. The sums are
+        checked for the first and the last group (wrong kernels were wrong everywhere), which
+        keeps the check to about 10 ms for BASE."""
+        gen = torch.Generator().manual_seed(0)
+        channels, kernel = integers.size(0), integers.size(2)
+        per_group = channels // self.groups
+        zero_point = self.levels // 2
+        weight = integers.float() * self.scales[:, None, None]
+        for batch, frames in ((1, 37), (2, 150)):
+            q = torch.randint(0, self.levels + 1, (batch, channels, frames + kernel - 1), dtype=torch.uint8,
+                              generator=gen)
+            out = self._qconv(q, 1.0, zero_point)
+            for group in {0, self.groups - 1}:
+                rows = slice(group * per_group, (group + 1) * per_group)  # its output and input channels
+                exact = F.conv1d(q[:, rows].float() - zero_point, weight[rows], self.bias[rows])
+                if not (out[:, rows] - exact).norm() <= 1e-4 * exact.norm():
+                    return False
+        return True
+
+    def _qconv(self, q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+        """oneDNN's int8 convolution of already padded activations ``(q - zero_point) * scale``."""
+        return torch.ops.onednn.qconv1d_pointwise(q, scale, zero_point, self.packed, self.scales, self.zero_points,
+                                                  self.bias, [1], [0], [1], self.groups, 1.0, 0,
+                                                  torch.float32, "none", [], "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T) -> (B, C, T + 1 - kernel % 2), a transposed view of channels-last memory."""
+        """(B, C, T) -> (B, C, T + 1 - kernel % 2), a transposed view of channels-last memory
+        (contiguous where the layer stays float32)."""
+        if self.float_weight is not None:
+            return F.conv1d(x.float(), self.float_weight, self.bias, padding=self.padding, groups=self.groups)
         q, scale, zero_point = dynamic_quantize(x.float(), self.levels)
-        return torch.ops.onednn.qconv1d_pointwise(q, scale, zero_point, self.packed, self.scales, self.zero_points,
-                                                  self.bias, [1], [self.padding], [1], self.groups, 1.0, 0,
-                                                  torch.float32, "none", [], "")
+        # Padded here (with the zero point: exactly 0.0) rather than by oneDNN: asked to pad 64 frames
+        # itself, oneDNN falls back to a slower kernel and builds it anew for every input length,
+        # which on an AMX Xeon cost 0.25 s per new length (BENCHMARKS.md, section int8).
+        return self._qconv(F.pad(q, (self.padding, self.padding), value=zero_point), scale, zero_point)
 
 
 def _fuse_attention(attn: MultiheadAttention) -> None:
