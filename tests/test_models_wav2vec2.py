@@ -13,6 +13,7 @@ from w2vtools.models.presets import count_preset_parameters, get_preset
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 from w2vtools.models import layers as layers_module
 from w2vtools.models.layers import MultiheadAttention, dropout
+from w2vtools.models import wav2vec2 as wav2vec2_module
 from w2vtools.models.wav2vec2 import Wav2Vec2Model, compute_mask_indices
 
 torch.set_num_threads(2)
@@ -159,7 +160,8 @@ def test_duplicate_distractors_in_half_precision(tiny, dtype):
     assert torch.isfinite(loss) and torch.isfinite(gx).all() and torch.isfinite(gy).all()
 
 
-def test_positional_convolution_runs_in_float32_under_autocast(tiny):
+def test_positional_convolution_runs_in_float32_under_autocast(tiny, monkeypatch):
+    monkeypatch.setattr(wav2vec2_module, "_cpu_has_amx", lambda: False)  # what a CPU without AMX tiles does
     conv = tiny.encoder.pos_conv[0]
     x = torch.randn(2, conv.channels, 50, requires_grad=True)
     expected = conv(x)
@@ -169,6 +171,23 @@ def test_positional_convolution_runs_in_float32_under_autocast(tiny):
     assert got.dtype == torch.float32 and torch.equal(got, expected)
     got.sum().backward()
     assert conv.weight_v.grad.dtype == torch.float32 and torch.isfinite(conv.weight_v.grad).all()
+
+
+def test_positional_convolution_runs_in_bfloat16_under_cpu_autocast_with_amx(tiny, monkeypatch):
+    """With AMX tiles oneDNN's bf16 grouped convolution is the faster one (BENCHMARKS.md), so
+    bf16 autocast on the CPU leaves it to autocast; float16 autocast still runs it in float32."""
+    monkeypatch.setattr(wav2vec2_module, "_cpu_has_amx", lambda: True)
+    conv = tiny.encoder.pos_conv[0]
+    x = torch.randn(2, conv.channels, 50, requires_grad=True)
+    expected = conv(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(x)
+    assert got.dtype == torch.bfloat16
+    assert float((got.float() - expected).norm() / expected.norm()) < 0.02
+    got.float().sum().backward()
+    assert conv.weight_v.grad.dtype == torch.float32 and torch.isfinite(conv.weight_v.grad).all()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert conv(x).dtype == torch.float32
 
 
 def test_pretraining_loss_is_fairseq_sum(tiny):

@@ -30,6 +30,7 @@ Entry points:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -491,6 +492,21 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
 _ROWS_IN_CACHE = 512  # output rows per GEMM when the activation follows (C = 512: 1 MB, an L2's size)
 
 
+def _bf16_grouped_conv_pays(device_type: str) -> bool:
+    """Whether autocast may run the positional convolution in its own dtype: only bfloat16 on
+    a CPU with AMX tiles, where oneDNN's bf16 kernel took 43 ms forward and backward against
+    float32's 195 ms (BASE, 4 x 4 s); with AVX512-BF16 alone bf16 was 1.4x slower than float32."""
+    if device_type != "cpu" or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    return _cpu_has_amx()
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(supported()) if supported is not None else False
+
+
 class WeightNormConv1d(nn.Module):
     """Conv1d with weight normalization over every dim but ``dim`` (fairseq: dim=2).
 
@@ -529,9 +545,9 @@ class WeightNormConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, C, T + 1 - kernel % 2); in float32 under autocast too."""
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.is_autocast_enabled(x.device.type) and not _bf16_grouped_conv_pays(x.device.type):
             # cuDNN's bf16 kernels for this grouped 128-tap convolution took most of a bf16 forward
-            # on an H200 (BENCHMARKS.md, GPU); float32 is also the faster one on CPUs without bf16
+            # on an H200, and oneDNN's are slower than float32 on CPUs without AMX (BENCHMARKS.md)
             with torch.autocast(x.device.type, enabled=False):
                 return F.conv1d(x.float(), self.weight().float(), self.bias.float(), padding=self.padding,
                                 groups=self.groups)
