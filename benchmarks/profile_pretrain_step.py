@@ -38,7 +38,7 @@ GEMMS = {"mm", "addmm", "addmm_", "bmm", "baddbmm", "_scaled_dot_product_flash_a
          "_scaled_dot_product_flash_attention_for_cpu_backward"}
 CONVOLUTIONS = {"convolution", "_convolution", "mkldnn_convolution", "convolution_backward"}
 COPIES = {"copy_", "clone", "_to_copy", "contiguous"}
-RANDOM = {"uniform_", "rand", "bernoulli_", "exponential_", "normal_", "randint", "randperm", "multinomial"}
+RANDOM = {"uniform_", "rand", "random_", "bernoulli_", "exponential_", "normal_", "randint", "randperm", "multinomial"}
 NORMS = {"native_group_norm", "native_group_norm_backward", "native_layer_norm", "native_layer_norm_backward"}
 
 

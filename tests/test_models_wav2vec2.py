@@ -12,7 +12,7 @@ from w2vtools.models.ctc import CTCConfig, CTCModel
 from w2vtools.models.presets import count_preset_parameters, get_preset
 from w2vtools.models.quantizers import GumbelVectorQuantizer, KmeansVectorQuantizer
 from w2vtools.models import layers as layers_module
-from w2vtools.models.layers import MultiheadAttention, dropout
+from w2vtools.models.layers import MultiheadAttention, dropout, keep_mask
 from w2vtools.models import wav2vec2 as wav2vec2_module
 from w2vtools.models.wav2vec2 import Wav2Vec2Model, compute_mask_indices
 
@@ -409,10 +409,24 @@ def test_cpu_dropout_mask_rate_scale_and_gradient():
     y = dropout(x, 0.1, True)
     kept = y != 0
     assert abs(1 - float(kept.float().mean()) - 0.1) < 0.003  # drop rate p
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))  # survivors scaled by 1/(1-p)
+    p_used = 6554 / 65536  # p rounded to 1/65536
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / (1 - p_used)))  # survivors scaled by 1/(1-p)
     y.sum().backward()
-    assert torch.equal(x.grad, kept.float() / 0.9)  # the gradient goes through the same mask
+    assert torch.equal(x.grad, kept.float() * (1 / (1 - p_used)))  # the gradient goes through the same mask
     assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+
+
+def test_cpu_dropout_mask_is_uniform_in_every_16_bit_lane():
+    """Each 64-bit draw gives four mask values: all four positions drop at rate p (a draw
+    whose top bit were always 0 would make every fourth position keep everything)."""
+    torch.manual_seed(0)
+    for p in (0.05, 0.1, 0.5, 0.9):
+        keep, p_used = keep_mask((200_000, 4), p)
+        assert abs(p_used - p) <= 1 / 131072
+        drop_rates = 1 - keep.float().mean(dim=0)
+        assert torch.allclose(drop_rates, torch.full((4,), p), atol=0.005), (p, drop_rates)
+    assert keep_mask((3, 5, 7), 0.2)[0].shape == (3, 5, 7)
+    assert bool(keep_mask((1000,), 0.0)[0].all())
 
 
 def test_cpu_training_attention_is_sdpa_with_dropout(monkeypatch):
