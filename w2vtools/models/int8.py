@@ -14,7 +14,8 @@ int8 x int8 -> int32 GEMMs (oneDNN on x86, fbgemm elsewhere; VNNI where the CPU 
   an int8 weight matrix. Torch's own dynamic ``Conv1d`` is not used: on torch 2.14 its
   output is wrong (70 % relative error against float32 on the BASE feature encoder's shape);
 * wav2vec 2.0's grouped positional convolution becomes :class:`Int8PositionalConv`, oneDNN's
-  int8 convolution (where torch has oneDNN's int8 kernels; float32 otherwise).
+  int8 convolution (where torch has oneDNN's int8 kernels and its kernel for that shape passes
+  a check against integer sums; float32 otherwise).
 
 Activations use 8 bits on CPUs with VNNI and 7 without (:func:`full_range_activations`).
 
