@@ -173,6 +173,25 @@ def test_positional_convolution_runs_in_float32_under_autocast(tiny, monkeypatch
     assert conv.weight_v.grad.dtype == torch.float32 and torch.isfinite(conv.weight_v.grad).all()
 
 
+def test_first_convolution_runs_in_float32_under_cpu_autocast(tiny):
+    """In training under bf16 autocast the one-channel first convolution runs in float32 (its
+    bf16 oneDNN kernel was 4x slower, and the group norm after it is float32 anyway); the
+    convolutions after it run in bf16."""
+    tiny.train()
+    seen = {}
+    hooks = [tiny.feature_extractor.conv_layers[i][0].register_forward_hook(
+        lambda module, args, out, i=i: seen.__setitem__(i, (args[0].dtype, out.dtype))) for i in (0, 1)]
+    wav = torch.randn(2, 4000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = tiny.feature_extractor(wav)
+    for hook in hooks:
+        hook.remove()
+    assert seen[0] == (torch.float32, torch.float32)
+    assert seen[1][1] == torch.bfloat16
+    features.float().sum().backward()
+    assert torch.isfinite(tiny.feature_extractor.conv_layers[0][0].weight.grad).all()
+
+
 def test_positional_convolution_runs_in_bfloat16_under_cpu_autocast_with_amx(tiny, monkeypatch):
     """With AMX tiles oneDNN's bf16 grouped convolution is the faster one (BENCHMARKS.md), so
     bf16 autocast on the CPU leaves it to autocast; float16 autocast still runs it in float32."""

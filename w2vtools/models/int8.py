@@ -284,11 +284,12 @@ class Int8PositionalConv(nn.Module):
     Its input is the Transformer's input, whose range is even across time (unlike the feature
     encoder's, see :class:`Int8Conv1d`), so one scale per call serves.
 
-    oneDNN's int8 grouped convolution returns wrong sums for some shapes on some CPUs (on an
-    AMX Xeon with torch 2.14: 16 channels per group, as the tiny preset has, or one group of
-    768, off by several times the output's norm; BASE's 48 per group is exact). So the packed
-    kernel is checked once against exact integer sums (:meth:`_exact_here`), and where it is
-    wrong the layer stays float32 (``self.float_weight``) with a warning.
+    oneDNN's int8 grouped convolution returns wrong sums for some shapes on some CPUs. On an
+    AMX Xeon with torch 2.14 it was off by several times the output's norm for 16 channels
+    per group (the tiny preset's) and for one group of 768 with kernel 128; BASE's 48 per
+    group is exact. So the packed kernel is checked once against integer sums
+    (:meth:`_exact_here`), and where it is wrong the layer stays float32
+    (``self.float_weight``) with a warning.
 
     Example:
         >>> from w2vtools.models.wav2vec2 import WeightNormConv1d

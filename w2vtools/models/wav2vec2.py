@@ -329,6 +329,9 @@ class ConvFeatureExtractionModel(nn.Module):
                     time_major = True
                     continue
                 x, time_major = _waveform_conv_as_gemm(source, conv), True
+            elif i == 0 and _first_conv_in_float32(conv, source):
+                with torch.autocast("cpu", enabled=False):
+                    x = conv(x.float())
             elif i == 0:
                 x = conv(x)
             elif time_major_conv_applies(conv, x):
@@ -384,6 +387,17 @@ def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and conv.weight.requires_grad)
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def _first_conv_in_float32(conv: nn.Module, source: torch.Tensor) -> bool:
+    """Whether the one-channel first convolution should leave CPU autocast and run in float32.
+
+    Its reduction is only ``kernel`` multiply-adds per output, and oneDNN's bf16 kernel for it
+    ran at a quarter of the float32 one's speed (BENCHMARKS.md). Its output feeds the float32
+    group norm anyway, so in bf16 it also cost two casts of the model's largest tensor.
+    """
+    return (type(conv) is nn.Conv1d and conv.in_channels == 1 and source.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu"))
 
 
 def _waveform_conv_as_gemm(source: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -544,7 +558,8 @@ class WeightNormConv1d(nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T) -> (B, C, T + 1 - kernel % 2); in float32 under autocast too."""
+        """(B, C, T) -> (B, C, T + 1 - kernel % 2); in float32 under autocast too, but for
+        bfloat16 on a CPU with AMX (:func:`_bf16_grouped_conv_pays`)."""
         if torch.is_autocast_enabled(x.device.type) and not _bf16_grouped_conv_pays(x.device.type):
             # cuDNN's bf16 kernels for this grouped 128-tap convolution took most of a bf16 forward
             # on an H200, and oneDNN's are slower than float32 on CPUs without AMX (BENCHMARKS.md)
