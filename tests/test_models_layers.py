@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from w2vtools.models import layers
 from w2vtools.models.layers import Fp32GroupNorm, _TimeMajorConv, conv1d_time_major, masked_group_norm
 
 
@@ -111,3 +114,45 @@ def test_time_major_convolution_returns_the_input_gradient_in_the_inputs_layout(
     (ref,) = torch.autograd.grad(conv1d_time_major(x_ref, conv), [x_ref], grad)
     assert ref.is_contiguous()
     torch.testing.assert_close(dx, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_time_major_convolution_under_bf16_autocast_is_as_close_as_onednns(channels_first, monkeypatch):
+    """Under CPU bf16 autocast the GEMM convolution runs in bf16, as autocast's convolution
+    does: output bf16, its error against float64 within twice oneDNN's bf16 convolution's;
+    the gradients in the parameters' and input's dtype (float32) and the input's layout, with
+    the weight gradient summed over utterances in float32."""
+    monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(64, 48, 3, stride=2, bias=True)
+    base = torch.randn(4, 64, 301) if channels_first else torch.randn(4, 301, 64)
+    x = (base.transpose(1, 2) if channels_first else base).requires_grad_()
+    grad = torch.randn(4, 150, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layers.time_major_conv_applies(conv, x)
+        ours = conv1d_time_major(x, conv)
+        x_dnn = x.detach().transpose(1, 2).requires_grad_()
+        theirs = conv(x_dnn).transpose(1, 2)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    ours_grads = torch.autograd.grad(ours, [x, *conv.parameters()], grad.bfloat16())
+    theirs_grads = torch.autograd.grad(theirs, [x_dnn, *conv.parameters()], grad.bfloat16())
+    assert ours_grads[0].dtype == torch.float32 and ours_grads[0].stride() == x.stride()
+    assert [g.dtype for g in ours_grads[1:]] == [torch.float32, torch.float32]
+
+    conv64 = copy.deepcopy(conv).double()
+    x64 = x.detach().double().transpose(1, 2).requires_grad_()
+    exact = conv64(x64).transpose(1, 2)
+    exact_grads = torch.autograd.grad(exact, [x64, *conv64.parameters()], grad.double())
+
+    def error(got, want):
+        return float((got.detach().double() - want.detach()).norm() / want.detach().norm())
+
+    assert error(ours, exact) <= 2 * error(theirs, exact) + 1e-4
+    assert error(ours_grads[0], exact_grads[0].transpose(1, 2)) <= 2 * error(theirs_grads[0], exact_grads[0]) + 1e-4
+    for a, b, want in zip(ours_grads[1:], theirs_grads[1:], exact_grads[1:]):
+        assert error(a, want) <= 2 * error(b, want) + 1e-4
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not layers.time_major_conv_applies(conv, x)
+    monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layers.time_major_conv_applies(conv, x)

@@ -161,7 +161,7 @@ def test_duplicate_distractors_in_half_precision(tiny, dtype):
 
 
 def test_positional_convolution_runs_in_float32_under_autocast(tiny, monkeypatch):
-    monkeypatch.setattr(wav2vec2_module, "_cpu_has_amx", lambda: False)  # what a CPU without AMX tiles does
+    monkeypatch.setattr(wav2vec2_module, "cpu_has_amx", lambda: False)  # what a CPU without AMX tiles does
     conv = tiny.encoder.pos_conv[0]
     x = torch.randn(2, conv.channels, 50, requires_grad=True)
     expected = conv(x)
@@ -173,29 +173,41 @@ def test_positional_convolution_runs_in_float32_under_autocast(tiny, monkeypatch
     assert conv.weight_v.grad.dtype == torch.float32 and torch.isfinite(conv.weight_v.grad).all()
 
 
-def test_first_convolution_runs_in_float32_under_cpu_autocast(tiny):
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_first_convolution_runs_in_float32_under_cpu_autocast(tiny, native_bf16, monkeypatch):
     """In training under bf16 autocast the one-channel first convolution runs in float32 (its
     bf16 oneDNN kernel was 4x slower, and the group norm after it is float32 anyway); the
-    convolutions after it run in bf16."""
+    convolutions after it run in bf16: as GEMMs on time-major frames where the CPU has native
+    bf16 products (layers.cpu_has_native_bf16), else as oneDNN's convolutions."""
+    monkeypatch.setattr(layers_module, "cpu_has_native_bf16", lambda: native_bf16)
     tiny.train()
     seen = {}
     hooks = [tiny.feature_extractor.conv_layers[i][0].register_forward_hook(
         lambda module, args, out, i=i: seen.__setitem__(i, (args[0].dtype, out.dtype))) for i in (0, 1)]
+    gemm = wav2vec2_module.conv1d_time_major
+    calls = []
+    monkeypatch.setattr(wav2vec2_module, "conv1d_time_major", lambda *a: calls.append(a[0].dtype) or gemm(*a))
     wav = torch.randn(2, 4000)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = tiny.feature_extractor(wav)
     for hook in hooks:
         hook.remove()
     assert seen[0] == (torch.float32, torch.float32)
-    assert seen[1][1] == torch.bfloat16
+    num_later = len(tiny.feature_extractor.conv_layers) - 1
+    if native_bf16:  # the module is not called: its GEMMs are
+        assert 1 not in seen and calls == [torch.float32] + [torch.bfloat16] * (num_later - 1)
+    else:
+        assert seen[1][1] == torch.bfloat16 and calls == []
+    assert features.dtype == torch.bfloat16
     features.float().sum().backward()
-    assert torch.isfinite(tiny.feature_extractor.conv_layers[0][0].weight.grad).all()
+    for block in tiny.feature_extractor.conv_layers:
+        assert block[0].weight.grad.dtype == torch.float32 and torch.isfinite(block[0].weight.grad).all()
 
 
 def test_positional_convolution_runs_in_bfloat16_under_cpu_autocast_with_amx(tiny, monkeypatch):
     """With AMX tiles oneDNN's bf16 grouped convolution is the faster one (BENCHMARKS.md), so
     bf16 autocast on the CPU leaves it to autocast; float16 autocast still runs it in float32."""
-    monkeypatch.setattr(wav2vec2_module, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(wav2vec2_module, "cpu_has_amx", lambda: True)
     conv = tiny.encoder.pos_conv[0]
     x = torch.randn(2, conv.channels, 50, requires_grad=True)
     expected = conv(x)

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -135,18 +136,33 @@ class Fp32GroupNorm(nn.GroupNorm):
 
 
 def time_major_conv_applies(conv: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`conv1d_time_major` computes ``conv`` on ``x``: a plain float32
-    convolution (no padding, dilation or groups) on the CPU, outside autocast. Elsewhere
-    (cuDNN on GPU, bf16 autocast, the int8 modules) the convolution runs as it is."""
-    return (
-        type(conv) is nn.Conv1d
-        and conv.padding == (0,)
-        and conv.dilation == (1,)
-        and conv.groups == 1
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
+    """Whether :func:`conv1d_time_major` computes ``conv`` on ``x``: a plain convolution (no
+    padding, dilation or groups) on the CPU, in float32, or under bfloat16 autocast on a CPU
+    with native bf16 GEMMs (:func:`cpu_has_native_bf16`). Elsewhere (cuDNN on GPU, float16
+    autocast, bf16 autocast on other CPUs, the int8 modules) the convolution runs as it is."""
+    if not (type(conv) is nn.Conv1d and conv.padding == (0,) and conv.dilation == (1,) and conv.groups == 1
+            and x.device.type == "cpu"):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+                and cpu_has_native_bf16())
+    return x.dtype == torch.float32
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 and int8 matrix units)."""
+    supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(supported()) if supported is not None else False
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 products in hardware (AMX tiles or AVX512-BF16), where
+    oneDNN's bf16 GEMMs run at or above float32's speed; elsewhere they are emulated, and a
+    bf16 GEMM took twice as long as oneDNN's bf16 convolution (BENCHMARKS.md)."""
+    supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return cpu_has_amx() or (bool(supported()) if supported is not None else False)
 
 
 def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -161,13 +177,18 @@ def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     backward pass, plus the layout copies it makes, is what this replaces (BENCHMARKS.md,
     "Pretraining step").
 
+    Under CPU bf16 autocast the GEMMs run in bf16, as autocast runs a convolution, and the
+    output is bf16; the weight and bias gradients are summed in float32 and the input
+    gradient comes back in the input's dtype.
+
     Example:
         >>> conv = nn.Conv1d(4, 6, 3, stride=2)
         >>> x = torch.randn(2, 11, 4)
         >>> torch.allclose(conv1d_time_major(x, conv), conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-6)
         True
     """
-    return _TimeMajorConv.apply(x, conv.weight, conv.bias, conv.stride[0])
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return _TimeMajorConv.apply(x, conv.weight, conv.bias, conv.stride[0], dtype)
 
 
 def _tap_blocks(x: torch.Tensor, kernel: int, stride: int, frames: int):
@@ -188,28 +209,32 @@ def _tap_blocks(x: torch.Tensor, kernel: int, stride: int, frames: int):
 
 class _TimeMajorConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride):
+    def forward(ctx, x, weight, bias, stride, dtype=None):
         out_channels, channels, kernel = weight.shape
         frames = (x.size(1) - kernel) // stride + 1
         if frames <= 0:
             raise ValueError(f"{x.size(1)} frames are fewer than the kernel ({kernel})")
+        dtype = dtype or x.dtype
         # The input gradient goes back in the input's layout: given channels-first memory (the
         # first block's norm and GELU), a time-major gradient would reach their backward ops with
         # strides unlike their saved tensors', which makes elementwise kernels 4-8x slower
         # (BENCHMARKS.md, "Small training steps"); one copy here costs less.
         ctx.channels_first = not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
-        x = x.contiguous()
-        w = weight.permute(0, 2, 1).reshape(out_channels, kernel * channels)  # column j*C + c: tap j, channel c
-        y = x.new_empty(x.size(0), frames, out_channels)
-        for b, views in enumerate(_tap_blocks(x, kernel, stride, frames)):
-            for n, (view, first, taps) in enumerate(views):
-                wq = w[:, first * channels : (first + taps) * channels].t()
-                if n == 0 and bias is not None:
-                    torch.addmm(bias, view, wq, out=y[b])
-                elif n == 0:
-                    torch.mm(view, wq, out=y[b])
-                else:
-                    y[b].addmm_(view, wq)
+        ctx.input_dtype = x.dtype
+        if x.dtype != dtype or not x.is_contiguous():
+            x = torch.empty(x.shape, dtype=dtype).copy_(x)
+        with torch.autocast("cpu", enabled=False):  # every operand is already in ``dtype``
+            w = weight.to(dtype).permute(0, 2, 1).reshape(out_channels, kernel * channels)  # column j*C + c: tap j, channel c
+            y = x.new_empty(x.size(0), frames, out_channels)
+            for b, views in enumerate(_tap_blocks(x, kernel, stride, frames)):
+                for n, (view, first, taps) in enumerate(views):
+                    wq = w[:, first * channels : (first + taps) * channels].t()
+                    if n == 0 and bias is not None:
+                        torch.addmm(bias.to(dtype), view, wq, out=y[b])
+                    elif n == 0:
+                        torch.mm(view, wq, out=y[b])
+                    else:
+                        y[b].addmm_(view, wq)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.has_bias = stride, bias is not None
         return y
@@ -219,9 +244,9 @@ class _TimeMajorConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         out_channels, channels, kernel = weight.shape
-        grad = grad.contiguous()
+        grad = grad.to(x.dtype).contiguous()
         frames = grad.size(1)
-        w = weight.permute(0, 2, 1).reshape(out_channels, kernel * channels)
+        w = weight.to(x.dtype).permute(0, 2, 1).reshape(out_channels, kernel * channels)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = torch.zeros_like(x)
@@ -229,16 +254,22 @@ class _TimeMajorConv(torch.autograd.Function):
                 for view, first, taps in views:
                     view.addmm_(grad[b], w[:, first * channels : (first + taps) * channels])
             if ctx.channels_first:
-                dx = dx.transpose(1, 2).contiguous().transpose(1, 2)
+                dx = torch.empty(dx.shape[0], dx.shape[2], dx.shape[1], dtype=ctx.input_dtype).transpose(1, 2).copy_(dx)
+            else:
+                dx = dx.to(ctx.input_dtype)
         if ctx.needs_input_grad[1]:
-            dw_flat = x.new_zeros(out_channels, kernel * channels)
+            dw_flat = weight.new_zeros(out_channels, kernel * channels)
             for b, views in enumerate(_tap_blocks(x, kernel, ctx.stride, frames)):
                 for view, first, taps in views:
-                    dw_flat[:, first * channels : (first + taps) * channels].addmm_(grad[b].t(), view)
+                    cols = dw_flat[:, first * channels : (first + taps) * channels]
+                    if x.dtype == dw_flat.dtype:
+                        cols.addmm_(grad[b].t(), view)
+                    else:  # bf16 products, summed over utterances in float32 (no mixed-dtype addmm)
+                        cols += torch.mm(grad[b].t(), view)
             dw = dw_flat.view(out_channels, kernel, channels).permute(0, 2, 1).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad.sum(dim=(0, 1))
-        return dx, dw, db, None
+            db = grad.sum(dim=(0, 1), dtype=weight.dtype)
+        return dx, dw, db, None, None
 
 
 # --------------------------------------------------------------------------- Transformer blocks

@@ -30,7 +30,6 @@ Entry points:
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -45,6 +44,7 @@ from w2vtools.models.layers import (
     Dropout,
     TransformerSentenceEncoderLayer,
     conv1d_time_major,
+    cpu_has_amx,
     dropout,
     masked_group_norm,
     receptive_field,
@@ -512,13 +512,7 @@ def _bf16_grouped_conv_pays(device_type: str) -> bool:
     float32's 195 ms (BASE, 4 x 4 s); with AVX512-BF16 alone bf16 was 1.4x slower than float32."""
     if device_type != "cpu" or torch.get_autocast_dtype("cpu") != torch.bfloat16:
         return False
-    return _cpu_has_amx()
-
-
-@functools.cache
-def _cpu_has_amx() -> bool:
-    supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(supported()) if supported is not None else False
+    return cpu_has_amx()
 
 
 class WeightNormConv1d(nn.Module):
