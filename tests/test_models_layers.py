@@ -156,3 +156,22 @@ def test_time_major_convolution_under_bf16_autocast_is_as_close_as_onednns(chann
     monkeypatch.setattr(layers, "cpu_has_native_bf16", lambda: False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layers.time_major_conv_applies(conv, x)
+
+
+@pytest.mark.parametrize("into_time_major", [True, False])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.float32)])
+def test_copy_between_layouts_is_copy(into_time_major, dtypes):
+    """The blocked copy between time-major and channels-first memory equals ``copy_`` for
+    lengths and channel counts that are not multiples of its blocks, and keeps dst's layout."""
+    torch.manual_seed(0)
+    src_dtype, dst_dtype = dtypes
+    b, t, c = 3, 2 * layers._FRAMES_PER_COPY + 37, 3 * layers._CHANNELS_PER_COPY + 5
+    if into_time_major:
+        src, dst = torch.randn(b, c, t).to(src_dtype).transpose(1, 2), torch.empty(b, t, c, dtype=dst_dtype)
+    else:
+        src, dst = torch.randn(b, t, c).to(src_dtype), torch.empty(b, c, t, dtype=dst_dtype).transpose(1, 2)
+    strides = dst.stride()
+    out = layers.copy_between_layouts(dst, src)
+    assert out is dst and out.stride() == strides
+    assert torch.equal(out, torch.empty_like(dst).copy_(src))
