@@ -345,6 +345,40 @@ def test_first_convolution_as_gemm_in_inference_equals_onednn(ljspeech, monkeypa
     assert calls == [] and model.feature_extractor.conv_layers[0][0].weight.grad is not None
 
 
+def test_first_block_as_gemm_under_bf16_autocast_in_inference(ljspeech, monkeypatch):
+    """Under CPU bf16 autocast, inference still folds the first block (convolution, group norm,
+    GELU) into float32 GEMMs and writes it in bf16, time-major, for the next convolution: the
+    feature encoder's output on real speech, batched with padding, is as close to float64 as
+    with the first block left to oneDNN and the float32 group norm."""
+    from w2vtools import audio
+    from w2vtools.models import wav2vec2 as module
+
+    clips = sorted((ljspeech / "wavs").glob("*.flac"))[:2]
+    a, b = (torch.from_numpy(audio.load_audio(str(p), sample_rate=16000)) for p in clips)
+    batch = torch.zeros(2, max(len(a), len(b)))
+    batch[0, : len(a)], batch[1, : len(b)] = a, b
+    lengths = torch.tensor([len(a), len(b)])
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(get_preset("wav2vec2", "tiny")).eval()
+    outputs = []
+    gemm = module._waveform_conv_norm_as_gemm
+    monkeypatch.setattr(module, "_waveform_conv_norm_as_gemm",
+                        lambda *a, **k: outputs.append(gemm(*a, **k)) or outputs[-1])
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model.feature_extractor(batch, lengths).float()
+            assert [o.dtype for o in outputs] == [torch.bfloat16] and outputs[0].is_contiguous()
+            monkeypatch.setattr(module, "_gemm_first_conv", lambda conv, source: False)
+            onednn = model.feature_extractor(batch, lengths).float()
+        truth = model.double().feature_extractor(batch.double(), lengths).float()
+    model.float()
+    frames = model.feature_extractor.output_lengths(lengths)
+    for row, n in enumerate(frames.tolist()):  # over each utterance's valid frames
+        err_fast = float((fast[row, :n] - truth[row, :n]).norm() / truth[row, :n].norm())
+        err_onednn = float((onednn[row, :n] - truth[row, :n]).norm() / truth[row, :n].norm())
+        assert err_fast <= 1.25 * err_onednn + 1e-4, (row, err_fast, err_onednn)
+
+
 @pytest.mark.parametrize("mode", ["default", "layer_norm"])
 def test_feature_encoder_as_time_major_gemms_equals_onednn_in_training(ljspeech, monkeypatch, mode):
     """On the CPU in float32, the strided convolutions after the first run as GEMMs on

@@ -204,7 +204,7 @@ def copy_between_layouts(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         >>> torch.equal(copy_between_layouts(torch.empty(2, 300, 40), src), src)
         True
     """
-    if dst.dim() != 3 or dst.shape != src.shape:
+    if dst.dim() != 3 or dst.shape != src.shape or dst.stride() == src.stride():
         return dst.copy_(src)
     if dst.is_contiguous():  # into time-major: a block of channels, each read along time
         for b in range(dst.size(0)):

@@ -325,7 +325,9 @@ class ConvFeatureExtractionModel(nn.Module):
                 # from here on; with its group norm folded into the same GEMM when it can be.
                 norm = block[2] if len(block) == 4 else None
                 if _foldable_group_norm(norm, block[1]):
-                    x = _waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1), gelu=True)
+                    # under autocast written in its dtype, which the next convolution reads
+                    x = _waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1), gelu=True,
+                                                    out_dtype=_autocast_dtype("cpu"))
                     time_major = True
                     continue
                 x, time_major = _waveform_conv_as_gemm(source, conv), True
@@ -375,8 +377,10 @@ class ConvFeatureExtractionModel(nn.Module):
 
 def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
     """Whether :func:`_waveform_conv_as_gemm` computes ``conv`` on ``source``: a plain float32
-    one-channel convolution on the CPU, outside autograd and autocast. In training oneDNN's
-    backward (a weight gradient only) measured faster than autograd's through the GEMMs."""
+    one-channel convolution on the CPU, outside autograd, and outside autocast or under bf16
+    autocast (the GEMMs stay float32; see :func:`_waveform_conv_norm_as_gemm`'s ``out_dtype``).
+    In training oneDNN's backward (a weight gradient only) measured faster than autograd's
+    through the GEMMs."""
     return (
         type(conv) is nn.Conv1d
         and conv.in_channels == 1
@@ -385,8 +389,13 @@ def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
         and source.device.type == "cpu"
         and source.dtype == torch.float32
         and not (torch.is_grad_enabled() and conv.weight.requires_grad)
-        and not torch.is_autocast_enabled("cpu")
+        and _autocast_dtype("cpu") in (torch.float32, torch.bfloat16)
     )
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    """The dtype autocast gives convolutions on ``device_type`` now (float32 when it is off)."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
 
 
 def _first_conv_in_float32(conv: nn.Module, source: torch.Tensor) -> bool:
@@ -419,11 +428,12 @@ def _waveform_conv_as_gemm(source: torch.Tensor, conv: nn.Conv1d) -> torch.Tenso
     windows = source.unfold(1, k, stride)  # (B, T, k), a view
     weight = conv.weight.view(conv.out_channels, k).t()
     out = source.new_empty(source.size(0), windows.size(1), conv.out_channels)
-    for b in range(source.size(0)):  # a batched matmul with a broadcast weight measured slower
-        if conv.bias is None:
-            torch.mm(windows[b], weight, out=out[b])
-        else:
-            torch.addmm(conv.bias, windows[b], weight, out=out[b])
+    with torch.autocast("cpu", enabled=False):  # float32 under autocast too: a reduction of k terms
+        for b in range(source.size(0)):  # a batched matmul with a broadcast weight measured slower
+            if conv.bias is None:
+                torch.mm(windows[b], weight, out=out[b])
+            else:
+                torch.addmm(conv.bias, windows[b], weight, out=out[b])
     return out
 
 
@@ -436,7 +446,8 @@ def _foldable_group_norm(norm: nn.Module | None, drop: nn.Module) -> bool:
 
 
 def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm,
-                                frames: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+                                frames: torch.Tensor | None, gelu: bool = False,
+                                out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, S) waveform -> (B, T, C) ``norm(conv(source))``, time-major, as one GEMM per utterance.
 
     A one-channel convolution's output channel ``c`` is ``w_c . window``, so its mean and
@@ -459,6 +470,8 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
         gelu: return ``F.gelu`` of that, applied to each block of rows while the GEMM's output
             is still in cache (inference only: in place). This layer's output is the model's
             largest tensor, so a separate pass over it ran from memory (BENCHMARKS.md, "Floor goals").
+        out_dtype: the output's dtype. The GEMMs and GELU are float32 either way; a block is cast
+            while in cache (bf16 autocast: what the next convolution reads, at half the bytes).
 
     Example:
         >>> conv, norm = nn.Conv1d(1, 8, 10, stride=5, bias=False), nn.GroupNorm(8, 8)
@@ -474,7 +487,9 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
     weight = conv.weight.detach().view(channels, k).double()
     gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones(channels, dtype=torch.float64)
     beta = norm.bias.detach().float() if norm.bias is not None else source.new_zeros(channels)
-    out = source.new_empty(source.size(0), num_frames, channels)
+    out = source.new_empty(source.size(0), num_frames, channels, dtype=out_dtype)
+    rows = _ROWS_IN_CACHE if gelu or out_dtype != torch.float32 else num_frames
+    scratch = source.new_empty(min(rows, num_frames), channels) if out_dtype != torch.float32 else None
     for b in range(source.size(0)):
         n = num_frames if frames is None else min(int(frames[b]), num_frames)
         if n == 0:
@@ -493,12 +508,15 @@ def _waveform_conv_norm_as_gemm(source: torch.Tensor, conv: nn.Conv1d, norm: nn.
         # y = (x - mean) * scale + beta, x = windows @ w_c (+ the conv's bias, which the mean removes)
         folded = torch.cat([weight * scale[:, None], (beta.double() - torch.mv(weight, mu) * scale)[:, None]], dim=1)
         folded = folded.t().float()
-        rows = _ROWS_IN_CACHE if gelu else n
         for i in range(0, n, rows):
             block = out[b, i : min(i + rows, n)]
-            torch.mm(windows[i : i + block.size(0)], folded, out=block)
+            result = block if scratch is None else scratch[: block.size(0)]
+            with torch.autocast("cpu", enabled=False):
+                torch.mm(windows[i : i + block.size(0)], folded, out=result)
             if gelu:
-                torch.ops.aten.gelu_(block)
+                torch.ops.aten.gelu_(result)
+            if scratch is not None:
+                block.copy_(result)
         out[b, n:] = F.gelu(beta) if gelu else beta
     return out
 
