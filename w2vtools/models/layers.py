@@ -143,10 +143,15 @@ def time_major_conv_applies(conv: nn.Module, x: torch.Tensor) -> bool:
     if not (type(conv) is nn.Conv1d and conv.padding == (0,) and conv.dilation == (1,) and conv.groups == 1
             and x.device.type == "cpu"):
         return False
-    if torch.is_autocast_enabled("cpu"):
-        return (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
-                and cpu_has_native_bf16())
+    dtype = autocast_dtype("cpu")
+    if dtype is not None:
+        return dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) and cpu_has_native_bf16()
     return x.dtype == torch.float32
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast gives convolutions and GEMMs on ``device_type`` now, None when it is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
 @functools.cache
@@ -187,8 +192,7 @@ def conv1d_time_major(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
         >>> torch.allclose(conv1d_time_major(x, conv), conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-6)
         True
     """
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return _TimeMajorConv.apply(x, conv.weight, conv.bias, conv.stride[0], dtype)
+    return _TimeMajorConv.apply(x, conv.weight, conv.bias, conv.stride[0], autocast_dtype("cpu") or x.dtype)
 
 
 def copy_between_layouts(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from w2vtools.models.layers import (
     ACTIVATIONS,
     Dropout,
     TransformerSentenceEncoderLayer,
+    autocast_dtype,
     conv1d_time_major,
     cpu_has_amx,
     dropout,
@@ -327,7 +328,7 @@ class ConvFeatureExtractionModel(nn.Module):
                 if _foldable_group_norm(norm, block[1]):
                     # under autocast written in its dtype, which the next convolution reads
                     x = _waveform_conv_norm_as_gemm(source, conv, norm, self._frames_after(lengths, 1), gelu=True,
-                                                    out_dtype=_autocast_dtype("cpu"))
+                                                    out_dtype=autocast_dtype("cpu") or torch.float32)
                     time_major = True
                     continue
                 x, time_major = _waveform_conv_as_gemm(source, conv), True
@@ -389,13 +390,8 @@ def _gemm_first_conv(conv: nn.Module, source: torch.Tensor) -> bool:
         and source.device.type == "cpu"
         and source.dtype == torch.float32
         and not (torch.is_grad_enabled() and conv.weight.requires_grad)
-        and _autocast_dtype("cpu") in (torch.float32, torch.bfloat16)
+        and autocast_dtype("cpu") in (None, torch.bfloat16)
     )
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype:
-    """The dtype autocast gives convolutions on ``device_type`` now (float32 when it is off)."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
 
 
 def _first_conv_in_float32(conv: nn.Module, source: torch.Tensor) -> bool:
