@@ -27,7 +27,7 @@ bench: setup
 	. $(VENV)/bin/activate && mkdir -p $(BENCH_OUT) \
 	  && python benchmarks/bench_score.py --json $(BENCH_OUT)/score.json \
 	  && python benchmarks/bench_decode.py --json $(BENCH_OUT)/decode.json \
-	  && python benchmarks/bench_featurize.py --rounds 3 --json $(BENCH_OUT)/featurize.json \
+	  && python benchmarks/bench_featurize.py --rounds 3 --compare-amp auto --json $(BENCH_OUT)/featurize.json \
 	  && python benchmarks/bench_pretrain_step.py --rounds 3 --json $(BENCH_OUT)/pretrain_step.json \
 	  && python benchmarks/bench_optimizer_step.py --json $(BENCH_OUT)/optimizer_step.json \
 	  && python benchmarks/bench_int8.py --json $(BENCH_OUT)/int8.json \

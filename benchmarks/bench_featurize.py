@@ -237,9 +237,11 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=None, help="ours (default: featurize's, = --threads on a CPU)")
     ap.add_argument("--compare-streams", action="store_true",
                     help="also time ours with one stream of --threads-threaded ops")
-    ap.add_argument("--compare-amp", action="store_true",
+    ap.add_argument("--compare-amp", nargs="?", const="yes", default="no", choices=["yes", "no", "auto"],
                     help="also time ours with --amp and transformers under the same autocast (bfloat16 on a CPU, "
-                         "float16 on CUDA); outputs differ at that precision")
+                         "float16 on CUDA); outputs differ at that precision. auto (make bench): on CUDA, and on "
+                         "a CPU with native bf16 products (AMX or AVX512-BF16); elsewhere bf16 is emulated and "
+                         "slower than float32, which is not worth timing")
     ap.add_argument("--memory", action="store_true", help="also measure our peak RSS at 1/4, 1/2 and all utterances")
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--skip-speed", action="store_true", help="only the memory measurement")
@@ -258,6 +260,7 @@ def main() -> None:
     if args.child_system is not None:
         speed_child(args)
         return
+    args.compare_amp = resolve_compare_amp(args.compare_amp, args.device)
 
     import torch
 
@@ -275,6 +278,20 @@ def main() -> None:
         speed(args, tmp, scp, audio_s)
     if args.memory:
         memory(args, tmp, scp)
+
+
+def resolve_compare_amp(choice: str, device: str) -> bool:
+    """``--compare-amp`` as a bool: ``auto`` is on for CUDA and for CPUs with native bf16 products."""
+    if choice != "auto":
+        return choice == "yes"
+    if device != "cpu":
+        return True
+    from w2vtools.models.layers import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        print("--compare-amp auto: not timing --amp: this CPU has no native bf16 products (AMX or AVX512-BF16)")
+        return False
+    return True
 
 
 def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
@@ -346,8 +363,10 @@ def speed(args, tmp: Path, scp: Path, audio_s: float) -> None:
         floor_fraction = {"w2v featurize": floor / per}
         print(f"FLOP floor: {floor:.3f} s per audio-s ({args.gflops_per_audio_s} GFLOP at {rate:.0f} GFLOP/s float32 GEMM); "
               f"ours {per:.3f} s per audio-s = {floor / per:.0%} of the floor's speed")
-    ratios = [("w2v featurize", n) for n in results if not n.startswith("w2v")]
-    ratios += [("w2v featurize --amp", n) for n in results if args.compare_amp and not n.startswith("w2v")]
+    ratios = [("w2v featurize", n) for n in results if not n.startswith("w2v") and not n.endswith("(autocast)")]
+    if args.compare_amp:  # --amp against our float32 and against the peer under the same autocast
+        ratios += [("w2v featurize --amp", "w2v featurize")]
+        ratios += [("w2v featurize --amp", n) for n in results if n.endswith("(autocast)")]
     Result("featurize", "audio-s/s", {n: audio_s / t for n, t in results.items()}, ratios=ratios,
            floor=floor_fraction,
            drivers={"gemm_gflops_fp32": rate, "threads": args.threads, "audio_s": audio_s, "device": args.device,
