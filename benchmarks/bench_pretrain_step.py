@@ -56,7 +56,7 @@ from common import add_common_args, fairseq_python, Result, shared_data  # noqa:
 RATIO_PAIRS = [("ours-fp32", "fairseq"), ("ours-fp32", "huggingface"),
                ("ours-bf16", "fairseq-bf16"), ("ours-bf16", "fairseq"), ("ours-bf16", "huggingface"),
                ("ours-fp16", "fairseq-fp16"), ("ours-fp16", "fairseq"), ("ours-fp16", "huggingface")]
-FAULTS_PER_STEP: list[float] = []  # filled by _time_steps in a worker: minor page faults per timed step
+FAULTS_PER_STEP: list[list[int]] = []  # filled by _time_steps in a worker: minor page faults of each timed step
 
 
 def make_batch(out: Path, batch: int, seconds: float, seed: int = 0) -> Path:
@@ -88,15 +88,16 @@ def _time_steps(step, warmup: int, steps: int) -> list[float]:
     sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
     for _ in range(warmup):
         step()
-    times = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times, faults = [], []
     for _ in range(steps):
         sync()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    FAULTS_PER_STEP.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / max(steps, 1))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
+    FAULTS_PER_STEP.append(faults)
     return times
 
 
@@ -310,7 +311,7 @@ def run_worker(name: str, args) -> None:
         res = worker_hf(x, args)
     else:
         raise SystemExit(f"unknown worker {name}")
-    res["faults_per_step"] = FAULTS_PER_STEP[-1] if FAULTS_PER_STEP else None
+    res["faults_each_step"] = FAULTS_PER_STEP[-1] if FAULTS_PER_STEP else None
     print("RESULT " + json.dumps(res))
 
 
@@ -337,9 +338,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=3,
-                    help="untimed steps first (default 3: ours' heap grows over the first three, "
-                         "which page-fault tens of thousands of times; the fourth runs at the steady rate)")
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="untimed steps first (default 5: on a CPU ours' heap grows over the first "
+                         "four or five float32 steps, each faulting in tens of thousands of pages; "
+                         "every timed step's faults are printed, so a step still growing shows)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="run every system this many times, interleaved")
     ap.add_argument("--gflops-per-audio-s", type=float, default=42.6)
@@ -396,13 +398,14 @@ def main() -> None:
                 if res is None:
                     continue
                 times.setdefault(name, []).extend(res["times"])
-                faults.setdefault(name, []).append(res.pop("faults_per_step"))
+                faults.setdefault(name, []).extend(res.get("faults_each_step") or [])
                 t = float(np.median(times[name]))
                 results[name] = audio_s / t
-                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times",))
+                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times", "faults_each_step"))
                 label = f" round {rnd + 1}" if args.rounds > 1 else ""
                 print(f"{name:<12} {results[name]:6.2f} audio-s/s   step {t:6.2f} s   (median so far{label}; "
-                      f"steps {', '.join(f'{v:.2f}' for v in res['times'])}; {versions})", flush=True)
+                      f"steps {', '.join(f'{v:.2f}' for v in res['times'])}; minor page faults "
+                      f"{', '.join(str(v) for v in res.get('faults_each_step') or [])}; {versions})", flush=True)
     floors = {}
     if gemm:
         for dtype, ours in (("float32", "ours-fp32"), ("bfloat16", "ours-bf16")):
@@ -415,8 +418,9 @@ def main() -> None:
     pairs = [(o, p) for o, p in RATIO_PAIRS if o in results and p in results]
     for ours, peer in pairs:
         print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
-    per_step = {name: float(np.median([f for f in fs_ if f is not None] or [float("nan")])) for name, fs_ in faults.items()}
-    print("minor page faults per step: " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
+    # the median over every timed step of every round: a step that grows the heap counts once
+    per_step = {name: float(np.median(fs_ or [float("nan")])) for name, fs_ in faults.items()}
+    print("minor page faults per step (median): " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
     Result("pretrain step", "audio-s/s", results,
            ratios=pairs,
            floor=floors,
