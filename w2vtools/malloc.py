@@ -7,7 +7,9 @@ layers' outputs are 100 MB each), so every step pays for zero-filling and faulti
 gigabytes of new pages: on 2 cores a third of the step went to the kernel. Telling glibc
 to grow the heap instead of mapping, and never to trim it, makes freed blocks reusable:
 after a few steps a step faults in no new pages (tests/test_malloc.py), and the BASE step
-got faster (benchmarks/bench_pretrain_step.py; the numbers are in BENCHMARKS.md). This is what jemalloc or tcmalloc through
+got faster (benchmarks/bench_pretrain_step.py; the numbers are in BENCHMARKS.md). Under bf16
+autocast the mix of block sizes fragments the heap, which grows in spells for tens of steps
+before it settles, as it does with glibc's defaults. This is what jemalloc or tcmalloc through
 ``LD_PRELOAD`` (as Intel's PyTorch CPU tuning guide advises) achieve, without a
 dependency.
 
