@@ -418,7 +418,8 @@ def main() -> None:
     pairs = [(o, p) for o, p in RATIO_PAIRS if o in results and p in results]
     for ours, peer in pairs:
         print(f"ratio {ours} / {peer}: {results[ours] / results[peer]:.2f}x")
-    # the median over every timed step of every round: a step that grows the heap counts once
+    # the median over every timed step of every round: one step still growing the heap is one
+    # sample among them, not a share of an average
     per_step = {name: float(np.median(fs_ or [float("nan")])) for name, fs_ in faults.items()}
     print("minor page faults per step (median): " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()))
     Result("pretrain step", "audio-s/s", results,
