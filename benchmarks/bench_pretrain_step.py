@@ -398,14 +398,15 @@ def main() -> None:
                 if res is None:
                     continue
                 times.setdefault(name, []).extend(res["times"])
-                faults.setdefault(name, []).extend(res.get("faults_each_step") or [])
+                step_faults = res.pop("faults_each_step", None) or []
+                faults.setdefault(name, []).extend(step_faults)
                 t = float(np.median(times[name]))
                 results[name] = audio_s / t
-                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times", "faults_each_step"))
+                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times",))
                 label = f" round {rnd + 1}" if args.rounds > 1 else ""
                 print(f"{name:<12} {results[name]:6.2f} audio-s/s   step {t:6.2f} s   (median so far{label}; "
                       f"steps {', '.join(f'{v:.2f}' for v in res['times'])}; minor page faults "
-                      f"{', '.join(str(v) for v in res.get('faults_each_step') or [])}; {versions})", flush=True)
+                      f"{', '.join(str(v) for v in step_faults)}; {versions})", flush=True)
     floors = {}
     if gemm:
         for dtype, ours in (("float32", "ours-fp32"), ("bfloat16", "ours-bf16")):
