@@ -118,8 +118,8 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = weight.detach().float().reshape(weight.size(0), -1)
     # The observer's rule (PerChannelMinMaxObserver, symmetric over [-128, 127]): the range
     # widened to hold 0, its larger side over 127.5, at least float32's eps. Computed here
-    # because the observer's fused aminmax takes 4x as long as amax and amin apart, and
-    # quantizing a model's weights is what every --int8 run waits for before its first batch.
+    # because the observer's fused aminmax is slower than amax and amin apart (BENCHMARKS.md,
+    # section int8), and every --int8 run waits for its weights before its first batch.
     peak = torch.maximum(flat.amax(1).clamp_min(0.0), flat.amin(1).neg().clamp_min(0.0))
     scales = (peak / 127.5).clamp_min(torch.finfo(torch.float32).eps)
     # w * (1 / scale), rounded half to even: fbgemm's own rule, so the integers equal
