@@ -4,6 +4,7 @@
 # with every step's log and JSON, under benchmarks/results/gpu_check-<time>/.
 #
 #   1 doctor      what w2v sees (torch build, devices, KenLM, the lock)
+#     cudatests   the test suite's tests marked cuda (GPU against CPU results; on a CPU they skip)
 #   2 featurize   wav2vec 2.0 BASE fp32 and --amp (float16 on CUDA) against transformers (fp32, and
 #                 under the same autocast) and torchaudio on the same weights and audio
 #                 (benchmarks/bench_featurize.py)
@@ -19,8 +20,9 @@
 # Usage: bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]
 #   --dry-run   every step on the CPU at toy sizes (tiny models, a few utterances): the test
 #               suite runs this, so the script cannot rot while no GPU is around
-# Needs ../shared/data (or $W2V_SHARED_DATA): FSDD and LJ Speech. fairseq comes from
-# benchmarks/setup_peers.sh ($W2V_FAIRSEQ_PYTHON); without it those rows say "not run".
+# Needs ../shared/data (or $W2V_SHARED_DATA): FSDD and LJ Speech; pytest for the cudatests step.
+# fairseq comes from benchmarks/setup_peers.sh ($W2V_FAIRSEQ_PYTHON); without it those rows say
+# "not run".
 # $W2V_COMMIT names the commit where the tree is a copy without .git.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
     --out) out="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -71,6 +73,7 @@ summary_of() {  # the line of each step's log that says what it found
     decode) { grep -E 'real-time factor' "$out/decode.log" | tail -1 | sed 's/^w2v: //'
               grep -E '^%WER' "$out/decode.log" | cut -d'[' -f1-2; } | paste -sd';' ;;
     ddp) tail -1 "$out/ddp.log" ;;
+    cudatests) grep -E '^[0-9]+ (passed|failed|skipped)|^(FAILED|ERROR) ' "$out/cudatests.log" | tail -3 | paste -sd';' ;;
     amp) { grep -E '^model ' "$out/amp.log" | tac | awk '!seen[$2]++' | tac | sed 's/: first pass.*second pass */ /'
            grep -E '^featurize .*same lengths' "$out/amp.log" | sed 's/ corpus B (same lengths) */ /'; } | paste -sd';' ;;
   esac
@@ -91,6 +94,13 @@ decode_check() {
   # dir, as the recipe decodes it: its utterance ids are the ones data/dev/text holds
   w2v decode "$work/digits/data/dev" --model "$ft/checkpoint_last.pt" --device "$device" -o "$work/hyp.txt" &&
   w2v score "$work/digits/data/dev/text" "$work/hyp.txt"
+}
+
+cuda_tests() {  # the suite's tests marked cuda, from the files that hold them (the rest need not import here)
+  local files
+  files=$(grep -l "pytest.mark.cuda" "$repo"/tests/test_*.py) || { echo "no test is marked cuda"; return 1; }
+  # shellcheck disable=SC2086  # one word per file
+  (cd "$repo" && W2V_SHARED_DATA="$data" "$python" -m pytest -q -rs -p no:cacheprovider -m cuda $files)
 }
 
 ddp_check() {  # same seed and data: 2 ranks x update_freq 1 must train like 1 rank x update_freq 2
@@ -118,6 +128,7 @@ EOF
 }
 
 step doctor w2v doctor
+step cudatests cuda_tests
 step data fsdd_data
 step featurize "$python" "$repo/benchmarks/bench_featurize.py" --device "$device" --preset "$preset" \
     --num-utts "$feat_utts" --rounds 1 --compare-amp --json "$out/featurize.json"

@@ -139,6 +139,26 @@ def test_batched_equals_alone(tmp_path, fsdd, tiny_ckpts, family, output):
             np.testing.assert_allclose(a[k][()], b[k][()], atol=1e-5, rtol=0)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", [False, True])
+def test_cuda_features_in_padded_batches_match_the_cpu(tmp_path, fsdd, tiny_ckpts, amp):
+    """On a GPU, padded batches (masked attention: cuDNN's is avoided, layers.masked_cuda_sdpa)
+    give the features the CPU gives one utterance at a time; float32 within TF32's rounding,
+    ``--amp`` (float16) within half precision's."""
+    files = sorted(fsdd.glob("*_theo_*.wav"))[:8]  # 0.3-0.8 s: every batch is padded
+    scp = _wav_scp(tmp_path / "wav.scp", files)
+    model = str(tiny_ckpts["wav2vec2"])
+    featurize(str(scp), str(tmp_path / "cpu.h5"), model=model, batch_seconds=0.01)
+    featurize(str(scp), str(tmp_path / "gpu.h5"), model=model, device="cuda", amp=amp, batch_seconds=100)
+    with h5py.File(tmp_path / "cpu.h5") as a, h5py.File(tmp_path / "gpu.h5") as b:
+        assert sorted(a) == sorted(b) == sorted(f.stem for f in files)
+        for k in a:
+            ref, out = a[k][()], b[k][()]
+            assert out.shape == ref.shape
+            assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < (5e-2 if amp else 1e-2), k
+
+
 def test_long_recording_in_overlapping_windows(tmp_path, ljspeech, tiny_ckpts):
     clips = [load_audio(str(p), sample_rate=16000) for p in sorted((ljspeech / "wavs").glob("*.flac"))[:4]]
     long = np.concatenate(clips)

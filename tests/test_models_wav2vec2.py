@@ -511,6 +511,7 @@ def test_cpu_training_attention_is_sdpa_with_dropout(monkeypatch):
     assert not torch.allclose(attn(x, mask), ref, atol=1e-3)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_masked_half_attention_on_cuda_avoids_cudnn():
     """A padded batch in float16 on CUDA runs SDPA without the cuDNN backend (masked_cuda_sdpa),
