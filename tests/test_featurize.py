@@ -61,6 +61,21 @@ def _fsdd_files(fsdd, n):
     return sorted(fsdd.glob("*_jackson_*.wav"))[:n]
 
 
+def _same_fbank_in_two_processes(a: np.ndarray, b: np.ndarray) -> None:
+    """fbank of the same FSDD audio computed by two ``w2v`` processes.
+
+    Not bitwise: FSDD is 8 kHz, upsampled to 16 kHz, so the mel bins above 4 kHz hold only
+    the resampler's leakage (about 1e-4 of the energy), and float32 rounding that differed
+    between two processes moved them by up to 5.5e-3 in log units. That happened twice in
+    CI (in this test and the shard test) and never in dozens of reruns, with 1 or 2 threads,
+    under load, and through pipes. Different audio fails: the signal one sample later moves
+    46 of 51 frames by more than 2e-2 (up to 0.12), a gain of 1.001 moves the mean by 2e-3.
+    """
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-2)
+    assert np.abs(a - b).mean() < 1e-3
+
+
 def test_fbank_is_kaldi_fbank_of_resampled_audio(tmp_path, w2v, fsdd):
     files = _fsdd_files(fsdd, 4)
     scp = _wav_scp(tmp_path / "wav.scp", files)
@@ -217,7 +232,7 @@ def test_shards_cover_corpus_and_merge_equals_single_run(tmp_path, w2v, fsdd):
     with h5py.File(tmp_path / "all.h5") as a, h5py.File(tmp_path / "m.h5") as b:
         assert list(a) == list(b) and dict(a.attrs) == dict(b.attrs)
         for k in a:
-            np.testing.assert_array_equal(a[k][()], b[k][()])
+            _same_fbank_in_two_processes(a[k][()], b[k][()])
     p = w2v("featurize", scp, tmp_path / "x.h5", "--shard", "4/3", check=False)
     assert p.returncode == 1 and "--shard 4/3" in p.stderr
 
@@ -304,7 +319,7 @@ def test_command_sources_stdin_manifest_and_stale_resume(tmp_path, w2v, fsdd):
     with h5py.File(tmp_path / "p.h5") as a, h5py.File(tmp_path / "f.h5") as b:
         assert sorted(a) == sorted(b) == sorted(f.stem for f in files)
         for k in a:
-            np.testing.assert_array_equal(a[k][()], b[k][()])
+            _same_fbank_in_two_processes(a[k][()], b[k][()])
     # a partial output from another corpus is not silently mixed in
     from w2vtools.formats.features import open_feature_writer
 
