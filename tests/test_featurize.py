@@ -68,9 +68,9 @@ def _same_fbank_in_two_processes(a: np.ndarray, b: np.ndarray) -> None:
     the resampler's leakage (about 1e-4 of the energy), and float32 rounding that differed
     between two processes moved them by up to 5.5e-3 in log units (the failure whose numbers
     were kept). It happened twice in CI (in this test and the shard test) and never in dozens
-    of reruns, with 1 or 2 threads,
-    under load, and through pipes. Different audio fails: the signal one sample later moves
-    46 of 51 frames by more than 2e-2 (up to 0.12), a gain of 1.001 moves the mean by 2e-3.
+    of reruns, with 1 or 2 threads, under load, and through pipes. Different audio fails: the
+    signal one sample later moves 46 of 51 frames by more than 2e-2 (up to 0.12), a gain of
+    1.001 moves the mean by 2e-3.
     """
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-2)
