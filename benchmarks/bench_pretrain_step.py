@@ -402,7 +402,7 @@ def main() -> None:
                 faults.setdefault(name, []).extend(step_faults)
                 t = float(np.median(times[name]))
                 results[name] = audio_s / t
-                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k not in ("times",))
+                versions = ", ".join(f"{k} {v}" for k, v in res.items() if k != "times")
                 label = f" round {rnd + 1}" if args.rounds > 1 else ""
                 print(f"{name:<12} {results[name]:6.2f} audio-s/s   step {t:6.2f} s   (median so far{label}; "
                       f"steps {', '.join(f'{v:.2f}' for v in res['times'])}; minor page faults "
